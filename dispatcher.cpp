@@ -1,0 +1,285 @@
+#include "dispatcher.hpp"
+
+#include <cctype>
+#include <cstring>
+#include <system_error>
+
+#include "json.hpp"
+
+namespace {
+
+// How much of a failed reply's body its error entry keeps.
+constexpr size_t kErrorBodyBytes = 256;
+
+struct CallResult {
+  CURLcode code = CURLE_OK;
+  long status = 0;
+  std::string body;
+  std::string retry_after;
+  bool too_large = false;
+  char error[CURL_ERROR_SIZE] = {0};
+};
+
+// One worker's connection to the webhook: a libcurl easy handle whose
+// options are set once, so that each call reuses its kept-alive connection.
+// Not thread-safe: owned by one worker thread.
+class WebhookClient {
+ public:
+  WebhookClient(const Dispatcher::Options& options, Job* job)
+      : job_(job), max_reply_bytes_(options.max_reply_bytes), curl_(curl_easy_init()) {
+    if (curl_ == nullptr) return;
+    curl_easy_setopt(curl_, CURLOPT_NOSIGNAL, 1L);  // required with threads
+    curl_easy_setopt(curl_, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(curl_, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(curl_, CURLOPT_POST, 1L);
+    curl_easy_setopt(curl_, CURLOPT_TIMEOUT_MS, static_cast<long>(job->options().timeout_ms));
+    curl_easy_setopt(curl_, CURLOPT_WRITEFUNCTION, &WebhookClient::OnBody);
+    curl_easy_setopt(curl_, CURLOPT_HEADERFUNCTION, &WebhookClient::OnHeader);
+    curl_easy_setopt(curl_, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(curl_, CURLOPT_XFERINFOFUNCTION, &WebhookClient::OnProgress);
+    curl_easy_setopt(curl_, CURLOPT_XFERINFODATA, job_);
+    if (!options.ca_file.empty()) curl_easy_setopt(curl_, CURLOPT_CAINFO, options.ca_file.c_str());
+  }
+  ~WebhookClient() {
+    if (curl_ != nullptr) curl_easy_cleanup(curl_);
+  }
+  WebhookClient(const WebhookClient&) = delete;
+  WebhookClient& operator=(const WebhookClient&) = delete;
+
+  // Sends input to the webhook once, blocking until the reply, an error or
+  // the job's abort.
+  void Call(const Input& input, CallResult* result) {
+    if (curl_ == nullptr) {
+      result->code = CURLE_FAILED_INIT;
+      return;
+    }
+    result_ = result;
+    const JobOptions& options = job_->options();
+    std::string url = WebhookUrl(options.url, input.key);
+    curl_slist* headers = nullptr;
+    headers = curl_slist_append(headers, "Content-Type: application/json");
+    headers = curl_slist_append(headers, "Expect:");  // no 100-continue round trip
+    // "Name;" is how libcurl sends a header with an empty value.
+    headers = curl_slist_append(
+        headers, options.secret.empty() ? "PMMAP-auth;" : ("PMMAP-auth: " + options.secret).c_str());
+    headers = curl_slist_append(headers, ("PMMAP-job: " + job_->id()).c_str());
+    headers = curl_slist_append(headers,
+                                ("PMMAP-attempt: " + std::to_string(input.attempts)).c_str());
+    curl_easy_setopt(curl_, CURLOPT_URL, url.c_str());
+    curl_easy_setopt(curl_, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(curl_, CURLOPT_POSTFIELDS, input.value.data());
+    curl_easy_setopt(curl_, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(input.value.size()));
+    curl_easy_setopt(curl_, CURLOPT_WRITEDATA, this);
+    curl_easy_setopt(curl_, CURLOPT_HEADERDATA, this);
+    curl_easy_setopt(curl_, CURLOPT_ERRORBUFFER, result->error);
+    result->code = curl_easy_perform(curl_);
+    curl_easy_getinfo(curl_, CURLINFO_RESPONSE_CODE, &result->status);
+    curl_easy_setopt(curl_, CURLOPT_HTTPHEADER, nullptr);
+    curl_easy_setopt(curl_, CURLOPT_ERRORBUFFER, nullptr);
+    curl_slist_free_all(headers);
+    result_ = nullptr;
+  }
+
+ private:
+  static size_t OnBody(char* data, size_t size, size_t n, void* self_ptr) {
+    WebhookClient* self = static_cast<WebhookClient*>(self_ptr);
+    CallResult* result = self->result_;
+    if (result->body.size() + size * n > self->max_reply_bytes_) {
+      result->too_large = true;
+      return 0;  // aborts the transfer
+    }
+    result->body.append(data, size * n);
+    return size * n;
+  }
+
+  static size_t OnHeader(char* data, size_t size, size_t n, void* self_ptr) {
+    CallResult* result = static_cast<WebhookClient*>(self_ptr)->result_;
+    size_t len = size * n;
+    static const char kRetryAfter[] = "retry-after:";
+    const size_t prefix = sizeof(kRetryAfter) - 1;
+    if (len >= 5 && memcmp(data, "HTTP/", 5) == 0) {
+      // A new response (after a 1xx): forget the previous one's headers.
+      result->retry_after.clear();
+    } else if (len > prefix && strncasecmp(data, kRetryAfter, prefix) == 0) {
+      std::string value(data + prefix, len - prefix);
+      size_t first = value.find_first_not_of(" \t");
+      size_t last = value.find_last_not_of(" \t\r\n");
+      result->retry_after = first == std::string::npos ? "" : value.substr(first, last - first + 1);
+    }
+    return len;
+  }
+
+  static int OnProgress(void* job, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+    return static_cast<Job*>(job)->aborting() ? 1 : 0;
+  }
+
+  Job* const job_;
+  const size_t max_reply_bytes_;
+  CURL* const curl_;
+  CallResult* result_ = nullptr;
+};
+
+std::string FailureMessage(const CallResult& r, const JobOptions& options) {
+  if (r.too_large) return "the reply is larger than the limit";
+  if (r.code == CURLE_OK) return "the webhook answered HTTP " + std::to_string(r.status);
+  if (r.code == CURLE_OPERATION_TIMEDOUT) {
+    return "no reply within timeout_ms (" + std::to_string(options.timeout_ms) + " ms)";
+  }
+  std::string message = curl_easy_strerror(r.code);
+  if (r.error[0] != '\0') message.append(": ").append(r.error);
+  return message;
+}
+
+}  // namespace
+
+std::string EscapeKey(const std::string& key) {
+  static const char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(key.size() * 3);
+  for (unsigned char c : key) {
+    if (isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      out.push_back('%');
+      out.push_back(kHex[c >> 4]);
+      out.push_back(kHex[c & 0xF]);
+    }
+  }
+  return out;
+}
+
+std::string WebhookUrl(const std::string& url, const std::string& key) {
+  size_t end = url.find('#');
+  size_t query = url.find('?');
+  if (query > end) query = end;
+  std::string out = url.substr(0, query);
+  if (out.empty() || out.back() != '/') out.push_back('/');
+  out.append(EscapeKey(key));
+  if (query != std::string::npos) out.append(url, query, end == std::string::npos ? end : end - query);
+  return out;
+}
+
+Verdict Judge(CURLcode code, long status) {
+  switch (code) {
+    case CURLE_OK:
+      break;
+    // Errors that a new attempt cannot mend.
+    case CURLE_UNSUPPORTED_PROTOCOL:
+    case CURLE_URL_MALFORMAT:
+    case CURLE_WRITE_ERROR:
+    case CURLE_ABORTED_BY_CALLBACK:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_OUT_OF_MEMORY:
+      return Verdict::kFail;
+    default:
+      return Verdict::kRetry;  // connection errors and timeouts
+  }
+  if (status >= 200 && status < 300) return Verdict::kSuccess;
+  if (status == 408 || status == 429 || status >= 500) return Verdict::kRetry;
+  return Verdict::kFail;
+}
+
+Clock::duration BackoffDelay(int attempts, int64_t base_ms, int64_t cap_ms, std::mt19937_64* rng) {
+  int64_t ceiling = std::min(base_ms, cap_ms);
+  for (int i = 1; i < attempts && ceiling < cap_ms; ++i) ceiling = std::min(ceiling * 2, cap_ms);
+  std::uniform_int_distribution<int64_t> pick(0, ceiling);
+  return std::chrono::milliseconds(pick(*rng));
+}
+
+bool ParseRetryAfter(const std::string& value, time_t now, int64_t* ms) {
+  if (value.empty()) return false;
+  bool digits = value.find_first_not_of("0123456789") == std::string::npos;
+  if (digits) {
+    if (value.size() > 9) {
+      *ms = INT64_MAX / 2;  // absurdly long: the caller caps it
+    } else {
+      *ms = std::stoll(value) * 1000;
+    }
+    return true;
+  }
+  time_t at = curl_getdate(value.c_str(), nullptr);
+  if (at < 0) return false;
+  *ms = at > now ? static_cast<int64_t>(at - now) * 1000 : 0;
+  return true;
+}
+
+Dispatcher::Dispatcher(Options options) : options_(std::move(options)) {}
+
+Dispatcher::~Dispatcher() {
+  // Join outside mutex_: an exiting worker takes it to announce its exit.
+  for (;;) {
+    ThreadList threads;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (threads_.empty()) break;
+      threads.swap(threads_);
+    }
+    for (std::thread& t : threads) t.join();
+  }
+}
+
+bool Dispatcher::StartWorker(std::shared_ptr<Job> job) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  JoinFinished();
+  ThreadList::iterator self = threads_.emplace(threads_.end());
+  try {
+    // The new thread cannot announce its exit before this assignment: that
+    // needs mutex_, held here.
+    *self = std::thread(&Dispatcher::Run, this, std::move(job), self);
+  } catch (const std::system_error&) {
+    threads_.erase(self);
+    return false;
+  }
+  return true;
+}
+
+void Dispatcher::JoinFinished() {
+  for (ThreadList::iterator it : finished_) {
+    it->join();
+    threads_.erase(it);
+  }
+  finished_.clear();
+}
+
+void Dispatcher::Run(std::shared_ptr<Job> job, ThreadList::iterator self) {
+  {
+    WebhookClient client(options_, job.get());
+    std::mt19937_64 rng(std::random_device{}());
+    const JobOptions& options = job->options();
+    Input input;
+    while (job->Take(&input)) {
+      CallResult result;
+      client.Call(input, &result);
+      Verdict verdict = result.too_large ? Verdict::kFail : Judge(result.code, result.status);
+      if (verdict == Verdict::kSuccess) {
+        std::string value;
+        std::string error;
+        if (result.body.empty()) {
+          value = "null";
+        } else if (!AppendCompactJson(result.body.data(), result.body.size(), &value, &error)) {
+          value.clear();
+          AppendJsonString(result.body, &value);
+        }
+        job->Finish(&input, SuccessEntry(input.key, value), true);
+      } else if (verdict == Verdict::kRetry && input.attempts < options.max_attempts) {
+        Clock::duration delay =
+            BackoffDelay(input.attempts, options.backoff_ms, options.max_backoff_ms, &rng);
+        int64_t asked_ms;
+        if (SlowsJob(result.status) && ParseRetryAfter(result.retry_after, time(nullptr), &asked_ms)) {
+          delay = std::chrono::milliseconds(std::min(asked_ms, options.max_backoff_ms));
+        }
+        job->Retry(&input, delay, SlowsJob(result.status));
+      } else {
+        std::string body = result.body.substr(0, kErrorBodyBytes);
+        job->Finish(&input,
+                    ErrorEntry(input.key, result.status, FailureMessage(result, options), body,
+                               input.attempts),
+                    false);
+      }
+    }
+  }
+  job.reset();  // the job may be destroyed here, before this thread is joined
+  std::lock_guard<std::mutex> lock(mutex_);
+  finished_.push_back(self);
+}

@@ -1,0 +1,86 @@
+// The Dispatcher runs the worker threads that call webhooks. A job asks it
+// for a worker (Job::WorkerStarter) when inputs arrive; each worker owns one
+// libcurl easy handle, reused across calls so that connections are kept
+// alive, and loops: Job::Take an input, POST it to url/{key} with no lock
+// held, then Job::Finish or Job::Retry. A worker exits when its job has
+// nothing more for it.
+//
+// Thread-safe (provides internal synchronization). The free functions below
+// are the webhook contract's decisions, kept pure so that tests can check
+// them without a network.
+
+#ifndef PMMAP_DISPATCHER_HPP_
+#define PMMAP_DISPATCHER_HPP_
+
+#include <curl/curl.h>
+
+#include <cstdint>
+#include <ctime>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "job.hpp"
+
+// Returns key percent-encoded as one URL path segment: every byte outside
+// A-Z a-z 0-9 - . _ ~ becomes %XX.
+std::string EscapeKey(const std::string& key);
+
+// Returns url with the path segment /{escaped key} added to its path, any
+// query kept after it and any fragment dropped.
+std::string WebhookUrl(const std::string& url, const std::string& key);
+
+enum class Verdict { kSuccess, kRetry, kFail };
+
+// What to do with one attempt's result: code is libcurl's, status the HTTP
+// status (0 when no reply came).
+Verdict Judge(CURLcode code, long status);
+
+// True if the reply asks the whole job to slow down (429 or 503).
+inline bool SlowsJob(long status) { return status == 429 || status == 503; }
+
+// The wait before the attempt after `attempts` attempts: a uniform random
+// duration in [0, min(cap, base * 2^(attempts-1))] ("full jitter").
+Clock::duration BackoffDelay(int attempts, int64_t base_ms, int64_t cap_ms, std::mt19937_64* rng);
+
+// Parses a Retry-After header value (delay-seconds or an HTTP-date) into
+// milliseconds from now. Returns false if it is neither.
+bool ParseRetryAfter(const std::string& value, time_t now, int64_t* ms);
+
+class Dispatcher {
+ public:
+  struct Options {
+    std::string ca_file;         // CA bundle for https webhooks; empty: libcurl's default
+    size_t max_reply_bytes = 0;  // a longer reply is a final failure
+  };
+
+  explicit Dispatcher(Options options);
+  // Joins every worker. REQUIRES: every job is done, cancelled or removed,
+  // so that the workers exit.
+  ~Dispatcher();
+  Dispatcher(const Dispatcher&) = delete;
+  Dispatcher& operator=(const Dispatcher&) = delete;
+
+  // Starts a worker for job. Returns false if no thread could be started.
+  bool StartWorker(std::shared_ptr<Job> job);
+
+ private:
+  using ThreadList = std::list<std::thread>;
+
+  void Run(std::shared_ptr<Job> job, ThreadList::iterator self);
+  // REQUIRES: mutex_ held.
+  void JoinFinished();
+
+  const Options options_;
+
+  std::mutex mutex_;
+  // State below is protected by mutex_.
+  ThreadList threads_;
+  std::vector<ThreadList::iterator> finished_;  // exited, not yet joined
+};
+
+#endif  // PMMAP_DISPATCHER_HPP_

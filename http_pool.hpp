@@ -1,0 +1,51 @@
+// HttpPool is the task queue that serves pmmap's API connections. cpp-httplib
+// runs each connection, keep-alive requests included, as one task; pmmap's
+// handlers may block for a long time (a PUT waiting for room, a GET /output
+// waiting for the end), so a fixed pool of a few threads would let blocked
+// callers starve everyone else. HttpPool starts a thread whenever no idle
+// one is waiting, up to max_threads, and lets a thread that stays idle for
+// a while exit, so it costs little when quiet.
+//
+// Thread-safe (provides internal synchronization).
+
+#ifndef PMMAP_HTTP_POOL_HPP_
+#define PMMAP_HTTP_POOL_HPP_
+
+#include <httplib.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <mutex>
+
+class HttpPool : public httplib::TaskQueue {
+ public:
+  explicit HttpPool(size_t max_threads);
+  ~HttpPool() override;
+  HttpPool(const HttpPool&) = delete;
+  HttpPool& operator=(const HttpPool&) = delete;
+
+  void enqueue(std::function<void()> task) override;
+  // Runs the tasks already queued, then waits for every thread to exit.
+  void shutdown() override;
+
+ private:
+  // How long an idle thread waits for a task before it exits.
+  static constexpr std::chrono::seconds kIdleExit{30};
+
+  void Work();
+
+  const size_t max_threads_;
+
+  std::mutex mutex_;
+  // State below is protected by mutex_.
+  std::condition_variable task_cv_;  // a task was queued, or shutdown
+  std::condition_variable exit_cv_;  // a thread exited
+  std::deque<std::function<void()>> tasks_;
+  size_t threads_ = 0;
+  size_t idle_ = 0;
+  bool shutdown_ = false;
+};
+
+#endif  // PMMAP_HTTP_POOL_HPP_

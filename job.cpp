@@ -1,0 +1,449 @@
+#include "job.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+
+#include "json.hpp"
+
+namespace {
+
+// Outcome lines are buffered in user space and flushed when a reader needs
+// them, so that storing an outcome is a memcpy, not a system call.
+constexpr size_t kFileBufferBytes = 64 * 1024;
+constexpr size_t kReadBlockBytes = 64 * 1024;
+
+bool LaterFirst(const Input& a, const Input& b) { return a.not_before > b.not_before; }
+
+void AppendTime(std::chrono::system_clock::time_point t, std::string* out) {
+  using namespace std::chrono;
+  auto ms = duration_cast<milliseconds>(t.time_since_epoch()).count();
+  time_t secs = static_cast<time_t>(ms / 1000);
+  struct tm tm;
+  gmtime_r(&secs, &tm);
+  char buf[64];
+  snprintf(buf, sizeof(buf), "\"%04d-%02d-%02dT%02d:%02d:%02d.%03dZ\"", tm.tm_year + 1900,
+           tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+           static_cast<int>(ms % 1000));
+  out->append(buf);
+}
+
+void AppendField(const char* name, uint64_t value, std::string* out) {
+  out->append(",\"").append(name).append("\":").append(std::to_string(value));
+}
+
+}  // namespace
+
+const char* JobStateName(JobState state) {
+  switch (state) {
+    case JobState::kOpen: return "open";
+    case JobState::kClosing: return "closing";
+    case JobState::kDone: return "done";
+    case JobState::kCancelled: return "cancelled";
+  }
+  return "unknown";
+}
+
+std::string SuccessEntry(const std::string& key, const std::string& value_json) {
+  std::string entry = "{\"key\":";
+  AppendJsonString(key, &entry);
+  entry.append(",\"value\":").append(value_json).push_back('}');
+  return entry;
+}
+
+std::string ErrorEntry(const std::string& key, long status, const std::string& message,
+                       const std::string& body, int attempts) {
+  std::string entry = "{\"key\":";
+  AppendJsonString(key, &entry);
+  entry.append(",\"error\":{\"status\":").append(std::to_string(status));
+  entry.append(",\"message\":");
+  AppendJsonString(message, &entry);
+  if (!body.empty()) {
+    entry.append(",\"body\":");
+    AppendJsonString(body, &entry);
+  }
+  entry.append("},\"attempts\":").append(std::to_string(attempts)).push_back('}');
+  return entry;
+}
+
+// OutputReader
+
+OutputReader::OutputReader(int fd, uint64_t begin, uint64_t skip, uint64_t count, Format format)
+    : fd_(fd), pos_(begin), skip_(skip), remaining_(count), format_(format) {}
+
+OutputReader::~OutputReader() { close(fd_); }
+
+bool OutputReader::Fill() {
+  buffer_.resize(kReadBlockBytes);
+  ssize_t n;
+  do {
+    n = pread(fd_, &buffer_[0], buffer_.size(), static_cast<off_t>(pos_));
+  } while (n < 0 && errno == EINTR);
+  if (n <= 0) {
+    buffer_.clear();
+    return false;
+  }
+  buffer_.resize(static_cast<size_t>(n));
+  buffer_pos_ = 0;
+  pos_ += static_cast<uint64_t>(n);
+  return true;
+}
+
+bool OutputReader::Next(std::string* chunk, bool* failed) {
+  chunk->clear();
+  *failed = false;
+  if (finished_) return false;
+  if (!started_) {
+    started_ = true;
+    if (format_ == kArray) chunk->append(remaining_ == 0 ? "[" : "[\n");
+  }
+  while (remaining_ > 0 && chunk->size() < kReadBlockBytes) {
+    if (buffer_pos_ == buffer_.size() && !Fill()) {
+      // The file ended before the entries it was known to hold.
+      *failed = true;
+      finished_ = true;
+      return false;
+    }
+    const char* start = buffer_.data() + buffer_pos_;
+    size_t avail = buffer_.size() - buffer_pos_;
+    const char* newline = static_cast<const char*>(memchr(start, '\n', avail));
+    size_t len = newline ? static_cast<size_t>(newline - start) + 1 : avail;
+    buffer_pos_ += len;
+    if (skip_ > 0) {
+      if (newline) --skip_;
+      continue;
+    }
+    if (!newline) {
+      chunk->append(start, len);
+      continue;
+    }
+    --remaining_;
+    if (format_ == kNdjson) {
+      chunk->append(start, len);
+    } else {
+      chunk->append(start, len - 1);
+      chunk->append(remaining_ > 0 ? ",\n" : "\n");
+    }
+  }
+  if (remaining_ == 0) {
+    if (format_ == kArray) chunk->append("]\n");
+    finished_ = true;
+  }
+  return true;
+}
+
+// Job
+
+Job::Job(std::string id, JobOptions options, std::string path, WorkerStarter start_worker)
+    : id_(std::move(id)),
+      options_(std::move(options)),
+      path_(std::move(path)),
+      start_worker_(std::move(start_worker)),
+      created_at_(std::chrono::system_clock::now()),
+      tokens_(options_.concurrency),
+      tokens_at_(Clock::now()) {}
+
+Job::~Job() {
+  if (file_ != nullptr) {
+    fclose(file_);
+    unlink(path_.c_str());
+  }
+}
+
+Status Job::Open() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  file_ = fopen(path_.c_str(), "w+xe");
+  if (file_ == nullptr) {
+    return Status::Unavailable("cannot create " + path_ + ": " + strerror(errno));
+  }
+  setvbuf(file_, nullptr, _IOFBF, kFileBufferBytes);
+  index_.push_back(0);
+  return Status::OK();
+}
+
+Status Job::StoppedStatus() const {
+  if (stopped_ == StopReason::kShutdown) return Status::Unavailable("the server is shutting down");
+  return Status::NotFound("job " + id_ + " was deleted");
+}
+
+Status Job::Add(std::vector<Input> batch) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (stopped_ != StopReason::kNone) return StoppedStatus();
+  if (state_ == JobState::kCancelled) {
+    return Status::Conflict("job " + id_ + " is cancelled: it accepts no more inputs");
+  }
+  if (state_ != JobState::kOpen) {
+    return Status::Conflict("job " + id_ + " is complete: it accepts no more inputs");
+  }
+  std::vector<uint64_t> hashes(batch.size());
+  KeySet batch_keys;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    hashes[i] = KeySet::Hash(batch[i].key);
+    if (keys_.Contains(hashes[i])) {
+      return Status::Conflict("input[" + std::to_string(i) + "].key \"" + batch[i].key +
+                              "\" is already used in this job");
+    }
+    if (!batch_keys.Insert(hashes[i])) {
+      return Status::Conflict("input[" + std::to_string(i) + "].key \"" + batch[i].key +
+                              "\" repeats an earlier key of this batch");
+    }
+  }
+  for (uint64_t h : hashes) keys_.Insert(h);
+
+  ++adders_;
+  size_t next = 0;
+  const size_t maxsize = static_cast<size_t>(options_.maxsize);
+  while (next < batch.size()) {
+    room_cv_.wait(lock, [&] {
+      return stopped_ != StopReason::kNone || state_ == JobState::kCancelled ||
+             queue_.size() < maxsize;
+    });
+    if (stopped_ != StopReason::kNone || state_ == JobState::kCancelled) break;
+    size_t n = std::min(maxsize - queue_.size(), batch.size() - next);
+    for (size_t i = 0; i < n; ++i) queue_.push_back(std::move(batch[next + i]));
+    next += n;
+    inputs_ += n;
+    int wanted = static_cast<int>(std::min<size_t>(queue_.size(), options_.concurrency));
+    int to_start = std::max(0, wanted - workers_);
+    workers_ += to_start;
+    if (n >= static_cast<size_t>(workers_)) {
+      work_cv_.notify_all();
+    } else {
+      for (size_t i = 0; i < n; ++i) work_cv_.notify_one();
+    }
+    if (to_start > 0 && start_worker_) {
+      lock.unlock();
+      int failed = 0;
+      for (int i = 0; i < to_start; ++i) {
+        if (!start_worker_(shared_from_this())) ++failed;
+      }
+      lock.lock();
+      workers_ -= failed;
+    }
+  }
+  --adders_;
+  MaybeFinish();
+  if (next == batch.size()) return Status::OK();
+  if (stopped_ != StopReason::kNone) return StoppedStatus();
+  return Status::Conflict("job " + id_ + " was cancelled after " + std::to_string(next) + " of " +
+                          std::to_string(batch.size()) + " inputs of this batch were queued");
+}
+
+Status Job::Complete() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (stopped_ != StopReason::kNone) return StoppedStatus();
+  if (state_ == JobState::kOpen) {
+    state_ = JobState::kClosing;
+    MaybeFinish();
+    work_cv_.notify_all();  // idle workers re-check whether to exit
+  }
+  return Status::OK();
+}
+
+Status Job::Cancel() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (stopped_ != StopReason::kNone) return StoppedStatus();
+  if (state_ == JobState::kDone || state_ == JobState::kCancelled) return Status::OK();
+  state_ = JobState::kCancelled;
+  aborting_ = true;
+  auto record = [this](const Input& input) {
+    WriteEntry(ErrorEntry(input.key, 0, "cancelled", "", input.attempts));
+    ++failed_;
+    ++outputs_;
+  };
+  // In-flight inputs get their entry now; their workers' results are
+  // dropped when they arrive (Finish and Retry find them gone).
+  for (Input* input : in_flight_) record(*input);
+  for (const Input& input : delayed_) record(input);
+  for (const Input& input : queue_) record(input);
+  in_flight_.clear();
+  delayed_.clear();
+  queue_.clear();
+  done_at_ = std::chrono::system_clock::now();
+  room_cv_.notify_all();
+  work_cv_.notify_all();
+  done_cv_.notify_all();
+  return Status::OK();
+}
+
+void Job::Remove(StopReason reason) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (stopped_ != StopReason::kNone) return;
+  stopped_ = reason;
+  aborting_ = true;
+  if (file_ != nullptr) {
+    fclose(file_);
+    file_ = nullptr;
+    unlink(path_.c_str());
+  }
+  queue_.clear();
+  delayed_.clear();
+  room_cv_.notify_all();
+  work_cv_.notify_all();
+  done_cv_.notify_all();
+}
+
+Status Job::WaitDone() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  done_cv_.wait(lock, [this] {
+    return stopped_ != StopReason::kNone || state_ == JobState::kDone ||
+           state_ == JobState::kCancelled;
+  });
+  if (stopped_ != StopReason::kNone) return StoppedStatus();
+  return Status::OK();
+}
+
+Status Job::OpenOutput(uint64_t offset, uint64_t limit, OutputReader::Format format,
+                       std::unique_ptr<OutputReader>* reader) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (stopped_ != StopReason::kNone) return StoppedStatus();
+  if (fflush(file_) != 0) return Status::Unavailable("cannot write " + path_ + ": " + strerror(errno));
+  int fd = open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Status::Unavailable("cannot read " + path_ + ": " + strerror(errno));
+  uint64_t first = std::min(offset, outputs_);
+  uint64_t count = std::min(limit, outputs_ - first);
+  uint64_t begin = count == 0 ? 0 : index_[first / kIndexStride];
+  reader->reset(new OutputReader(fd, begin, first % kIndexStride, count, format));
+  return Status::OK();
+}
+
+JobState Job::state() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return state_;
+}
+
+std::string Job::ToJson() {
+  std::string out = "{\"id\":";
+  AppendJsonString(id_, &out);
+  out.append(",\"url\":");
+  AppendJsonString(options_.url, &out);
+  std::lock_guard<std::mutex> lock(mutex_);
+  out.append(",\"state\":\"").append(JobStateName(state_)).push_back('"');
+  AppendField("inputs", inputs_, &out);
+  AppendField("outputs", outputs_, &out);
+  AppendField("pending", pending(), &out);
+  AppendField("in_flight", in_flight_.size(), &out);
+  AppendField("succeeded", succeeded_, &out);
+  AppendField("failed", failed_, &out);
+  AppendField("retries", retries_, &out);
+  AppendField("concurrency", static_cast<uint64_t>(options_.concurrency), &out);
+  AppendField("maxsize", static_cast<uint64_t>(options_.maxsize), &out);
+  AppendField("timeout_ms", static_cast<uint64_t>(options_.timeout_ms), &out);
+  AppendField("max_attempts", static_cast<uint64_t>(options_.max_attempts), &out);
+  AppendField("backoff_ms", static_cast<uint64_t>(options_.backoff_ms), &out);
+  AppendField("max_backoff_ms", static_cast<uint64_t>(options_.max_backoff_ms), &out);
+  out.append(",\"rate_per_sec\":");
+  if (options_.rate_per_sec > 0) {
+    char buf[32];
+    snprintf(buf, sizeof(buf), "%.17g", options_.rate_per_sec);
+    out.append(buf);
+  } else {
+    out.append("null");
+  }
+  out.append(",\"created_at\":");
+  AppendTime(created_at_, &out);
+  out.append(",\"done_at\":");
+  if (state_ == JobState::kDone || state_ == JobState::kCancelled) {
+    AppendTime(done_at_, &out);
+  } else {
+    out.append("null");
+  }
+  out.push_back('}');
+  return out;
+}
+
+bool Job::TakeToken(Clock::time_point now, Clock::time_point* wake) {
+  if (options_.rate_per_sec <= 0) return true;
+  double elapsed = std::chrono::duration<double>(now - tokens_at_).count();
+  tokens_ = std::min<double>(options_.concurrency, tokens_ + elapsed * options_.rate_per_sec);
+  tokens_at_ = now;
+  if (tokens_ >= 1) {
+    tokens_ -= 1;
+    return true;
+  }
+  *wake = now + std::chrono::duration_cast<Clock::duration>(
+                    std::chrono::duration<double>((1 - tokens_) / options_.rate_per_sec));
+  return false;
+}
+
+bool Job::Take(Input* input) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  for (;;) {
+    if (stopped_ != StopReason::kNone || state_ == JobState::kCancelled) break;
+    if (pending() == 0 && state_ != JobState::kOpen && adders_ == 0) break;
+    Clock::time_point now = Clock::now();
+    Clock::time_point wake = Clock::time_point::max();
+    bool retry_due = !delayed_.empty() && delayed_.front().not_before <= now;
+    if (!delayed_.empty() && !retry_due) wake = delayed_.front().not_before;
+    if ((retry_due || !queue_.empty()) && paused_until_ > now) {
+      wake = paused_until_;
+    } else if ((retry_due || !queue_.empty()) && TakeToken(now, &wake)) {
+      if (retry_due) {
+        std::pop_heap(delayed_.begin(), delayed_.end(), LaterFirst);
+        *input = std::move(delayed_.back());
+        delayed_.pop_back();
+      } else {
+        *input = std::move(queue_.front());
+        queue_.pop_front();
+        room_cv_.notify_one();
+      }
+      ++input->attempts;
+      in_flight_.insert(input);
+      return true;
+    }
+    if (wake == Clock::time_point::max()) {
+      work_cv_.wait(lock);
+    } else {
+      work_cv_.wait_until(lock, wake);
+    }
+  }
+  --workers_;
+  return false;
+}
+
+void Job::Finish(Input* input, const std::string& entry, bool success) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (in_flight_.erase(input) == 0 || stopped_ != StopReason::kNone) return;
+  WriteEntry(entry);
+  ++outputs_;
+  if (success) {
+    ++succeeded_;
+  } else {
+    ++failed_;
+  }
+  MaybeFinish();
+}
+
+void Job::Retry(Input* input, Clock::duration delay, bool pause_job) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (in_flight_.erase(input) == 0 || stopped_ != StopReason::kNone) return;
+  Clock::time_point at = Clock::now() + delay;
+  if (pause_job) paused_until_ = std::max(paused_until_, at);
+  ++retries_;
+  input->not_before = at;
+  delayed_.push_back(std::move(*input));
+  std::push_heap(delayed_.begin(), delayed_.end(), LaterFirst);
+  work_cv_.notify_one();
+}
+
+void Job::WriteEntry(const std::string& entry) {
+  if (outputs_ % kIndexStride == 0 && outputs_ / kIndexStride >= index_.size()) {
+    index_.push_back(file_bytes_);
+  }
+  fwrite(entry.data(), 1, entry.size(), file_);
+  fputc('\n', file_);
+  file_bytes_ += entry.size() + 1;
+}
+
+void Job::MaybeFinish() {
+  if (state_ != JobState::kClosing || adders_ > 0 || pending() > 0 || !in_flight_.empty()) return;
+  state_ = JobState::kDone;
+  done_at_ = std::chrono::system_clock::now();
+  fflush(file_);
+  work_cv_.notify_all();
+  done_cv_.notify_all();
+}

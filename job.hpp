@@ -1,0 +1,209 @@
+// A Job is one batch: its settings, its bounded queue of inputs waiting to
+// be sent, its counters, and its outcome file, where every input ends as
+// exactly one line of JSON. It is passive: HTTP handlers call the API side
+// (Add, Complete, Cancel, Remove, WaitDone, OpenOutput, ToJson) and the
+// Dispatcher's worker threads call the worker side (Take, Finish, Retry).
+//
+// Thread-safe (provides internal synchronization). No method blocks while
+// holding the mutex except on its condition variables, and nothing here
+// calls the webhook, so a blocked Add never delays ToJson for long.
+
+#ifndef PMMAP_JOB_HPP_
+#define PMMAP_JOB_HPP_
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "key_set.hpp"
+#include "status.hpp"
+
+using Clock = std::chrono::steady_clock;
+
+// Limits and defaults of the fields of POST /job.
+constexpr int kDefaultConcurrency = 1;
+constexpr int kMaxConcurrency = 1024;
+constexpr int64_t kDefaultMaxsize = 1000;
+constexpr int64_t kMaxMaxsize = 1000000;
+constexpr int64_t kDefaultTimeoutMs = 30000;
+constexpr int64_t kMaxTimeoutMs = 3600000;
+constexpr int kDefaultMaxAttempts = 5;
+constexpr int kMaxMaxAttempts = 100;
+constexpr int64_t kDefaultBackoffMs = 100;
+constexpr int64_t kMaxBackoffMsLimit = 3600000;
+constexpr int64_t kDefaultMaxBackoffMs = 30000;
+constexpr double kMaxRatePerSec = 1e6;
+// The longest key accepted, in bytes, before percent-encoding.
+constexpr size_t kMaxKeyBytes = 1024;
+
+struct JobOptions {
+  std::string url;
+  std::string secret;
+  int concurrency = kDefaultConcurrency;
+  int64_t maxsize = kDefaultMaxsize;
+  int64_t timeout_ms = kDefaultTimeoutMs;
+  int max_attempts = kDefaultMaxAttempts;
+  int64_t backoff_ms = kDefaultBackoffMs;
+  int64_t max_backoff_ms = kDefaultMaxBackoffMs;
+  double rate_per_sec = 0;  // 0: no rate limit
+};
+
+struct Input {
+  std::string key;
+  std::string value;             // compact JSON, sent as the body
+  int attempts = 0;              // attempts made so far
+  Clock::time_point not_before;  // earliest start of the next attempt
+};
+
+enum class JobState { kOpen, kClosing, kDone, kCancelled };
+const char* JobStateName(JobState state);
+
+// The lines of the outcome file. Neither contains a newline.
+std::string SuccessEntry(const std::string& key, const std::string& value_json);
+std::string ErrorEntry(const std::string& key, long status, const std::string& message,
+                       const std::string& body, int attempts);
+
+// Streams part of an outcome file as one JSON array or as NDJSON, reading
+// it in blocks so that memory stays flat however large the file.
+// Not thread-safe: one reader serves one response.
+class OutputReader {
+ public:
+  enum Format { kArray, kNdjson };
+
+  // Reads from the open descriptor fd (which it closes) starting at byte
+  // begin: skips `skip` entries, then yields `count` entries.
+  OutputReader(int fd, uint64_t begin, uint64_t skip, uint64_t count, Format format);
+  ~OutputReader();
+  OutputReader(const OutputReader&) = delete;
+  OutputReader& operator=(const OutputReader&) = delete;
+
+  // Replaces *chunk with the next piece of output. Returns false when all
+  // has been yielded, or on a read error (*failed is then set).
+  bool Next(std::string* chunk, bool* failed);
+
+ private:
+  bool Fill();
+
+  int fd_;
+  uint64_t pos_;
+  uint64_t skip_;
+  uint64_t remaining_;
+  Format format_;
+  bool started_ = false;
+  bool finished_ = false;
+  std::string buffer_;
+  size_t buffer_pos_ = 0;
+};
+
+class Job : public std::enable_shared_from_this<Job> {
+ public:
+  // Starts one more worker thread for the job; returns false if it could not.
+  using WorkerStarter = std::function<bool(std::shared_ptr<Job>)>;
+  enum class StopReason { kNone, kDeleted, kShutdown };
+
+  // The job writes its outcomes to the file at path, created by Open.
+  Job(std::string id, JobOptions options, std::string path, WorkerStarter start_worker);
+  ~Job();
+  Job(const Job&) = delete;
+  Job& operator=(const Job&) = delete;
+
+  // Creates the outcome file. Call once, before anything else.
+  Status Open();
+
+  const std::string& id() const { return id_; }
+  const JobOptions& options() const { return options_; }
+
+  // API side.
+
+  // Queues the batch, blocking while the queue is full, and returns once all
+  // of it is queued. The batch is checked whole first (the job is open, no
+  // key repeats one already used or one earlier in the batch), so a refused
+  // batch adds nothing.
+  Status Add(std::vector<Input> batch);
+  // No more inputs will come. Harmless to repeat.
+  Status Complete();
+  // Stops sending: every input without an outcome gets a "cancelled" error
+  // entry at once, and calls in flight are aborted.
+  Status Cancel();
+  // Stops everything, wakes every waiter (they answer 404 for kDeleted,
+  // 503 for kShutdown) and removes the outcome file.
+  void Remove(StopReason reason);
+  // Blocks until the job is done or cancelled.
+  Status WaitDone();
+  // Opens the outcome file for reading the entries [offset, offset+limit)
+  // stored so far.
+  Status OpenOutput(uint64_t offset, uint64_t limit, OutputReader::Format format,
+                    std::unique_ptr<OutputReader>* reader);
+  // The job as JSON, its counters read at one instant. Never shows the secret.
+  std::string ToJson();
+  JobState state();
+
+  // Worker side.
+
+  // Blocks until an input may be sent, then moves it into *input and counts
+  // it in flight. Returns false when the worker should exit.
+  bool Take(Input* input);
+  // Stores entry as the outcome of *input, taken by Take.
+  void Finish(Input* input, const std::string& entry, bool success);
+  // Puts *input back to be sent again after delay. If pause_job, nothing of
+  // this job is sent before then (the webhook asked it to slow down).
+  void Retry(Input* input, Clock::duration delay, bool pause_job);
+  // True once calls in flight should be abandoned. Safe from any thread.
+  bool aborting() const { return aborting_.load(std::memory_order_relaxed); }
+
+ private:
+  // Entries are indexed every kIndexStride, so that an offset is found
+  // without reading the file from the start.
+  static constexpr uint64_t kIndexStride = 1024;
+
+  // REQUIRES: mutex_ held.
+  void WriteEntry(const std::string& entry);
+  void MaybeFinish();
+  size_t pending() const { return queue_.size() + delayed_.size(); }
+  Status StoppedStatus() const;
+  bool TakeToken(Clock::time_point now, Clock::time_point* wake);
+
+  const std::string id_;
+  const JobOptions options_;
+  const std::string path_;
+  const WorkerStarter start_worker_;
+  const std::chrono::system_clock::time_point created_at_;
+  std::atomic<bool> aborting_{false};
+
+  std::mutex mutex_;
+  // State below is protected by mutex_.
+  std::condition_variable room_cv_;  // the queue has room, or the job stopped
+  std::condition_variable work_cv_;  // an input may be ready for a worker
+  std::condition_variable done_cv_;  // the job is done, cancelled or stopped
+  JobState state_ = JobState::kOpen;
+  StopReason stopped_ = StopReason::kNone;
+  std::chrono::system_clock::time_point done_at_;
+  std::deque<Input> queue_;
+  std::vector<Input> delayed_;  // a min-heap on not_before: retries waiting
+  std::unordered_set<Input*> in_flight_;
+  KeySet keys_;
+  int adders_ = 0;   // Add calls still queuing a batch
+  int workers_ = 0;  // worker threads started and not yet exited
+  uint64_t inputs_ = 0;
+  uint64_t outputs_ = 0;
+  uint64_t succeeded_ = 0;
+  uint64_t failed_ = 0;
+  uint64_t retries_ = 0;
+  Clock::time_point paused_until_;
+  double tokens_ = 0;
+  Clock::time_point tokens_at_;
+  std::FILE* file_ = nullptr;
+  uint64_t file_bytes_ = 0;
+  std::vector<uint64_t> index_;  // byte offset of entry i * kIndexStride
+};
+
+#endif  // PMMAP_JOB_HPP_

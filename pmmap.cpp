@@ -1,0 +1,555 @@
+// pmmap: runs a finite batch of inputs through a caller's webhook with
+// bounded concurrency and keeps every reply. This file holds main, the
+// command-line flags, the table of jobs, the HTTP routes, and the one
+// function that maps a Status to an HTTP status.
+
+#include <httplib.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <regex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "dispatcher.hpp"
+#include "http_pool.hpp"
+#include "job.hpp"
+#include "json.hpp"
+#include "request.hpp"
+#include "status.hpp"
+
+namespace {
+
+const char kVersion[] = "pmmap 1.0.0";
+
+// Defaults of the server's flags.
+const char kDefaultListen[] = "127.0.0.1:8080";
+constexpr size_t kDefaultHttpThreads = 1024;
+constexpr size_t kDefaultMaxBody = 32 * 1024 * 1024;
+constexpr size_t kDefaultMaxJobs = 10000;
+// A kept-alive API connection holds an HTTP thread while it idles, and
+// shutdown waits for it: keep the idle time short.
+constexpr time_t kKeepAliveSeconds = 3;
+constexpr size_t kKeepAliveRequests = 10000;
+// A caller reading a large output may pause; give it time before dropping it.
+constexpr time_t kWriteTimeoutSeconds = 60;
+
+struct Flags {
+  std::string listen = kDefaultListen;
+  std::string data_dir;
+  size_t http_threads = kDefaultHttpThreads;
+  size_t max_body = kDefaultMaxBody;
+  size_t max_jobs = kDefaultMaxJobs;
+  std::string ca_file;
+};
+
+void Log(const std::string& line) { fprintf(stderr, "pmmap: %s\n", line.c_str()); }
+
+// The jobs the server knows, by id. Thread-safe (provides internal
+// synchronization); the mutex is held only to look up, never while a job
+// works or waits.
+class JobTable {
+ public:
+  JobTable(std::string data_dir, size_t max_jobs, Job::WorkerStarter start_worker)
+      : data_dir_(std::move(data_dir)), max_jobs_(max_jobs), start_worker_(std::move(start_worker)),
+        rng_(std::random_device{}()) {}
+
+  Status Create(JobOptions options, std::shared_ptr<Job>* job) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (shutting_down_) return Status::Unavailable("the server is shutting down");
+    if (jobs_.size() >= max_jobs_) {
+      return Status::TooMany("the server holds " + std::to_string(jobs_.size()) +
+                             " jobs, its limit (--max-jobs): delete finished jobs first");
+    }
+    std::string id;
+    do {
+      char buf[17];
+      snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(rng_()));
+      id = buf;
+    } while (jobs_.count(id) > 0);
+    auto created = std::make_shared<Job>(id, std::move(options), data_dir_ + "/" + id + ".ndjson",
+                                         start_worker_);
+    Status s = created->Open();
+    if (!s.ok()) return s;
+    jobs_[id] = created;
+    order_.push_back(id);
+    *job = created;
+    return Status::OK();
+  }
+
+  std::shared_ptr<Job> Find(const std::string& id) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = jobs_.find(id);
+    return it == jobs_.end() ? nullptr : it->second;
+  }
+
+  std::shared_ptr<Job> Take(const std::string& id) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = jobs_.find(id);
+    if (it == jobs_.end()) return nullptr;
+    std::shared_ptr<Job> job = std::move(it->second);
+    jobs_.erase(it);
+    order_.erase(std::find(order_.begin(), order_.end(), id));
+    return job;
+  }
+
+  // Every job, oldest first.
+  std::vector<std::shared_ptr<Job>> All() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<std::shared_ptr<Job>> all;
+    for (const std::string& id : order_) all.push_back(jobs_[id]);
+    return all;
+  }
+
+  // Refuses new jobs and stops every job, waking whoever waits on one.
+  void Shutdown() {
+    std::vector<std::shared_ptr<Job>> all;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      shutting_down_ = true;
+      for (auto& entry : jobs_) all.push_back(entry.second);
+    }
+    for (auto& job : all) job->Remove(Job::StopReason::kShutdown);
+  }
+
+ private:
+  const std::string data_dir_;
+  const size_t max_jobs_;
+  const Job::WorkerStarter start_worker_;
+
+  std::mutex mutex_;
+  // State below is protected by mutex_.
+  std::mt19937_64 rng_;
+  std::map<std::string, std::shared_ptr<Job>> jobs_;
+  std::vector<std::string> order_;
+  bool shutting_down_ = false;
+};
+
+int HttpStatus(const Status& s) {
+  switch (s.code()) {
+    case Status::kOk: return 200;
+    case Status::kInvalid: return 400;
+    case Status::kNotFound: return 404;
+    case Status::kConflict: return 409;
+    case Status::kTooLarge: return 413;
+    case Status::kTooMany: return 429;
+    case Status::kUnavailable: return 503;
+  }
+  return 500;
+}
+
+void Reply(httplib::Response& res, int status, std::string json) {
+  res.status = status;
+  json.push_back('\n');  // so that curl's output ends its line
+  res.set_content(json, "application/json");
+}
+
+void ReplyError(httplib::Response& res, const Status& s) {
+  Reply(res, HttpStatus(s), ErrorJson(s.message()));
+}
+
+// Reads the whole request body, whatever its Content-Type says, into *body.
+Status ReadBody(const httplib::Request& req, const httplib::ContentReader& reader, size_t max_body,
+                std::string* body) {
+  // A request with neither header has no body; asking cpp-httplib to read
+  // one would wait for the caller to close the connection.
+  if (!req.has_header("Content-Length") && !req.has_header("Transfer-Encoding")) {
+    return Status::OK();
+  }
+  bool too_large = false;
+  bool ok = reader([&](const char* data, size_t n) {
+    if (body->size() + n > max_body) {
+      too_large = true;
+      return false;
+    }
+    body->append(data, n);
+    return true;
+  });
+  // cpp-httplib refuses (and skips) a declared length over the limit itself.
+  if (!ok && strtoull(req.get_header_value("Content-Length").c_str(), nullptr, 10) > max_body) {
+    too_large = true;
+  }
+  if (too_large) {
+    return Status::TooLarge("the body is larger than " + std::to_string(max_body) +
+                            " bytes (--max-body)");
+  }
+  if (!ok) return Status::Invalid("the body could not be read whole");
+  return Status::OK();
+}
+
+// Routes, and the methods each allows; used to tell 405 from 404.
+struct Route {
+  const char* pattern;
+  const char* methods;
+};
+const Route kRoutes[] = {
+    {R"(/job)", "POST"},
+    {R"(/jobs)", "GET"},
+    {R"(/job/[^/]+)", "GET, DELETE"},
+    {R"(/job/[^/]+/input)", "PUT"},
+    {R"(/job/[^/]+/complete)", "POST"},
+    {R"(/job/[^/]+/cancel)", "POST"},
+    {R"(/job/[^/]+/output)", "GET"},
+    {R"(/healthz)", "GET"},
+};
+
+void InstallRoutes(httplib::Server& server, JobTable& table, const Flags& flags) {
+  using httplib::ContentReader;
+  using httplib::Request;
+  using httplib::Response;
+  const size_t max_body = flags.max_body;
+
+  // Looks up the job named in the path, or answers 404.
+  auto find = [&table](const Request& req, Response& res) {
+    std::shared_ptr<Job> job = table.Find(req.matches[1]);
+    if (!job) ReplyError(res, Status::NotFound("no job with id \"" + req.matches[1].str() + "\""));
+    return job;
+  };
+
+  server.Post(R"(/job)", [&table, max_body](const Request& req, Response& res, const ContentReader& reader) {
+    std::string body;
+    JobOptions options;
+    std::shared_ptr<Job> job;
+    Status s = ReadBody(req, reader, max_body, &body);
+    if (s.ok()) s = ParseJobOptions(body, &options);
+    if (s.ok()) s = table.Create(std::move(options), &job);
+    if (!s.ok()) return ReplyError(res, s);
+    Log("job " + job->id() + " created");
+    res.set_header("Location", "/job/" + job->id());
+    Reply(res, 201, job->ToJson());
+  });
+
+  server.Get(R"(/jobs)", [&table](const Request&, Response& res) {
+    std::string out = "[";
+    for (const auto& job : table.All()) {
+      if (out.size() > 1) out.push_back(',');
+      out.append(job->ToJson());
+    }
+    out.push_back(']');
+    Reply(res, 200, out);
+  });
+
+  server.Get(R"(/job/([^/]+))", [find](const Request& req, Response& res) {
+    if (auto job = find(req, res)) Reply(res, 200, job->ToJson());
+  });
+
+  server.Delete(R"(/job/([^/]+))", [&table, max_body](const Request& req, Response& res,
+                                                      const ContentReader& reader) {
+    std::string body;  // ignored, but read so that the connection stays usable
+    Status s = ReadBody(req, reader, max_body, &body);
+    if (!s.ok()) return ReplyError(res, s);
+    std::shared_ptr<Job> job = table.Take(req.matches[1]);
+    if (!job) return ReplyError(res, Status::NotFound("no job with id \"" + req.matches[1].str() + "\""));
+    std::string json = job->ToJson();
+    job->Remove(Job::StopReason::kDeleted);
+    Log("job " + job->id() + " deleted");
+    Reply(res, 200, json);
+  });
+
+  server.Put(R"(/job/([^/]+)/input)", [find, max_body](const Request& req, Response& res,
+                                                      const ContentReader& reader) {
+    std::string body;
+    Status s = ReadBody(req, reader, max_body, &body);
+    if (!s.ok()) return ReplyError(res, s);
+    std::shared_ptr<Job> job = find(req, res);
+    if (!job) return;
+    std::vector<Input> inputs;
+    s = ParseInputs(body, &inputs);
+    body = std::string();  // the inputs hold their own copies now
+    if (s.ok()) s = job->Add(std::move(inputs));
+    if (!s.ok()) return ReplyError(res, s);
+    Reply(res, 201, job->ToJson());
+  });
+
+  auto action = [find, max_body](Status (Job::*act)(), const char* event) {
+    return [=](const Request& req, Response& res, const ContentReader& reader) {
+      std::string body;  // ignored, but read so that the connection stays usable
+      Status s = ReadBody(req, reader, max_body, &body);
+      if (!s.ok()) return ReplyError(res, s);
+      std::shared_ptr<Job> job = find(req, res);
+      if (!job) return;
+      JobState before = job->state();
+      s = ((*job).*act)();
+      if (!s.ok()) return ReplyError(res, s);
+      if (job->state() != before) Log("job " + job->id() + " " + event);
+      Reply(res, 200, job->ToJson());
+    };
+  };
+  server.Post(R"(/job/([^/]+)/complete)", action(&Job::Complete, "completed"));
+  server.Post(R"(/job/([^/]+)/cancel)", action(&Job::Cancel, "cancelled"));
+
+  server.Get(R"(/job/([^/]+)/output)", [find](const Request& req, Response& res) {
+    OutputQuery query;
+    Status s = ParseOutputQuery(req.params, req.get_header_value("Accept"), &query);
+    if (!s.ok()) return ReplyError(res, s);
+    std::shared_ptr<Job> job = find(req, res);
+    if (!job) return;
+    if (query.wait) s = job->WaitDone();
+    std::unique_ptr<OutputReader> opened;
+    if (s.ok()) s = job->OpenOutput(query.offset, query.limit, query.format, &opened);
+    if (!s.ok()) return ReplyError(res, s);
+    std::shared_ptr<OutputReader> reader(std::move(opened));
+    auto chunk = std::make_shared<std::string>();
+    res.set_header("PMMAP-state", JobStateName(job->state()));
+    res.set_chunked_content_provider(
+        query.format == OutputReader::kArray ? "application/json" : "application/x-ndjson",
+        [reader, chunk](size_t, httplib::DataSink& sink) {
+          bool failed = false;
+          if (!reader->Next(chunk.get(), &failed)) {
+            if (failed) return false;
+            sink.done();
+            return true;
+          }
+          return sink.write(chunk->data(), chunk->size());
+        });
+  });
+
+  server.Get(R"(/healthz)", [](const Request&, Response& res) { Reply(res, 200, "{\"status\":\"ok\"}"); });
+
+  // Without these, a POST, PUT, PATCH or DELETE that no route takes would
+  // have its body read by cpp-httplib, which waits for the caller to close
+  // the connection when the request has no Content-Length.
+  auto no_route = [max_body](const Request& req, Response& res, const ContentReader& reader) {
+    std::string body;
+    ReadBody(req, reader, max_body, &body);
+    res.status = 404;  // the error handler says more
+  };
+  server.Post(".*", no_route);
+  server.Put(".*", no_route);
+  server.Patch(".*", no_route);
+  server.Delete(".*", no_route);
+
+  // Answers what no route did: a JSON error, and 405 for a known path.
+  server.set_error_handler(httplib::Server::HandlerWithResponse(
+      [](const Request& req, Response& res) -> httplib::Server::HandlerResponse {
+    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+    std::string message = "HTTP " + std::to_string(res.status);
+    if (res.status == 404) {
+      message = "no route " + req.method + " " + req.path;
+      for (const Route& route : kRoutes) {
+        if (std::regex_match(req.path, std::regex(route.pattern))) {
+          res.status = 405;
+          res.set_header("Allow", route.methods);
+          message = req.method + " is not allowed on " + req.path + " (allowed: " + route.methods + ")";
+          break;
+        }
+      }
+    } else if (res.status == 413) {
+      message = "the body is too large";
+    }
+    res.set_content(ErrorJson(message) + "\n", "application/json");
+    return httplib::Server::HandlerResponse::Handled;
+  }));
+  server.set_exception_handler([](const Request&, Response& res, std::exception_ptr) {
+    Reply(res, 500, ErrorJson("internal error"));
+  });
+}
+
+void PrintHelp() {
+  printf(
+      "usage: pmmap [flags]\n"
+      "\n"
+      "Runs finite batches of inputs through webhooks; see README.md for the API.\n"
+      "Each flag may also be set by the environment variable shown.\n"
+      "\n"
+      "  --listen HOST:PORT   address to serve on (PMMAP_LISTEN; default %s)\n"
+      "  --data-dir DIR       where job outputs are kept (PMMAP_DATA_DIR;\n"
+      "                       default: a fresh folder under $TMPDIR, removed on exit)\n"
+      "  --http-threads N     most API connections served at once (PMMAP_HTTP_THREADS;\n"
+      "                       default %zu)\n"
+      "  --max-body BYTES     largest request body (PMMAP_MAX_BODY; default %zu)\n"
+      "  --max-jobs N         most jobs held at once (PMMAP_MAX_JOBS; default %zu)\n"
+      "  --ca-file FILE       CA bundle for https webhooks (PMMAP_CA_FILE)\n"
+      "  --help               print this and exit\n"
+      "  --version            print the version and exit\n",
+      kDefaultListen, kDefaultHttpThreads, kDefaultMaxBody, kDefaultMaxJobs);
+}
+
+bool ParseSize(const std::string& text, size_t low, size_t* out) {
+  if (text.empty() || text.size() > 18 || text.find_first_not_of("0123456789") != std::string::npos) {
+    return false;
+  }
+  size_t n = std::stoull(text);
+  if (n < low) return false;
+  *out = n;
+  return true;
+}
+
+// Reads the flags from the environment, then the command line. Returns
+// false with a message in *error on a bad one.
+bool ParseFlags(int argc, char** argv, Flags* flags, bool* exit_now, std::string* error) {
+  struct Spec {
+    const char* name;
+    const char* env;
+    std::function<bool(const std::string&)> set;
+  };
+  const Spec specs[] = {
+      {"--listen", "PMMAP_LISTEN", [&](const std::string& v) { flags->listen = v; return true; }},
+      {"--data-dir", "PMMAP_DATA_DIR", [&](const std::string& v) { flags->data_dir = v; return !v.empty(); }},
+      {"--http-threads", "PMMAP_HTTP_THREADS", [&](const std::string& v) { return ParseSize(v, 1, &flags->http_threads); }},
+      {"--max-body", "PMMAP_MAX_BODY", [&](const std::string& v) { return ParseSize(v, 1, &flags->max_body); }},
+      {"--max-jobs", "PMMAP_MAX_JOBS", [&](const std::string& v) { return ParseSize(v, 1, &flags->max_jobs); }},
+      {"--ca-file", "PMMAP_CA_FILE", [&](const std::string& v) { flags->ca_file = v; return true; }},
+  };
+  for (const Spec& spec : specs) {
+    const char* value = getenv(spec.env);
+    if (value != nullptr && !spec.set(value)) {
+      *error = std::string("bad value for ") + spec.env + ": " + value;
+      return false;
+    }
+  }
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      PrintHelp();
+      *exit_now = true;
+      return true;
+    }
+    if (arg == "--version") {
+      printf("%s\n", kVersion);
+      *exit_now = true;
+      return true;
+    }
+    std::string value;
+    size_t eq = arg.find('=');
+    std::string name = arg.substr(0, eq);
+    const Spec* spec = nullptr;
+    for (const Spec& s : specs) {
+      if (name == s.name) spec = &s;
+    }
+    if (spec == nullptr) {
+      *error = "unknown flag " + arg + " (see --help)";
+      return false;
+    }
+    if (eq != std::string::npos) {
+      value = arg.substr(eq + 1);
+    } else if (i + 1 < argc) {
+      value = argv[++i];
+    } else {
+      *error = name + " needs a value";
+      return false;
+    }
+    if (!spec->set(value)) {
+      *error = "bad value for " + name + ": " + value;
+      return false;
+    }
+  }
+  return true;
+}
+
+bool SplitHostPort(const std::string& listen, std::string* host, int* port) {
+  size_t colon = listen.rfind(':');
+  if (colon == std::string::npos || colon == 0) return false;
+  *host = listen.substr(0, colon);
+  if (host->size() > 2 && host->front() == '[' && host->back() == ']') {
+    *host = host->substr(1, host->size() - 2);
+  }
+  size_t p = 0;
+  if (!ParseSize(listen.substr(colon + 1), 0, &p) || p > 65535) return false;
+  *port = static_cast<int>(p);
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Flags flags;
+  bool exit_now = false;
+  std::string error;
+  if (!ParseFlags(argc, argv, &flags, &exit_now, &error)) {
+    fprintf(stderr, "pmmap: %s\n", error.c_str());
+    return 2;
+  }
+  if (exit_now) return 0;
+  std::string host;
+  int port = 0;
+  if (!SplitHostPort(flags.listen, &host, &port)) {
+    fprintf(stderr, "pmmap: --listen wants HOST:PORT, not %s\n", flags.listen.c_str());
+    return 2;
+  }
+
+  bool own_data_dir = flags.data_dir.empty();
+  if (own_data_dir) {
+    const char* tmp = getenv("TMPDIR");
+    std::string templ = std::string(tmp != nullptr && *tmp ? tmp : "/tmp") + "/pmmap.XXXXXX";
+    if (mkdtemp(&templ[0]) == nullptr) {
+      fprintf(stderr, "pmmap: cannot create %s: %s\n", templ.c_str(), strerror(errno));
+      return 1;
+    }
+    flags.data_dir = templ;
+  } else if (mkdir(flags.data_dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    fprintf(stderr, "pmmap: cannot create %s: %s\n", flags.data_dir.c_str(), strerror(errno));
+    return 1;
+  }
+
+  // Signals are taken by one thread with sigwait, so block them in every
+  // thread; SIGPIPE is blocked so that a vanished peer is an error, not death.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+
+  int exit_code = 0;
+  {
+    Dispatcher::Options dispatch_options;
+    dispatch_options.ca_file = flags.ca_file;
+    dispatch_options.max_reply_bytes = flags.max_body;
+    Dispatcher dispatcher(dispatch_options);
+    JobTable table(flags.data_dir, flags.max_jobs,
+                   [&dispatcher](std::shared_ptr<Job> job) { return dispatcher.StartWorker(std::move(job)); });
+
+    httplib::Server server;
+    const size_t http_threads = flags.http_threads;
+    server.new_task_queue = [http_threads] { return new HttpPool(http_threads); };
+    server.set_keep_alive_timeout(kKeepAliveSeconds);
+    server.set_keep_alive_max_count(kKeepAliveRequests);
+    server.set_write_timeout(kWriteTimeoutSeconds, 0);
+    server.set_payload_max_length(flags.max_body);
+    InstallRoutes(server, table, flags);
+
+    // Port 0 picks a free port; the log line below tells which.
+    int bound = port == 0 ? server.bind_to_any_port(host) : (server.bind_to_port(host, port) ? port : -1);
+    if (bound <= 0) {
+      fprintf(stderr, "pmmap: cannot listen on %s: %s\n", flags.listen.c_str(), strerror(errno));
+      exit_code = 1;
+    } else {
+      std::thread signal_thread([&] {
+        int sig = 0;
+        sigset_t stop_signals;
+        sigemptyset(&stop_signals);
+        sigaddset(&stop_signals, SIGINT);
+        sigaddset(&stop_signals, SIGTERM);
+        sigwait(&stop_signals, &sig);
+        if (sig != 0) Log(std::string("stopping on ") + strsignal(sig));
+        table.Shutdown();
+        server.stop();
+        // A second signal means now.
+        sigwait(&stop_signals, &sig);
+        _exit(1);
+      });
+      signal_thread.detach();
+      std::string shown_host = host.find(':') != std::string::npos ? "[" + host + "]" : host;
+      Log("listening on http://" + shown_host + ":" + std::to_string(bound) + " with data in " +
+          flags.data_dir);
+      server.listen_after_bind();
+      table.Shutdown();  // in case the server stopped by itself
+    }
+  }
+  if (own_data_dir) rmdir(flags.data_dir.c_str());
+  curl_global_cleanup();
+  return exit_code;
+}

@@ -1,0 +1,334 @@
+#include "request.hpp"
+
+#include <curl/curl.h>
+#include <rapidjson/document.h>
+#include <rapidjson/error/en.h>
+#include <rapidjson/memorystream.h>
+#include <rapidjson/writer.h>
+
+#include <cctype>
+#include <set>
+
+#include "json.hpp"
+
+namespace {
+
+std::string Quoted(const std::string& s) {
+  std::string out;
+  AppendJsonString(s, &out);
+  return out;
+}
+
+// Reads an integer field into *out if it is within [low, high].
+bool IntegerIn(const rapidjson::Value& v, int64_t low, int64_t high, int64_t* out) {
+  if (!v.IsInt64()) return false;
+  int64_t n = v.GetInt64();
+  if (n < low || n > high) return false;
+  *out = n;
+  return true;
+}
+
+Status RangeError(const char* field, int64_t low, int64_t high) {
+  return Status::Invalid(std::string(field) + ": expected an integer from " + std::to_string(low) +
+                         " to " + std::to_string(high));
+}
+
+// SAX handler for the body of PUT /job/{id}/input. It checks the shape as
+// it goes and copies each value, compact, into its Input.
+class InputsHandler {
+ public:
+  explicit InputsHandler(std::vector<Input>* inputs) : inputs_(inputs), sink_(nullptr), writer_(sink_) {}
+
+  bool Null() { return Scalar([this] { return writer_.Null(); }); }
+  bool Bool(bool b) { return Scalar([&] { return writer_.Bool(b); }); }
+  bool Int(int) { return false; }  // unreachable with kParseNumbersAsStringsFlag
+  bool Uint(unsigned) { return false; }
+  bool Int64(int64_t) { return false; }
+  bool Uint64(uint64_t) { return false; }
+  bool Double(double) { return false; }
+  bool RawNumber(const char* s, rapidjson::SizeType n, bool) {
+    return Scalar([&] { return writer_.RawValue(s, n, rapidjson::kNumberType); });
+  }
+  bool String(const char* s, rapidjson::SizeType n, bool) {
+    if (where_ == kKey) {
+      if (n == 0) return Fail(Item() + ".key: must not be empty");
+      if (n > kMaxKeyBytes) {
+        return Fail(Item() + ".key: longer than " + std::to_string(kMaxKeyBytes) + " bytes");
+      }
+      inputs_->back().key.assign(s, n);
+      where_ = kItem;
+      return true;
+    }
+    return Scalar([&] { return writer_.String(s, n); });
+  }
+  bool StartObject() {
+    if (where_ == kList) {
+      inputs_->emplace_back();
+      have_key_ = have_value_ = false;
+      where_ = kItem;
+      return true;
+    }
+    return Open([this] { return writer_.StartObject(); });
+  }
+  bool Key(const char* s, rapidjson::SizeType n, bool) {
+    if (where_ == kValue) return writer_.Key(s, n);
+    std::string name(s, n);
+    if (name == "key") {
+      if (have_key_) return Fail(Item() + ": \"key\" is given twice");
+      have_key_ = true;
+      where_ = kKey;
+      return true;
+    }
+    if (name == "value") {
+      if (have_value_) return Fail(Item() + ": \"value\" is given twice");
+      have_value_ = true;
+      sink_.out = &inputs_->back().value;
+      writer_.Reset(sink_);
+      where_ = kValue;
+      return true;
+    }
+    return Fail(Item() + ": unknown field " + Quoted(name) + " (an input has \"key\" and \"value\")");
+  }
+  bool EndObject(rapidjson::SizeType n) {
+    if (where_ == kValue) return Close([&] { return writer_.EndObject(n); });
+    if (!have_key_) return Fail(Item() + ": missing \"key\"");
+    if (!have_value_) return Fail(Item() + ": missing \"value\"");
+    where_ = kList;
+    return true;
+  }
+  bool StartArray() {
+    if (where_ == kStart) {
+      where_ = kList;
+      return true;
+    }
+    return Open([this] { return writer_.StartArray(); });
+  }
+  bool EndArray(rapidjson::SizeType n) {
+    if (where_ == kList) {
+      where_ = kEnd;
+      return true;
+    }
+    return Close([&] { return writer_.EndArray(n); });
+  }
+
+  const std::string& error() const { return error_; }
+
+ private:
+  enum Where { kStart, kList, kItem, kKey, kValue, kEnd };
+
+  std::string Item() const { return "input[" + std::to_string(inputs_->size() - 1) + "]"; }
+
+  bool Fail(std::string message) {
+    error_ = std::move(message);
+    return false;
+  }
+
+  // A JSON value that is not where an input's value is.
+  bool Misplaced() {
+    if (where_ == kKey) return Fail(Item() + ".key: expected a string");
+    if (where_ == kList) {
+      return Fail("input[" + std::to_string(inputs_->size()) +
+                  "]: expected an object {\"key\": ..., \"value\": ...}");
+    }
+    return Fail("the body must be a JSON array of {\"key\": ..., \"value\": ...} objects");
+  }
+
+  template <typename Write>
+  bool Scalar(Write write) {
+    if (where_ != kValue) return Misplaced();
+    if (!write()) return false;
+    if (depth_ == 0) where_ = kItem;
+    return true;
+  }
+
+  template <typename Write>
+  bool Open(Write write) {
+    if (where_ != kValue) return Misplaced();
+    // The list and the input object are two levels above the value.
+    if (++depth_ + 2 > kMaxJsonDepth) {
+      return Fail(Item() + ".value: nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+    }
+    return write();
+  }
+
+  template <typename Write>
+  bool Close(Write write) {
+    if (!write()) return false;
+    if (--depth_ == 0) where_ = kItem;
+    return true;
+  }
+
+  std::vector<Input>* inputs_;
+  StringSink sink_;
+  rapidjson::Writer<StringSink> writer_;
+  Where where_ = kStart;
+  int depth_ = 0;  // nesting inside the current value
+  bool have_key_ = false;
+  bool have_value_ = false;
+  std::string error_;
+};
+
+bool ParseBool(const std::string& s, bool* out) {
+  if (s == "true" || s == "1") {
+    *out = true;
+  } else if (s == "false" || s == "0") {
+    *out = false;
+  } else {
+    return false;
+  }
+  return true;
+}
+
+bool ParseCount(const std::string& s, uint64_t* out) {
+  if (s.empty() || s.size() > 19 || s.find_first_not_of("0123456789") != std::string::npos) {
+    return false;
+  }
+  *out = std::stoull(s);
+  return true;
+}
+
+}  // namespace
+
+std::string CheckWebhookUrl(const std::string& url) {
+  for (unsigned char c : url) {
+    if (c <= ' ' || c == 0x7F) return "url: contains a space or control character";
+  }
+  CURLU* parsed = curl_url();
+  if (parsed == nullptr) return "url: out of memory";
+  std::string error;
+  CURLUcode rc = curl_url_set(parsed, CURLUPART_URL, url.c_str(), 0);
+  char* scheme = nullptr;
+  char* host = nullptr;
+  if (rc != CURLUE_OK) {
+    error = "url: " + Quoted(url) + " is not an absolute URL (" + curl_url_strerror(rc) + ")";
+  } else if (curl_url_get(parsed, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+             (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0)) {
+    error = "url: the scheme must be http or https";
+  } else if (curl_url_get(parsed, CURLUPART_HOST, &host, 0) != CURLUE_OK || host[0] == '\0') {
+    error = "url: has no host";
+  }
+  curl_free(scheme);
+  curl_free(host);
+  curl_url_cleanup(parsed);
+  return error;
+}
+
+Status ParseJobOptions(const std::string& body, JobOptions* options) {
+  if (body.empty()) return Status::Invalid("the body is empty: expected {\"url\": \"http://host/path\", ...}");
+  if (!JsonDepthWithin(body.data(), body.size(), kMaxJsonDepth)) {
+    return Status::Invalid("body: nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+  }
+  rapidjson::Document doc;
+  doc.Parse<rapidjson::kParseValidateEncodingFlag>(body.data(), body.size());
+  if (doc.HasParseError()) {
+    return Status::Invalid(std::string("body is not valid JSON: ") +
+                           rapidjson::GetParseError_En(doc.GetParseError()) + " at offset " +
+                           std::to_string(doc.GetErrorOffset()));
+  }
+  if (!doc.IsObject()) {
+    return Status::Invalid("the body must be a JSON object such as {\"url\": \"http://host/path\"}");
+  }
+  JobOptions parsed;
+  std::set<std::string> seen;
+  bool have_url = false;
+  for (const auto& member : doc.GetObject()) {
+    std::string name(member.name.GetString(), member.name.GetStringLength());
+    const rapidjson::Value& v = member.value;
+    if (!seen.insert(name).second) return Status::Invalid(name + ": given twice");
+    if (v.IsNull() && name != "url") continue;  // null means the default
+    int64_t n = 0;
+    if (name == "url") {
+      if (!v.IsString()) return Status::Invalid("url: expected a string");
+      parsed.url.assign(v.GetString(), v.GetStringLength());
+      std::string error = CheckWebhookUrl(parsed.url);
+      if (!error.empty()) return Status::Invalid(error);
+      have_url = true;
+    } else if (name == "secret") {
+      if (!v.IsString()) return Status::Invalid("secret: expected a string");
+      parsed.secret.assign(v.GetString(), v.GetStringLength());
+    } else if (name == "concurrency") {
+      if (!IntegerIn(v, 1, kMaxConcurrency, &n)) return RangeError("concurrency", 1, kMaxConcurrency);
+      parsed.concurrency = static_cast<int>(n);
+    } else if (name == "maxsize") {
+      if (!IntegerIn(v, 1, kMaxMaxsize, &parsed.maxsize)) return RangeError("maxsize", 1, kMaxMaxsize);
+    } else if (name == "timeout_ms") {
+      if (!IntegerIn(v, 1, kMaxTimeoutMs, &parsed.timeout_ms)) {
+        return RangeError("timeout_ms", 1, kMaxTimeoutMs);
+      }
+    } else if (name == "max_attempts") {
+      if (!IntegerIn(v, 1, kMaxMaxAttempts, &n)) return RangeError("max_attempts", 1, kMaxMaxAttempts);
+      parsed.max_attempts = static_cast<int>(n);
+    } else if (name == "backoff_ms") {
+      if (!IntegerIn(v, 0, kMaxBackoffMsLimit, &parsed.backoff_ms)) {
+        return RangeError("backoff_ms", 0, kMaxBackoffMsLimit);
+      }
+    } else if (name == "max_backoff_ms") {
+      if (!IntegerIn(v, 0, kMaxBackoffMsLimit, &parsed.max_backoff_ms)) {
+        return RangeError("max_backoff_ms", 0, kMaxBackoffMsLimit);
+      }
+    } else if (name == "rate_per_sec") {
+      if (!v.IsNumber() || !(v.GetDouble() > 0) || v.GetDouble() > kMaxRatePerSec) {
+        return Status::Invalid("rate_per_sec: expected a number above 0 and at most " +
+                               std::to_string(static_cast<int64_t>(kMaxRatePerSec)));
+      }
+      parsed.rate_per_sec = v.GetDouble();
+    } else {
+      return Status::Invalid("unknown field " + Quoted(name));
+    }
+  }
+  if (!have_url) return Status::Invalid("url: missing (the webhook, such as \"http://host/path\")");
+  *options = std::move(parsed);
+  return Status::OK();
+}
+
+Status ParseInputs(const std::string& body, std::vector<Input>* inputs) {
+  if (body.empty()) return Status::Invalid("the body is empty: expected [{\"key\": ..., \"value\": ...}, ...]");
+  std::vector<Input> parsed;
+  InputsHandler handler(&parsed);
+  rapidjson::Reader reader;
+  rapidjson::MemoryStream stream(body.data(), body.size());
+  rapidjson::ParseResult result = reader.Parse<kUntrustedParseFlags>(stream, handler);
+  if (!handler.error().empty()) return Status::Invalid(handler.error());
+  if (!result) {
+    return Status::Invalid(std::string("body is not valid JSON: ") +
+                           rapidjson::GetParseError_En(result.Code()) + " at offset " +
+                           std::to_string(result.Offset()));
+  }
+  *inputs = std::move(parsed);
+  return Status::OK();
+}
+
+Status ParseOutputQuery(const std::multimap<std::string, std::string>& params,
+                        const std::string& accept, OutputQuery* query) {
+  OutputQuery parsed;
+  bool format_given = false;
+  for (const auto& param : params) {
+    const std::string& name = param.first;
+    const std::string& value = param.second;
+    if (params.count(name) > 1) return Status::Invalid("query parameter " + name + ": given twice");
+    if (name == "wait") {
+      if (!ParseBool(value, &parsed.wait)) return Status::Invalid("wait: expected true or false");
+    } else if (name == "offset") {
+      if (!ParseCount(value, &parsed.offset)) return Status::Invalid("offset: expected a count (0 or more)");
+    } else if (name == "limit") {
+      if (!ParseCount(value, &parsed.limit)) return Status::Invalid("limit: expected a count (0 or more)");
+    } else if (name == "format") {
+      if (value == "json") {
+        parsed.format = OutputReader::kArray;
+      } else if (value == "ndjson") {
+        parsed.format = OutputReader::kNdjson;
+      } else {
+        return Status::Invalid("format: expected json or ndjson");
+      }
+      format_given = true;
+    } else {
+      return Status::Invalid("unknown query parameter " + Quoted(name) +
+                             " (known: wait, offset, limit, format)");
+    }
+  }
+  if (!format_given && accept.find("application/x-ndjson") != std::string::npos) {
+    parsed.format = OutputReader::kNdjson;
+  }
+  *query = parsed;
+  return Status::OK();
+}

@@ -1,0 +1,40 @@
+// Parsing at the edge: the bodies and query parameters a caller sends
+// become typed, validated structs here, whole, before any job changes. Each
+// function returns Status::Invalid with a message that says what was wrong
+// and where (a field name, an input's index, a byte offset).
+
+#ifndef PMMAP_REQUEST_HPP_
+#define PMMAP_REQUEST_HPP_
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "job.hpp"
+#include "status.hpp"
+
+// Parses the body of POST /job.
+Status ParseJobOptions(const std::string& body, JobOptions* options);
+
+// Parses the body of PUT /job/{id}/input: [{"key": "...", "value": ...}, ...].
+// Each value is kept as compact JSON, its numbers exactly as written.
+Status ParseInputs(const std::string& body, std::vector<Input>* inputs);
+
+struct OutputQuery {
+  bool wait = true;
+  uint64_t offset = 0;
+  uint64_t limit = UINT64_MAX;
+  OutputReader::Format format = OutputReader::kArray;
+};
+
+// Parses the query parameters of GET /job/{id}/output; accept is the
+// request's Accept header (application/x-ndjson selects NDJSON).
+Status ParseOutputQuery(const std::multimap<std::string, std::string>& params,
+                        const std::string& accept, OutputQuery* query);
+
+// Returns an error message if url is not an absolute http or https URL
+// with a host, or an empty string if it is.
+std::string CheckWebhookUrl(const std::string& url);
+
+#endif  // PMMAP_REQUEST_HPP_
