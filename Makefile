@@ -59,3 +59,9 @@ clean:
 	rm -rf $(BUILD) pmmap pmmap_test
 
 -include $(wildcard $(BUILD)/*.d $(BUILD)/test/*.d)
+
+# The benchmark (issue: performance): nginx and wrk on loopback; never part of `make test`.
+.PHONY: bench
+bench: deps
+	$(MAKE) pmmap
+	bench/run.sh
