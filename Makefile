@@ -12,7 +12,7 @@ BUILD ?= build
 # The Debian packages that building, testing and benchmarking need.
 PACKAGES := g++ make libcpp-httplib-dev rapidjson-dev libcurl4-openssl-dev libssl-dev catch2 curl
 
-LIB_SOURCES := job.cpp dispatcher.cpp json.cpp request.cpp http_pool.cpp
+LIB_SOURCES := job.cpp dispatcher.cpp json.cpp request.cpp http_pool.cpp log.cpp metrics.cpp
 TEST_SOURCES := test/main.cpp test/harness.cpp test/json_test.cpp test/request_test.cpp \
                 test/job_test.cpp test/dispatcher_test.cpp test/api_test.cpp test/delivery_test.cpp
 

@@ -1,10 +1,15 @@
 #include "dispatcher.hpp"
 
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
 #include <cctype>
 #include <cstring>
 #include <system_error>
 
 #include "json.hpp"
+#include "log.hpp"
+#include "metrics.hpp"
 
 namespace {
 
@@ -20,24 +25,27 @@ struct CallResult {
   char error[CURL_ERROR_SIZE] = {0};
 };
 
-// One worker's connection to the webhook: a libcurl easy handle whose
-// options are set once, so that each call reuses its kept-alive connection.
-// Not thread-safe: owned by one worker thread.
+// One thread's connection to webhooks: a libcurl easy handle whose options
+// are set once, so that each call reuses its kept-alive connection.
+// Not thread-safe: owned by one thread.
 class WebhookClient {
  public:
-  WebhookClient(const Dispatcher::Options& options, Job* job)
-      : job_(job), max_reply_bytes_(options.max_reply_bytes), curl_(curl_easy_init()) {
+  // Calls are limited to timeout_ms and abandoned once *abort is true.
+  WebhookClient(const Dispatcher::Options& options, int64_t timeout_ms, const std::atomic<bool>* abort)
+      : max_reply_bytes_(options.max_reply_bytes), curl_(curl_easy_init()) {
     if (curl_ == nullptr) return;
     curl_easy_setopt(curl_, CURLOPT_NOSIGNAL, 1L);  // required with threads
     curl_easy_setopt(curl_, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(curl_, CURLOPT_TCP_NODELAY, 1L);
     curl_easy_setopt(curl_, CURLOPT_POST, 1L);
-    curl_easy_setopt(curl_, CURLOPT_TIMEOUT_MS, static_cast<long>(job->options().timeout_ms));
+    curl_easy_setopt(curl_, CURLOPT_TIMEOUT_MS, static_cast<long>(timeout_ms));
     curl_easy_setopt(curl_, CURLOPT_WRITEFUNCTION, &WebhookClient::OnBody);
+    curl_easy_setopt(curl_, CURLOPT_WRITEDATA, this);
     curl_easy_setopt(curl_, CURLOPT_HEADERFUNCTION, &WebhookClient::OnHeader);
+    curl_easy_setopt(curl_, CURLOPT_HEADERDATA, this);
     curl_easy_setopt(curl_, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(curl_, CURLOPT_XFERINFOFUNCTION, &WebhookClient::OnProgress);
-    curl_easy_setopt(curl_, CURLOPT_XFERINFODATA, job_);
+    curl_easy_setopt(curl_, CURLOPT_XFERINFODATA, abort);
     if (!options.ca_file.empty()) curl_easy_setopt(curl_, CURLOPT_CAINFO, options.ca_file.c_str());
   }
   ~WebhookClient() {
@@ -46,34 +54,43 @@ class WebhookClient {
   WebhookClient(const WebhookClient&) = delete;
   WebhookClient& operator=(const WebhookClient&) = delete;
 
-  // Sends input to the webhook once, blocking until the reply, an error or
-  // the job's abort.
-  void Call(const Input& input, CallResult* result) {
+  // POSTs body to url once, with the standard headers for job's attempt,
+  // blocking until the reply, an error, the timeout or the abort.
+  void Call(const std::string& url, const std::string& body, const Job& job, int attempt,
+            CallResult* result) {
     if (curl_ == nullptr) {
       result->code = CURLE_FAILED_INIT;
       return;
     }
     result_ = result;
-    const JobOptions& options = job_->options();
-    std::string url = WebhookUrl(options.url, input.key);
+    const std::string& secret = job.options().secret;
     curl_slist* headers = nullptr;
     headers = curl_slist_append(headers, "Content-Type: application/json");
     headers = curl_slist_append(headers, "Expect:");  // no 100-continue round trip
     // "Name;" is how libcurl sends a header with an empty value.
-    headers = curl_slist_append(
-        headers, options.secret.empty() ? "PMMAP-auth;" : ("PMMAP-auth: " + options.secret).c_str());
-    headers = curl_slist_append(headers, ("PMMAP-job: " + job_->id()).c_str());
     headers = curl_slist_append(headers,
-                                ("PMMAP-attempt: " + std::to_string(input.attempts)).c_str());
+                                secret.empty() ? "PMMAP-auth;" : ("PMMAP-auth: " + secret).c_str());
+    headers = curl_slist_append(headers, ("PMMAP-job: " + job.id()).c_str());
+    headers = curl_slist_append(headers, ("PMMAP-attempt: " + std::to_string(attempt)).c_str());
+    if (!secret.empty()) {
+      std::string signature = Signature(secret, time(nullptr), body);
+      headers = curl_slist_append(headers, ("PMMAP-signature: " + signature).c_str());
+    }
     curl_easy_setopt(curl_, CURLOPT_URL, url.c_str());
     curl_easy_setopt(curl_, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt(curl_, CURLOPT_POSTFIELDS, input.value.data());
-    curl_easy_setopt(curl_, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(input.value.size()));
-    curl_easy_setopt(curl_, CURLOPT_WRITEDATA, this);
-    curl_easy_setopt(curl_, CURLOPT_HEADERDATA, this);
+    curl_easy_setopt(curl_, CURLOPT_POSTFIELDS, body.data());
+    curl_easy_setopt(curl_, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
     curl_easy_setopt(curl_, CURLOPT_ERRORBUFFER, result->error);
+    Metrics::Global().CallStarted();
+    Clock::time_point start = Clock::now();
     result->code = curl_easy_perform(curl_);
     curl_easy_getinfo(curl_, CURLINFO_RESPONSE_CODE, &result->status);
+    if (result->code != CURLE_ABORTED_BY_CALLBACK) {
+      Metrics::Global().CallEnded(OutcomeOf(*result),
+                                  std::chrono::duration<double>(Clock::now() - start).count());
+    } else {
+      Metrics::Global().CallAbandoned();
+    }
     curl_easy_setopt(curl_, CURLOPT_HTTPHEADER, nullptr);
     curl_easy_setopt(curl_, CURLOPT_ERRORBUFFER, nullptr);
     curl_slist_free_all(headers);
@@ -81,6 +98,15 @@ class WebhookClient {
   }
 
  private:
+  static Metrics::Outcome OutcomeOf(const CallResult& r) {
+    if (r.code == CURLE_OPERATION_TIMEDOUT) return Metrics::kTimeout;
+    if (r.status == 0) return Metrics::kConnectError;
+    if (r.status < 300) return Metrics::k2xx;
+    if (r.status < 400) return Metrics::k3xx;
+    if (r.status < 500) return Metrics::k4xx;
+    return Metrics::k5xx;
+  }
+
   static size_t OnBody(char* data, size_t size, size_t n, void* self_ptr) {
     WebhookClient* self = static_cast<WebhookClient*>(self_ptr);
     CallResult* result = self->result_;
@@ -109,15 +135,24 @@ class WebhookClient {
     return len;
   }
 
-  static int OnProgress(void* job, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
-    return static_cast<Job*>(job)->aborting() ? 1 : 0;
+  static int OnProgress(void* abort, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+    return static_cast<const std::atomic<bool>*>(abort)->load(std::memory_order_relaxed) ? 1 : 0;
   }
 
-  Job* const job_;
   const size_t max_reply_bytes_;
   CURL* const curl_;
   CallResult* result_ = nullptr;
 };
+
+// The wait before the next attempt after a retryable result.
+Clock::duration RetryDelay(const CallResult& result, int attempts, const JobOptions& options,
+                           std::mt19937_64* rng) {
+  int64_t asked_ms;
+  if (SlowsJob(result.status) && ParseRetryAfter(result.retry_after, time(nullptr), &asked_ms)) {
+    return std::chrono::milliseconds(std::min(asked_ms, options.max_backoff_ms));
+  }
+  return BackoffDelay(attempts, options.backoff_ms, options.max_backoff_ms, rng);
+}
 
 std::string FailureMessage(const CallResult& r, const JobOptions& options) {
   if (r.too_large) return "the reply is larger than the limit";
@@ -204,34 +239,69 @@ bool ParseRetryAfter(const std::string& value, time_t now, int64_t* ms) {
   return true;
 }
 
+std::string Signature(const std::string& secret, time_t t, const std::string& body) {
+  std::string message = std::to_string(static_cast<long long>(t)) + "." + body;
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int digest_len = 0;
+  HMAC(EVP_sha256(), secret.data(), static_cast<int>(secret.size()),
+       reinterpret_cast<const unsigned char*>(message.data()), message.size(), digest, &digest_len);
+  static const char kHex[] = "0123456789abcdef";
+  std::string out = "t=" + std::to_string(static_cast<long long>(t)) + ",v1=";
+  for (unsigned int i = 0; i < digest_len; ++i) {
+    out.push_back(kHex[digest[i] >> 4]);
+    out.push_back(kHex[digest[i] & 0xF]);
+  }
+  return out;
+}
+
 Dispatcher::Dispatcher(Options options) : options_(std::move(options)) {}
 
 Dispatcher::~Dispatcher() {
-  // Join outside mutex_: an exiting worker takes it to announce its exit.
+  // Join outside mutex_: an exiting thread takes it to announce its exit.
   for (;;) {
     ThreadList threads;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (threads_.empty()) break;
       threads.swap(threads_);
+      finished_.clear();
     }
     for (std::thread& t : threads) t.join();
   }
 }
 
 bool Dispatcher::StartWorker(std::shared_ptr<Job> job) {
+  return StartThread([this, job] { RunWorker(job); });
+}
+
+bool Dispatcher::StartCallback(std::shared_ptr<Job> job) {
+  return StartThread([this, job] { RunCallback(job); });
+}
+
+bool Dispatcher::StartThread(std::function<void()> body) {
   std::lock_guard<std::mutex> lock(mutex_);
   JoinFinished();
   ThreadList::iterator self = threads_.emplace(threads_.end());
   try {
     // The new thread cannot announce its exit before this assignment: that
     // needs mutex_, held here.
-    *self = std::thread(&Dispatcher::Run, this, std::move(job), self);
+    *self = std::thread([this, self](std::function<void()> run) {
+      run();
+      run = nullptr;  // a job may be destroyed here, before this thread is joined
+      std::lock_guard<std::mutex> lock(mutex_);
+      finished_.push_back(self);
+      exit_cv_.notify_all();
+    }, std::move(body));
   } catch (const std::system_error&) {
     threads_.erase(self);
     return false;
   }
   return true;
+}
+
+bool Dispatcher::WaitForExit(Clock::duration timeout) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  return exit_cv_.wait_for(lock, timeout, [this] { return finished_.size() == threads_.size(); });
 }
 
 void Dispatcher::JoinFinished() {
@@ -242,44 +312,71 @@ void Dispatcher::JoinFinished() {
   finished_.clear();
 }
 
-void Dispatcher::Run(std::shared_ptr<Job> job, ThreadList::iterator self) {
-  {
-    WebhookClient client(options_, job.get());
-    std::mt19937_64 rng(std::random_device{}());
-    const JobOptions& options = job->options();
-    Input input;
-    while (job->Take(&input)) {
-      CallResult result;
-      client.Call(input, &result);
-      Verdict verdict = result.too_large ? Verdict::kFail : Judge(result.code, result.status);
-      if (verdict == Verdict::kSuccess) {
-        std::string value;
-        std::string error;
-        if (result.body.empty()) {
-          value = "null";
-        } else if (!AppendCompactJson(result.body.data(), result.body.size(), &value, &error)) {
-          value.clear();
-          AppendJsonString(result.body, &value);
-        }
-        job->Finish(&input, SuccessEntry(input.key, value), true);
-      } else if (verdict == Verdict::kRetry && input.attempts < options.max_attempts) {
-        Clock::duration delay =
-            BackoffDelay(input.attempts, options.backoff_ms, options.max_backoff_ms, &rng);
-        int64_t asked_ms;
-        if (SlowsJob(result.status) && ParseRetryAfter(result.retry_after, time(nullptr), &asked_ms)) {
-          delay = std::chrono::milliseconds(std::min(asked_ms, options.max_backoff_ms));
-        }
-        job->Retry(&input, delay, SlowsJob(result.status));
-      } else {
-        std::string body = result.body.substr(0, kErrorBodyBytes);
-        job->Finish(&input,
-                    ErrorEntry(input.key, result.status, FailureMessage(result, options), body,
-                               input.attempts),
-                    false);
+void Dispatcher::RunWorker(const std::shared_ptr<Job>& job) {
+  const JobOptions& options = job->options();
+  WebhookClient client(options_, options.timeout_ms, &job->aborting_flag());
+  std::mt19937_64 rng(std::random_device{}());
+  Input input;
+  while (job->Take(&input)) {
+    CallResult result;
+    client.Call(WebhookUrl(options.url, input.key), input.value, *job, input.attempts, &result);
+    Verdict verdict = result.too_large ? Verdict::kFail : Judge(result.code, result.status);
+    if (verdict == Verdict::kSuccess) {
+      std::string value;
+      std::string error;
+      if (result.body.empty()) {
+        value = "null";
+      } else if (!AppendCompactJson(result.body.data(), result.body.size(), &value, &error)) {
+        value.clear();
+        AppendJsonString(result.body, &value);
       }
+      job->Finish(&input, SuccessEntry(input.key, value), true);
+    } else if (verdict == Verdict::kRetry && input.attempts < options.max_attempts) {
+      Metrics::Global().Retried();
+      job->Retry(&input, RetryDelay(result, input.attempts, options, &rng), SlowsJob(result.status));
+    } else {
+      if (result.code == CURLE_ABORTED_BY_CALLBACK) {
+        // Cancelled or removed: Cancel has stored this input's entry and
+        // Finish drops this one; it is here only so that no path loses it.
+        job->Finish(&input, ErrorEntry(input.key, 0, "cancelled", "", input.attempts), false);
+        continue;
+      }
+      std::string message = FailureMessage(result, options);
+      LogJobEvent(job->id(), "failure", "key " + input.key + ": " + message);
+      job->Finish(&input,
+                  ErrorEntry(input.key, result.status, message, result.body.substr(0, kErrorBodyBytes),
+                             input.attempts),
+                  false);
     }
   }
-  job.reset();  // the job may be destroyed here, before this thread is joined
-  std::lock_guard<std::mutex> lock(mutex_);
-  finished_.push_back(self);
+}
+
+void Dispatcher::RunCallback(const std::shared_ptr<Job>& job) {
+  const JobOptions& options = job->options();
+  WebhookClient client(options_, options.timeout_ms, &job->removed());
+  std::mt19937_64 rng(std::random_device{}());
+  CallbackStatus status;
+  while (!job->removed()) {
+    status.state = CallbackStatus::kSending;
+    ++status.attempts;
+    job->SetCallbackStatus(status);
+    CallResult result;
+    client.Call(options.callback_url, job->ToJson(), *job, status.attempts, &result);
+    status.status = result.status;
+    // The callback's reply body does not matter, only its status.
+    Verdict verdict = Judge(result.too_large ? CURLE_OK : result.code, result.status);
+    if (verdict == Verdict::kSuccess) {
+      status.state = CallbackStatus::kSucceeded;
+      status.message.clear();
+      break;
+    }
+    status.message = FailureMessage(result, options);
+    if (verdict == Verdict::kFail || status.attempts >= options.max_attempts ||
+        !job->SleepUnlessStopped(RetryDelay(result, status.attempts, options, &rng))) {
+      status.state = CallbackStatus::kFailed;
+      LogJobEvent(job->id(), "failure", "callback: " + status.message);
+      break;
+    }
+  }
+  job->SetCallbackStatus(status);
 }

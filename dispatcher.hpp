@@ -15,7 +15,9 @@
 #include <curl/curl.h>
 
 #include <cstdint>
+#include <condition_variable>
 #include <ctime>
+#include <functional>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -47,6 +49,10 @@ inline bool SlowsJob(long status) { return status == 429 || status == 503; }
 // duration in [0, min(cap, base * 2^(attempts-1))] ("full jitter").
 Clock::duration BackoffDelay(int attempts, int64_t base_ms, int64_t cap_ms, std::mt19937_64* rng);
 
+// Returns the PMMAP-signature header value for a call made at unix time t:
+// "t=<t>,v1=<hex HMAC-SHA256 of "<t>.<body>" keyed with secret>".
+std::string Signature(const std::string& secret, time_t t, const std::string& body);
+
 // Parses a Retry-After header value (delay-seconds or an HTTP-date) into
 // milliseconds from now. Returns false if it is neither.
 bool ParseRetryAfter(const std::string& value, time_t now, int64_t* ms);
@@ -67,11 +73,18 @@ class Dispatcher {
 
   // Starts a worker for job. Returns false if no thread could be started.
   bool StartWorker(std::shared_ptr<Job> job);
+  // Starts a thread that POSTs the ended job to its callback_url.
+  bool StartCallback(std::shared_ptr<Job> job);
+  // Waits until every thread has exited or timeout passes; returns whether
+  // all exited.
+  bool WaitForExit(Clock::duration timeout);
 
  private:
   using ThreadList = std::list<std::thread>;
 
-  void Run(std::shared_ptr<Job> job, ThreadList::iterator self);
+  bool StartThread(std::function<void()> body);
+  void RunWorker(const std::shared_ptr<Job>& job);
+  void RunCallback(const std::shared_ptr<Job>& job);
   // REQUIRES: mutex_ held.
   void JoinFinished();
 
@@ -79,6 +92,7 @@ class Dispatcher {
 
   std::mutex mutex_;
   // State below is protected by mutex_.
+  std::condition_variable exit_cv_;  // a thread announced its exit
   ThreadList threads_;
   std::vector<ThreadList::iterator> finished_;  // exited, not yet joined
 };

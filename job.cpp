@@ -9,6 +9,8 @@
 #include <ctime>
 
 #include "json.hpp"
+#include "log.hpp"
+#include "metrics.hpp"
 
 namespace {
 
@@ -167,6 +169,7 @@ Status Job::Open() {
 
 Status Job::StoppedStatus() const {
   if (stopped_ == StopReason::kShutdown) return Status::Unavailable("the server is shutting down");
+  if (stopped_ == StopReason::kExpired) return Status::NotFound("job " + id_ + " has expired");
   return Status::NotFound("job " + id_ + " was deleted");
 }
 
@@ -207,6 +210,7 @@ Status Job::Add(std::vector<Input> batch) {
     for (size_t i = 0; i < n; ++i) queue_.push_back(std::move(batch[next + i]));
     next += n;
     inputs_ += n;
+    Metrics::Global().InputsAccepted(n);
     int wanted = static_cast<int>(std::min<size_t>(queue_.size(), options_.concurrency));
     int to_start = std::max(0, wanted - workers_);
     workers_ += to_start;
@@ -238,6 +242,7 @@ Status Job::Complete() {
   if (stopped_ != StopReason::kNone) return StoppedStatus();
   if (state_ == JobState::kOpen) {
     state_ = JobState::kClosing;
+    LogJobEvent(id_, "completed");
     MaybeFinish();
     work_cv_.notify_all();  // idle workers re-check whether to exit
   }
@@ -254,6 +259,7 @@ Status Job::Cancel() {
     WriteEntry(ErrorEntry(input.key, 0, "cancelled", "", input.attempts));
     ++failed_;
     ++outputs_;
+    Metrics::Global().OutputStored(false);
   };
   // In-flight inputs get their entry now; their workers' results are
   // dropped when they arrive (Finish and Retry find them gone).
@@ -263,10 +269,7 @@ Status Job::Cancel() {
   in_flight_.clear();
   delayed_.clear();
   queue_.clear();
-  done_at_ = std::chrono::system_clock::now();
-  room_cv_.notify_all();
-  work_cv_.notify_all();
-  done_cv_.notify_all();
+  Ended();
   return Status::OK();
 }
 
@@ -274,7 +277,7 @@ void Job::Remove(StopReason reason) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (stopped_ != StopReason::kNone) return;
   stopped_ = reason;
-  aborting_ = true;
+  if (reason != StopReason::kShutdown) Abort();
   if (file_ != nullptr) {
     fclose(file_);
     file_ = nullptr;
@@ -352,6 +355,22 @@ std::string Job::ToJson() {
   } else {
     out.append("null");
   }
+  out.append(",\"callback\":");
+  if (options_.callback_url.empty()) {
+    out.append("null");
+  } else {
+    static const char* const kCallbackStates[] = {"waiting", "sending", "succeeded", "failed"};
+    out.append("{\"url\":");
+    AppendJsonString(options_.callback_url, &out);
+    out.append(",\"state\":\"").append(kCallbackStates[callback_.state]).push_back('"');
+    AppendField("attempts", static_cast<uint64_t>(callback_.attempts), &out);
+    AppendField("status", static_cast<uint64_t>(callback_.status), &out);
+    if (!callback_.message.empty()) {
+      out.append(",\"message\":");
+      AppendJsonString(callback_.message, &out);
+    }
+    out.push_back('}');
+  }
   out.push_back('}');
   return out;
 }
@@ -415,6 +434,7 @@ void Job::Finish(Input* input, const std::string& entry, bool success) {
   } else {
     ++failed_;
   }
+  Metrics::Global().OutputStored(success);
   MaybeFinish();
 }
 
@@ -442,8 +462,31 @@ void Job::WriteEntry(const std::string& entry) {
 void Job::MaybeFinish() {
   if (state_ != JobState::kClosing || adders_ > 0 || pending() > 0 || !in_flight_.empty()) return;
   state_ = JobState::kDone;
+  Ended();
+}
+
+void Job::Ended() {
   done_at_ = std::chrono::system_clock::now();
   fflush(file_);
+  LogJobEvent(id_, JobStateName(state_),
+              std::to_string(succeeded_) + " succeeded, " + std::to_string(failed_) + " failed");
+  room_cv_.notify_all();
   work_cv_.notify_all();
   done_cv_.notify_all();
+  if (on_end_) on_end_(shared_from_this());
+}
+
+bool Job::EndedBy(std::chrono::system_clock::time_point cutoff) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return (state_ == JobState::kDone || state_ == JobState::kCancelled) && done_at_ <= cutoff;
+}
+
+bool Job::SleepUnlessStopped(Clock::duration duration) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  return !done_cv_.wait_for(lock, duration, [this] { return stopped_ != StopReason::kNone; });
+}
+
+void Job::SetCallbackStatus(const CallbackStatus& status) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  callback_ = status;
 }

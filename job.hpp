@@ -55,6 +55,16 @@ struct JobOptions {
   int64_t backoff_ms = kDefaultBackoffMs;
   int64_t max_backoff_ms = kDefaultMaxBackoffMs;
   double rate_per_sec = 0;  // 0: no rate limit
+  std::string callback_url;  // empty: no completion callback
+};
+
+// The completion callback's progress, shown in the job JSON.
+struct CallbackStatus {
+  enum State { kWaiting, kSending, kSucceeded, kFailed };
+  State state = kWaiting;
+  int attempts = 0;
+  long status = 0;  // the last reply's HTTP status; 0 when none came
+  std::string message;  // why it failed
 };
 
 struct Input {
@@ -108,7 +118,11 @@ class Job : public std::enable_shared_from_this<Job> {
  public:
   // Starts one more worker thread for the job; returns false if it could not.
   using WorkerStarter = std::function<bool(std::shared_ptr<Job>)>;
-  enum class StopReason { kNone, kDeleted, kShutdown };
+  // Called once, with mutex_ held, when the job becomes done or cancelled.
+  // Lock order: a job's mutex_ may be held while the hook takes others, so
+  // no other lock may be held while calling into a Job.
+  using EndHook = std::function<void(std::shared_ptr<Job>)>;
+  enum class StopReason { kNone, kDeleted, kExpired, kShutdown };
 
   // The job writes its outcomes to the file at path, created by Open.
   Job(std::string id, JobOptions options, std::string path, WorkerStarter start_worker);
@@ -118,6 +132,8 @@ class Job : public std::enable_shared_from_this<Job> {
 
   // Creates the outcome file. Call once, before anything else.
   Status Open();
+  // Sets the hook called when the job ends. Call before Open.
+  void SetEndHook(EndHook on_end) { on_end_ = std::move(on_end); }
 
   const std::string& id() const { return id_; }
   const JobOptions& options() const { return options_; }
@@ -134,9 +150,18 @@ class Job : public std::enable_shared_from_this<Job> {
   // Stops sending: every input without an outcome gets a "cancelled" error
   // entry at once, and calls in flight are aborted.
   Status Cancel();
-  // Stops everything, wakes every waiter (they answer 404 for kDeleted,
-  // 503 for kShutdown) and removes the outcome file.
+  // Stops everything, wakes every waiter (they answer 404 for kDeleted and
+  // kExpired, 503 for kShutdown) and removes the outcome file. Calls in
+  // flight are aborted, except on kShutdown, which leaves them a grace
+  // period: call Abort when it is over.
   void Remove(StopReason reason);
+  void Abort() { aborting_ = true; removed_ = true; }
+  // True if the job ended (done or cancelled) at or before cutoff.
+  bool EndedBy(std::chrono::system_clock::time_point cutoff);
+  // Waits for duration unless the job is removed first; returns false if it was.
+  bool SleepUnlessStopped(Clock::duration duration);
+  // Records the completion callback's progress.
+  void SetCallbackStatus(const CallbackStatus& status);
   // Blocks until the job is done or cancelled.
   Status WaitDone();
   // Opens the outcome file for reading the entries [offset, offset+limit)
@@ -159,6 +184,9 @@ class Job : public std::enable_shared_from_this<Job> {
   void Retry(Input* input, Clock::duration delay, bool pause_job);
   // True once calls in flight should be abandoned. Safe from any thread.
   bool aborting() const { return aborting_.load(std::memory_order_relaxed); }
+  // True once the completion callback should be abandoned too.
+  const std::atomic<bool>& removed() const { return removed_; }
+  const std::atomic<bool>& aborting_flag() const { return aborting_; }
 
  private:
   // Entries are indexed every kIndexStride, so that an offset is found
@@ -168,6 +196,7 @@ class Job : public std::enable_shared_from_this<Job> {
   // REQUIRES: mutex_ held.
   void WriteEntry(const std::string& entry);
   void MaybeFinish();
+  void Ended();
   size_t pending() const { return queue_.size() + delayed_.size(); }
   Status StoppedStatus() const;
   bool TakeToken(Clock::time_point now, Clock::time_point* wake);
@@ -176,8 +205,10 @@ class Job : public std::enable_shared_from_this<Job> {
   const JobOptions options_;
   const std::string path_;
   const WorkerStarter start_worker_;
+  EndHook on_end_;
   const std::chrono::system_clock::time_point created_at_;
-  std::atomic<bool> aborting_{false};
+  std::atomic<bool> aborting_{false};  // cancelled or removed
+  std::atomic<bool> removed_{false};
 
   std::mutex mutex_;
   // State below is protected by mutex_.
@@ -204,6 +235,7 @@ class Job : public std::enable_shared_from_this<Job> {
   std::FILE* file_ = nullptr;
   uint64_t file_bytes_ = 0;
   std::vector<uint64_t> index_;  // byte offset of entry i * kIndexStride
+  CallbackStatus callback_;
 };
 
 #endif  // PMMAP_JOB_HPP_

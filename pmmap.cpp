@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -26,6 +27,8 @@
 #include "http_pool.hpp"
 #include "job.hpp"
 #include "json.hpp"
+#include "log.hpp"
+#include "metrics.hpp"
 #include "request.hpp"
 #include "status.hpp"
 
@@ -38,6 +41,11 @@ const char kDefaultListen[] = "127.0.0.1:8080";
 constexpr size_t kDefaultHttpThreads = 1024;
 constexpr size_t kDefaultMaxBody = 32 * 1024 * 1024;
 constexpr size_t kDefaultMaxJobs = 10000;
+constexpr size_t kDefaultJobTtlSeconds = 24 * 60 * 60;
+// How often finished jobs are checked for expiry.
+constexpr std::chrono::seconds kExpiryInterval{1};
+// On SIGTERM, how long calls in flight may take to finish before they are aborted.
+constexpr std::chrono::seconds kShutdownGrace{5};
 // A kept-alive API connection holds an HTTP thread while it idles, and
 // shutdown waits for it: keep the idle time short.
 constexpr time_t kKeepAliveSeconds = 3;
@@ -51,19 +59,21 @@ struct Flags {
   size_t http_threads = kDefaultHttpThreads;
   size_t max_body = kDefaultMaxBody;
   size_t max_jobs = kDefaultMaxJobs;
+  size_t job_ttl = kDefaultJobTtlSeconds;
   std::string ca_file;
+  LogFormat log_format = LogFormat::kText;
 };
 
-void Log(const std::string& line) { fprintf(stderr, "pmmap: %s\n", line.c_str()); }
 
 // The jobs the server knows, by id. Thread-safe (provides internal
 // synchronization); the mutex is held only to look up, never while a job
 // works or waits.
 class JobTable {
  public:
-  JobTable(std::string data_dir, size_t max_jobs, Job::WorkerStarter start_worker)
+  JobTable(std::string data_dir, size_t max_jobs, Job::WorkerStarter start_worker,
+           Job::EndHook on_end)
       : data_dir_(std::move(data_dir)), max_jobs_(max_jobs), start_worker_(std::move(start_worker)),
-        rng_(std::random_device{}()) {}
+        on_end_(std::move(on_end)), rng_(std::random_device{}()) {}
 
   Status Create(JobOptions options, std::shared_ptr<Job>* job) {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -78,8 +88,10 @@ class JobTable {
       snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(rng_()));
       id = buf;
     } while (jobs_.count(id) > 0);
+    bool has_callback = !options.callback_url.empty();
     auto created = std::make_shared<Job>(id, std::move(options), data_dir_ + "/" + id + ".ndjson",
                                          start_worker_);
+    if (has_callback) created->SetEndHook(on_end_);
     Status s = created->Open();
     if (!s.ok()) return s;
     jobs_[id] = created;
@@ -112,7 +124,18 @@ class JobTable {
     return all;
   }
 
+  // Removes the jobs that ended at or before cutoff.
+  void Expire(std::chrono::system_clock::time_point cutoff) {
+    for (const auto& job : All()) {
+      if (job->EndedBy(cutoff) && Take(job->id())) {
+        job->Remove(Job::StopReason::kExpired);
+        LogJobEvent(job->id(), "expired");
+      }
+    }
+  }
+
   // Refuses new jobs and stops every job, waking whoever waits on one.
+  // Calls in flight go on until AbortAll.
   void Shutdown() {
     std::vector<std::shared_ptr<Job>> all;
     {
@@ -123,10 +146,15 @@ class JobTable {
     for (auto& job : all) job->Remove(Job::StopReason::kShutdown);
   }
 
+  void AbortAll() {
+    for (auto& job : All()) job->Abort();
+  }
+
  private:
   const std::string data_dir_;
   const size_t max_jobs_;
   const Job::WorkerStarter start_worker_;
+  const Job::EndHook on_end_;
 
   std::mutex mutex_;
   // State below is protected by mutex_.
@@ -202,6 +230,7 @@ const Route kRoutes[] = {
     {R"(/job/[^/]+/cancel)", "POST"},
     {R"(/job/[^/]+/output)", "GET"},
     {R"(/healthz)", "GET"},
+    {R"(/metrics)", "GET"},
 };
 
 void InstallRoutes(httplib::Server& server, JobTable& table, const Flags& flags) {
@@ -225,7 +254,7 @@ void InstallRoutes(httplib::Server& server, JobTable& table, const Flags& flags)
     if (s.ok()) s = ParseJobOptions(body, &options);
     if (s.ok()) s = table.Create(std::move(options), &job);
     if (!s.ok()) return ReplyError(res, s);
-    Log("job " + job->id() + " created");
+    LogJobEvent(job->id(), "created", job->options().url);
     res.set_header("Location", "/job/" + job->id());
     Reply(res, 201, job->ToJson());
   });
@@ -253,7 +282,7 @@ void InstallRoutes(httplib::Server& server, JobTable& table, const Flags& flags)
     if (!job) return ReplyError(res, Status::NotFound("no job with id \"" + req.matches[1].str() + "\""));
     std::string json = job->ToJson();
     job->Remove(Job::StopReason::kDeleted);
-    Log("job " + job->id() + " deleted");
+    LogJobEvent(job->id(), "deleted");
     Reply(res, 200, json);
   });
 
@@ -272,22 +301,20 @@ void InstallRoutes(httplib::Server& server, JobTable& table, const Flags& flags)
     Reply(res, 201, job->ToJson());
   });
 
-  auto action = [find, max_body](Status (Job::*act)(), const char* event) {
+  auto action = [find, max_body](Status (Job::*act)()) {
     return [=](const Request& req, Response& res, const ContentReader& reader) {
       std::string body;  // ignored, but read so that the connection stays usable
       Status s = ReadBody(req, reader, max_body, &body);
       if (!s.ok()) return ReplyError(res, s);
       std::shared_ptr<Job> job = find(req, res);
       if (!job) return;
-      JobState before = job->state();
       s = ((*job).*act)();
       if (!s.ok()) return ReplyError(res, s);
-      if (job->state() != before) Log("job " + job->id() + " " + event);
       Reply(res, 200, job->ToJson());
     };
   };
-  server.Post(R"(/job/([^/]+)/complete)", action(&Job::Complete, "completed"));
-  server.Post(R"(/job/([^/]+)/cancel)", action(&Job::Cancel, "cancelled"));
+  server.Post(R"(/job/([^/]+)/complete)", action(&Job::Complete));
+  server.Post(R"(/job/([^/]+)/cancel)", action(&Job::Cancel));
 
   server.Get(R"(/job/([^/]+)/output)", [find](const Request& req, Response& res) {
     OutputQuery query;
@@ -316,6 +343,13 @@ void InstallRoutes(httplib::Server& server, JobTable& table, const Flags& flags)
   });
 
   server.Get(R"(/healthz)", [](const Request&, Response& res) { Reply(res, 200, "{\"status\":\"ok\"}"); });
+
+  server.Get(R"(/metrics)", [&table](const Request&, Response& res) {
+    std::map<std::string, uint64_t> jobs_by_state = {
+        {"open", 0}, {"closing", 0}, {"done", 0}, {"cancelled", 0}};
+    for (const auto& job : table.All()) ++jobs_by_state[JobStateName(job->state())];
+    res.set_content(Metrics::Global().Render(jobs_by_state), "text/plain; version=0.0.4");
+  });
 
   // Without these, a POST, PUT, PATCH or DELETE that no route takes would
   // have its body read by cpp-httplib, which waits for the caller to close
@@ -370,10 +404,14 @@ void PrintHelp() {
       "                       default %zu)\n"
       "  --max-body BYTES     largest request body (PMMAP_MAX_BODY; default %zu)\n"
       "  --max-jobs N         most jobs held at once (PMMAP_MAX_JOBS; default %zu)\n"
+      "  --job-ttl SECONDS    ended jobs nobody deleted are removed this long after\n"
+      "                       they end (PMMAP_JOB_TTL; default %zu)\n"
       "  --ca-file FILE       CA bundle for https webhooks (PMMAP_CA_FILE)\n"
+      "  --log-format FORMAT  text or json, one line per event (PMMAP_LOG_FORMAT;\n"
+      "                       default text)\n"
       "  --help               print this and exit\n"
       "  --version            print the version and exit\n",
-      kDefaultListen, kDefaultHttpThreads, kDefaultMaxBody, kDefaultMaxJobs);
+      kDefaultListen, kDefaultHttpThreads, kDefaultMaxBody, kDefaultMaxJobs, kDefaultJobTtlSeconds);
 }
 
 bool ParseSize(const std::string& text, size_t low, size_t* out) {
@@ -400,7 +438,13 @@ bool ParseFlags(int argc, char** argv, Flags* flags, bool* exit_now, std::string
       {"--http-threads", "PMMAP_HTTP_THREADS", [&](const std::string& v) { return ParseSize(v, 1, &flags->http_threads); }},
       {"--max-body", "PMMAP_MAX_BODY", [&](const std::string& v) { return ParseSize(v, 1, &flags->max_body); }},
       {"--max-jobs", "PMMAP_MAX_JOBS", [&](const std::string& v) { return ParseSize(v, 1, &flags->max_jobs); }},
+      {"--job-ttl", "PMMAP_JOB_TTL", [&](const std::string& v) { return ParseSize(v, 0, &flags->job_ttl); }},
       {"--ca-file", "PMMAP_CA_FILE", [&](const std::string& v) { flags->ca_file = v; return true; }},
+      {"--log-format", "PMMAP_LOG_FORMAT", [&](const std::string& v) {
+         if (v != "text" && v != "json") return false;
+         flags->log_format = v == "json" ? LogFormat::kJson : LogFormat::kText;
+         return true;
+       }},
   };
   for (const Spec& spec : specs) {
     const char* value = getenv(spec.env);
@@ -503,14 +547,17 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   curl_global_init(CURL_GLOBAL_DEFAULT);
 
+  SetLogFormat(flags.log_format);
   int exit_code = 0;
   {
     Dispatcher::Options dispatch_options;
     dispatch_options.ca_file = flags.ca_file;
     dispatch_options.max_reply_bytes = flags.max_body;
     Dispatcher dispatcher(dispatch_options);
-    JobTable table(flags.data_dir, flags.max_jobs,
-                   [&dispatcher](std::shared_ptr<Job> job) { return dispatcher.StartWorker(std::move(job)); });
+    JobTable table(
+        flags.data_dir, flags.max_jobs,
+        [&dispatcher](std::shared_ptr<Job> job) { return dispatcher.StartWorker(std::move(job)); },
+        [&dispatcher](std::shared_ptr<Job> job) { dispatcher.StartCallback(std::move(job)); });
 
     httplib::Server server;
     const size_t http_threads = flags.http_threads;
@@ -527,6 +574,10 @@ int main(int argc, char** argv) {
       fprintf(stderr, "pmmap: cannot listen on %s: %s\n", flags.listen.c_str(), strerror(errno));
       exit_code = 1;
     } else {
+      std::mutex stop_mutex;
+      std::condition_variable stop_cv;
+      bool stopping = false;  // guarded by stop_mutex
+
       std::thread signal_thread([&] {
         int sig = 0;
         sigset_t stop_signals;
@@ -534,22 +585,48 @@ int main(int argc, char** argv) {
         sigaddset(&stop_signals, SIGINT);
         sigaddset(&stop_signals, SIGTERM);
         sigwait(&stop_signals, &sig);
-        if (sig != 0) Log(std::string("stopping on ") + strsignal(sig));
+        LogMessage(std::string("stopping on ") + strsignal(sig));
+        {
+          std::lock_guard<std::mutex> lock(stop_mutex);
+          stopping = true;
+        }
+        stop_cv.notify_all();
         table.Shutdown();
         server.stop();
         // A second signal means now.
         sigwait(&stop_signals, &sig);
         _exit(1);
       });
-      signal_thread.detach();
+      signal_thread.detach();  // blocked in sigwait until the process ends
+
+      std::thread expiry_thread([&] {
+        std::unique_lock<std::mutex> lock(stop_mutex);
+        while (!stop_cv.wait_for(lock, kExpiryInterval, [&] { return stopping; })) {
+          lock.unlock();
+          table.Expire(std::chrono::system_clock::now() - std::chrono::seconds(flags.job_ttl));
+          lock.lock();
+        }
+      });
+
       std::string shown_host = host.find(':') != std::string::npos ? "[" + host + "]" : host;
-      Log("listening on http://" + shown_host + ":" + std::to_string(bound) + " with data in " +
-          flags.data_dir);
+      LogMessage("listening on http://" + shown_host + ":" + std::to_string(bound) +
+                 " with data in " + flags.data_dir);
       server.listen_after_bind();
+      {
+        std::lock_guard<std::mutex> lock(stop_mutex);
+        stopping = true;
+      }
+      stop_cv.notify_all();
+      expiry_thread.join();
       table.Shutdown();  // in case the server stopped by itself
+      if (!dispatcher.WaitForExit(kShutdownGrace)) {
+        LogMessage("aborting webhook calls still in flight");
+        table.AbortAll();
+      }
     }
-  }
+  }  // joins the dispatcher's threads
   if (own_data_dir) rmdir(flags.data_dir.c_str());
+  LogMessage("stopped");
   curl_global_cleanup();
   return exit_code;
 }

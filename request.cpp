@@ -243,6 +243,11 @@ Status ParseJobOptions(const std::string& body, JobOptions* options) {
       std::string error = CheckWebhookUrl(parsed.url);
       if (!error.empty()) return Status::Invalid(error);
       have_url = true;
+    } else if (name == "callback_url") {
+      if (!v.IsString()) return Status::Invalid("callback_url: expected a string");
+      parsed.callback_url.assign(v.GetString(), v.GetStringLength());
+      std::string error = CheckWebhookUrl(parsed.callback_url);
+      if (!error.empty()) return Status::Invalid("callback_" + error);
     } else if (name == "secret") {
       if (!v.IsString()) return Status::Invalid("secret: expected a string");
       parsed.secret.assign(v.GetString(), v.GetStringLength());

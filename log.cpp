@@ -1,0 +1,58 @@
+#include "log.hpp"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <ctime>
+
+#include "json.hpp"
+
+namespace {
+
+LogFormat g_format = LogFormat::kText;
+
+std::string Now() {
+  using namespace std::chrono;
+  auto ms = duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+  time_t secs = static_cast<time_t>(ms / 1000);
+  struct tm tm;
+  gmtime_r(&secs, &tm);
+  char buf[64];
+  snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+           tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms % 1000));
+  return buf;
+}
+
+void Emit(std::string line) {
+  line.push_back('\n');
+  // One write so that lines from different threads never interleave.
+  ssize_t ignored = write(STDERR_FILENO, line.data(), line.size());
+  (void)ignored;
+}
+
+}  // namespace
+
+void SetLogFormat(LogFormat format) { g_format = format; }
+
+void LogMessage(const std::string& message) {
+  if (g_format == LogFormat::kText) return Emit(Now() + " pmmap: " + message);
+  std::string line = "{\"time\":\"" + Now() + "\",\"message\":";
+  AppendJsonString(message, &line);
+  Emit(line + "}");
+}
+
+void LogJobEvent(const std::string& job_id, const char* event, const std::string& detail) {
+  if (g_format == LogFormat::kText) {
+    Emit(Now() + " pmmap: job " + job_id + " " + event + (detail.empty() ? "" : ": " + detail));
+    return;
+  }
+  std::string line = "{\"time\":\"" + Now() + "\",\"job\":";
+  AppendJsonString(job_id, &line);
+  line.append(",\"event\":");
+  AppendJsonString(event, &line);
+  if (!detail.empty()) {
+    line.append(",\"detail\":");
+    AppendJsonString(detail, &line);
+  }
+  Emit(line + "}");
+}
