@@ -14,7 +14,8 @@ PACKAGES := g++ make libcpp-httplib-dev rapidjson-dev libcurl4-openssl-dev libss
 
 LIB_SOURCES := job.cpp dispatcher.cpp json.cpp request.cpp http_pool.cpp log.cpp metrics.cpp
 TEST_SOURCES := test/main.cpp test/harness.cpp test/json_test.cpp test/request_test.cpp \
-                test/job_test.cpp test/dispatcher_test.cpp test/api_test.cpp test/delivery_test.cpp
+                test/job_test.cpp test/dispatcher_test.cpp test/api_test.cpp test/delivery_test.cpp \
+                test/ops_test.cpp
 
 LIB_OBJECTS := $(LIB_SOURCES:%.cpp=$(BUILD)/%.o)
 TEST_OBJECTS := $(TEST_SOURCES:%.cpp=$(BUILD)/%.o)
