@@ -2,7 +2,6 @@
 
 #include <rapidjson/error/en.h>
 #include <rapidjson/memorystream.h>
-#include <rapidjson/writer.h>
 
 namespace {
 
@@ -33,7 +32,7 @@ class CompactHandler {
 
  private:
   StringSink sink_;
-  rapidjson::Writer<StringSink> writer_;
+  CompactWriter writer_;
   int depth_ = 0;
 };
 
@@ -73,6 +72,16 @@ bool AppendCompactJson(const char* data, size_t size, std::string* out, std::str
              std::to_string(result.Offset());
   }
   return false;
+}
+
+bool IsValidUtf8(const char* data, size_t size) {
+  const unsigned char* p = reinterpret_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < size;) {
+    size_t len = Utf8SequenceLength(p + i, size - i);
+    if (len == 0) return false;
+    i += len;
+  }
+  return true;
 }
 
 void AppendJsonString(const char* data, size_t size, std::string* out) {

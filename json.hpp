@@ -10,6 +10,7 @@
 #define PMMAP_JSON_HPP_
 
 #include <rapidjson/reader.h>
+#include <rapidjson/writer.h>
 
 #include <cstddef>
 #include <string>
@@ -42,6 +43,15 @@ struct StringSink {
   void Flush() {}
   std::string* out;
 };
+
+// Writes compact JSON, refusing strings that are not valid UTF-8: the
+// parser validates raw bytes, but RapidJSON 1.1.0 turns an escaped lone low
+// surrogate ("\udc00") into bytes that are not UTF-8.
+using CompactWriter = rapidjson::Writer<StringSink, rapidjson::UTF8<>, rapidjson::UTF8<>,
+                                        rapidjson::CrtAllocator, rapidjson::kWriteValidateEncodingFlag>;
+
+// Returns true if [data, data+size) is valid UTF-8.
+bool IsValidUtf8(const char* data, size_t size);
 
 // The RapidJSON reader flags pmmap parses untrusted JSON with: no recursion,
 // numbers kept as their text, UTF-8 validated.

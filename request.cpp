@@ -55,6 +55,7 @@ class InputsHandler {
       if (n > kMaxKeyBytes) {
         return Fail(Item() + ".key: longer than " + std::to_string(kMaxKeyBytes) + " bytes");
       }
+      if (!IsValidUtf8(s, n)) return Fail(Item() + ".key: not valid UTF-8 (a lone surrogate escape?)");
       inputs_->back().key.assign(s, n);
       where_ = kItem;
       return true;
@@ -71,7 +72,7 @@ class InputsHandler {
     return Open([this] { return writer_.StartObject(); });
   }
   bool Key(const char* s, rapidjson::SizeType n, bool) {
-    if (where_ == kValue) return writer_.Key(s, n);
+    if (where_ == kValue) return writer_.Key(s, n) || BadString();
     std::string name(s, n);
     if (name == "key") {
       if (have_key_) return Fail(Item() + ": \"key\" is given twice");
@@ -133,10 +134,13 @@ class InputsHandler {
     return Fail("the body must be a JSON array of {\"key\": ..., \"value\": ...} objects");
   }
 
+  // The only way the writer refuses what the parser accepted.
+  bool BadString() { return Fail(Item() + ".value: a string is not valid UTF-8 (a lone surrogate escape?)"); }
+
   template <typename Write>
   bool Scalar(Write write) {
     if (where_ != kValue) return Misplaced();
-    if (!write()) return false;
+    if (!write()) return BadString();
     if (depth_ == 0) where_ = kItem;
     return true;
   }
@@ -160,7 +164,7 @@ class InputsHandler {
 
   std::vector<Input>* inputs_;
   StringSink sink_;
-  rapidjson::Writer<StringSink> writer_;
+  CompactWriter writer_;
   Where where_ = kStart;
   int depth_ = 0;  // nesting inside the current value
   bool have_key_ = false;

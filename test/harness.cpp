@@ -87,6 +87,12 @@ PmmapProcess::PmmapProcess(std::vector<std::string> extra_args) {
 
 PmmapProcess::~PmmapProcess() {
   if (pid_ > 0) Stop(SIGTERM);
+  // A sanitizer report in the server under test fails the test that ran it.
+  std::string text = log();
+  bool sanitizer_report = text.find("Sanitizer") != std::string::npos ||
+                          text.find("runtime error:") != std::string::npos;
+  INFO("pmmap's log: " << text);
+  CHECK_FALSE(sanitizer_report);
   unlink(log_path_.c_str());
 }
 

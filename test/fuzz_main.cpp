@@ -1,0 +1,90 @@
+// libFuzzer target for everything pmmap parses from outside: the first byte
+// picks the parser, the rest is its input. Besides crashes and sanitizer
+// reports, it checks properties that must hold for any input: compact JSON
+// is valid and compacts to itself, and a reply kept as a string is valid JSON.
+
+#include <rapidjson/document.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "json.hpp"
+#include "request.hpp"
+
+namespace {
+
+bool ValidJson(const std::string& text) {
+  rapidjson::Document doc;
+  doc.Parse<rapidjson::kParseValidateEncodingFlag | rapidjson::kParseIterativeFlag>(text.c_str(),
+                                                                                   text.size());
+  return !doc.HasParseError();
+}
+
+// Compact JSON must be valid and must compact to itself.
+void CheckCompact(const std::string& compact) {
+  std::string again;
+  std::string error;
+  if (!ValidJson(compact) || !AppendCompactJson(compact.data(), compact.size(), &again, &error) ||
+      again != compact) {
+    abort();
+  }
+}
+
+std::multimap<std::string, std::string> SplitQuery(const std::string& query) {
+  std::multimap<std::string, std::string> params;
+  size_t start = 0;
+  while (start <= query.size()) {
+    size_t end = query.find('&', start);
+    if (end == std::string::npos) end = query.size();
+    std::string pair = query.substr(start, end - start);
+    size_t eq = pair.find('=');
+    params.emplace(pair.substr(0, eq), eq == std::string::npos ? "" : pair.substr(eq + 1));
+    start = end + 1;
+  }
+  return params;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  if (size == 0) return 0;
+  std::string input(reinterpret_cast<const char*>(data) + 1, size - 1);
+  switch (data[0] % 4) {
+    case 0: {  // the body of POST /job
+      JobOptions options;
+      if (ParseJobOptions(input, &options).ok() && options.url.empty()) abort();
+      break;
+    }
+    case 1: {  // the body of PUT /job/{id}/input
+      std::vector<Input> inputs;
+      if (ParseInputs(input, &inputs).ok()) {
+        for (const Input& in : inputs) {
+          if (in.key.empty() || in.key.size() > kMaxKeyBytes) abort();
+          CheckCompact(in.value);
+        }
+      }
+      break;
+    }
+    case 2: {  // the query of GET /job/{id}/output
+      OutputQuery query;
+      ParseOutputQuery(SplitQuery(input), input, &query);
+      break;
+    }
+    case 3: {  // a webhook's reply, stored as JSON or as a string
+      std::string value;
+      std::string error;
+      if (AppendCompactJson(input.data(), input.size(), &value, &error)) {
+        CheckCompact(value);
+      } else {
+        value.clear();
+        AppendJsonString(input, &value);
+        if (!ValidJson(value)) abort();
+      }
+      break;
+    }
+  }
+  return 0;
+}
