@@ -1,1 +1,1097 @@
+// Unit tests of Job (job.hpp) driven directly, without a Dispatcher: the
+// test plays both the HTTP handlers (Add, Complete, Cancel, Remove, WaitDone,
+// OpenOutput) and the workers (Take, Finish, Retry). Also KeySet
+// (key_set.hpp), which Job uses to refuse repeated keys.
+
+#include <dirent.h>
+#include <rapidjson/document.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <atomic>
 #include <catch2/catch.hpp>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "job.hpp"
+#include "key_set.hpp"
+
+namespace {
+
+using std::chrono::milliseconds;
+
+// A directory made with mkdtemp, removed with whatever it holds.
+class TempDir {
+ public:
+  TempDir() {
+    const char* base = getenv("TMPDIR");
+    std::string pattern = std::string(base != nullptr && *base != '\0' ? base : "/tmp") +
+                          "/pmmap_job_test.XXXXXX";
+    std::vector<char> buf(pattern.begin(), pattern.end());
+    buf.push_back('\0');
+    REQUIRE(mkdtemp(buf.data()) != nullptr);
+    path_ = buf.data();
+  }
+  ~TempDir() {
+    if (DIR* dir = opendir(path_.c_str())) {
+      while (struct dirent* e = readdir(dir)) {
+        std::string name = e->d_name;
+        if (name != "." && name != "..") unlink((path_ + "/" + name).c_str());
+      }
+      closedir(dir);
+    }
+    rmdir(path_.c_str());
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  std::string File(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+bool FileExists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }
+
+// A WorkerStarter that pretends to start a worker: the test is the worker.
+bool PretendToStartWorker(std::shared_ptr<Job>) { return true; }
+
+JobOptions Options(int64_t maxsize = 100, int concurrency = 1) {
+  JobOptions options;
+  options.url = "http://127.0.0.1:9/hook";
+  options.maxsize = maxsize;
+  options.concurrency = concurrency;
+  return options;
+}
+
+// A job whose outcome file lives in its own temporary directory.
+struct TestJob {
+  explicit TestJob(JobOptions options = Options(),
+                   Job::WorkerStarter starter = &PretendToStartWorker)
+      : path(dir.File("outcomes.ndjson")),
+        job(std::make_shared<Job>("job1", std::move(options), path, std::move(starter))) {
+    REQUIRE(job->Open().ok());
+  }
+
+  TempDir dir;
+  std::string path;
+  std::shared_ptr<Job> job;
+};
+
+std::string ValueFor(const std::string& key) { return "{\"of\":\"" + key + "\"}"; }
+
+std::vector<Input> Batch(const std::vector<std::string>& keys) {
+  std::vector<Input> batch(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    batch[i].key = keys[i];
+    batch[i].value = ValueFor(keys[i]);
+  }
+  return batch;
+}
+
+// Keys prefix0 .. prefix{n-1}.
+std::vector<std::string> Keys(int n, const std::string& prefix = "k") {
+  std::vector<std::string> keys;
+  for (int i = 0; i < n; ++i) keys.push_back(prefix + std::to_string(i));
+  return keys;
+}
+
+struct Counters {
+  std::string state;
+  uint64_t inputs = 0;
+  uint64_t outputs = 0;
+  uint64_t pending = 0;
+  uint64_t in_flight = 0;
+  uint64_t succeeded = 0;
+  uint64_t failed = 0;
+  uint64_t retries = 0;
+  bool done_at_null = true;
+};
+
+rapidjson::Document ParseOrFail(const std::string& text) {
+  rapidjson::Document doc;
+  doc.Parse<rapidjson::kParseValidateEncodingFlag>(text.data(), text.size());
+  INFO("JSON: " << text.substr(0, 300));
+  REQUIRE_FALSE(doc.HasParseError());
+  return doc;
+}
+
+// Reads the job's counters and checks the invariants that hold at any
+// instant while the job exists (a removed job's counters are never shown).
+Counters Read(Job* job, bool check_invariants = true) {
+  rapidjson::Document doc = ParseOrFail(job->ToJson());
+  REQUIRE(doc.IsObject());
+  Counters c;
+  c.state = doc["state"].GetString();
+  c.inputs = doc["inputs"].GetUint64();
+  c.outputs = doc["outputs"].GetUint64();
+  c.pending = doc["pending"].GetUint64();
+  c.in_flight = doc["in_flight"].GetUint64();
+  c.succeeded = doc["succeeded"].GetUint64();
+  c.failed = doc["failed"].GetUint64();
+  c.retries = doc["retries"].GetUint64();
+  c.done_at_null = doc["done_at"].IsNull();
+  CHECK(c.state == JobStateName(job->state()));
+  if (check_invariants) {
+    CHECK(c.outputs == c.succeeded + c.failed);
+    CHECK(c.inputs == c.pending + c.in_flight + c.outputs);
+  }
+  return c;
+}
+
+// Polls pred every millisecond until it holds or timeout passes.
+bool WaitUntil(const std::function<bool()>& pred, milliseconds timeout = milliseconds(5000)) {
+  auto deadline = Clock::now() + timeout;
+  while (!pred()) {
+    if (Clock::now() > deadline) return false;
+    std::this_thread::sleep_for(milliseconds(1));
+  }
+  return true;
+}
+
+// True if flag is still false after `period` of polling.
+bool StaysFalse(const std::atomic<bool>& flag, milliseconds period = milliseconds(50)) {
+  return !WaitUntil([&] { return flag.load(); }, period);
+}
+
+milliseconds Since(Clock::time_point start) {
+  return std::chrono::duration_cast<milliseconds>(Clock::now() - start);
+}
+
+std::string ReadOutput(Job* job, uint64_t offset, uint64_t limit, OutputReader::Format format) {
+  std::unique_ptr<OutputReader> reader;
+  REQUIRE(job->OpenOutput(offset, limit, format, &reader).ok());
+  REQUIRE(reader != nullptr);
+  std::string all;
+  std::string chunk;
+  bool failed = false;
+  while (reader->Next(&chunk, &failed)) all += chunk;
+  REQUIRE_FALSE(failed);
+  return all;
+}
+
+std::vector<std::string> Lines(const std::string& ndjson) {
+  std::vector<std::string> lines;
+  size_t start = 0;
+  while (start < ndjson.size()) {
+    size_t end = ndjson.find('\n', start);
+    REQUIRE(end != std::string::npos);  // every line ends with a newline
+    lines.push_back(ndjson.substr(start, end - start));
+    start = end + 1;
+  }
+  return lines;
+}
+
+// The keys of the entries of a kArray output, which must be one JSON array.
+std::vector<std::string> ArrayKeys(const std::string& array) {
+  rapidjson::Document doc = ParseOrFail(array);
+  REQUIRE(doc.IsArray());
+  std::vector<std::string> keys;
+  for (const auto& entry : doc.GetArray()) keys.push_back(entry["key"].GetString());
+  return keys;
+}
+
+std::vector<std::string> NdjsonKeys(const std::string& ndjson) {
+  std::vector<std::string> keys;
+  for (const std::string& line : Lines(ndjson)) {
+    rapidjson::Document doc = ParseOrFail(line);
+    keys.push_back(doc["key"].GetString());
+  }
+  return keys;
+}
+
+// Takes the next input and finishes it at once; returns its key.
+std::string TakeAndFinish(Job* job, bool success = true) {
+  Input input;
+  REQUIRE(job->Take(&input));
+  std::string entry = success ? SuccessEntry(input.key, input.value)
+                              : ErrorEntry(input.key, 500, "failed", "", input.attempts);
+  job->Finish(&input, entry, success);
+  return input.key;
+}
+
+}  // namespace
+
+// KeySet
+
+TEST_CASE("KeySet contains what was inserted and nothing else", "[unit][job][key_set]") {
+  KeySet set;
+  uint64_t a = KeySet::Hash("a");
+  uint64_t b = KeySet::Hash("b");
+  CHECK_FALSE(set.Contains(a));
+  CHECK(set.Insert(a));
+  CHECK(set.Contains(a));
+  CHECK_FALSE(set.Contains(b));
+  CHECK_FALSE(set.Insert(a));
+  CHECK(set.size() == 1);
+  CHECK(set.Insert(b));
+  CHECK(set.size() == 2);
+}
+
+TEST_CASE("KeySet keeps every key as it grows past many thousands", "[unit][job][key_set]") {
+  KeySet set;
+  const int n = 200000;
+  for (int i = 0; i < n; ++i) REQUIRE(set.Insert(KeySet::Hash("key" + std::to_string(i))));
+  CHECK(set.size() == static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) REQUIRE(set.Contains(KeySet::Hash("key" + std::to_string(i))));
+  for (int i = 0; i < n; i += 97) {
+    REQUIRE_FALSE(set.Insert(KeySet::Hash("key" + std::to_string(i))));
+  }
+  int absent_found = 0;
+  for (int i = 0; i < 10000; ++i) {
+    absent_found += set.Contains(KeySet::Hash("other" + std::to_string(i)));
+  }
+  CHECK(absent_found == 0);
+  CHECK(set.size() == static_cast<size_t>(n));
+}
+
+TEST_CASE("KeySet probes past hashes that collide in their low bits", "[unit][job][key_set]") {
+  KeySet set;
+  for (uint64_t i = 1; i <= 3000; ++i) REQUIRE(set.Insert((i << 40) | 7));
+  for (uint64_t i = 1; i <= 3000; ++i) REQUIRE(set.Contains((i << 40) | 7));
+  CHECK_FALSE(set.Contains((3001ULL << 40) | 7));
+  CHECK(set.size() == 3000);
+}
+
+TEST_CASE("KeySet::Hash is never 0, the empty-slot marker", "[unit][job][key_set]") {
+  CHECK(KeySet::Hash("") != 0);
+  for (int i = 0; i < 100000; ++i) REQUIRE(KeySet::Hash(std::to_string(i)) != 0);
+  CHECK(KeySet::Hash("a") == KeySet::Hash(std::string("a")));
+  CHECK(KeySet::Hash("a") != KeySet::Hash("b"));
+}
+
+// Outcome entries
+
+TEST_CASE("SuccessEntry is one line holding the key and the value as given", "[unit][job]") {
+  std::string entry = SuccessEntry("k\"1\n", "{\"n\":12345678901234567890123}");
+  CHECK(entry == "{\"key\":\"k\\\"1\\n\",\"value\":{\"n\":12345678901234567890123}}");
+  CHECK(entry.find('\n') == std::string::npos);
+}
+
+TEST_CASE("ErrorEntry holds status, message, the body if any, and attempts", "[unit][job]") {
+  CHECK(ErrorEntry("k", 500, "boom", "", 3) ==
+        "{\"key\":\"k\",\"error\":{\"status\":500,\"message\":\"boom\"},\"attempts\":3}");
+  std::string entry = ErrorEntry("k", 404, "the webhook answered HTTP 404", "no\nsuch \xFF", 1);
+  CHECK(entry.find('\n') == std::string::npos);
+  rapidjson::Document doc = ParseOrFail(entry);
+  CHECK(std::string(doc["key"].GetString()) == "k");
+  CHECK(doc["error"]["status"].GetInt() == 404);
+  CHECK(std::string(doc["error"]["message"].GetString()) == "the webhook answered HTTP 404");
+  CHECK(std::string(doc["error"]["body"].GetString()) == "no\nsuch \xEF\xBF\xBD");
+  CHECK(doc["attempts"].GetInt() == 1);
+  CHECK_FALSE(doc.HasMember("value"));
+}
+
+// Open and ToJson
+
+TEST_CASE("Job::Open creates the outcome file and refuses one that exists", "[unit][job]") {
+  TestJob t;
+  CHECK(FileExists(t.path));
+  Job other("job2", Options(), t.path, nullptr);
+  Status s = other.Open();
+  CHECK(s.code() == Status::kUnavailable);
+  CHECK_THAT(s.message(), Catch::Contains(t.path));
+}
+
+TEST_CASE("Job removes its outcome file when destroyed", "[unit][job]") {
+  TempDir dir;
+  std::string path = dir.File("outcomes.ndjson");
+  {
+    auto job = std::make_shared<Job>("j", Options(), path, nullptr);
+    REQUIRE(job->Open().ok());
+    REQUIRE(job->Add(Batch({"a"})).ok());
+    TakeAndFinish(job.get());
+    REQUIRE(FileExists(path));
+  }
+  CHECK_FALSE(FileExists(path));
+}
+
+TEST_CASE("Job::ToJson shows a new job open and empty, with its options but not its secret",
+          "[unit][job]") {
+  JobOptions options = Options(7, 3);
+  options.secret = "top-secret-value";
+  options.rate_per_sec = 2.5;
+  TestJob t(options);
+  std::string json = t.job->ToJson();
+  CHECK(json.find("top-secret-value") == std::string::npos);
+  rapidjson::Document doc = ParseOrFail(json);
+  CHECK(std::string(doc["id"].GetString()) == "job1");
+  CHECK(std::string(doc["url"].GetString()) == options.url);
+  CHECK(doc["concurrency"].GetInt() == 3);
+  CHECK(doc["maxsize"].GetInt() == 7);
+  CHECK(doc["rate_per_sec"].GetDouble() == 2.5);
+  CHECK(doc["created_at"].IsString());
+  Counters c = Read(t.job.get());
+  CHECK(c.state == "open");
+  CHECK(c.inputs == 0);
+  CHECK(c.outputs == 0);
+  CHECK(c.done_at_null);
+}
+
+// Add, Take, Finish
+
+TEST_CASE("Job counters follow inputs from queued to in flight to finished", "[unit][job]") {
+  TestJob t;
+  Job* job = t.job.get();
+  REQUIRE(job->Add(Batch({"a", "b", "c"})).ok());
+  Counters c = Read(job);
+  CHECK(c.inputs == 3);
+  CHECK(c.pending == 3);
+  CHECK(c.in_flight == 0);
+
+  Input a;
+  REQUIRE(job->Take(&a));
+  CHECK(a.key == "a");
+  CHECK(a.value == ValueFor("a"));
+  CHECK(a.attempts == 1);
+  c = Read(job);
+  CHECK(c.pending == 2);
+  CHECK(c.in_flight == 1);
+
+  Input b;
+  REQUIRE(job->Take(&b));
+  CHECK(b.key == "b");
+  c = Read(job);
+  CHECK(c.in_flight == 2);
+
+  job->Finish(&b, ErrorEntry(b.key, 400, "bad", "", b.attempts), false);
+  job->Finish(&a, SuccessEntry(a.key, "1"), true);
+  c = Read(job);
+  CHECK(c.outputs == 2);
+  CHECK(c.succeeded == 1);
+  CHECK(c.failed == 1);
+  CHECK(c.in_flight == 0);
+  CHECK(c.pending == 1);
+  CHECK(c.retries == 0);
+  CHECK(c.state == "open");
+
+  // A second Finish of the same input stores nothing.
+  job->Finish(&a, SuccessEntry(a.key, "2"), true);
+  CHECK(Read(job).outputs == 2);
+
+  std::vector<std::string> lines = Lines(ReadOutput(job, 0, UINT64_MAX, OutputReader::kNdjson));
+  REQUIRE(lines.size() == 2);
+  CHECK(lines[0] == ErrorEntry("b", 400, "bad", "", 1));
+  CHECK(lines[1] == SuccessEntry("a", "1"));
+}
+
+TEST_CASE("Job takes inputs in the order they were added, across batches", "[unit][job]") {
+  TestJob t;
+  REQUIRE(t.job->Add(Batch({"x", "y"})).ok());
+  REQUIRE(t.job->Add(Batch({"z"})).ok());
+  REQUIRE(t.job->Add({}).ok());
+  CHECK(TakeAndFinish(t.job.get()) == "x");
+  CHECK(TakeAndFinish(t.job.get()) == "y");
+  CHECK(TakeAndFinish(t.job.get()) == "z");
+  CHECK(Read(t.job.get()).outputs == 3);
+}
+
+TEST_CASE("Job::Add refuses a key already used by an earlier batch and adds nothing",
+          "[unit][job]") {
+  TestJob t;
+  REQUIRE(t.job->Add(Batch({"a", "b"})).ok());
+  Status s = t.job->Add(Batch({"c", "b", "d"}));
+  CHECK(s.code() == Status::kConflict);
+  CHECK_THAT(s.message(), Catch::Contains("input[1]"));
+  CHECK_THAT(s.message(), Catch::Contains("\"b\""));
+  CHECK(Read(t.job.get()).inputs == 2);
+  // The refused batch reserved none of its keys.
+  CHECK(t.job->Add(Batch({"c", "d"})).ok());
+  CHECK(Read(t.job.get()).inputs == 4);
+}
+
+TEST_CASE("Job::Add refuses a key repeated inside one batch and adds nothing", "[unit][job]") {
+  TestJob t;
+  Status s = t.job->Add(Batch({"x", "y", "x"}));
+  CHECK(s.code() == Status::kConflict);
+  CHECK_THAT(s.message(), Catch::Contains("input[2]"));
+  Counters c = Read(t.job.get());
+  CHECK(c.inputs == 0);
+  CHECK(c.pending == 0);
+  CHECK(t.job->Add(Batch({"x", "y"})).ok());
+  CHECK(Read(t.job.get()).inputs == 2);
+}
+
+TEST_CASE("Job::Add refuses a key whose input has already finished", "[unit][job]") {
+  TestJob t;
+  REQUIRE(t.job->Add(Batch({"a"})).ok());
+  TakeAndFinish(t.job.get());
+  CHECK(t.job->Add(Batch({"a"})).code() == Status::kConflict);
+}
+
+// Complete and the job's state
+
+TEST_CASE("Job goes from open to closing to done only once every input is finished",
+          "[unit][job]") {
+  TestJob t;
+  Job* job = t.job.get();
+  REQUIRE(job->Add(Batch({"a", "b"})).ok());
+  CHECK(Read(job).state == "open");
+  REQUIRE(job->Complete().ok());
+  Counters c = Read(job);
+  CHECK(c.state == "closing");
+  CHECK(c.done_at_null);
+
+  CHECK(TakeAndFinish(job) == "a");
+  CHECK(Read(job).state == "closing");
+  Input b;
+  REQUIRE(job->Take(&b));
+  CHECK(Read(job).state == "closing");  // b is still in flight
+  job->Finish(&b, SuccessEntry(b.key, b.value), true);
+  c = Read(job);
+  CHECK(c.state == "done");
+  CHECK_FALSE(c.done_at_null);
+  CHECK(c.outputs == 2);
+  CHECK(job->WaitDone().ok());
+
+  // Nothing is left: a worker is told to exit.
+  Input none;
+  CHECK_FALSE(job->Take(&none));
+}
+
+TEST_CASE("Job::Complete on a job with nothing pending makes it done at once", "[unit][job]") {
+  TestJob t;
+  REQUIRE(t.job->Complete().ok());
+  CHECK(Read(t.job.get()).state == "done");
+  CHECK(t.job->WaitDone().ok());
+}
+
+TEST_CASE("Job::Complete is harmless to repeat", "[unit][job]") {
+  TestJob t;
+  REQUIRE(t.job->Add(Batch({"a"})).ok());
+  REQUIRE(t.job->Complete().ok());
+  REQUIRE(t.job->Complete().ok());
+  CHECK(Read(t.job.get()).state == "closing");
+  TakeAndFinish(t.job.get());
+  CHECK(Read(t.job.get()).state == "done");
+  CHECK(t.job->Complete().ok());
+  CHECK(Read(t.job.get()).state == "done");
+}
+
+TEST_CASE("Job::Add after Complete is a conflict and adds nothing", "[unit][job]") {
+  TestJob t;
+  REQUIRE(t.job->Add(Batch({"a"})).ok());
+  REQUIRE(t.job->Complete().ok());
+  Status s = t.job->Add(Batch({"b"}));
+  CHECK(s.code() == Status::kConflict);
+  CHECK_THAT(s.message(), Catch::Contains("complete"));
+  CHECK(Read(t.job.get()).inputs == 1);
+  TakeAndFinish(t.job.get());
+  CHECK(t.job->Add(Batch({"c"})).code() == Status::kConflict);
+}
+
+TEST_CASE("Job::WaitDone blocks until the last input is finished", "[unit][job]") {
+  TestJob t;
+  REQUIRE(t.job->Add(Batch({"a"})).ok());
+  REQUIRE(t.job->Complete().ok());
+  std::atomic<bool> returned{false};
+  Status status = Status::Invalid("not set");
+  std::thread waiter([&] {
+    status = t.job->WaitDone();
+    returned = true;
+  });
+  Input a;
+  REQUIRE(t.job->Take(&a));
+  CHECK(StaysFalse(returned, milliseconds(30)));
+  t.job->Finish(&a, SuccessEntry(a.key, a.value), true);
+  CHECK(WaitUntil([&] { return returned.load(); }));
+  waiter.join();
+  CHECK(status.ok());
+}
+
+TEST_CASE("Job::Take waits for an input on an open job and gives up once it is complete",
+          "[unit][job]") {
+  TestJob t;
+  std::atomic<bool> returned{false};
+  bool took = false;
+  Input input;
+  std::thread worker([&] {
+    took = t.job->Take(&input);
+    returned = true;
+  });
+  CHECK(StaysFalse(returned, milliseconds(30)));
+  REQUIRE(t.job->Add(Batch({"a"})).ok());
+  REQUIRE(WaitUntil([&] { return returned.load(); }));
+  worker.join();
+  REQUIRE(took);
+  CHECK(input.key == "a");
+  t.job->Finish(&input, SuccessEntry(input.key, input.value), true);
+
+  returned = false;
+  took = true;
+  Input none;
+  std::thread idle([&] {
+    took = t.job->Take(&none);
+    returned = true;
+  });
+  CHECK(StaysFalse(returned, milliseconds(30)));
+  REQUIRE(t.job->Complete().ok());
+  REQUIRE(WaitUntil([&] { return returned.load(); }));
+  idle.join();
+  CHECK_FALSE(took);
+  CHECK(Read(t.job.get()).state == "done");
+}
+
+// The bounded queue
+
+TEST_CASE("Job::Add blocks while the queue holds maxsize inputs and returns once Take makes room",
+          "[unit][job]") {
+  TestJob t(Options(2));
+  Job* job = t.job.get();
+  REQUIRE(job->Add(Batch({"a", "b"})).ok());
+  std::atomic<bool> returned{false};
+  Status status = Status::Invalid("not set");
+  std::thread adder([&] {
+    status = job->Add(Batch({"c"}));
+    returned = true;
+  });
+  CHECK(StaysFalse(returned));
+  CHECK(Read(job).inputs == 2);
+  Input a;
+  REQUIRE(job->Take(&a));
+  REQUIRE(WaitUntil([&] { return returned.load(); }));
+  adder.join();
+  CHECK(status.ok());
+  Counters c = Read(job);
+  CHECK(c.inputs == 3);
+  CHECK(c.pending == 2);
+  CHECK(c.in_flight == 1);
+}
+
+TEST_CASE("Job::Add queues a batch larger than maxsize as room appears, returning at the end",
+          "[unit][job]") {
+  TestJob t(Options(2));
+  Job* job = t.job.get();
+  std::atomic<bool> returned{false};
+  Status status = Status::Invalid("not set");
+  std::thread adder([&] {
+    status = job->Add(Batch(Keys(5)));
+    returned = true;
+  });
+  // The first two fit; the Add cannot return while three are still outside.
+  REQUIRE(WaitUntil([&] { return Read(job).inputs == 2; }));
+  CHECK_FALSE(returned.load());
+  CHECK(Read(job).pending == 2);
+
+  Input taken[3];
+  REQUIRE(job->Take(&taken[0]));
+  REQUIRE(WaitUntil([&] { return Read(job).inputs == 3; }));
+  CHECK_FALSE(returned.load());
+  CHECK(Read(job).pending == 2);
+
+  REQUIRE(job->Take(&taken[1]));
+  REQUIRE(WaitUntil([&] { return Read(job).inputs == 4; }));
+  CHECK_FALSE(returned.load());
+
+  REQUIRE(job->Take(&taken[2]));
+  REQUIRE(WaitUntil([&] { return returned.load(); }));
+  adder.join();
+  CHECK(status.ok());
+  Counters c = Read(job);
+  CHECK(c.inputs == 5);
+  CHECK(c.pending == 2);
+  CHECK(c.in_flight == 3);
+  CHECK(taken[0].key == "k0");
+  CHECK(taken[1].key == "k1");
+  CHECK(taken[2].key == "k2");
+}
+
+TEST_CASE("Job stays closing while a Complete races a blocked Add", "[unit][job]") {
+  TestJob t(Options(1));
+  Job* job = t.job.get();
+  std::atomic<bool> returned{false};
+  Status status = Status::Invalid("not set");
+  std::thread adder([&] {
+    status = job->Add(Batch({"a", "b"}));
+    returned = true;
+  });
+  REQUIRE(WaitUntil([&] { return Read(job).inputs == 1; }));
+  REQUIRE(job->Complete().ok());
+  CHECK(TakeAndFinish(job) == "a");
+  // b is still being added: the job must not be done yet.
+  CHECK(Read(job).state == "closing");
+  REQUIRE(WaitUntil([&] { return returned.load(); }));
+  adder.join();
+  CHECK(status.ok());
+  CHECK(Read(job).state == "closing");
+  CHECK(TakeAndFinish(job) == "b");
+  Counters c = Read(job);
+  CHECK(c.state == "done");
+  CHECK(c.outputs == 2);
+}
+
+// Remove
+
+TEST_CASE("Job::Remove for a deleted job wakes a blocked Add and WaitDone with not found",
+          "[unit][job]") {
+  TestJob t(Options(1));
+  Job* job = t.job.get();
+  std::atomic<bool> add_returned{false};
+  std::atomic<bool> wait_returned{false};
+  Status add_status;
+  Status wait_status;
+  std::thread adder([&] {
+    add_status = job->Add(Batch({"a", "b"}));
+    add_returned = true;
+  });
+  std::thread waiter([&] {
+    wait_status = job->WaitDone();
+    wait_returned = true;
+  });
+  REQUIRE(WaitUntil([&] { return Read(job).inputs == 1; }));
+  CHECK_FALSE(add_returned.load());
+  CHECK(StaysFalse(wait_returned, milliseconds(20)));
+
+  job->Remove(Job::StopReason::kDeleted);
+  REQUIRE(WaitUntil([&] { return add_returned.load() && wait_returned.load(); }));
+  adder.join();
+  waiter.join();
+  CHECK(add_status.code() == Status::kNotFound);
+  CHECK(wait_status.code() == Status::kNotFound);
+  CHECK_FALSE(FileExists(t.path));
+
+  // Everything after is refused the same way, and a worker is told to exit.
+  CHECK(job->Add(Batch({"z"})).code() == Status::kNotFound);
+  CHECK(job->Complete().code() == Status::kNotFound);
+  CHECK(job->Cancel().code() == Status::kNotFound);
+  CHECK(job->WaitDone().code() == Status::kNotFound);
+  std::unique_ptr<OutputReader> reader;
+  CHECK(job->OpenOutput(0, 10, OutputReader::kArray, &reader).code() == Status::kNotFound);
+  Input none;
+  CHECK_FALSE(job->Take(&none));
+}
+
+TEST_CASE("Job::Remove at shutdown answers every waiter unavailable", "[unit][job]") {
+  TestJob t(Options(1));
+  Job* job = t.job.get();
+  std::atomic<bool> add_returned{false};
+  std::atomic<bool> wait_returned{false};
+  Status add_status;
+  Status wait_status;
+  std::thread adder([&] {
+    add_status = job->Add(Batch({"a", "b"}));
+    add_returned = true;
+  });
+  std::thread waiter([&] {
+    wait_status = job->WaitDone();
+    wait_returned = true;
+  });
+  REQUIRE(WaitUntil([&] { return Read(job).inputs == 1; }));
+  CHECK(StaysFalse(wait_returned, milliseconds(20)));
+  job->Remove(Job::StopReason::kShutdown);
+  REQUIRE(WaitUntil([&] { return add_returned.load() && wait_returned.load(); }));
+  adder.join();
+  waiter.join();
+  CHECK(add_status.code() == Status::kUnavailable);
+  CHECK(wait_status.code() == Status::kUnavailable);
+  CHECK(job->Add(Batch({"z"})).code() == Status::kUnavailable);
+  CHECK(job->Complete().code() == Status::kUnavailable);
+  std::unique_ptr<OutputReader> reader;
+  CHECK(job->OpenOutput(0, 10, OutputReader::kNdjson, &reader).code() == Status::kUnavailable);
+  CHECK_FALSE(FileExists(t.path));
+}
+
+TEST_CASE("Job::Remove sets aborting and drops the results of calls in flight", "[unit][job]") {
+  TestJob t;
+  Job* job = t.job.get();
+  REQUIRE(job->Add(Batch({"a", "b"})).ok());
+  Input a;
+  Input b;
+  REQUIRE(job->Take(&a));
+  REQUIRE(job->Take(&b));
+  CHECK_FALSE(job->aborting());
+  job->Remove(Job::StopReason::kDeleted);
+  CHECK(job->aborting());
+  job->Finish(&a, SuccessEntry(a.key, a.value), true);
+  job->Retry(&b, milliseconds(0), false);
+  Counters c = Read(job, false);
+  CHECK(c.outputs == 0);
+  CHECK(c.retries == 0);
+  CHECK(c.pending == 0);
+}
+
+TEST_CASE("Job::Remove at shutdown lets calls in flight run until Abort", "[unit][job]") {
+  TestJob t;
+  REQUIRE(t.job->Add(Batch({"a"})).ok());
+  Input a;
+  REQUIRE(t.job->Take(&a));
+  t.job->Remove(Job::StopReason::kShutdown);
+  CHECK_FALSE(t.job->aborting());
+  CHECK_FALSE(t.job->removed().load());
+  t.job->Abort();
+  CHECK(t.job->aborting());
+  CHECK(t.job->removed().load());
+}
+
+TEST_CASE("Job::Remove of an expired job answers not found and says it expired", "[unit][job]") {
+  TestJob t;
+  REQUIRE(t.job->Add(Batch({"a"})).ok());
+  t.job->Remove(Job::StopReason::kExpired);
+  CHECK(t.job->aborting());
+  Status s = t.job->WaitDone();
+  CHECK(s.code() == Status::kNotFound);
+  CHECK_THAT(s.message(), Catch::Contains("expired"));
+  CHECK(t.job->Add(Batch({"b"})).code() == Status::kNotFound);
+  CHECK_FALSE(FileExists(t.path));
+  // A second Remove does not change the reason.
+  t.job->Remove(Job::StopReason::kShutdown);
+  CHECK(t.job->WaitDone().code() == Status::kNotFound);
+}
+
+// Cancel
+
+TEST_CASE("Job::Cancel gives queued, delayed and in-flight inputs a cancelled entry at once",
+          "[unit][job]") {
+  TestJob t;
+  Job* job = t.job.get();
+  REQUIRE(job->Add(Batch({"a", "b", "c", "d"})).ok());
+  Input a;
+  REQUIRE(job->Take(&a));  // in flight
+  Input b;
+  REQUIRE(job->Take(&b));
+  job->Retry(&b, std::chrono::hours(1), false);  // delayed
+  // c and d stay queued.
+  CHECK_FALSE(job->aborting());
+  REQUIRE(job->Cancel().ok());
+  CHECK(job->aborting());
+
+  Counters c = Read(job);
+  CHECK(c.state == "cancelled");
+  CHECK_FALSE(c.done_at_null);
+  CHECK(c.inputs == 4);
+  CHECK(c.outputs == 4);
+  CHECK(c.failed == 4);
+  CHECK(c.succeeded == 0);
+  CHECK(c.pending == 0);
+  CHECK(c.in_flight == 0);
+
+  std::set<std::string> keys;
+  for (const std::string& line : Lines(ReadOutput(job, 0, UINT64_MAX, OutputReader::kNdjson))) {
+    rapidjson::Document doc = ParseOrFail(line);
+    std::string key = doc["key"].GetString();
+    keys.insert(key);
+    CHECK(std::string(doc["error"]["message"].GetString()) == "cancelled");
+    CHECK(doc["error"]["status"].GetInt() == 0);
+    CHECK(doc["attempts"].GetInt() == (key == "a" || key == "b" ? 1 : 0));
+  }
+  CHECK(keys == std::set<std::string>{"a", "b", "c", "d"});
+
+  // The in-flight call's result arrives later and is dropped.
+  job->Finish(&a, SuccessEntry(a.key, a.value), true);
+  c = Read(job);
+  CHECK(c.outputs == 4);
+  CHECK(c.succeeded == 0);
+  CHECK(Lines(ReadOutput(job, 0, UINT64_MAX, OutputReader::kNdjson)).size() == 4);
+}
+
+TEST_CASE("Job::Cancel drops a later Retry of an in-flight input", "[unit][job]") {
+  TestJob t;
+  REQUIRE(t.job->Add(Batch({"a"})).ok());
+  Input a;
+  REQUIRE(t.job->Take(&a));
+  REQUIRE(t.job->Cancel().ok());
+  t.job->Retry(&a, milliseconds(0), false);
+  Counters c = Read(t.job.get());
+  CHECK(c.retries == 0);
+  CHECK(c.pending == 0);
+  CHECK(c.outputs == 1);
+}
+
+TEST_CASE("Job after Cancel refuses inputs, stops workers and stays cancelled", "[unit][job]") {
+  TestJob t;
+  REQUIRE(t.job->Add(Batch({"a"})).ok());
+  REQUIRE(t.job->Cancel().ok());
+  Status s = t.job->Add(Batch({"b"}));
+  CHECK(s.code() == Status::kConflict);
+  CHECK_THAT(s.message(), Catch::Contains("cancelled"));
+  CHECK(t.job->Complete().ok());
+  CHECK(t.job->Cancel().ok());
+  CHECK(Read(t.job.get()).state == "cancelled");
+  CHECK(Read(t.job.get()).outputs == 1);
+  CHECK(t.job->WaitDone().ok());
+  Input none;
+  CHECK_FALSE(t.job->Take(&none));
+}
+
+TEST_CASE("Job::Cancel of a done job changes nothing", "[unit][job]") {
+  TestJob t;
+  REQUIRE(t.job->Add(Batch({"a"})).ok());
+  REQUIRE(t.job->Complete().ok());
+  TakeAndFinish(t.job.get());
+  REQUIRE(t.job->Cancel().ok());
+  Counters c = Read(t.job.get());
+  CHECK(c.state == "done");
+  CHECK(c.succeeded == 1);
+  CHECK(c.failed == 0);
+}
+
+TEST_CASE("Job::Cancel wakes a blocked Add with a conflict and a blocked WaitDone with ok",
+          "[unit][job]") {
+  TestJob t(Options(1));
+  Job* job = t.job.get();
+  std::atomic<bool> add_returned{false};
+  std::atomic<bool> wait_returned{false};
+  Status add_status;
+  Status wait_status = Status::Invalid("not set");
+  std::thread adder([&] {
+    add_status = job->Add(Batch({"a", "b", "c"}));
+    add_returned = true;
+  });
+  std::thread waiter([&] {
+    wait_status = job->WaitDone();
+    wait_returned = true;
+  });
+  REQUIRE(WaitUntil([&] { return Read(job).inputs == 1; }));
+  CHECK(StaysFalse(wait_returned, milliseconds(20)));
+  REQUIRE(job->Cancel().ok());
+  REQUIRE(WaitUntil([&] { return add_returned.load() && wait_returned.load(); }));
+  adder.join();
+  waiter.join();
+  CHECK(add_status.code() == Status::kConflict);
+  CHECK(wait_status.ok());
+  Counters c = Read(job);
+  CHECK(c.inputs == 1);
+  CHECK(c.outputs == 1);
+}
+
+// Retry, pause and rate
+
+TEST_CASE("Job::Retry puts the input back and Take returns it no earlier than its delay",
+          "[unit][job]") {
+  TestJob t;
+  Job* job = t.job.get();
+  REQUIRE(job->Add(Batch({"a"})).ok());
+  Input a;
+  REQUIRE(job->Take(&a));
+  CHECK(a.attempts == 1);
+  const milliseconds delay(50);
+  Clock::time_point start = Clock::now();
+  job->Retry(&a, delay, false);
+  Counters c = Read(job);
+  CHECK(c.retries == 1);
+  CHECK(c.pending == 1);
+  CHECK(c.in_flight == 0);
+  CHECK(c.outputs == 0);
+
+  Input again;
+  REQUIRE(job->Take(&again));
+  CHECK(Since(start) >= delay);
+  CHECK(again.key == "a");
+  CHECK(again.value == ValueFor("a"));
+  CHECK(again.attempts == 2);
+  c = Read(job);
+  CHECK(c.in_flight == 1);
+  CHECK(c.pending == 0);
+  job->Finish(&again, SuccessEntry(again.key, again.value), true);
+  c = Read(job);
+  CHECK(c.outputs == 1);
+  CHECK(c.retries == 1);
+}
+
+TEST_CASE("Job takes retries in the order their delays end", "[unit][job]") {
+  TestJob t;
+  Job* job = t.job.get();
+  REQUIRE(job->Add(Batch({"slow", "fast"})).ok());
+  Input slow;
+  Input fast;
+  REQUIRE(job->Take(&slow));
+  REQUIRE(job->Take(&fast));
+  Clock::time_point start = Clock::now();
+  job->Retry(&slow, milliseconds(80), false);
+  job->Retry(&fast, milliseconds(30), false);
+  Input first;
+  Input second;
+  REQUIRE(job->Take(&first));
+  CHECK(first.key == "fast");
+  CHECK(Since(start) >= milliseconds(30));
+  REQUIRE(job->Take(&second));
+  CHECK(second.key == "slow");
+  CHECK(Since(start) >= milliseconds(80));
+}
+
+TEST_CASE("Job::Retry without pause_job lets other inputs go first", "[unit][job]") {
+  TestJob t;
+  Job* job = t.job.get();
+  REQUIRE(job->Add(Batch({"a", "b"})).ok());
+  Input a;
+  REQUIRE(job->Take(&a));
+  job->Retry(&a, std::chrono::hours(1), false);
+  Input b;
+  REQUIRE(job->Take(&b));
+  CHECK(b.key == "b");
+  Counters c = Read(job);
+  CHECK(c.pending == 1);
+  CHECK(c.in_flight == 1);
+  CHECK(c.retries == 1);
+}
+
+TEST_CASE("Job::Retry with pause_job holds back every input of the job until the delay ends",
+          "[unit][job]") {
+  TestJob t;
+  Job* job = t.job.get();
+  REQUIRE(job->Add(Batch({"a", "b"})).ok());
+  Input a;
+  REQUIRE(job->Take(&a));
+  const milliseconds delay(60);
+  Clock::time_point start = Clock::now();
+  job->Retry(&a, delay, true);
+  Input first;
+  REQUIRE(job->Take(&first));  // b is queued, but the job is paused
+  CHECK(Since(start) >= delay);
+  Input second;
+  REQUIRE(job->Take(&second));
+  CHECK(std::set<std::string>{first.key, second.key} == std::set<std::string>{"a", "b"});
+}
+
+TEST_CASE("Job with rate_per_sec sends a burst of concurrency inputs, then spaces them",
+          "[unit][job]") {
+  JobOptions options = Options(100, 3);
+  options.rate_per_sec = 10;  // one every 100 ms after the burst
+  TestJob t(options);
+  Job* job = t.job.get();
+  REQUIRE(job->Add(Batch(Keys(5))).ok());
+  Clock::time_point start = Clock::now();
+  Input in[5];
+  for (int i = 0; i < 3; ++i) REQUIRE(job->Take(&in[i]));
+  // Without a burst the third would come 200 ms after the first.
+  CHECK(Since(start) < milliseconds(100));
+  REQUIRE(job->Take(&in[3]));
+  CHECK(Since(start) >= milliseconds(99));
+  REQUIRE(job->Take(&in[4]));
+  CHECK(Since(start) >= milliseconds(199));
+  for (int i = 0; i < 5; ++i) CHECK(in[i].key == "k" + std::to_string(i));
+}
+
+// OpenOutput and OutputReader
+
+TEST_CASE("Job::OpenOutput of a job without outcomes gives an empty array or nothing",
+          "[unit][job]") {
+  TestJob t;
+  std::string array = ReadOutput(t.job.get(), 0, UINT64_MAX, OutputReader::kArray);
+  CHECK(array == "[]\n");
+  CHECK(ArrayKeys(array).empty());
+  CHECK(ReadOutput(t.job.get(), 0, UINT64_MAX, OutputReader::kNdjson).empty());
+}
+
+TEST_CASE("Job::OpenOutput reads the entries stored so far in both formats", "[unit][job]") {
+  TestJob t;
+  Job* job = t.job.get();
+  REQUIRE(job->Add(Batch(Keys(5))).ok());
+  for (int i = 0; i < 3; ++i) TakeAndFinish(job, i != 1);
+
+  std::string ndjson = ReadOutput(job, 0, UINT64_MAX, OutputReader::kNdjson);
+  std::vector<std::string> lines = Lines(ndjson);
+  REQUIRE(lines.size() == 3);
+  CHECK(lines[0] == SuccessEntry("k0", ValueFor("k0")));
+  CHECK(lines[1] == ErrorEntry("k1", 500, "failed", "", 1));
+  CHECK(lines[2] == SuccessEntry("k2", ValueFor("k2")));
+
+  std::string array = ReadOutput(job, 0, UINT64_MAX, OutputReader::kArray);
+  CHECK(ArrayKeys(array) == std::vector<std::string>{"k0", "k1", "k2"});
+  CHECK(array == "[\n" + lines[0] + ",\n" + lines[1] + ",\n" + lines[2] + "\n]\n");
+
+  CHECK(NdjsonKeys(ReadOutput(job, 1, 1, OutputReader::kNdjson)) ==
+        std::vector<std::string>{"k1"});
+  CHECK(ArrayKeys(ReadOutput(job, 1, 100, OutputReader::kArray)) ==
+        std::vector<std::string>{"k1", "k2"});
+  CHECK(ReadOutput(job, 3, 10, OutputReader::kArray) == "[]\n");
+  CHECK(ReadOutput(job, 99, 10, OutputReader::kArray) == "[]\n");
+  CHECK(ReadOutput(job, 0, 0, OutputReader::kArray) == "[]\n");
+  CHECK(ReadOutput(job, 99, 10, OutputReader::kNdjson).empty());
+
+  // Entries stored after a reader opened are for the next reader.
+  std::unique_ptr<OutputReader> reader;
+  REQUIRE(job->OpenOutput(0, UINT64_MAX, OutputReader::kNdjson, &reader).ok());
+  TakeAndFinish(job);
+  std::string chunk;
+  std::string all;
+  bool failed = false;
+  while (reader->Next(&chunk, &failed)) all += chunk;
+  CHECK_FALSE(failed);
+  CHECK(Lines(all).size() == 3);
+  CHECK(Lines(ReadOutput(job, 0, UINT64_MAX, OutputReader::kNdjson)).size() == 4);
+}
+
+TEST_CASE("Job::OpenOutput finds offsets past the sparse index stride", "[unit][job]") {
+  const int n = 3000;
+  TestJob t(Options(n));
+  Job* job = t.job.get();
+  REQUIRE(job->Add(Batch(Keys(n))).ok());
+  for (int i = 0; i < n; ++i) {
+    Input input;
+    REQUIRE(job->Take(&input));
+    // Entries of uneven length, so that read blocks end inside entries.
+    std::string value = "{\"i\":" + std::to_string(i) + ",\"pad\":\"" +
+                        std::string(static_cast<size_t>(i % 37) * 3, 'p') + "\"}";
+    job->Finish(&input, SuccessEntry(input.key, value), true);
+  }
+  REQUIRE(Read(job).outputs == static_cast<uint64_t>(n));
+
+  auto keys = [](int first, int count) {
+    std::vector<std::string> out;
+    for (int i = first; i < first + count; ++i) out.push_back("k" + std::to_string(i));
+    return out;
+  };
+  CHECK(NdjsonKeys(ReadOutput(job, 2500, 3, OutputReader::kNdjson)) == keys(2500, 3));
+  CHECK(ArrayKeys(ReadOutput(job, 2500, 3, OutputReader::kArray)) == keys(2500, 3));
+  for (int offset : {1023, 1024, 1025, 2047, 2048, 2049}) {
+    INFO("offset " << offset);
+    CHECK(NdjsonKeys(ReadOutput(job, offset, 4, OutputReader::kNdjson)) == keys(offset, 4));
+    CHECK(ArrayKeys(ReadOutput(job, offset, 4, OutputReader::kArray)) == keys(offset, 4));
+  }
+  CHECK(NdjsonKeys(ReadOutput(job, 2998, 10, OutputReader::kNdjson)) == keys(2998, 2));
+  CHECK(ArrayKeys(ReadOutput(job, 1000, 1100, OutputReader::kArray)) == keys(1000, 1100));
+  CHECK(ArrayKeys(ReadOutput(job, 0, UINT64_MAX, OutputReader::kArray)) == keys(0, n));
+  CHECK(NdjsonKeys(ReadOutput(job, 0, UINT64_MAX, OutputReader::kNdjson)) == keys(0, n));
+
+  std::vector<std::string> one = Lines(ReadOutput(job, 2500, 1, OutputReader::kNdjson));
+  REQUIRE(one.size() == 1);
+  rapidjson::Document entry = ParseOrFail(one[0]);
+  CHECK(entry["value"]["i"].GetInt() == 2500);
+}
+
+TEST_CASE("OutputReader streams an entry larger than its read block whole", "[unit][job]") {
+  TestJob t;
+  Job* job = t.job.get();
+  REQUIRE(job->Add(Batch({"small1", "big", "small2"})).ok());
+  std::string big_value = "\"" + std::string(200000, 'x') + "\"";
+  for (int i = 0; i < 3; ++i) {
+    Input input;
+    REQUIRE(job->Take(&input));
+    job->Finish(&input, SuccessEntry(input.key, input.key == "big" ? big_value : "1"), true);
+  }
+  std::string ndjson = ReadOutput(job, 0, UINT64_MAX, OutputReader::kNdjson);
+  std::vector<std::string> lines = Lines(ndjson);
+  REQUIRE(lines.size() == 3);
+  CHECK(lines[1] == SuccessEntry("big", big_value));
+
+  rapidjson::Document doc = ParseOrFail(ReadOutput(job, 0, UINT64_MAX, OutputReader::kArray));
+  REQUIRE(doc.IsArray());
+  REQUIRE(doc.Size() == 3);
+  CHECK(doc[1]["value"].GetStringLength() == 200000);
+  CHECK(std::string(doc[2]["key"].GetString()) == "small2");
+
+  CHECK(NdjsonKeys(ReadOutput(job, 2, 1, OutputReader::kNdjson)) ==
+        std::vector<std::string>{"small2"});
+  CHECK(ArrayKeys(ReadOutput(job, 1, 1, OutputReader::kArray)) == std::vector<std::string>{"big"});
+}
+
+TEST_CASE("Job::OpenOutput of a cancelled job reads the cancelled entries", "[unit][job]") {
+  TestJob t;
+  Job* job = t.job.get();
+  REQUIRE(job->Add(Batch(Keys(3))).ok());
+  TakeAndFinish(job);
+  REQUIRE(job->Cancel().ok());
+  std::string array = ReadOutput(job, 0, UINT64_MAX, OutputReader::kArray);
+  rapidjson::Document doc = ParseOrFail(array);
+  REQUIRE(doc.IsArray());
+  REQUIRE(doc.Size() == 3);
+  CHECK(doc[0].HasMember("value"));
+  CHECK(std::string(doc[1]["error"]["message"].GetString()) == "cancelled");
+  CHECK(std::string(doc[2]["error"]["message"].GetString()) == "cancelled");
+}

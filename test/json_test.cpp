@@ -1,1 +1,258 @@
+// Unit tests of the JSON helpers (json.hpp): compaction that keeps numbers
+// exact, string quoting that always yields valid JSON, and the depth limits
+// that keep hostile input from exhausting the stack.
+
+#include <rapidjson/document.h>
+
 #include <catch2/catch.hpp>
+#include <string>
+
+#include "json.hpp"
+
+namespace {
+
+struct Compacted {
+  bool ok;
+  std::string out;
+  std::string error;
+};
+
+Compacted Compact(const std::string& text) {
+  Compacted result;
+  result.ok = AppendCompactJson(text.data(), text.size(), &result.out, &result.error);
+  return result;
+}
+
+std::string Quote(const std::string& s) {
+  std::string out;
+  AppendJsonString(s, &out);
+  return out;
+}
+
+// True if text is one valid JSON value (UTF-8 validated).
+bool IsValidJson(const std::string& text) {
+  rapidjson::Document doc;
+  doc.Parse<rapidjson::kParseValidateEncodingFlag>(text.data(), text.size());
+  return !doc.HasParseError();
+}
+
+// The string that the JSON string literal `quoted` decodes to.
+std::string Unquote(const std::string& quoted) {
+  rapidjson::Document doc;
+  doc.Parse<rapidjson::kParseValidateEncodingFlag>(quoted.data(), quoted.size());
+  REQUIRE_FALSE(doc.HasParseError());
+  REQUIRE(doc.IsString());
+  return std::string(doc.GetString(), doc.GetStringLength());
+}
+
+std::string Nested(int depth, const std::string& inner = "") {
+  return std::string(depth, '[') + inner + std::string(depth, ']');
+}
+
+}  // namespace
+
+// AppendCompactJson
+
+TEST_CASE("AppendCompactJson removes insignificant whitespace", "[unit][json]") {
+  Compacted c =
+      Compact(" \n{ \"a\" : [ 1 ,\t true , null , false , \"x y\" ] ,\r\n \"b\" : { } } \n");
+  REQUIRE(c.ok);
+  CHECK(c.error.empty());
+  CHECK(c.out == "{\"a\":[1,true,null,false,\"x y\"],\"b\":{}}");
+}
+
+TEST_CASE("AppendCompactJson keeps the text of every number exactly as written", "[unit][json]") {
+  Compacted c =
+      Compact("[ 12345678901234567890123 , 2.50 , -0 , 1E+2 , 0.1e-7 , -9223372036854775809 ]");
+  REQUIRE(c.ok);
+  CHECK(c.out == "[12345678901234567890123,2.50,-0,1E+2,0.1e-7,-9223372036854775809]");
+}
+
+TEST_CASE("AppendCompactJson accepts a bare scalar as the whole document", "[unit][json]") {
+  CHECK(Compact(" 2.50 ").out == "2.50");
+  CHECK(Compact("\"hi\"").out == "\"hi\"");
+  CHECK(Compact("null").out == "null");
+}
+
+TEST_CASE("AppendCompactJson appends to what the output already holds", "[unit][json]") {
+  std::string out = "prefix:";
+  std::string error;
+  std::string text = "[ 1 ]";
+  REQUIRE(AppendCompactJson(text.data(), text.size(), &out, &error));
+  CHECK(out == "prefix:[1]");
+}
+
+TEST_CASE("AppendCompactJson keeps strings equal to what they encode", "[unit][json]") {
+  Compacted c = Compact("[\"tab\\there\", \"quote\\\"\", \"\\u00e9\", \"\xC3\xA9\", \"\\u0001\"]");
+  REQUIRE(c.ok);
+  rapidjson::Document doc;
+  doc.Parse(c.out.c_str());
+  REQUIRE(doc.IsArray());
+  CHECK(std::string(doc[0].GetString()) == "tab\there");
+  CHECK(std::string(doc[1].GetString()) == "quote\"");
+  CHECK(std::string(doc[2].GetString()) == "\xC3\xA9");
+  CHECK(std::string(doc[3].GetString()) == "\xC3\xA9");
+  CHECK(std::string(doc[4].GetString()) == "\x01");
+}
+
+TEST_CASE("AppendCompactJson refuses invalid JSON and reports the byte offset", "[unit][json]") {
+  Compacted c = Compact("{\"a\":}");
+  CHECK_FALSE(c.ok);
+  CHECK_THAT(c.error, Catch::Contains("at offset 5"));
+
+  Compacted trailing = Compact("[1] [2]");
+  CHECK_FALSE(trailing.ok);
+  CHECK_THAT(trailing.error, Catch::Contains("at offset 4"));
+
+  Compacted empty = Compact("");
+  CHECK_FALSE(empty.ok);
+  CHECK_THAT(empty.error, Catch::Contains("at offset 0"));
+
+  CHECK_FALSE(Compact("[1,]").ok);
+  CHECK_FALSE(Compact("{'a':1}").ok);
+  CHECK_FALSE(Compact("[01]").ok);
+  CHECK_FALSE(Compact("[NaN]").ok);
+  CHECK_FALSE(Compact("\"unterminated").ok);
+  CHECK_FALSE(Compact("   ").ok);
+}
+
+TEST_CASE("AppendCompactJson refuses a document with bytes after a NUL byte", "[unit][json]") {
+  // A NUL byte is never valid JSON text: "[1]\0garbage" must not pass as "[1]".
+  Compacted c = Compact(std::string("[1]\0garbage", 11));
+  CHECK_FALSE(c.ok);
+  Compacted alone = Compact(std::string("{}\0", 3));
+  CHECK_FALSE(alone.ok);
+}
+
+TEST_CASE("AppendCompactJson refuses invalid UTF-8 and says where", "[unit][json]") {
+  Compacted bad_byte = Compact("[\"ok\", \"\xFF\"]");
+  CHECK_FALSE(bad_byte.ok);
+  CHECK_THAT(bad_byte.error, Catch::Contains("at offset"));
+  CHECK_FALSE(Compact("\"\xC3\"").ok);          // truncated sequence
+  CHECK_FALSE(Compact("\"\xC0\xAF\"").ok);      // overlong "/"
+  CHECK_FALSE(Compact("\"\xED\xA0\x80\"").ok);  // UTF-16 surrogate
+}
+
+TEST_CASE("AppendCompactJson accepts nesting up to kMaxJsonDepth and refuses one more level",
+          "[unit][json]") {
+  Compacted at_limit = Compact(Nested(kMaxJsonDepth, "1"));
+  REQUIRE(at_limit.ok);
+  CHECK(at_limit.out == Nested(kMaxJsonDepth, "1"));
+
+  Compacted too_deep = Compact(Nested(kMaxJsonDepth + 1, "1"));
+  CHECK_FALSE(too_deep.ok);
+  CHECK_THAT(too_deep.error,
+             Catch::Contains("nested deeper than " + std::to_string(kMaxJsonDepth) + " levels"));
+
+  std::string objects;
+  for (int i = 0; i <= kMaxJsonDepth; ++i) objects += "{\"a\":";
+  objects += "1" + std::string(kMaxJsonDepth + 1, '}');
+  CHECK_FALSE(Compact(objects).ok);
+}
+
+TEST_CASE("AppendCompactJson refuses 100000 open brackets without crashing", "[unit][json]") {
+  Compacted c = Compact(std::string(100000, '['));
+  CHECK_FALSE(c.ok);
+  CHECK_THAT(c.error, Catch::Contains("nested deeper"));
+  Compacted closed = Compact(Nested(100000));
+  CHECK_FALSE(closed.ok);
+}
+
+// AppendJsonString
+
+TEST_CASE("AppendJsonString quotes plain text unchanged", "[unit][json]") {
+  CHECK(Quote("") == "\"\"");
+  CHECK(Quote("hello world ~!") == "\"hello world ~!\"");
+}
+
+TEST_CASE("AppendJsonString escapes quotes, backslashes and control characters", "[unit][json]") {
+  CHECK(Quote("a\"b") == "\"a\\\"b\"");
+  CHECK(Quote("a\\b") == "\"a\\\\b\"");
+  CHECK(Quote("\n\r\t") == "\"\\n\\r\\t\"");
+  CHECK(Quote("\x01") == "\"\\u0001\"");
+  CHECK(Quote("\x1F") == "\"\\u001f\"");
+  CHECK(Quote(std::string("a\0b", 3)) == "\"a\\u0000b\"");
+  std::string all_controls;
+  for (int c = 0; c < 0x20; ++c) all_controls.push_back(static_cast<char>(c));
+  std::string quoted = Quote(all_controls + "\"\\\x7F");
+  REQUIRE(IsValidJson(quoted));
+  CHECK(Unquote(quoted) == all_controls + "\"\\\x7F");
+}
+
+TEST_CASE("AppendJsonString keeps valid multi-byte UTF-8 as it is", "[unit][json]") {
+  std::string text = "caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80";  // café € 😀
+  CHECK(Quote(text) == "\"" + text + "\"");
+  CHECK(Unquote(Quote(text)) == text);
+}
+
+TEST_CASE("AppendJsonString replaces each invalid UTF-8 byte with U+FFFD", "[unit][json]") {
+  const std::string kFffd = "\xEF\xBF\xBD";
+  CHECK(Quote("a\xFF" "b") == "\"a" + kFffd + "b\"");
+  CHECK(Quote("a\xC3") == "\"a" + kFffd + "\"");                       // truncated at the end
+  CHECK(Quote("\xC3(") == "\"" + kFffd + "(\"");                       // bad continuation
+  CHECK(Quote("\xC0\xAF") == "\"" + kFffd + kFffd + "\"");             // overlong
+  CHECK(Quote("\xED\xA0\x80") == "\"" + kFffd + kFffd + kFffd + "\"");  // surrogate
+  CHECK(Quote("\xF4\x90\x80\x80") == "\"" + kFffd + kFffd + kFffd + kFffd + "\"");  // > U+10FFFF
+}
+
+TEST_CASE("AppendJsonString output is valid JSON for every single byte and byte pair",
+          "[unit][json]") {
+  for (int a = 0; a < 256; ++a) {
+    std::string one(1, static_cast<char>(a));
+    INFO("byte " << a);
+    REQUIRE(IsValidJson(Quote(one)));
+    for (int b = 0x80; b < 256; b += 7) {
+      std::string two = one + static_cast<char>(b);
+      REQUIRE(IsValidJson(Quote(two)));
+    }
+  }
+}
+
+// JsonDepthWithin
+
+TEST_CASE("JsonDepthWithin compares the deepest nesting of arrays and objects", "[unit][json]") {
+  std::string text = "[{\"a\":[1]}]";
+  CHECK(JsonDepthWithin(text.data(), text.size(), 3));
+  CHECK_FALSE(JsonDepthWithin(text.data(), text.size(), 2));
+  std::string flat = "[1][2][3]";
+  CHECK(JsonDepthWithin(flat.data(), flat.size(), 1));
+  std::string scalar = "42";
+  CHECK(JsonDepthWithin(scalar.data(), scalar.size(), 0));
+}
+
+TEST_CASE("JsonDepthWithin ignores brackets inside strings", "[unit][json]") {
+  std::string text = "[\"[[[[{{{{\", {\"k[[\": \"]]]]\"}]";
+  CHECK(JsonDepthWithin(text.data(), text.size(), 2));
+  CHECK_FALSE(JsonDepthWithin(text.data(), text.size(), 1));
+}
+
+TEST_CASE("JsonDepthWithin handles escaped quotes and backslashes in strings", "[unit][json]") {
+  // The string holds an escaped quote: the brackets after it are still inside it.
+  std::string quote = "[\"a\\\"[[[[\", 1]";
+  CHECK(JsonDepthWithin(quote.data(), quote.size(), 1));
+  // The string ends with an escaped backslash: the brackets after it count.
+  std::string backslash = "[\"a\\\\\", [[1]]]";
+  CHECK_FALSE(JsonDepthWithin(backslash.data(), backslash.size(), 2));
+  CHECK(JsonDepthWithin(backslash.data(), backslash.size(), 3));
+}
+
+TEST_CASE("JsonDepthWithin refuses 100000 open brackets", "[unit][json]") {
+  std::string deep(100000, '[');
+  CHECK_FALSE(JsonDepthWithin(deep.data(), deep.size(), kMaxJsonDepth));
+  std::string limit = Nested(kMaxJsonDepth);
+  CHECK(JsonDepthWithin(limit.data(), limit.size(), kMaxJsonDepth));
+}
+
+// ErrorJson
+
+TEST_CASE("ErrorJson wraps the message in an object with an escaped error field",
+          "[unit][json]") {
+  CHECK(ErrorJson("no such job") == "{\"error\":\"no such job\"}");
+  std::string json = ErrorJson("bad \"x\"\nat \\ \xFF");
+  REQUIRE(IsValidJson(json));
+  rapidjson::Document doc;
+  doc.Parse(json.c_str());
+  REQUIRE(doc.IsObject());
+  REQUIRE(doc.MemberCount() == 1);
+  CHECK(std::string(doc["error"].GetString()) == "bad \"x\"\nat \\ \xEF\xBF\xBD");
+}
