@@ -222,6 +222,10 @@ Status ParseJobOptions(const std::string& body, JobOptions* options) {
   if (!JsonDepthWithin(body.data(), body.size(), kMaxJsonDepth)) {
     return Status::Invalid("body: nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
   }
+  size_t nul = body.find('\0');
+  if (nul != std::string::npos) {
+    return Status::Invalid("body is not valid JSON: unexpected NUL byte at offset " + std::to_string(nul));
+  }
   rapidjson::Document doc;
   doc.Parse<rapidjson::kParseValidateEncodingFlag>(body.data(), body.size());
   if (doc.HasParseError()) {
@@ -302,6 +306,11 @@ Status ParseInputs(const std::string& body, std::vector<Input>* inputs) {
     return Status::Invalid(std::string("body is not valid JSON: ") +
                            rapidjson::GetParseError_En(result.Code()) + " at offset " +
                            std::to_string(result.Offset()));
+  }
+  if (stream.Tell() != body.size()) {
+    // MemoryStream reads a NUL byte as the end of the text; JSON has none.
+    return Status::Invalid("body is not valid JSON: unexpected NUL byte at offset " +
+                           std::to_string(stream.Tell()));
   }
   *inputs = std::move(parsed);
   return Status::OK();
