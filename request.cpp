@@ -197,6 +197,11 @@ std::string CheckWebhookUrl(const std::string& url) {
   for (unsigned char c : url) {
     if (c <= ' ' || c == 0x7F) return "url: contains a space or control character";
   }
+  // libcurl would read "http:/h" and "http:///h" as host h; require "//host".
+  size_t authority = url.find("://");
+  if (authority == std::string::npos || authority + 3 >= url.size() || url[authority + 3] == '/') {
+    return "url: " + Quoted(url) + " is not an absolute URL such as \"http://host/path\"";
+  }
   CURLU* parsed = curl_url();
   if (parsed == nullptr) return "url: out of memory";
   std::string error;
