@@ -63,6 +63,11 @@ bool AppendCompactJson(const char* data, size_t size, std::string* out, std::str
   rapidjson::Reader reader;
   rapidjson::MemoryStream stream(data, size);
   rapidjson::ParseResult result = reader.Parse<kUntrustedParseFlags>(stream, handler);
+  if (result && stream.Tell() != size) {
+    // MemoryStream reads a NUL byte as the end of the text; JSON has none.
+    *error = "unexpected NUL byte at offset " + std::to_string(stream.Tell());
+    return false;
+  }
   if (result) return true;
   if (handler.too_deep()) {
     *error = "nested deeper than " + std::to_string(kMaxJsonDepth) + " levels at offset " +

@@ -197,6 +197,11 @@ std::string CheckWebhookUrl(const std::string& url) {
   for (unsigned char c : url) {
     if (c <= ' ' || c == 0x7F) return "url: contains a space or control character";
   }
+  // libcurl would read "http:/h" and "http:///h" as host h; require "//host".
+  size_t authority = url.find("://");
+  if (authority == std::string::npos || authority + 3 >= url.size() || url[authority + 3] == '/') {
+    return "url: " + Quoted(url) + " is not an absolute URL such as \"http://host/path\"";
+  }
   CURLU* parsed = curl_url();
   if (parsed == nullptr) return "url: out of memory";
   std::string error;
@@ -221,6 +226,10 @@ Status ParseJobOptions(const std::string& body, JobOptions* options) {
   if (body.empty()) return Status::Invalid("the body is empty: expected {\"url\": \"http://host/path\", ...}");
   if (!JsonDepthWithin(body.data(), body.size(), kMaxJsonDepth)) {
     return Status::Invalid("body: nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+  }
+  size_t nul = body.find('\0');
+  if (nul != std::string::npos) {
+    return Status::Invalid("body is not valid JSON: unexpected NUL byte at offset " + std::to_string(nul));
   }
   rapidjson::Document doc;
   doc.Parse<rapidjson::kParseValidateEncodingFlag>(body.data(), body.size());
@@ -302,6 +311,11 @@ Status ParseInputs(const std::string& body, std::vector<Input>* inputs) {
     return Status::Invalid(std::string("body is not valid JSON: ") +
                            rapidjson::GetParseError_En(result.Code()) + " at offset " +
                            std::to_string(result.Offset()));
+  }
+  if (stream.Tell() != body.size()) {
+    // MemoryStream reads a NUL byte as the end of the text; JSON has none.
+    return Status::Invalid("body is not valid JSON: unexpected NUL byte at offset " +
+                           std::to_string(stream.Tell()));
   }
   *inputs = std::move(parsed);
   return Status::OK();
