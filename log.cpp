@@ -35,6 +35,7 @@ void Emit(std::string line) {
 void SetLogFormat(LogFormat format) { g_format = format; }
 
 void LogMessage(const std::string& message) {
+  if (g_format == LogFormat::kSilent) return;
   if (g_format == LogFormat::kText) return Emit(Now() + " pmmap: " + message);
   std::string line = "{\"time\":\"" + Now() + "\",\"message\":";
   AppendJsonString(message, &line);
@@ -42,6 +43,7 @@ void LogMessage(const std::string& message) {
 }
 
 void LogJobEvent(const std::string& job_id, const char* event, const std::string& detail) {
+  if (g_format == LogFormat::kSilent) return;
   if (g_format == LogFormat::kText) {
     Emit(Now() + " pmmap: job " + job_id + " " + event + (detail.empty() ? "" : ": " + detail));
     return;

@@ -6,7 +6,7 @@
 
 #include <string>
 
-enum class LogFormat { kText, kJson };
+enum class LogFormat { kText, kJson, kSilent };  // kSilent: for unit tests
 
 // Sets the format of every later line. Call before starting threads.
 void SetLogFormat(LogFormat format);

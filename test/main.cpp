@@ -7,6 +7,8 @@
 #include <catch2/catch.hpp>
 #include <cstdio>
 
+#include "log.hpp"
+
 namespace {
 
 Catch::Totals g_totals;
@@ -23,6 +25,8 @@ CATCH_REGISTER_LISTENER(TotalsListener)
 int main(int argc, char** argv) {
   // A webhook or server that vanishes mid-write must not kill the tests.
   signal(SIGPIPE, SIG_IGN);
+  // Unit tests drive jobs in this process; their event lines are noise here.
+  SetLogFormat(LogFormat::kSilent);
   int result = Catch::Session().run(argc, argv);
   fflush(stdout);
   printf("%zu passed, %zu failed\n", g_totals.testCases.passed, g_totals.testCases.failed);
