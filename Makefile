@@ -119,3 +119,13 @@ clean:
 	rm -rf build pmmap pmmap_test pmmap-static
 
 -include $(wildcard $(BUILD)/*.d $(BUILD)/test/*.d)
+
+# pmmap-static: a fully static binary built only from Debian packages and sources (static/build.sh).
+.PHONY: static static-test
+static:
+	static/build.sh
+
+# The integration tests against pmmap-static (the test binary itself is the normal build).
+static-test: deps
+	$(MAKE) -j$(JOBS) static $(PMMAP_TEST)
+	PMMAP_BIN=./pmmap-static ./$(PMMAP_TEST) "[api],[delivery]"
