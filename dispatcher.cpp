@@ -37,6 +37,8 @@ class WebhookClient {
     curl_easy_setopt(curl_, CURLOPT_NOSIGNAL, 1L);  // required with threads
     curl_easy_setopt(curl_, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(curl_, CURLOPT_TCP_NODELAY, 1L);
+    // Keys "." and ".." are path segments like any other, not dot-segments.
+    curl_easy_setopt(curl_, CURLOPT_PATH_AS_IS, 1L);
     curl_easy_setopt(curl_, CURLOPT_POST, 1L);
     curl_easy_setopt(curl_, CURLOPT_TIMEOUT_MS, static_cast<long>(timeout_ms));
     curl_easy_setopt(curl_, CURLOPT_WRITEFUNCTION, &WebhookClient::OnBody);

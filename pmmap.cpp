@@ -492,6 +492,25 @@ bool ParseFlags(int argc, char** argv, Flags* flags, bool* exit_now, std::string
   return true;
 }
 
+// Returns the CA bundle for https webhooks: libcurl's built-in one if it
+// exists, else the first of the usual places that does (a static binary
+// may run on a system whose bundle lives elsewhere), else "".
+std::string FindCaBundle() {
+  static const char* const kBundles[] = {
+      "/etc/ssl/certs/ca-certificates.crt",                 // Debian, Ubuntu, Alpine
+      "/etc/pki/tls/certs/ca-bundle.crt",                   // Fedora, RHEL
+      "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",  // RHEL 7+
+      "/etc/ssl/ca-bundle.pem",                             // openSUSE
+      "/etc/ssl/cert.pem",                                  // Alpine, macOS
+  };
+  const curl_version_info_data* info = curl_version_info(CURLVERSION_NOW);
+  if (info->cainfo != nullptr && access(info->cainfo, R_OK) == 0) return info->cainfo;
+  for (const char* bundle : kBundles) {
+    if (access(bundle, R_OK) == 0) return bundle;
+  }
+  return "";
+}
+
 bool SplitHostPort(const std::string& listen, std::string* host, int* port) {
   size_t colon = listen.rfind(':');
   if (colon == std::string::npos || colon == 0) return false;
@@ -551,7 +570,10 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   {
     Dispatcher::Options dispatch_options;
-    dispatch_options.ca_file = flags.ca_file;
+    dispatch_options.ca_file = flags.ca_file.empty() ? FindCaBundle() : flags.ca_file;
+    if (dispatch_options.ca_file.empty()) {
+      LogMessage("warning: no CA bundle found; https webhooks will fail (see --ca-file)");
+    }
     dispatch_options.max_reply_bytes = flags.max_body;
     Dispatcher dispatcher(dispatch_options);
     JobTable table(
