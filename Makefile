@@ -40,7 +40,7 @@ FUZZ_SOURCES := test/fuzz_main.cpp json.cpp request.cpp job.cpp log.cpp metrics.
 LIB_OBJECTS := $(LIB_SOURCES:%.cpp=$(BUILD)/%.o)
 TEST_OBJECTS := $(TEST_SOURCES:%.cpp=$(BUILD)/%.o)
 
-.PHONY: all deps run test asan tsan fuzz demo bench clean
+.PHONY: all deps run test asan tsan fuzz soak demo bench clean
 
 all: $(PMMAP) $(PMMAP_TEST)
 
@@ -105,6 +105,16 @@ fuzz: deps
 	build/fuzz/pmmap_fuzz -runs=0 test/fuzz_corpus
 	build/fuzz/pmmap_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=10 \
 	  -artifact_prefix=build/fuzz/ build/fuzz/corpus test/fuzz_corpus
+
+# A few minutes of faults against a running server; prints what it found.
+# Not part of CI.
+SOAK_SECONDS := 120
+soak: deps
+	$(MAKE) -j$(JOBS) $(PMMAP) $(BUILD)/soak
+	$(BUILD)/soak --pmmap ./$(PMMAP) --seconds $(SOAK_SECONDS)
+
+$(BUILD)/soak: $(BUILD)/test/soak.o
+	$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(LIBS)
 
 demo: deps
 	$(MAKE) $(PMMAP)
