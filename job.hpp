@@ -41,6 +41,8 @@ constexpr int kMaxMaxAttempts = 100;
 constexpr int64_t kDefaultBackoffMs = 100;
 constexpr int64_t kMaxBackoffMsLimit = 3600000;
 constexpr int64_t kDefaultMaxBackoffMs = 30000;
+// One call in about 17 minutes: slower rates are surely a mistake.
+constexpr double kMinRatePerSec = 0.001;
 constexpr double kMaxRatePerSec = 1e6;
 // The longest key accepted, in bytes, before percent-encoding.
 constexpr size_t kMaxKeyBytes = 1024;

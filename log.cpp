@@ -23,6 +23,26 @@ std::string Now() {
   return buf;
 }
 
+// Text lines carry details from callers (keys); escape control characters
+// so that a detail can never end its line or forge another.
+std::string Escaped(const std::string& detail) {
+  std::string out;
+  for (unsigned char c : detail) {
+    if (c == '\n') {
+      out.append("\\n");
+    } else if (c == '\r') {
+      out.append("\\r");
+    } else if (c < 0x20 || c == 0x7F) {
+      char buf[8];
+      snprintf(buf, sizeof(buf), "\\x%02x", c);
+      out.append(buf);
+    } else {
+      out.push_back(static_cast<char>(c));
+    }
+  }
+  return out;
+}
+
 void Emit(std::string line) {
   line.push_back('\n');
   // One write so that lines from different threads never interleave.
@@ -45,7 +65,7 @@ void LogMessage(const std::string& message) {
 void LogJobEvent(const std::string& job_id, const char* event, const std::string& detail) {
   if (g_format == LogFormat::kSilent) return;
   if (g_format == LogFormat::kText) {
-    Emit(Now() + " pmmap: job " + job_id + " " + event + (detail.empty() ? "" : ": " + detail));
+    Emit(Now() + " pmmap: job " + job_id + " " + event + (detail.empty() ? "" : ": " + Escaped(detail)));
     return;
   }
   std::string line = "{\"time\":\"" + Now() + "\",\"job\":";

@@ -46,6 +46,8 @@ constexpr size_t kDefaultJobTtlSeconds = 24 * 60 * 60;
 constexpr std::chrono::seconds kExpiryInterval{1};
 // On SIGTERM, how long calls in flight may take to finish before they are aborted.
 constexpr std::chrono::seconds kShutdownGrace{5};
+// Then, how long API connections may take to finish.
+constexpr std::chrono::seconds kDrainTimeout{2};
 // A kept-alive API connection holds an HTTP thread while it idles, and
 // shutdown waits for it: keep the idle time short.
 constexpr time_t kKeepAliveSeconds = 3;
@@ -323,22 +325,26 @@ void InstallRoutes(httplib::Server& server, JobTable& table, const Flags& flags)
     std::shared_ptr<Job> job = find(req, res);
     if (!job) return;
     if (query.wait) s = job->WaitDone();
+    // Read before the entries are counted, so that "done" is never shown
+    // over an output that misses some.
+    const char* state = JobStateName(job->state());
     std::unique_ptr<OutputReader> opened;
     if (s.ok()) s = job->OpenOutput(query.offset, query.limit, query.format, &opened);
     if (!s.ok()) return ReplyError(res, s);
     std::shared_ptr<OutputReader> reader(std::move(opened));
     auto chunk = std::make_shared<std::string>();
-    res.set_header("PMMAP-state", JobStateName(job->state()));
+    res.set_header("PMMAP-state", state);
     res.set_chunked_content_provider(
         query.format == OutputReader::kArray ? "application/json" : "application/x-ndjson",
         [reader, chunk](size_t, httplib::DataSink& sink) {
           bool failed = false;
-          if (!reader->Next(chunk.get(), &failed)) {
-            if (failed) return false;
-            sink.done();
-            return true;
+          while (reader->Next(chunk.get(), &failed)) {
+            // cpp-httplib takes an empty write for the end of the body.
+            if (!chunk->empty()) return sink.write(chunk->data(), chunk->size());
           }
-          return sink.write(chunk->data(), chunk->size());
+          if (failed) return false;
+          sink.done();
+          return true;
         });
   });
 
@@ -446,13 +452,6 @@ bool ParseFlags(int argc, char** argv, Flags* flags, bool* exit_now, std::string
          return true;
        }},
   };
-  for (const Spec& spec : specs) {
-    const char* value = getenv(spec.env);
-    if (value != nullptr && !spec.set(value)) {
-      *error = std::string("bad value for ") + spec.env + ": " + value;
-      return false;
-    }
-  }
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "--help" || arg == "-h") {
@@ -465,6 +464,16 @@ bool ParseFlags(int argc, char** argv, Flags* flags, bool* exit_now, std::string
       *exit_now = true;
       return true;
     }
+  }
+  for (const Spec& spec : specs) {
+    const char* value = getenv(spec.env);
+    if (value != nullptr && !spec.set(value)) {
+      *error = std::string("bad value for ") + spec.env + ": " + value;
+      return false;
+    }
+  }
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
     std::string value;
     size_t eq = arg.find('=');
     std::string name = arg.substr(0, eq);
@@ -598,7 +607,8 @@ int main(int argc, char** argv) {
     } else {
       std::mutex stop_mutex;
       std::condition_variable stop_cv;
-      bool stopping = false;  // guarded by stop_mutex
+      bool stopping = false;     // guarded by stop_mutex: a signal came
+      bool server_done = false;  // guarded by stop_mutex: listen_after_bind returned
 
       std::thread signal_thread([&] {
         int sig = 0;
@@ -613,20 +623,34 @@ int main(int argc, char** argv) {
           stopping = true;
         }
         stop_cv.notify_all();
-        table.Shutdown();
-        server.stop();
         // A second signal means now.
         sigwait(&stop_signals, &sig);
         _exit(1);
       });
       signal_thread.detach();  // blocked in sigwait until the process ends
 
-      std::thread expiry_thread([&] {
+      // Expires old jobs until a signal comes, then runs the shutdown.
+      std::thread housekeeper([&] {
         std::unique_lock<std::mutex> lock(stop_mutex);
         while (!stop_cv.wait_for(lock, kExpiryInterval, [&] { return stopping; })) {
           lock.unlock();
           table.Expire(std::chrono::system_clock::now() - std::chrono::seconds(flags.job_ttl));
           lock.lock();
+        }
+        lock.unlock();
+        table.Shutdown();  // answers every waiting caller, removes the files
+        server.stop();
+        if (!dispatcher.WaitForExit(kShutdownGrace)) {
+          LogMessage("aborting webhook calls still in flight");
+          table.AbortAll();
+        }
+        // An API caller that stopped reading holds its connection's thread
+        // until the write timeout; its job is gone, so do not wait for it.
+        lock.lock();
+        if (!stop_cv.wait_for(lock, kDrainTimeout, [&] { return server_done; })) {
+          if (own_data_dir) rmdir(flags.data_dir.c_str());
+          LogMessage("stopped, dropping API connections still open");
+          _exit(0);
         }
       });
 
@@ -636,15 +660,11 @@ int main(int argc, char** argv) {
       server.listen_after_bind();
       {
         std::lock_guard<std::mutex> lock(stop_mutex);
-        stopping = true;
+        stopping = true;  // in case the server stopped by itself
+        server_done = true;
       }
       stop_cv.notify_all();
-      expiry_thread.join();
-      table.Shutdown();  // in case the server stopped by itself
-      if (!dispatcher.WaitForExit(kShutdownGrace)) {
-        LogMessage("aborting webhook calls still in flight");
-        table.AbortAll();
-      }
+      housekeeper.join();
     }
   }  // joins the dispatcher's threads
   if (own_data_dir) rmdir(flags.data_dir.c_str());

@@ -7,6 +7,8 @@
 #include <rapidjson/writer.h>
 
 #include <cctype>
+#include <cerrno>
+#include <cstdlib>
 #include <set>
 
 #include "json.hpp"
@@ -184,10 +186,13 @@ bool ParseBool(const std::string& s, bool* out) {
 }
 
 bool ParseCount(const std::string& s, uint64_t* out) {
-  if (s.empty() || s.size() > 19 || s.find_first_not_of("0123456789") != std::string::npos) {
+  if (s.empty() || s.size() > 20 || s.find_first_not_of("0123456789") != std::string::npos) {
     return false;
   }
-  *out = std::stoull(s);
+  errno = 0;
+  unsigned long long n = strtoull(s.c_str(), nullptr, 10);
+  if (errno == ERANGE) return false;
+  *out = n;
   return true;
 }
 
@@ -264,6 +269,10 @@ Status ParseJobOptions(const std::string& body, JobOptions* options) {
     } else if (name == "secret") {
       if (!v.IsString()) return Status::Invalid("secret: expected a string");
       parsed.secret.assign(v.GetString(), v.GetStringLength());
+      // It goes into a header line: a line break would forge other headers.
+      for (unsigned char c : parsed.secret) {
+        if (c < 0x20 || c == 0x7F) return Status::Invalid("secret: must not contain control characters");
+      }
     } else if (name == "concurrency") {
       if (!IntegerIn(v, 1, kMaxConcurrency, &n)) return RangeError("concurrency", 1, kMaxConcurrency);
       parsed.concurrency = static_cast<int>(n);
@@ -285,8 +294,8 @@ Status ParseJobOptions(const std::string& body, JobOptions* options) {
         return RangeError("max_backoff_ms", 0, kMaxBackoffMsLimit);
       }
     } else if (name == "rate_per_sec") {
-      if (!v.IsNumber() || !(v.GetDouble() > 0) || v.GetDouble() > kMaxRatePerSec) {
-        return Status::Invalid("rate_per_sec: expected a number above 0 and at most " +
+      if (!v.IsNumber() || v.GetDouble() < kMinRatePerSec || v.GetDouble() > kMaxRatePerSec) {
+        return Status::Invalid("rate_per_sec: expected a number from 0.001 to " +
                                std::to_string(static_cast<int64_t>(kMaxRatePerSec)));
       }
       parsed.rate_per_sec = v.GetDouble();
