@@ -306,6 +306,11 @@ bool Dispatcher::WaitForExit(Clock::duration timeout) {
   return exit_cv_.wait_for(lock, timeout, [this] { return finished_.size() == threads_.size(); });
 }
 
+void Dispatcher::JoinExited() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  JoinFinished();
+}
+
 void Dispatcher::JoinFinished() {
   for (ThreadList::iterator it : finished_) {
     it->join();

@@ -78,6 +78,8 @@ class Dispatcher {
   // Waits until every thread has exited or timeout passes; returns whether
   // all exited.
   bool WaitForExit(Clock::duration timeout);
+  // Joins the threads that have exited.
+  void JoinExited();
 
  private:
   using ThreadList = std::list<std::thread>;

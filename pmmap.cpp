@@ -619,10 +619,12 @@ int main(int argc, char** argv) {
         sigwait(&stop_signals, &sig);
         LogMessage(std::string("stopping on ") + strsignal(sig));
         {
+          // Notified under the lock: once main can take it, this thread is
+          // done with stop_cv, which main destroys.
           std::lock_guard<std::mutex> lock(stop_mutex);
           stopping = true;
+          stop_cv.notify_all();
         }
-        stop_cv.notify_all();
         // A second signal means now.
         sigwait(&stop_signals, &sig);
         _exit(1);
@@ -648,6 +650,7 @@ int main(int argc, char** argv) {
         // until the write timeout; its job is gone, so do not wait for it.
         lock.lock();
         if (!stop_cv.wait_for(lock, kDrainTimeout, [&] { return server_done; })) {
+          dispatcher.JoinExited();
           if (own_data_dir) rmdir(flags.data_dir.c_str());
           LogMessage("stopped, dropping API connections still open");
           _exit(0);
