@@ -6,6 +6,7 @@
 #include <httplib.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -599,12 +600,23 @@ int main(int argc, char** argv) {
     server.set_payload_max_length(flags.max_body);
     InstallRoutes(server, table, flags);
 
+    // cpp-httplib listens with a backlog of 5, so a burst of connections
+    // would be dropped: keep the socket and raise the backlog after binding.
+    // Its default SO_REUSEPORT would also let a second pmmap share the port
+    // unnoticed; SO_REUSEADDR only allows a quick restart.
+    int listen_fd = -1;
+    server.set_socket_options([&listen_fd](int fd) {
+      int yes = 1;
+      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+      listen_fd = fd;
+    });
     // Port 0 picks a free port; the log line below tells which.
     int bound = port == 0 ? server.bind_to_any_port(host) : (server.bind_to_port(host, port) ? port : -1);
     if (bound <= 0) {
       fprintf(stderr, "pmmap: cannot listen on %s: %s\n", flags.listen.c_str(), strerror(errno));
       exit_code = 1;
     } else {
+      if (listen_fd >= 0) listen(listen_fd, SOMAXCONN);
       std::mutex stop_mutex;
       std::condition_variable stop_cv;
       bool stopping = false;     // guarded by stop_mutex: a signal came

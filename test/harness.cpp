@@ -206,7 +206,9 @@ Webhook::Webhook() {
     }
     Call call;
     call.path = req.path;
-    call.key = PercentDecode(req.path.substr(req.path.rfind('/') + 1));
+    // req.path is decoded already, so take the key from the raw target.
+    std::string target = req.target.substr(0, req.target.find('?'));
+    call.key = PercentDecode(target.substr(target.rfind('/') + 1));
     call.body = req.body;
     call.headers = req.headers;
     call.at = std::chrono::steady_clock::now();
