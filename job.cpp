@@ -409,7 +409,12 @@ bool Job::Take(Input* input) {
       } else {
         *input = std::move(queue_.front());
         queue_.pop_front();
-        room_cv_.notify_one();
+        // Wake a blocked Add only once a quarter of the queue is free, so
+        // that it queues inputs in runs rather than one per wakeup.
+        size_t maxsize = static_cast<size_t>(options_.maxsize);
+        if (adders_ > 0 && queue_.size() + std::max<size_t>(1, maxsize / 4) <= maxsize) {
+          room_cv_.notify_all();
+        }
       }
       ++input->attempts;
       in_flight_.insert(input);

@@ -93,36 +93,6 @@ std::string JobPath(const std::string& id, const std::string& rest = "") {
   return "/job/" + id + rest;
 }
 
-// Handlers that must hold a webhook call wait on a Gate: until it opens, or
-// (so that nothing can hang) until a bounded timeout passes.
-class Gate {
- public:
-  void Open() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    open_ = true;
-    cv_.notify_all();
-  }
-  bool Wait(milliseconds timeout = seconds(10)) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    return cv_.wait_for(lock, timeout, [this] { return open_; });
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  bool open_ = false;
-};
-
-// Opens a gate when it goes out of scope. Declared after the Webhook and the
-// PmmapProcess, it runs first, so that held calls end before they stop.
-class OpenAtExit {
- public:
-  explicit OpenAtExit(Gate& gate) : gate_(gate) {}
-  ~OpenAtExit() { gate_.Open(); }
-
- private:
-  Gate& gate_;
-};
 
 // The echo the harness webhook gives, written here so that gated handlers
 // can give it too.

@@ -222,28 +222,6 @@ std::vector<Webhook::Call> SortedCalls(Webhook& hook) {
   return calls;
 }
 
-// A latch that webhook handlers wait on, at most a bounded time, until the
-// test opens it. Shared by pointer so that a handler never outlives it.
-class Gate {
- public:
-  // Blocks until Open or until limit passes; returns whether it was opened.
-  bool Wait(milliseconds limit = std::chrono::seconds(15)) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    return cv_.wait_for(lock, limit, [this] { return open_; });
-  }
-  void Open() {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      open_ = true;
-    }
-    cv_.notify_all();
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  bool open_ = false;
-};
 
 // Opens the gate when it goes out of scope, so that a failed assertion
 // never leaves webhook handlers waiting. Declare it after the PmmapProcess.

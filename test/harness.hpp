@@ -11,12 +11,46 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <map>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
+
+// A latch that webhook handlers wait on, for a bounded time, until the test
+// opens it: how a test holds webhook calls in flight.
+class Gate {
+ public:
+  void Open() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    open_ = true;
+    cv_.notify_all();
+  }
+  // Blocks until Open or until limit passes; returns whether it was opened.
+  bool Wait(std::chrono::milliseconds limit = std::chrono::seconds(15)) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    return cv_.wait_for(lock, limit, [this] { return open_; });
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool open_ = false;
+};
+
+// Opens a gate when it goes out of scope, so that a failed assertion never
+// leaves handlers waiting. Declared after the Webhook and the PmmapProcess,
+// it runs first, so that held calls end before those stop.
+class OpenAtExit {
+ public:
+  explicit OpenAtExit(Gate& gate) : gate_(gate) {}
+  ~OpenAtExit() { gate_.Open(); }
+
+ private:
+  Gate& gate_;
+};
 
 // The pmmap binary under test, running on a free loopback port with its
 // stderr kept in a file. The binary is $PMMAP_BIN, or ./pmmap.

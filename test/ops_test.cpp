@@ -125,35 +125,6 @@ std::string RequireJsonError(const HttpResult& r) {
   return message;
 }
 
-// A latch a webhook handler can wait on (bounded) until the test opens it.
-class Gate {
- public:
-  void Open() {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      open_ = true;
-    }
-    cv_.notify_all();
-  }
-  // Returns whether the gate opened before max passed.
-  bool Wait(milliseconds max) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    return cv_.wait_for(lock, max, [this] { return open_; });
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  bool open_ = false;
-};
-
-// Opens a gate when it goes out of scope, so that no handler is left
-// waiting whatever way the test ends. Declare it after the Webhook.
-struct GateOpener {
-  explicit GateOpener(Gate& g) : gate(g) {}
-  ~GateOpener() { gate.Open(); }
-  Gate& gate;
-};
 
 // Removes a file or directory tree (used for the test's own temp dirs).
 void RemoveTree(const std::string& path) {
@@ -969,9 +940,9 @@ TEST_CASE("metrics count inputs, outputs, calls by outcome, retries and in-fligh
   Gate slow_gate;
   Gate stuck_gate;
   Webhook hook;
-  GateOpener open_hold(hold_gate);
-  GateOpener open_slow(slow_gate);
-  GateOpener open_stuck(stuck_gate);
+  OpenAtExit open_hold(hold_gate);
+  OpenAtExit open_slow(slow_gate);
+  OpenAtExit open_stuck(stuck_gate);
   hook.SetHandler([&](const Webhook::Call& call, httplib::Response& res) {
     const std::string& key = call.key;
     if (StartsWith(key, "flaky") && Attempt(call) < 3) {
@@ -1548,7 +1519,7 @@ TEST_CASE("--max-body 1000 refuses a larger body with 413, changes nothing, keep
 TEST_CASE("--job-ttl 1 removes ended jobs, never open or closing ones", "[ops]") {
   Gate gate;
   Webhook hook;
-  GateOpener opener(gate);
+  OpenAtExit opener(gate);
   hook.SetHandler([&](const Webhook::Call& call, httplib::Response& res) {
     if (StartsWith(call.key, "hold")) gate.Wait(seconds(20));
     res.set_content("{}", "application/json");
@@ -1763,7 +1734,7 @@ TEST_CASE("when a job is done, its final JSON is POSTed, signed, to callback_url
 TEST_CASE("when a job is cancelled, the callback fires with state cancelled", "[ops]") {
   Gate gate;
   Webhook hook;
-  GateOpener opener(gate);
+  OpenAtExit opener(gate);
   hook.SetHandler([&](const Webhook::Call& call, httplib::Response& res) {
     if (call.path != "/cb") gate.Wait(seconds(20));
     res.set_content("{}", "application/json");
@@ -1987,7 +1958,7 @@ TEST_CASE("SIGTERM waits the grace period for calls in flight, then aborts them 
   TempDir data("pmmap-ops-data");
   Gate gate;
   Webhook hook;
-  GateOpener opener(gate);
+  OpenAtExit opener(gate);
   hook.SetHandler([&](const Webhook::Call&, httplib::Response& res) {
     gate.Wait(seconds(30));
     res.set_content("{}", "application/json");
@@ -2011,7 +1982,7 @@ TEST_CASE("a second SIGTERM during the grace period exits 1 at once", "[ops]") {
   TempDir data("pmmap-ops-data");
   Gate gate;
   Webhook hook;
-  GateOpener opener(gate);
+  OpenAtExit opener(gate);
   hook.SetHandler([&](const Webhook::Call&, httplib::Response& res) {
     gate.Wait(seconds(30));
     res.set_content("{}", "application/json");
