@@ -17,7 +17,8 @@
 #      pmmap's inputs/s and its ratios to them, pmmap's peak RSS (VmHWM) and
 #      CPU seconds per 1000 inputs, read just before pmmap is stopped;
 #   5. a memory run: BENCH_BIG_N inputs at concurrency 32: peak RSS and the
-#      speed of streaming the whole output of a done job once.
+#      speed of streaming the whole output of a done job once;
+#   6. the PUT rate: N inputs PUT into a job whose queue has room, timed.
 #
 # Environment:
 #   BENCH_QUICK=1         smoke run: N=5000, big N=50000, concurrency 1 and 32
@@ -592,6 +593,38 @@ for c in $CONCURRENCY; do
   echo "  pmmap: $R_DETAIL"
 done
 
+# PUT /input alone: N inputs into a job whose queue never fills (maxsize
+# 1,000,000) and whose rate limit (0.001/s) lets one call out, so what is
+# timed is reading, parsing, validating and queuing, over one connection.
+put_rate() {
+  local dir=$TMP/run-put pid port api i job t0 t1 statuses
+  mkdir -p "$dir"
+  "${CLIENT[@]}" "$PMMAP" --listen 127.0.0.1:0 --data-dir "$dir/data" </dev/null >"$dir/pmmap.log" 2>&1 &
+  pid=$!
+  STARTED[$pid]=pmmap
+  for ((i = 0; i < 200; i++)); do
+    port=$(sed -n 's#.*listening on http://127\.0\.0\.1:\([0-9]*\).*#\1#p' "$dir/pmmap.log" 2>/dev/null | head -1)
+    [[ -n $port ]] && break
+    sleep 0.05
+  done
+  api=http://127.0.0.1:$port
+  job=$(curl -sS --max-time 30 --data-binary \
+    "{\"url\":\"$HOOK\",\"maxsize\":1000000,\"rate_per_sec\":0.001}" "$api/job" |
+    sed -n 's/^{"id":"\([^"]*\)".*/\1/p')
+  sed -e "s#@API@#$api#g" -e "s#@JOB@#$job#g" "$TMP/batches-main.feed.0" >"$dir/feed.cfg"
+  t0=$EPOCHREALTIME
+  curl --config "$dir/feed.cfg" >"$dir/feed.out" 2>&1 </dev/null
+  t1=$EPOCHREALTIME
+  statuses=$(awk '{ print $1 }' "$dir/feed.out" | sort | uniq -c | awk '{ printf "%s%sx%s", sep, $1, $2; sep = " " }')
+  stop_pid "$pid"
+  forget "$pid"
+  [[ $statuses == *x201 && $statuses != *" "* ]] || fail "PUT rate: statuses $statuses"
+  PUT_RATE=$(calc "$N / ($t1 - $t0)")
+  echo "PUT /input with room in the queue: $N inputs in $(calc "$t1 - $t0" %.3f) s = $PUT_RATE inputs/s ($statuses)"
+}
+wait_quiet "the PUT rate"
+put_rate
+
 BIG_RESULT=
 if (( BIG_N > 0 )); then
   log "bench: memory run: generating $BIG_N inputs"
@@ -625,6 +658,8 @@ echo '|---:|---:|---:|---:|---:|---:|---:|---:|---:|'
 for c in $CONCURRENCY; do
   echo "| $c | ${WRK[$c]} | ${BARE[$c]} | ${IPS[$c]} | ${RATIO_BARE[$c]} | ${RATIO_WRK[$c]} | ${RSS[$c]} | ${CPUK[$c]} | ${PUTMS[$c]} |"
 done
+echo
+echo "PUT /input with room in the queue (parse, validate, enqueue): $PUT_RATE inputs/s."
 if [[ -n $BIG_RESULT ]]; then
   echo
   echo '| memory run | pmmap inputs/s | pmmap peak RSS | CPU s per 1000 inputs | streaming the done output (one GET) |'
