@@ -19,7 +19,7 @@ PMMAP_TEST := pmmap_test
 
 # The Debian packages that building and testing need.
 PACKAGES := g++ make libcpp-httplib-dev rapidjson-dev libcurl4-openssl-dev libssl-dev catch2 \
-            curl python3
+            curl openssl python3
 FUZZ_PACKAGES := clang-14 libclang-rt-14-dev
 FUZZ_SECONDS := 60
 # UBSan's pointer-overflow check is off because RapidJSON 1.1.0 (Debian 12's)
@@ -34,7 +34,7 @@ SANITIZER_WARNINGS := -Wno-maybe-uninitialized
 LIB_SOURCES := job.cpp dispatcher.cpp json.cpp request.cpp http_pool.cpp log.cpp metrics.cpp
 TEST_SOURCES := test/main.cpp test/harness.cpp test/json_test.cpp test/request_test.cpp \
                 test/job_test.cpp test/dispatcher_test.cpp test/api_test.cpp test/delivery_test.cpp \
-                test/ops_test.cpp
+                test/ops_test.cpp test/https_test.cpp
 FUZZ_SOURCES := test/fuzz_main.cpp json.cpp request.cpp job.cpp log.cpp metrics.cpp
 
 LIB_OBJECTS := $(LIB_SOURCES:%.cpp=$(BUILD)/%.o)
@@ -138,4 +138,4 @@ static:
 # The integration tests against pmmap-static (the test binary itself is the normal build).
 static-test: deps
 	$(MAKE) -j$(JOBS) static $(PMMAP_TEST)
-	PMMAP_BIN=./pmmap-static ./$(PMMAP_TEST) "[api],[delivery]"
+	PMMAP_BIN=./pmmap-static ./$(PMMAP_TEST) "[api],[delivery],[ops]"

@@ -124,6 +124,16 @@ TEST_CASE("AppendCompactJson refuses a document with bytes after a NUL byte", "[
   CHECK_FALSE(alone.ok);
 }
 
+TEST_CASE("AppendCompactJson refuses an escaped lone low surrogate (found by the fuzzer)", "[unit][json]") {
+  // RapidJSON 1.1.0 decodes "\udc00" to bytes that are not UTF-8; the writer
+  // must refuse them, so that stored output is always valid JSON.
+  CHECK_FALSE(Compact("{\"s\":\"\\ud17d\\ude00\"}").ok);
+  CHECK_FALSE(Compact("\"\\udc00\"").ok);
+  Compacted pair = Compact("\"\\ud83d\\ude00\"");  // a proper pair is fine
+  CHECK(pair.ok);
+  CHECK(pair.out == "\"\xF0\x9F\x98\x80\"");
+}
+
 TEST_CASE("AppendCompactJson refuses invalid UTF-8 and says where", "[unit][json]") {
   Compacted bad_byte = Compact("[\"ok\", \"\xFF\"]");
   CHECK_FALSE(bad_byte.ok);

@@ -492,3 +492,14 @@ TEST_CASE("CheckWebhookUrl refuses other schemes, relative URLs, missing hosts a
   CHECK_THAT(CheckWebhookUrl("ftp://example.com/"), Catch::Contains("http or https"));
   CHECK_THAT(CheckWebhookUrl("http://a b/"), Catch::Contains("space"));
 }
+
+TEST_CASE("ParseInputs refuses a key or a value with an escaped lone surrogate", "[unit][request]") {
+  // Found by the fuzzer: RapidJSON 1.1.0 decodes "\udc00" to bytes that are
+  // not UTF-8, which would reach the URL, the logs and the outcome file.
+  CHECK_THAT(InputsError("[{\"key\":\"\\udc00\",\"value\":1}]"),
+             Catch::Contains("input[0].key") && Catch::Contains("UTF-8"));
+  CHECK_THAT(InputsError("[{\"key\":\"a\",\"value\":1},{\"key\":\"b\",\"value\":[\"\\udc00\"]}]"),
+             Catch::Contains("input[1].value") && Catch::Contains("UTF-8"));
+  CHECK_THAT(InputsError("[{\"key\":\"a\",\"value\":{\"\\udc00\":1}}]"),
+             Catch::Contains("input[0].value"));
+}
