@@ -79,6 +79,7 @@ class WebhookClient {
     curl_slist* headers =
         curl_slist_append(nullptr, ("PMMAP-attempt: " + std::to_string(attempt)).c_str());
     if (headers == nullptr || job_headers_ == nullptr) {
+      curl_slist_free_all(headers);
       result->code = CURLE_OUT_OF_MEMORY;
       return;
     }
@@ -352,7 +353,6 @@ void Dispatcher::RunWorker(const std::shared_ptr<Job>& job) {
       }
       job->Finish(&input, SuccessEntry(input.key, value), true);
     } else if (verdict == Verdict::kRetry && input.attempts < options.max_attempts) {
-      Metrics::Global().Retried();
       job->Retry(&input, RetryDelay(result, input.attempts, options, &rng), SlowsJob(result.status));
     } else {
       if (result.code == CURLE_ABORTED_BY_CALLBACK) {

@@ -160,7 +160,7 @@ Status Job::Open() {
   std::lock_guard<std::mutex> lock(mutex_);
   file_ = fopen(path_.c_str(), "w+xe");
   if (file_ == nullptr) {
-    return Status::Unavailable("cannot create " + path_ + ": " + strerror(errno));
+    return Status::Internal("cannot create " + path_ + ": " + strerror(errno));
   }
   setvbuf(file_, nullptr, _IOFBF, kFileBufferBytes);
   index_.push_back(0);
@@ -304,7 +304,10 @@ Status Job::OpenOutput(uint64_t offset, uint64_t limit, OutputReader::Format for
                        std::unique_ptr<OutputReader>* reader) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (stopped_ != StopReason::kNone) return StoppedStatus();
-  if (fflush(file_) != 0) return Status::Unavailable("cannot write " + path_ + ": " + strerror(errno));
+  if (fflush(file_) != 0 && write_error_.empty()) write_error_ = strerror(errno);
+  if (!write_error_.empty()) {
+    return Status::Internal("outcomes of job " + id_ + " could not be stored: " + write_error_);
+  }
   int fd = open(path_.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return Status::Unavailable("cannot read " + path_ + ": " + strerror(errno));
   uint64_t first = std::min(offset, outputs_);
@@ -450,6 +453,7 @@ void Job::Retry(Input* input, Clock::duration delay, bool pause_job) {
   Clock::time_point at = Clock::now() + delay;
   if (pause_job) paused_until_ = std::max(paused_until_, at);
   ++retries_;
+  Metrics::Global().Retried();
   input->not_before = at;
   delayed_.push_back(std::move(*input));
   std::push_heap(delayed_.begin(), delayed_.end(), LaterFirst);
@@ -460,12 +464,16 @@ void Job::WriteEntry(const std::string& entry) {
   if (outputs_ % kIndexStride == 0 && outputs_ / kIndexStride >= index_.size()) {
     index_.push_back(file_bytes_);
   }
-  fwrite(entry.data(), 1, entry.size(), file_);
-  fputc('\n', file_);
+  if ((fwrite(entry.data(), 1, entry.size(), file_) != entry.size() || fputc('\n', file_) == EOF) &&
+      write_error_.empty()) {
+    write_error_ = strerror(errno);
+  }
   file_bytes_ += entry.size() + 1;
 }
 
 void Job::MaybeFinish() {
+  // A removed job never ends: its file is gone and its waiters answered.
+  if (stopped_ != StopReason::kNone) return;
   if (state_ != JobState::kClosing || adders_ > 0 || pending() > 0 || !in_flight_.empty()) return;
   state_ = JobState::kDone;
   Ended();

@@ -4,9 +4,10 @@
 // (Add, Complete, Cancel, Remove, WaitDone, OpenOutput, ToJson) and the
 // Dispatcher's worker threads call the worker side (Take, Finish, Retry).
 //
-// Thread-safe (provides internal synchronization). No method blocks while
-// holding the mutex except on its condition variables, and nothing here
-// calls the webhook, so a blocked Add never delays ToJson for long.
+// Thread-safe (provides internal synchronization). Methods wait only on
+// condition variables, which release the mutex; with it held they do no
+// more than buffered file writes and, when the job ends, the EndHook. Nothing
+// here calls the webhook, so a blocked Add never delays ToJson for long.
 
 #ifndef PMMAP_JOB_HPP_
 #define PMMAP_JOB_HPP_
@@ -238,6 +239,7 @@ class Job : public std::enable_shared_from_this<Job> {
   uint64_t file_bytes_ = 0;
   std::vector<uint64_t> index_;  // byte offset of entry i * kIndexStride
   CallbackStatus callback_;
+  std::string write_error_;  // the first failure to write the outcome file
 };
 
 #endif  // PMMAP_JOB_HPP_

@@ -1,4 +1,5 @@
-// KeySet remembers which input keys a job has seen, in 8 bytes a key, so a
+// KeySet remembers which input keys a job has seen, in a slot of 8 bytes a
+// key (11 to 23 bytes a key with the table's load), so a
 // job of a million inputs can refuse a repeated key without holding a
 // million strings. It stores a 64-bit hash of each key in an open-addressing
 // table: two different keys share a hash with odds of about n^2 / 2^65
@@ -10,13 +11,21 @@
 
 #include <cstdint>
 #include <functional>
+#include <random>
 #include <string>
 #include <vector>
 
 class KeySet {
  public:
+  // A hash seeded at random per process, finished with splitmix64's mixer,
+  // so that keys crafted to share slots in one server do not in another.
   static uint64_t Hash(const std::string& key) {
-    uint64_t h = std::hash<std::string>()(key);
+    static const uint64_t seed = std::random_device{}() * 0x9E3779B97F4A7C15ull;
+    uint64_t h = std::_Hash_bytes(key.data(), key.size(), static_cast<size_t>(seed));
+    h ^= seed;
+    h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9ull;
+    h = (h ^ (h >> 27)) * 0x94D049BB133111EBull;
+    h ^= h >> 31;
     return h == kEmpty ? 1 : h;
   }
 

@@ -45,6 +45,7 @@ constexpr size_t kDefaultHttpThreads = 1024;
 constexpr size_t kDefaultMaxBody = 32 * 1024 * 1024;
 constexpr size_t kDefaultMaxJobs = 10000;
 constexpr size_t kDefaultJobTtlSeconds = 24 * 60 * 60;
+constexpr size_t kMaxJobTtlSeconds = 100ull * 365 * 24 * 60 * 60;  // "never", without overflow
 // How often finished jobs are checked for expiry.
 constexpr std::chrono::seconds kExpiryInterval{1};
 // On SIGTERM, how long calls in flight may take to finish before they are aborted.
@@ -71,8 +72,8 @@ struct Flags {
 
 
 // The jobs the server knows, by id. Thread-safe (provides internal
-// synchronization); the mutex is held only to look up, never while a job
-// works or waits.
+// synchronization); the mutex is held to look up and to create a job's
+// file, never while a job works or waits.
 class JobTable {
  public:
   JobTable(std::string data_dir, size_t max_jobs, Job::WorkerStarter start_worker,
@@ -178,6 +179,7 @@ int HttpStatus(const Status& s) {
     case Status::kTooLarge: return 413;
     case Status::kTooMany: return 429;
     case Status::kUnavailable: return 503;
+    case Status::kInternal: return 500;
   }
   return 500;
 }
@@ -447,7 +449,9 @@ bool ParseFlags(int argc, char** argv, Flags* flags, bool* exit_now, std::string
       {"--http-threads", "PMMAP_HTTP_THREADS", [&](const std::string& v) { return ParseSize(v, 1, &flags->http_threads); }},
       {"--max-body", "PMMAP_MAX_BODY", [&](const std::string& v) { return ParseSize(v, 1, &flags->max_body); }},
       {"--max-jobs", "PMMAP_MAX_JOBS", [&](const std::string& v) { return ParseSize(v, 1, &flags->max_jobs); }},
-      {"--job-ttl", "PMMAP_JOB_TTL", [&](const std::string& v) { return ParseSize(v, 0, &flags->job_ttl); }},
+      {"--job-ttl", "PMMAP_JOB_TTL", [&](const std::string& v) {
+         return ParseSize(v, 0, &flags->job_ttl) && flags->job_ttl <= kMaxJobTtlSeconds;
+       }},
       {"--ca-file", "PMMAP_CA_FILE", [&](const std::string& v) { flags->ca_file = v; return true; }},
       {"--log-format", "PMMAP_LOG_FORMAT", [&](const std::string& v) {
          if (v != "text" && v != "json") return false;

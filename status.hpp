@@ -19,6 +19,7 @@ class Status {
     kTooLarge,     // a body over the limit: 413
     kTooMany,      // a server limit is reached: 429
     kUnavailable,  // the server is shutting down: 503
+    kInternal,     // the server failed, e.g. its disk is full: 500
   };
 
   Status() = default;
@@ -29,6 +30,7 @@ class Status {
   static Status TooLarge(std::string msg) { return Status(kTooLarge, std::move(msg)); }
   static Status TooMany(std::string msg) { return Status(kTooMany, std::move(msg)); }
   static Status Unavailable(std::string msg) { return Status(kUnavailable, std::move(msg)); }
+  static Status Internal(std::string msg) { return Status(kInternal, std::move(msg)); }
 
   bool ok() const { return code_ == kOk; }
   Code code() const { return code_; }
