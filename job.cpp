@@ -22,16 +22,7 @@ constexpr size_t kReadBlockBytes = 64 * 1024;
 bool LaterFirst(const Input& a, const Input& b) { return a.not_before > b.not_before; }
 
 void AppendTime(std::chrono::system_clock::time_point t, std::string* out) {
-  using namespace std::chrono;
-  auto ms = duration_cast<milliseconds>(t.time_since_epoch()).count();
-  time_t secs = static_cast<time_t>(ms / 1000);
-  struct tm tm;
-  gmtime_r(&secs, &tm);
-  char buf[64];
-  snprintf(buf, sizeof(buf), "\"%04d-%02d-%02dT%02d:%02d:%02d.%03dZ\"", tm.tm_year + 1900,
-           tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-           static_cast<int>(ms % 1000));
-  out->append(buf);
+  out->append("\"").append(Rfc3339(t)).append("\"");
 }
 
 void AppendField(const char* name, uint64_t value, std::string* out) {
@@ -487,7 +478,10 @@ void Job::Ended() {
   room_cv_.notify_all();
   work_cv_.notify_all();
   done_cv_.notify_all();
-  if (on_end_) on_end_(shared_from_this());
+  if (on_end_ && !on_end_(shared_from_this())) {
+    callback_.state = CallbackStatus::kFailed;
+    callback_.message = "no thread could be started to send it";
+  }
 }
 
 bool Job::EndedBy(std::chrono::system_clock::time_point cutoff) {

@@ -124,7 +124,8 @@ class Job : public std::enable_shared_from_this<Job> {
   // Called once, with mutex_ held, when the job becomes done or cancelled.
   // Lock order: a job's mutex_ may be held while the hook takes others, so
   // no other lock may be held while calling into a Job.
-  using EndHook = std::function<void(std::shared_ptr<Job>)>;
+  // Returns false if it could not start the completion callback.
+  using EndHook = std::function<bool(std::shared_ptr<Job>)>;
   enum class StopReason { kNone, kDeleted, kExpired, kShutdown };
 
   // The job writes its outcomes to the file at path, created by Open.
@@ -135,7 +136,8 @@ class Job : public std::enable_shared_from_this<Job> {
 
   // Creates the outcome file. Call once, before anything else.
   Status Open();
-  // Sets the hook called when the job ends. Call before Open.
+  // Sets the hook called when the job ends. Call before anything can end
+  // the job (Add, Complete, Cancel).
   void SetEndHook(EndHook on_end) { on_end_ = std::move(on_end); }
 
   const std::string& id() const { return id_; }

@@ -4,9 +4,13 @@
 #ifndef PMMAP_LOG_HPP_
 #define PMMAP_LOG_HPP_
 
+#include <chrono>
 #include <string>
 
 enum class LogFormat { kText, kJson, kSilent };  // kSilent: for unit tests
+
+// Returns t as RFC 3339 in UTC with milliseconds: 2026-11-28T07:34:20.123Z.
+std::string Rfc3339(std::chrono::system_clock::time_point t);
 
 // Sets the format of every later line. Call before starting threads.
 void SetLogFormat(LogFormat format);

@@ -382,8 +382,14 @@ void InstallRoutes(httplib::Server& server, JobTable& table, const Flags& flags)
     std::string message = "HTTP " + std::to_string(res.status);
     if (res.status == 404) {
       message = "no route " + req.method + " " + req.path;
-      for (const Route& route : kRoutes) {
-        if (std::regex_match(req.path, std::regex(route.pattern))) {
+      static const std::vector<std::regex> patterns = [] {
+        std::vector<std::regex> compiled;
+        for (const Route& route : kRoutes) compiled.emplace_back(route.pattern);
+        return compiled;
+      }();
+      for (size_t i = 0; i < patterns.size(); ++i) {
+        const Route& route = kRoutes[i];
+        if (std::regex_match(req.path, patterns[i])) {
           res.status = 405;
           res.set_header("Allow", route.methods);
           message = req.method + " is not allowed on " + req.path + " (allowed: " + route.methods + ")";
@@ -426,11 +432,8 @@ void PrintHelp() {
 }
 
 bool ParseSize(const std::string& text, size_t low, size_t* out) {
-  if (text.empty() || text.size() > 18 || text.find_first_not_of("0123456789") != std::string::npos) {
-    return false;
-  }
-  size_t n = std::stoull(text);
-  if (n < low) return false;
+  uint64_t n = 0;
+  if (!ParseCount(text, &n) || n < low) return false;
   *out = n;
   return true;
 }
@@ -595,7 +598,7 @@ int main(int argc, char** argv) {
     JobTable table(
         flags.data_dir, flags.max_jobs,
         [&dispatcher](std::shared_ptr<Job> job) { return dispatcher.StartWorker(std::move(job)); },
-        [&dispatcher](std::shared_ptr<Job> job) { dispatcher.StartCallback(std::move(job)); });
+        [&dispatcher](std::shared_ptr<Job> job) { return dispatcher.StartCallback(std::move(job)); });
 
     httplib::Server server;
     const size_t http_threads = flags.http_threads;

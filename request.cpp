@@ -185,18 +185,19 @@ bool ParseBool(const std::string& s, bool* out) {
   return true;
 }
 
-bool ParseCount(const std::string& s, uint64_t* out) {
-  if (s.empty() || s.size() > 20 || s.find_first_not_of("0123456789") != std::string::npos) {
+
+}  // namespace
+
+bool ParseCount(const std::string& text, uint64_t* out) {
+  if (text.empty() || text.size() > 20 || text.find_first_not_of("0123456789") != std::string::npos) {
     return false;
   }
   errno = 0;
-  unsigned long long n = strtoull(s.c_str(), nullptr, 10);
+  unsigned long long n = strtoull(text.c_str(), nullptr, 10);
   if (errno == ERANGE) return false;
   *out = n;
   return true;
 }
-
-}  // namespace
 
 std::string CheckWebhookUrl(const std::string& url) {
   for (unsigned char c : url) {

@@ -33,6 +33,9 @@ struct OutputQuery {
 Status ParseOutputQuery(const std::multimap<std::string, std::string>& params,
                         const std::string& accept, OutputQuery* query);
 
+// Parses a decimal count (digits only, at most 2^64-1) into *out.
+bool ParseCount(const std::string& text, uint64_t* out);
+
 // Returns an error message if url is not an absolute http or https URL
 // with a host, or an empty string if it is.
 std::string CheckWebhookUrl(const std::string& url);

@@ -20,6 +20,7 @@
 
 #include "job.hpp"
 #include "key_set.hpp"
+#include "log.hpp"
 
 namespace {
 
@@ -1123,4 +1124,23 @@ TEST_CASE("a job removed while an Add waits for room never becomes done", "[unit
   adder.join();
   CHECK(added.code() == Status::kNotFound);
   CHECK(t.job->state() != JobState::kDone);
+}
+
+TEST_CASE("a callback whose thread cannot start shows as failed, not waiting", "[unit][job]") {
+  JobOptions options = Options();
+  options.callback_url = "http://127.0.0.1:9/done";
+  TestJob t(options);
+  t.job->SetEndHook([](std::shared_ptr<Job>) { return false; });
+  REQUIRE(t.job->Complete().ok());  // no inputs: the job ends at once
+  rapidjson::Document doc;
+  doc.Parse(t.job->ToJson().c_str());
+  REQUIRE(doc["state"] == "done");
+  CHECK(doc["callback"]["state"] == "failed");
+  CHECK(std::string(doc["callback"]["message"].GetString()).find("thread") != std::string::npos);
+}
+
+TEST_CASE("job times are RFC 3339 in UTC with milliseconds", "[unit][job]") {
+  std::chrono::system_clock::time_point t{std::chrono::milliseconds(1234)};
+  CHECK(Rfc3339(t) == "1970-01-01T00:00:01.234Z");
+  CHECK(Rfc3339(t + std::chrono::hours(24 * 365)) == "1971-01-01T00:00:01.234Z");
 }

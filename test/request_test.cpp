@@ -503,3 +503,17 @@ TEST_CASE("ParseInputs refuses a key or a value with an escaped lone surrogate",
   CHECK_THAT(InputsError("[{\"key\":\"a\",\"value\":{\"\\udc00\":1}}]"),
              Catch::Contains("input[0].value"));
 }
+
+TEST_CASE("ParseCount takes decimal counts up to 2^64-1 and nothing else", "[unit][request]") {
+  uint64_t n = 0;
+  CHECK(ParseCount("0", &n));
+  CHECK(n == 0);
+  CHECK(ParseCount("18446744073709551615", &n));
+  CHECK(n == UINT64_MAX);
+  CHECK_FALSE(ParseCount("18446744073709551616", &n));
+  CHECK_FALSE(ParseCount("", &n));
+  CHECK_FALSE(ParseCount("-1", &n));
+  CHECK_FALSE(ParseCount("+1", &n));
+  CHECK_FALSE(ParseCount("1a", &n));
+  CHECK_FALSE(ParseCount(" 1", &n));
+}
