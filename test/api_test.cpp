@@ -170,15 +170,6 @@ bool Ready(std::future<HttpResult>& f, milliseconds wait) {
   return f.wait_for(wait) == std::future_status::ready;
 }
 
-// Polls cond every 5 ms until it holds or timeout passes.
-bool WaitUntil(const std::function<bool()>& cond, milliseconds timeout = seconds(10)) {
-  auto deadline = Clk::now() + timeout;
-  for (;;) {
-    if (cond()) return true;
-    if (Clk::now() > deadline) return false;
-    std::this_thread::sleep_for(milliseconds(5));
-  }
-}
 
 std::string HeaderOf(const httplib::Headers& headers, const std::string& name) {
   for (const auto& h : headers) {

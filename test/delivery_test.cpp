@@ -266,15 +266,6 @@ int EstablishedTo(int port) {
   return n;
 }
 
-// Polls pred every 10 ms until it holds or timeout passes; returns pred().
-bool PollUntil(const std::function<bool()>& pred, milliseconds timeout = std::chrono::seconds(10)) {
-  auto deadline = SteadyClock::now() + timeout;
-  while (!pred()) {
-    if (SteadyClock::now() > deadline) return pred();
-    std::this_thread::sleep_for(milliseconds(10));
-  }
-  return true;
-}
 
 std::string HttpDate(time_t t) {
   struct tm tm;
@@ -974,9 +965,9 @@ TEST_CASE("cancel stops a running job: calls aborted, nothing more sent, every i
   rapidjson::Document job =
       WaitForJob(pmmap, id, [](const rapidjson::Document& d) { return d["in_flight"].GetUint64() == 2; });
   REQUIRE(Count(job, "in_flight") == 2);
-  REQUIRE(PollUntil([&] { return hook.in_flight() == 2; }));
+  REQUIRE(WaitUntil([&] { return hook.in_flight() == 2; }));
   // pmmap holds one connection per call in flight.
-  REQUIRE(PollUntil([&] { return EstablishedTo(hook.port()) == 2; }));
+  REQUIRE(WaitUntil([&] { return EstablishedTo(hook.port()) == 2; }));
 
   job = Cancel(pmmap, id);
   CheckCounters(job);
@@ -993,14 +984,14 @@ TEST_CASE("cancel stops a running job: calls aborted, nothing more sent, every i
 
   // The calls in flight are aborted: pmmap drops their connections while
   // the webhook still holds them.
-  bool dropped = PollUntil([&] { return EstablishedTo(hook.port()) == 0; }, std::chrono::seconds(5));
+  bool dropped = WaitUntil([&] { return EstablishedTo(hook.port()) == 0; }, std::chrono::seconds(5));
   INFO("connections to the webhook still open: " << EstablishedTo(hook.port()));
   CHECK(dropped);
   CHECK(hook.in_flight() == 2);
 
   // The held calls now answer; nothing of theirs is kept and nothing new is sent.
   gate->Open();
-  REQUIRE(PollUntil([&] { return hook.in_flight() == 0; }));
+  REQUIRE(WaitUntil([&] { return hook.in_flight() == 0; }));
   for (int i = 0; i < 30; ++i) {
     REQUIRE(hook.call_count() == calls_at_cancel);
     std::this_thread::sleep_for(milliseconds(20));

@@ -19,6 +19,19 @@
 #include <thread>
 #include <vector>
 
+// Polls pred every `every` until it holds or timeout passes; returns
+// whether it held. Every wait in the tests is bounded this way.
+inline bool WaitUntil(const std::function<bool()>& pred,
+                      std::chrono::milliseconds timeout = std::chrono::seconds(10),
+                      std::chrono::milliseconds every = std::chrono::milliseconds(5)) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline) return pred();
+    std::this_thread::sleep_for(every);
+  }
+  return true;
+}
+
 // A latch that webhook handlers wait on, for a bounded time, until the test
 // opens it: how a test holds webhook calls in flight.
 class Gate {

@@ -21,6 +21,7 @@
 #include "job.hpp"
 #include "key_set.hpp"
 #include "log.hpp"
+#include "test/harness.hpp"
 
 namespace {
 
@@ -145,15 +146,6 @@ Counters Read(Job* job, bool check_invariants = true) {
   return c;
 }
 
-// Polls pred every millisecond until it holds or timeout passes.
-bool WaitUntil(const std::function<bool()>& pred, milliseconds timeout = milliseconds(5000)) {
-  auto deadline = Clock::now() + timeout;
-  while (!pred()) {
-    if (Clock::now() > deadline) return false;
-    std::this_thread::sleep_for(milliseconds(1));
-  }
-  return true;
-}
 
 // True if flag is still false after `period` of polling.
 bool StaysFalse(const std::atomic<bool>& flag, milliseconds period = milliseconds(50)) {

@@ -69,15 +69,6 @@ double SecondsSince(SteadyClock::time_point t) {
   return std::chrono::duration<double>(SteadyClock::now() - t).count();
 }
 
-// Polls pred every 10 ms until it holds or timeout passes; returns whether it held.
-bool WaitUntil(const std::function<bool()>& pred, milliseconds timeout) {
-  auto deadline = SteadyClock::now() + timeout;
-  for (;;) {
-    if (pred()) return true;
-    if (SteadyClock::now() > deadline) return false;
-    std::this_thread::sleep_for(milliseconds(10));
-  }
-}
 
 std::string HeaderValue(const httplib::Headers& headers, const std::string& name) {
   auto it = headers.find(name);
