@@ -15,6 +15,9 @@ namespace {
 
 // How much of a failed reply's body its error entry keeps.
 constexpr size_t kErrorBodyBytes = 256;
+// libcurl sends "Expect: 100-continue" only with bodies larger than this
+// (1 KiB in old versions, 1 MiB in newer ones).
+constexpr size_t kSmallBodyBytes = 1024;
 
 struct CallResult {
   CURLcode code = CURLE_OK;
@@ -23,24 +26,61 @@ struct CallResult {
   std::string retry_after;
   bool too_large = false;
   char error[CURL_ERROR_SIZE] = {0};
+
+  // Readies the result for the next call, keeping its buffers' capacity.
+  void Clear() {
+    code = CURLE_OK;
+    status = 0;
+    body.clear();
+    retry_after.clear();
+    too_large = false;
+    error[0] = '\0';
+  }
 };
 
-// One thread's connection to webhooks: a libcurl easy handle whose options
-// are set once, so that each call reuses its kept-alive connection.
+// One thread's connection to a job's webhooks: a libcurl easy handle whose
+// options are set once, so that each call reuses its kept-alive connection.
+// A call allocates nothing of its own: its headers are nodes of this
+// object, linked to the job's headers, which are built once.
 // Not thread-safe: owned by one thread.
 class WebhookClient {
  public:
-  // Calls are limited to timeout_ms and abandoned once *abort is true.
-  WebhookClient(const Dispatcher::Options& options, int64_t timeout_ms, const std::atomic<bool>* abort)
-      : max_reply_bytes_(options.max_reply_bytes), curl_(curl_easy_init()) {
-    if (curl_ == nullptr) return;
+  // Calls are limited to the job's timeout_ms and abandoned once *abort is true.
+  WebhookClient(const Dispatcher::Options& options, const Job& job, const std::atomic<bool>* abort)
+      : max_reply_bytes_(options.max_reply_bytes),
+        secret_(job.options().secret),
+        curl_(curl_easy_init()) {
+    // libcurl formats every custom header into each request, and the
+    // webhook parses it, so a call sends only the headers it needs.
+    curl_slist* h = curl_slist_append(nullptr, "Content-Type: application/json");
+    job_headers_ = h;
+    h = h ? curl_slist_append(h, ("PMMAP-job: " + job.id()).c_str()) : nullptr;
+    if (h != nullptr && !secret_.empty()) h = curl_slist_append(h, ("PMMAP-auth: " + secret_).c_str());
+    if (h == nullptr || curl_ == nullptr) {
+      ready_ = false;
+      return;
+    }
+    // The headers that change per call are nodes of this object, chained
+    // in front of the job's in Call.
+    attempt_header_.data = attempt_line_;
+    signature_header_.data = signature_line_;
+    // libcurl adds "Expect: 100-continue" to a large POST, which costs a
+    // round trip; this empty header stops it.
+    expect_header_.data = const_cast<char*>("Expect:");
+
     curl_easy_setopt(curl_, CURLOPT_NOSIGNAL, 1L);  // required with threads
     curl_easy_setopt(curl_, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(curl_, CURLOPT_TCP_NODELAY, 1L);
     // Keys "." and ".." are path segments like any other, not dot-segments.
     curl_easy_setopt(curl_, CURLOPT_PATH_AS_IS, 1L);
     curl_easy_setopt(curl_, CURLOPT_POST, 1L);
-    curl_easy_setopt(curl_, CURLOPT_TIMEOUT_MS, static_cast<long>(timeout_ms));
+    curl_easy_setopt(curl_, CURLOPT_HTTPHEADER, &attempt_header_);
+    if (!options.proxy_from_env) {
+      // Spares libcurl looking up six environment variables per call.
+      curl_easy_setopt(curl_, CURLOPT_PROXY, "");
+      curl_easy_setopt(curl_, CURLOPT_NOPROXY, "");
+    }
+    curl_easy_setopt(curl_, CURLOPT_TIMEOUT_MS, static_cast<long>(job.options().timeout_ms));
     curl_easy_setopt(curl_, CURLOPT_WRITEFUNCTION, &WebhookClient::OnBody);
     curl_easy_setopt(curl_, CURLOPT_WRITEDATA, this);
     curl_easy_setopt(curl_, CURLOPT_HEADERFUNCTION, &WebhookClient::OnHeader);
@@ -57,58 +97,39 @@ class WebhookClient {
   WebhookClient(const WebhookClient&) = delete;
   WebhookClient& operator=(const WebhookClient&) = delete;
 
-  // POSTs body to url once, with the standard headers for job's attempt,
-  // blocking until the reply, an error, the timeout or the abort.
-  void Call(const std::string& url, const std::string& body, const Job& job, int attempt,
-            CallResult* result) {
-    if (curl_ == nullptr) {
-      result->code = CURLE_FAILED_INIT;
-      return;
-    }
-    result_ = result;
-    const std::string& secret = job.options().secret;
-    if (job_headers_ == nullptr) {
-      curl_slist* h = curl_slist_append(nullptr, "Content-Type: application/json");
-      h = curl_slist_append(h, "Expect:");  // no 100-continue round trip
-      // "Name;" is how libcurl sends a header with an empty value.
-      h = curl_slist_append(h, secret.empty() ? "PMMAP-auth;" : ("PMMAP-auth: " + secret).c_str());
-      job_headers_ = curl_slist_append(h, ("PMMAP-job: " + job.id()).c_str());
-    }
-    // The headers that change per call go first, linked to the job's
-    // headers, which are built once: no allocation for those per call.
-    curl_slist* headers =
-        curl_slist_append(nullptr, ("PMMAP-attempt: " + std::to_string(attempt)).c_str());
-    if (headers == nullptr || job_headers_ == nullptr) {
-      curl_slist_free_all(headers);
+  // POSTs body to url once, with the standard headers for the given
+  // attempt, blocking until the reply, an error, the timeout or the abort.
+  void Call(const char* url, const std::string& body, int attempt, CallResult* result) {
+    result->Clear();
+    if (!ready_) {
       result->code = CURLE_OUT_OF_MEMORY;
       return;
     }
-    if (!secret.empty()) {
-      std::string signature = Signature(secret, time(nullptr), body);
-      curl_slist_append(headers, ("PMMAP-signature: " + signature).c_str());
+    result_ = result;
+    snprintf(attempt_line_, sizeof(attempt_line_), "PMMAP-attempt: %d", attempt);
+    curl_slist* last = &attempt_header_;
+    if (!secret_.empty()) {
+      snprintf(signature_line_, sizeof(signature_line_), "PMMAP-signature: %s",
+               Signature(secret_, time(nullptr), body).c_str());
+      last = last->next = &signature_header_;
     }
-    curl_slist* last = headers;
-    while (last->next != nullptr) last = last->next;
+    if (body.size() > kSmallBodyBytes) last = last->next = &expect_header_;
     last->next = job_headers_;
-    curl_easy_setopt(curl_, CURLOPT_URL, url.c_str());
-    curl_easy_setopt(curl_, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(curl_, CURLOPT_URL, url);
     curl_easy_setopt(curl_, CURLOPT_POSTFIELDS, body.data());
     curl_easy_setopt(curl_, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
     curl_easy_setopt(curl_, CURLOPT_ERRORBUFFER, result->error);
     Metrics::Global().CallStarted();
-    Clock::time_point start = Clock::now();
     result->code = curl_easy_perform(curl_);
     curl_easy_getinfo(curl_, CURLINFO_RESPONSE_CODE, &result->status);
     if (result->code != CURLE_ABORTED_BY_CALLBACK) {
-      Metrics::Global().CallEnded(OutcomeOf(*result),
-                                  std::chrono::duration<double>(Clock::now() - start).count());
+      curl_off_t micros = 0;
+      curl_easy_getinfo(curl_, CURLINFO_TOTAL_TIME_T, &micros);
+      Metrics::Global().CallEnded(OutcomeOf(*result), static_cast<double>(micros) / 1e6);
     } else {
       Metrics::Global().CallAbandoned();
     }
-    curl_easy_setopt(curl_, CURLOPT_HTTPHEADER, nullptr);
     curl_easy_setopt(curl_, CURLOPT_ERRORBUFFER, nullptr);
-    last->next = nullptr;
-    curl_slist_free_all(headers);
     result_ = nullptr;
   }
 
@@ -155,9 +176,16 @@ class WebhookClient {
   }
 
   const size_t max_reply_bytes_;
+  const std::string secret_;
   CURL* const curl_;
+  bool ready_ = true;  // false if the handle or the headers could not be made
   CallResult* result_ = nullptr;
   curl_slist* job_headers_ = nullptr;  // the same for every call of the job
+  curl_slist attempt_header_ = {nullptr, nullptr};
+  curl_slist signature_header_ = {nullptr, nullptr};
+  curl_slist expect_header_ = {nullptr, nullptr};
+  char attempt_line_[32] = {0};
+  char signature_line_[128] = {0};  // "PMMAP-signature: t=<10 digits>,v1=<64 hex>"
 };
 
 // The wait before the next attempt after a retryable result.
@@ -183,31 +211,28 @@ std::string FailureMessage(const CallResult& r, const JobOptions& options) {
 
 }  // namespace
 
-std::string EscapeKey(const std::string& key) {
+void AppendEscapedKey(const std::string& key, std::string* out) {
   static const char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  out.reserve(key.size() * 3);
   for (unsigned char c : key) {
     if (isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
-      out.push_back(static_cast<char>(c));
+      out->push_back(static_cast<char>(c));
     } else {
-      out.push_back('%');
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 0xF]);
+      out->push_back('%');
+      out->push_back(kHex[c >> 4]);
+      out->push_back(kHex[c & 0xF]);
     }
   }
-  return out;
 }
 
-std::string WebhookUrl(const std::string& url, const std::string& key) {
+void AppendWebhookUrl(const std::string& url, const std::string& key, std::string* out) {
   size_t end = url.find('#');
   size_t query = url.find('?');
   if (query > end) query = end;
-  std::string out = url.substr(0, query);
-  if (out.empty() || out.back() != '/') out.push_back('/');
-  out.append(EscapeKey(key));
-  if (query != std::string::npos) out.append(url, query, end == std::string::npos ? end : end - query);
-  return out;
+  size_t start = out->size();
+  out->append(url, 0, query);
+  if (out->size() == start || out->back() != '/') out->push_back('/');
+  AppendEscapedKey(key, out);
+  if (query != std::string::npos) out->append(url, query, end == std::string::npos ? end : end - query);
 }
 
 Verdict Judge(CURLcode code, long status) {
@@ -335,45 +360,58 @@ void Dispatcher::JoinFinished() {
 
 void Dispatcher::RunWorker(const std::shared_ptr<Job>& job) {
   const JobOptions& options = job->options();
-  WebhookClient client(options_, options.timeout_ms, &job->aborting_flag());
+  WebhookClient client(options_, *job, &job->aborting_flag());
   std::mt19937_64 rng(std::random_device{}());
+  // Reused from one input to the next, so that a call allocates little.
   Input input;
-  while (job->Take(&input)) {
-    CallResult result;
-    client.Call(WebhookUrl(options.url, input.key), input.value, *job, input.attempts, &result);
+  CallResult result;
+  JsonCompactor compactor;
+  std::string url;
+  std::string value;
+  std::string entry;
+  bool more = job->Take(&input);
+  while (more) {
+    url.clear();
+    AppendWebhookUrl(options.url, input.key, &url);
+    client.Call(url.c_str(), input.value, input.attempts, &result);
     Verdict verdict = result.too_large ? Verdict::kFail : Judge(result.code, result.status);
-    if (verdict == Verdict::kSuccess) {
-      std::string value;
-      std::string error;
+    if (verdict == Verdict::kRetry && input.attempts < options.max_attempts) {
+      more = job->RetryAndTake(&input, RetryDelay(result, input.attempts, options, &rng),
+                               SlowsJob(result.status));
+      continue;
+    }
+    bool success = verdict == Verdict::kSuccess;
+    entry.clear();
+    if (success) {
+      value.clear();
       if (result.body.empty()) {
         value = "null";
-      } else if (!AppendCompactJson(result.body.data(), result.body.size(), &value, &error)) {
+      } else if (!compactor.Append(result.body.data(), result.body.size(), &value)) {
         value.clear();
         AppendJsonString(result.body, &value);
       }
-      job->Finish(&input, SuccessEntry(input.key, value), true);
-    } else if (verdict == Verdict::kRetry && input.attempts < options.max_attempts) {
-      job->Retry(&input, RetryDelay(result, input.attempts, options, &rng), SlowsJob(result.status));
+      AppendSuccessEntry(input.key, value, &entry);
+    } else if (result.code == CURLE_ABORTED_BY_CALLBACK) {
+      // Cancelled or removed: Cancel has stored this input's entry and
+      // Finish drops this one; it is here only so that no path loses it.
+      entry = ErrorEntry(input.key, 0, "cancelled", "", input.attempts);
     } else {
-      if (result.code == CURLE_ABORTED_BY_CALLBACK) {
-        // Cancelled or removed: Cancel has stored this input's entry and
-        // Finish drops this one; it is here only so that no path loses it.
-        job->Finish(&input, ErrorEntry(input.key, 0, "cancelled", "", input.attempts), false);
-        continue;
-      }
       std::string message = FailureMessage(result, options);
       LogJobEvent(job->id(), "failure", "key " + input.key + ": " + message);
-      job->Finish(&input,
-                  ErrorEntry(input.key, result.status, message, result.body.substr(0, kErrorBodyBytes),
-                             input.attempts),
-                  false);
+      entry = ErrorEntry(input.key, result.status, message, result.body.substr(0, kErrorBodyBytes),
+                         input.attempts);
     }
+    // Freed here, not under the job's lock in FinishAndTake: the value was
+    // allocated by the thread that parsed it, and freeing it may have to
+    // wait for that thread's malloc arena.
+    std::string().swap(input.value);
+    more = job->FinishAndTake(&input, entry, success);
   }
 }
 
 void Dispatcher::RunCallback(const std::shared_ptr<Job>& job) {
   const JobOptions& options = job->options();
-  WebhookClient client(options_, options.timeout_ms, &job->removed());
+  WebhookClient client(options_, *job, &job->removed());
   std::mt19937_64 rng(std::random_device{}());
   CallbackStatus status;
   while (!job->removed()) {
@@ -381,7 +419,7 @@ void Dispatcher::RunCallback(const std::shared_ptr<Job>& job) {
     ++status.attempts;
     job->SetCallbackStatus(status);
     CallResult result;
-    client.Call(options.callback_url, job->ToJson(), *job, status.attempts, &result);
+    client.Call(options.callback_url.c_str(), job->ToJson(), status.attempts, &result);
     status.status = result.status;
     // The callback's reply body does not matter, only its status.
     Verdict verdict = Judge(result.too_large ? CURLE_OK : result.code, result.status);

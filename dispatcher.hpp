@@ -2,7 +2,7 @@
 // for a worker (Job::WorkerStarter) when inputs arrive; each worker owns one
 // libcurl easy handle, reused across calls so that connections are kept
 // alive, and loops: Job::Take an input, POST it to url/{key} with no lock
-// held, then Job::Finish or Job::Retry. A worker exits when its job has
+// held, then Job::FinishAndTake or Job::RetryAndTake. A worker exits when its job has
 // nothing more for it.
 //
 // Thread-safe (provides internal synchronization). The free functions below
@@ -28,13 +28,23 @@
 
 #include "job.hpp"
 
-// Returns key percent-encoded as one URL path segment: every byte outside
+// Appends key percent-encoded as one URL path segment: every byte outside
 // A-Z a-z 0-9 - . _ ~ becomes %XX.
-std::string EscapeKey(const std::string& key);
+void AppendEscapedKey(const std::string& key, std::string* out);
+inline std::string EscapeKey(const std::string& key) {
+  std::string out;
+  AppendEscapedKey(key, &out);
+  return out;
+}
 
-// Returns url with the path segment /{escaped key} added to its path, any
+// Appends url with the path segment /{escaped key} added to its path, any
 // query kept after it and any fragment dropped.
-std::string WebhookUrl(const std::string& url, const std::string& key);
+void AppendWebhookUrl(const std::string& url, const std::string& key, std::string* out);
+inline std::string WebhookUrl(const std::string& url, const std::string& key) {
+  std::string out;
+  AppendWebhookUrl(url, key, &out);
+  return out;
+}
 
 enum class Verdict { kSuccess, kRetry, kFail };
 
@@ -62,6 +72,9 @@ class Dispatcher {
   struct Options {
     std::string ca_file;         // CA bundle for https webhooks; empty: libcurl's default
     size_t max_reply_bytes = 0;  // a longer reply is a final failure
+    // Whether the environment may name a proxy (http_proxy and the like).
+    // When false, calls skip libcurl's search of the environment.
+    bool proxy_from_env = true;
   };
 
   explicit Dispatcher(Options options);

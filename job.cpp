@@ -41,11 +41,10 @@ const char* JobStateName(JobState state) {
   return "unknown";
 }
 
-std::string SuccessEntry(const std::string& key, const std::string& value_json) {
-  std::string entry = "{\"key\":";
-  AppendJsonString(key, &entry);
-  entry.append(",\"value\":").append(value_json).push_back('}');
-  return entry;
+void AppendSuccessEntry(const std::string& key, const std::string& value_json, std::string* out) {
+  out->append("{\"key\":");
+  AppendJsonString(key, out);
+  out->append(",\"value\":").append(value_json).push_back('}');
 }
 
 std::string ErrorEntry(const std::string& key, long status, const std::string& message,
@@ -386,6 +385,32 @@ bool Job::TakeToken(Clock::time_point now, Clock::time_point* wake) {
 
 bool Job::Take(Input* input) {
   std::unique_lock<std::mutex> lock(mutex_);
+  return TakeLocked(&lock, input);
+}
+
+void Job::Finish(Input* input, const std::string& entry, bool success) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  FinishLocked(input, entry, success);
+}
+
+void Job::Retry(Input* input, Clock::duration delay, bool pause_job) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  RetryLocked(input, delay, pause_job);
+}
+
+bool Job::FinishAndTake(Input* input, const std::string& entry, bool success) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  FinishLocked(input, entry, success);
+  return TakeLocked(&lock, input);
+}
+
+bool Job::RetryAndTake(Input* input, Clock::duration delay, bool pause_job) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  RetryLocked(input, delay, pause_job);
+  return TakeLocked(&lock, input);
+}
+
+bool Job::TakeLocked(std::unique_lock<std::mutex>* lock, Input* input) {
   for (;;) {
     if (stopped_ != StopReason::kNone || state_ == JobState::kCancelled) break;
     if (pending() == 0 && state_ != JobState::kOpen && adders_ == 0) break;
@@ -411,22 +436,31 @@ bool Job::Take(Input* input) {
         }
       }
       ++input->attempts;
-      in_flight_.insert(input);
+      input->in_flight_slot = in_flight_.size();
+      in_flight_.push_back(input);
       return true;
     }
     if (wake == Clock::time_point::max()) {
-      work_cv_.wait(lock);
+      work_cv_.wait(*lock);
     } else {
-      work_cv_.wait_until(lock, wake);
+      work_cv_.wait_until(*lock, wake);
     }
   }
   --workers_;
   return false;
 }
 
-void Job::Finish(Input* input, const std::string& entry, bool success) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (in_flight_.erase(input) == 0 || stopped_ != StopReason::kNone) return;
+bool Job::EndFlight(Input* input) {
+  size_t slot = input->in_flight_slot;
+  if (slot >= in_flight_.size() || in_flight_[slot] != input) return false;
+  in_flight_[slot] = in_flight_.back();
+  in_flight_[slot]->in_flight_slot = slot;
+  in_flight_.pop_back();
+  return true;
+}
+
+void Job::FinishLocked(Input* input, const std::string& entry, bool success) {
+  if (!EndFlight(input) || stopped_ != StopReason::kNone) return;
   WriteEntry(entry);
   ++outputs_;
   if (success) {
@@ -438,9 +472,8 @@ void Job::Finish(Input* input, const std::string& entry, bool success) {
   MaybeFinish();
 }
 
-void Job::Retry(Input* input, Clock::duration delay, bool pause_job) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (in_flight_.erase(input) == 0 || stopped_ != StopReason::kNone) return;
+void Job::RetryLocked(Input* input, Clock::duration delay, bool pause_job) {
+  if (!EndFlight(input) || stopped_ != StopReason::kNone) return;
   Clock::time_point at = Clock::now() + delay;
   if (pause_job) paused_until_ = std::max(paused_until_, at);
   ++retries_;

@@ -11,6 +11,13 @@ class CompactHandler {
  public:
   explicit CompactHandler(std::string* out) : sink_(out), writer_(sink_) {}
 
+  // Starts over, writing to out.
+  void Reset(std::string* out) {
+    sink_.out = out;
+    writer_.Reset(sink_);
+    depth_ = 0;
+  }
+
   bool Null() { return writer_.Null(); }
   bool Bool(bool b) { return writer_.Bool(b); }
   bool Int(int) { return false; }  // unreachable with kParseNumbersAsStringsFlag
@@ -77,6 +84,24 @@ bool AppendCompactJson(const char* data, size_t size, std::string* out, std::str
              std::to_string(result.Offset());
   }
   return false;
+}
+
+struct JsonCompactor::Parts {
+  Parts() : handler(nullptr) {}
+  rapidjson::Reader reader;
+  CompactHandler handler;
+};
+
+JsonCompactor::JsonCompactor() : parts_(new Parts) {}
+
+JsonCompactor::~JsonCompactor() { delete parts_; }
+
+bool JsonCompactor::Append(const char* data, size_t size, std::string* out) {
+  parts_->handler.Reset(out);
+  rapidjson::MemoryStream stream(data, size);
+  rapidjson::ParseResult result = parts_->reader.Parse<kUntrustedParseFlags>(stream, parts_->handler);
+  // MemoryStream reads a NUL byte as the end of the text; JSON has none.
+  return result && stream.Tell() == size;
 }
 
 bool IsValidUtf8(const char* data, size_t size) {

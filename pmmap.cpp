@@ -511,6 +511,17 @@ bool ParseFlags(int argc, char** argv, Flags* flags, bool* exit_now, std::string
   return true;
 }
 
+// Returns whether any environment variable through which libcurl would
+// send calls through a proxy is set.
+bool ProxyInEnvironment() {
+  static const char* const kNames[] = {"http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY",
+                                       "all_proxy",  "ALL_PROXY",  "no_proxy",    "NO_PROXY"};
+  for (const char* name : kNames) {
+    if (getenv(name) != nullptr) return true;
+  }
+  return false;
+}
+
 // Returns the CA bundle for https webhooks: libcurl's built-in one if it
 // exists, else the first of the usual places that does (a static binary
 // may run on a system whose bundle lives elsewhere), else "".
@@ -594,6 +605,7 @@ int main(int argc, char** argv) {
       LogMessage("warning: no CA bundle found; https webhooks will fail (see --ca-file)");
     }
     dispatch_options.max_reply_bytes = flags.max_body;
+    dispatch_options.proxy_from_env = ProxyInEnvironment();
     Dispatcher dispatcher(dispatch_options);
     JobTable table(
         flags.data_dir, flags.max_jobs,
