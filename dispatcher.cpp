@@ -386,7 +386,7 @@ void Dispatcher::RunWorker(const std::shared_ptr<Job>& job) {
       value.clear();
       if (result.body.empty()) {
         value = "null";
-      } else if (!compactor.Append(result.body.data(), result.body.size(), &value)) {
+      } else if (!compactor.Append(result.body.data(), result.body.size(), &value, nullptr)) {
         value.clear();
         AppendJsonString(result.body, &value);
       }

@@ -3,44 +3,53 @@
 #include <rapidjson/error/en.h>
 #include <rapidjson/memorystream.h>
 
+#include <cstdint>
+#include <cstring>
+
 namespace {
 
-// Forwards SAX events to a Writer, copying numbers as raw text and refusing
-// to go deeper than kMaxJsonDepth.
-class CompactHandler {
+// Checks what RapidJSON's reader does not, in text already known to be
+// UTF-8: the nesting depth, and that every string decodes to UTF-8
+// (RapidJSON 1.1.0 turns an escaped lone surrogate such as "\udc00" into
+// bytes that are not). Writes nothing: the compact form of valid text is
+// the text without its whitespace.
+class CheckHandler : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, CheckHandler> {
  public:
-  explicit CompactHandler(std::string* out) : sink_(out), writer_(sink_) {}
+  enum Problem { kNone, kTooDeep, kBadString };
 
-  // Starts over, writing to out.
-  void Reset(std::string* out) {
-    sink_.out = out;
-    writer_.Reset(sink_);
+  void Reset() {
     depth_ = 0;
+    problem_ = kNone;
   }
+  Problem problem() const { return problem_; }
 
-  bool Null() { return writer_.Null(); }
-  bool Bool(bool b) { return writer_.Bool(b); }
-  bool Int(int) { return false; }  // unreachable with kParseNumbersAsStringsFlag
-  bool Uint(unsigned) { return false; }
-  bool Int64(int64_t) { return false; }
-  bool Uint64(uint64_t) { return false; }
-  bool Double(double) { return false; }
-  bool RawNumber(const char* s, rapidjson::SizeType n, bool) {
-    return writer_.RawValue(s, n, rapidjson::kNumberType);
-  }
-  bool String(const char* s, rapidjson::SizeType n, bool) { return writer_.String(s, n); }
-  bool Key(const char* s, rapidjson::SizeType n, bool) { return writer_.Key(s, n); }
-  bool StartObject() { return ++depth_ <= kMaxJsonDepth && writer_.StartObject(); }
-  bool EndObject(rapidjson::SizeType n) { --depth_; return writer_.EndObject(n); }
-  bool StartArray() { return ++depth_ <= kMaxJsonDepth && writer_.StartArray(); }
-  bool EndArray(rapidjson::SizeType n) { --depth_; return writer_.EndArray(n); }
-
-  bool too_deep() const { return depth_ > kMaxJsonDepth; }
+  bool Default() { return true; }
+  bool RawNumber(const char*, rapidjson::SizeType, bool) { return true; }
+  bool String(const char* s, rapidjson::SizeType n, bool) { return CheckString(s, n); }
+  bool Key(const char* s, rapidjson::SizeType n, bool) { return CheckString(s, n); }
+  bool StartObject() { return Open(); }
+  bool EndObject(rapidjson::SizeType) { return Close(); }
+  bool StartArray() { return Open(); }
+  bool EndArray(rapidjson::SizeType) { return Close(); }
 
  private:
-  StringSink sink_;
-  CompactWriter writer_;
+  bool CheckString(const char* s, size_t n) {
+    if (IsValidUtf8(s, n)) return true;
+    problem_ = kBadString;
+    return false;
+  }
+  bool Open() {
+    if (++depth_ <= kMaxJsonDepth) return true;
+    problem_ = kTooDeep;
+    return false;
+  }
+  bool Close() {
+    --depth_;
+    return true;
+  }
+
   int depth_ = 0;
+  Problem problem_ = kNone;
 };
 
 // Returns the length of the valid UTF-8 sequence at p (at most n bytes), or 0.
@@ -65,19 +74,38 @@ size_t Utf8SequenceLength(const unsigned char* p, size_t n) {
 
 }  // namespace
 
-bool AppendCompactJson(const char* data, size_t size, std::string* out, std::string* error) {
-  CompactHandler handler(out);
+struct JsonCompactor::Parts {
   rapidjson::Reader reader;
-  rapidjson::MemoryStream stream(data, size);
-  rapidjson::ParseResult result = reader.Parse<kUntrustedParseFlags>(stream, handler);
-  if (result && stream.Tell() != size) {
-    // MemoryStream reads a NUL byte as the end of the text; JSON has none.
-    *error = "unexpected NUL byte at offset " + std::to_string(stream.Tell());
+  CheckHandler handler;
+};
+
+JsonCompactor::JsonCompactor() : parts_(new Parts) {}
+
+JsonCompactor::~JsonCompactor() { delete parts_; }
+
+bool JsonCompactor::Append(const char* data, size_t size, std::string* out, std::string* error) {
+  size_t valid = Utf8PrefixLength(data, size);
+  if (valid < size) {
+    if (error != nullptr) *error = "invalid UTF-8 at offset " + std::to_string(valid);
     return false;
   }
-  if (result) return true;
-  if (handler.too_deep()) {
+  CheckHandler& handler = parts_->handler;
+  handler.Reset();
+  rapidjson::MemoryStream stream(data, size);
+  rapidjson::ParseResult result = parts_->reader.Parse<kUtf8ParseFlags>(stream, handler);
+  if (result && stream.Tell() == size) {
+    AppendWithoutSpace(data, size, out);
+    return true;
+  }
+  if (error == nullptr) return false;
+  if (result) {
+    // MemoryStream reads a NUL byte as the end of the text; JSON has none.
+    *error = "unexpected NUL byte at offset " + std::to_string(stream.Tell());
+  } else if (handler.problem() == CheckHandler::kTooDeep) {
     *error = "nested deeper than " + std::to_string(kMaxJsonDepth) + " levels at offset " +
+             std::to_string(result.Offset());
+  } else if (handler.problem() == CheckHandler::kBadString) {
+    *error = "a string is not valid UTF-8 (a lone surrogate escape?) ending at offset " +
              std::to_string(result.Offset());
   } else {
     *error = std::string(rapidjson::GetParseError_En(result.Code())) + " at offset " +
@@ -86,32 +114,50 @@ bool AppendCompactJson(const char* data, size_t size, std::string* out, std::str
   return false;
 }
 
-struct JsonCompactor::Parts {
-  Parts() : handler(nullptr) {}
-  rapidjson::Reader reader;
-  CompactHandler handler;
-};
-
-JsonCompactor::JsonCompactor() : parts_(new Parts) {}
-
-JsonCompactor::~JsonCompactor() { delete parts_; }
-
-bool JsonCompactor::Append(const char* data, size_t size, std::string* out) {
-  parts_->handler.Reset(out);
-  rapidjson::MemoryStream stream(data, size);
-  rapidjson::ParseResult result = parts_->reader.Parse<kUntrustedParseFlags>(stream, parts_->handler);
-  // MemoryStream reads a NUL byte as the end of the text; JSON has none.
-  return result && stream.Tell() == size;
+bool AppendCompactJson(const char* data, size_t size, std::string* out, std::string* error) {
+  return JsonCompactor().Append(data, size, out, error);
 }
 
-bool IsValidUtf8(const char* data, size_t size) {
+size_t Utf8PrefixLength(const char* data, size_t size) {
   const unsigned char* p = reinterpret_cast<const unsigned char*>(data);
-  for (size_t i = 0; i < size;) {
+  size_t i = 0;
+  while (i < size) {
+    // Most text is ASCII: skip it eight bytes at a time.
+    uint64_t word;
+    while (i + 8 <= size && (memcpy(&word, p + i, 8), (word & 0x8080808080808080ULL) == 0)) i += 8;
+    if (i == size) break;
+    if (p[i] < 0x80) {
+      ++i;
+      continue;
+    }
     size_t len = Utf8SequenceLength(p + i, size - i);
-    if (len == 0) return false;
+    if (len == 0) return i;
     i += len;
   }
-  return true;
+  return size;
+}
+
+void AppendWithoutSpace(const char* data, size_t size, std::string* out) {
+  // Copies the runs between whitespace with one append each, so that text
+  // without insignificant whitespace, the usual case, is one memcpy.
+  size_t run = 0;
+  size_t i = 0;
+  while (i < size) {
+    char c = data[i];
+    if (c == '"') {
+      // Skip the string, escapes included, through its closing quote.
+      for (++i; data[i] != '"'; ++i) {
+        if (data[i] == '\\') ++i;
+      }
+      ++i;
+    } else if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
+      out->append(data + run, i - run);
+      run = ++i;
+    } else {
+      ++i;
+    }
+  }
+  out->append(data + run, size - run);
 }
 
 void AppendJsonString(const char* data, size_t size, std::string* out) {

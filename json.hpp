@@ -10,7 +10,6 @@
 #define PMMAP_JSON_HPP_
 
 #include <rapidjson/reader.h>
-#include <rapidjson/writer.h>
 
 #include <cstddef>
 #include <string>
@@ -18,16 +17,17 @@
 // The deepest nesting of arrays and objects pmmap accepts anywhere.
 constexpr int kMaxJsonDepth = 128;
 
-// Appends the compact form of the JSON text [data, data+size) to *out.
-// Returns false, with the reason and byte offset in *error, if the text is
-// not valid JSON, not valid UTF-8, or nested deeper than kMaxJsonDepth;
-// *out may then hold a partial value and should be discarded.
+// Appends the compact form of the JSON text [data, data+size) to *out: the
+// text itself without the whitespace between its tokens, so that numbers
+// and escapes stay as written. Returns false, with the reason and byte
+// offset in *error, if the text is not valid JSON, not valid UTF-8, has a
+// string whose escapes decode to invalid UTF-8 (a lone surrogate), or
+// nests deeper than kMaxJsonDepth; *out is then unchanged.
 bool AppendCompactJson(const char* data, size_t size, std::string* out, std::string* error);
 
-// Does what AppendCompactJson does, without the reason for a failure, and
-// keeps its parser's and writer's stacks from one text to the next, so
-// that compacting many small texts (a worker's replies) allocates nothing.
-// Not thread-safe.
+// Does what AppendCompactJson does (error may be null), keeping its
+// parser's stack from one text to the next, so that compacting many small
+// texts (a worker's replies) allocates nothing. Not thread-safe.
 class JsonCompactor {
  public:
   JsonCompactor();
@@ -35,12 +35,16 @@ class JsonCompactor {
   JsonCompactor(const JsonCompactor&) = delete;
   JsonCompactor& operator=(const JsonCompactor&) = delete;
 
-  bool Append(const char* data, size_t size, std::string* out);
+  bool Append(const char* data, size_t size, std::string* out, std::string* error);
 
  private:
   struct Parts;
   Parts* parts_;
 };
+
+// Appends valid JSON text without the whitespace between its tokens.
+// REQUIRES: [data, data+size) is valid JSON (strings are not checked).
+void AppendWithoutSpace(const char* data, size_t size, std::string* out);
 
 // Appends the bytes [data, data+size) to *out as a quoted JSON string.
 // Invalid UTF-8 sequences become U+FFFD, so the output is always valid JSON.
@@ -53,29 +57,20 @@ inline void AppendJsonString(const std::string& s, std::string* out) {
 // max_depth. Strings are skipped correctly; other syntax is not checked.
 bool JsonDepthWithin(const char* data, size_t size, int max_depth);
 
-// A RapidJSON output stream that appends to a std::string.
-struct StringSink {
-  typedef char Ch;
-  explicit StringSink(std::string* s) : out(s) {}
-  void Put(char c) { out->push_back(c); }
-  void Flush() {}
-  std::string* out;
-};
-
-// Writes compact JSON, refusing strings that are not valid UTF-8: the
-// parser validates raw bytes, but RapidJSON 1.1.0 turns an escaped lone low
-// surrogate ("\udc00") into bytes that are not UTF-8.
-using CompactWriter = rapidjson::Writer<StringSink, rapidjson::UTF8<>, rapidjson::UTF8<>,
-                                        rapidjson::CrtAllocator, rapidjson::kWriteValidateEncodingFlag>;
-
-// Returns true if [data, data+size) is valid UTF-8.
-bool IsValidUtf8(const char* data, size_t size);
+// Returns the length of the longest prefix of [data, data+size) that is
+// valid UTF-8: size if all of it is.
+size_t Utf8PrefixLength(const char* data, size_t size);
+inline bool IsValidUtf8(const char* data, size_t size) { return Utf8PrefixLength(data, size) == size; }
 
 // The RapidJSON reader flags pmmap parses untrusted JSON with: no recursion,
 // numbers kept as their text, UTF-8 validated.
 constexpr unsigned kUntrustedParseFlags = rapidjson::kParseIterativeFlag |
                                          rapidjson::kParseNumbersAsStringsFlag |
                                          rapidjson::kParseValidateEncodingFlag;
+// The same for text already checked with Utf8PrefixLength, which skips
+// ASCII eight bytes at a time where RapidJSON checks each character.
+constexpr unsigned kUtf8ParseFlags = rapidjson::kParseIterativeFlag |
+                                     rapidjson::kParseNumbersAsStringsFlag;
 
 // Returns {"error": message} as compact JSON.
 std::string ErrorJson(const std::string& message);

@@ -4,7 +4,6 @@
 #include <rapidjson/document.h>
 #include <rapidjson/error/en.h>
 #include <rapidjson/memorystream.h>
-#include <rapidjson/writer.h>
 
 #include <cctype>
 #include <cerrno>
@@ -36,21 +35,23 @@ Status RangeError(const char* field, int64_t low, int64_t high) {
 }
 
 // SAX handler for the body of PUT /job/{id}/input. It checks the shape as
-// it goes and copies each value, compact, into its Input.
+// it goes; each value is copied from the body's text, without whitespace,
+// once the parser has checked all of it.
 class InputsHandler {
  public:
-  explicit InputsHandler(std::vector<Input>* inputs) : inputs_(inputs), sink_(nullptr), writer_(sink_) {}
+  // stream reads body; the handler asks it where each value ends.
+  InputsHandler(const std::string& body, const rapidjson::MemoryStream& stream,
+                std::vector<Input>* inputs)
+      : body_(body), stream_(stream), inputs_(inputs) {}
 
-  bool Null() { return Scalar([this] { return writer_.Null(); }); }
-  bool Bool(bool b) { return Scalar([&] { return writer_.Bool(b); }); }
+  bool Null() { return Scalar(); }
+  bool Bool(bool) { return Scalar(); }
   bool Int(int) { return false; }  // unreachable with kParseNumbersAsStringsFlag
   bool Uint(unsigned) { return false; }
   bool Int64(int64_t) { return false; }
   bool Uint64(uint64_t) { return false; }
   bool Double(double) { return false; }
-  bool RawNumber(const char* s, rapidjson::SizeType n, bool) {
-    return Scalar([&] { return writer_.RawValue(s, n, rapidjson::kNumberType); });
-  }
+  bool RawNumber(const char*, rapidjson::SizeType, bool) { return Scalar(); }
   bool String(const char* s, rapidjson::SizeType n, bool) {
     if (where_ == kKey) {
       if (n == 0) return Fail(Item() + ".key: must not be empty");
@@ -62,7 +63,8 @@ class InputsHandler {
       where_ = kItem;
       return true;
     }
-    return Scalar([&] { return writer_.String(s, n); });
+    if (where_ == kValue && !IsValidUtf8(s, n)) return BadString();
+    return Scalar();
   }
   bool StartObject() {
     if (where_ == kList) {
@@ -71,10 +73,10 @@ class InputsHandler {
       where_ = kItem;
       return true;
     }
-    return Open([this] { return writer_.StartObject(); });
+    return Open();
   }
   bool Key(const char* s, rapidjson::SizeType n, bool) {
-    if (where_ == kValue) return writer_.Key(s, n) || BadString();
+    if (where_ == kValue) return IsValidUtf8(s, n) || BadString();
     std::string name(s, n);
     if (name == "key") {
       if (have_key_) return Fail(Item() + ": \"key\" is given twice");
@@ -85,15 +87,15 @@ class InputsHandler {
     if (name == "value") {
       if (have_value_) return Fail(Item() + ": \"value\" is given twice");
       have_value_ = true;
-      sink_.out = &inputs_->back().value;
-      writer_.Reset(sink_);
+      // The value's text starts after the ':' that follows this key.
+      value_start_ = body_.find(':', stream_.Tell()) + 1;
       where_ = kValue;
       return true;
     }
     return Fail(Item() + ": unknown field " + Quoted(name) + " (an input has \"key\" and \"value\")");
   }
-  bool EndObject(rapidjson::SizeType n) {
-    if (where_ == kValue) return Close([&] { return writer_.EndObject(n); });
+  bool EndObject(rapidjson::SizeType) {
+    if (where_ == kValue) return Close();
     if (!have_key_) return Fail(Item() + ": missing \"key\"");
     if (!have_value_) return Fail(Item() + ": missing \"value\"");
     where_ = kList;
@@ -104,14 +106,14 @@ class InputsHandler {
       where_ = kList;
       return true;
     }
-    return Open([this] { return writer_.StartArray(); });
+    return Open();
   }
-  bool EndArray(rapidjson::SizeType n) {
+  bool EndArray(rapidjson::SizeType) {
     if (where_ == kList) {
       where_ = kEnd;
       return true;
     }
-    return Close([&] { return writer_.EndArray(n); });
+    return Close();
   }
 
   const std::string& error() const { return error_; }
@@ -136,39 +138,41 @@ class InputsHandler {
     return Fail("the body must be a JSON array of {\"key\": ..., \"value\": ...} objects");
   }
 
-  // The only way the writer refuses what the parser accepted.
   bool BadString() { return Fail(Item() + ".value: a string is not valid UTF-8 (a lone surrogate escape?)"); }
 
-  template <typename Write>
-  bool Scalar(Write write) {
+  bool Scalar() {
     if (where_ != kValue) return Misplaced();
-    if (!write()) return BadString();
-    if (depth_ == 0) where_ = kItem;
+    // The parser calls this once it has read the scalar.
+    if (depth_ == 0) EndValue(stream_.Tell());
     return true;
   }
 
-  template <typename Write>
-  bool Open(Write write) {
+  bool Open() {
     if (where_ != kValue) return Misplaced();
     // The list and the input object are two levels above the value.
     if (++depth_ + 2 > kMaxJsonDepth) {
       return Fail(Item() + ".value: nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
     }
-    return write();
-  }
-
-  template <typename Write>
-  bool Close(Write write) {
-    if (!write()) return false;
-    if (--depth_ == 0) where_ = kItem;
     return true;
   }
 
+  bool Close() {
+    // The parser calls this just before it reads the closing bracket.
+    if (--depth_ == 0) EndValue(stream_.Tell() + 1);
+    return true;
+  }
+
+  void EndValue(size_t end) {
+    AppendWithoutSpace(body_.data() + value_start_, end - value_start_, &inputs_->back().value);
+    where_ = kItem;
+  }
+
+  const std::string& body_;
+  const rapidjson::MemoryStream& stream_;
   std::vector<Input>* inputs_;
-  StringSink sink_;
-  CompactWriter writer_;
   Where where_ = kStart;
   int depth_ = 0;  // nesting inside the current value
+  size_t value_start_ = 0;
   bool have_key_ = false;
   bool have_value_ = false;
   std::string error_;
@@ -311,11 +315,15 @@ Status ParseJobOptions(const std::string& body, JobOptions* options) {
 
 Status ParseInputs(const std::string& body, std::vector<Input>* inputs) {
   if (body.empty()) return Status::Invalid("the body is empty: expected [{\"key\": ..., \"value\": ...}, ...]");
+  size_t valid = Utf8PrefixLength(body.data(), body.size());
+  if (valid < body.size()) {
+    return Status::Invalid("body is not valid JSON: invalid UTF-8 at offset " + std::to_string(valid));
+  }
   std::vector<Input> parsed;
-  InputsHandler handler(&parsed);
   rapidjson::Reader reader;
   rapidjson::MemoryStream stream(body.data(), body.size());
-  rapidjson::ParseResult result = reader.Parse<kUntrustedParseFlags>(stream, handler);
+  InputsHandler handler(body, stream, &parsed);
+  rapidjson::ParseResult result = reader.Parse<kUtf8ParseFlags>(stream, handler);
   if (!handler.error().empty()) return Status::Invalid(handler.error());
   if (!result) {
     return Status::Invalid(std::string("body is not valid JSON: ") +

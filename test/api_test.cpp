@@ -739,6 +739,31 @@ TEST_CASE("the webhook gets POST with the JSON type, the secret and the job id",
   }
 }
 
+TEST_CASE("without a secret a call carries only Content-Type and the PMMAP job and attempt", "[api]") {
+  Webhook hook;
+  PmmapProcess pmmap;
+  std::string id = CreateJob(pmmap, JobBody(hook.url()));
+  // A value over 1 KiB, for which libcurl would add "Expect: 100-continue".
+  std::string big = "\"" + std::string(100000, 'x') + "\"";
+  REQUIRE(Http(pmmap.base_url(), "PUT", JobPath(id, "/input"),
+               "[{\"key\":\"small\",\"value\":1},{\"key\":\"big\",\"value\":" + big + "}]")
+              .status == 201);
+  REQUIRE(Http(pmmap.base_url(), "POST", JobPath(id, "/complete")).status == 200);
+  REQUIRE(Output(pmmap, id).Size() == 2);
+  std::vector<Webhook::Call> calls = hook.calls();
+  REQUIRE(calls.size() == 2);
+  for (const Webhook::Call& call : calls) {
+    INFO("key " << call.key);
+    CHECK(call.body == (call.key == "big" ? big : "1"));
+    CHECK(HeaderOf(call.headers, "Content-Type") == "application/json");
+    CHECK(HeaderOf(call.headers, "PMMAP-job") == id);
+    CHECK(HeaderOf(call.headers, "PMMAP-attempt") == "1");
+    CHECK(HeaderCount(call.headers, "PMMAP-auth") == 0);
+    CHECK(HeaderCount(call.headers, "PMMAP-signature") == 0);
+    CHECK(HeaderCount(call.headers, "Expect") == 0);
+  }
+}
+
 TEST_CASE("the secret appears in no reply", "[api]") {
   Webhook hook;
   PmmapProcess pmmap;

@@ -1,7 +1,8 @@
 // libFuzzer target for everything pmmap parses from outside: the first byte
 // picks the parser, the rest is its input. Besides crashes and sanitizer
 // reports, it checks properties that must hold for any input: compact JSON
-// is valid and compacts to itself, and a reply kept as a string is valid JSON.
+// is valid, means what the text it came from means, and compacts to itself;
+// and a reply kept as a string is valid JSON.
 
 #include <rapidjson/document.h>
 
@@ -16,11 +17,23 @@
 
 namespace {
 
+constexpr unsigned kParseFlags = rapidjson::kParseValidateEncodingFlag |
+                                 rapidjson::kParseIterativeFlag |
+                                 rapidjson::kParseNumbersAsStringsFlag;
+
 bool ValidJson(const std::string& text) {
   rapidjson::Document doc;
-  doc.Parse<rapidjson::kParseValidateEncodingFlag | rapidjson::kParseIterativeFlag>(text.c_str(),
-                                                                                   text.size());
+  doc.Parse<kParseFlags>(text.c_str(), text.size());
   return !doc.HasParseError();
+}
+
+// Both texts are valid JSON and hold equal values (numbers compared as text).
+bool SameJson(const std::string& a, const std::string& b) {
+  rapidjson::Document da;
+  rapidjson::Document db;
+  da.Parse<kParseFlags>(a.c_str(), a.size());
+  db.Parse<kParseFlags>(b.c_str(), b.size());
+  return !da.HasParseError() && !db.HasParseError() && da == db;
 }
 
 // Compact JSON must be valid and must compact to itself.
@@ -78,6 +91,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       std::string error;
       if (AppendCompactJson(input.data(), input.size(), &value, &error)) {
         CheckCompact(value);
+        if (!SameJson(input, value)) abort();
       } else {
         value.clear();
         AppendJsonString(input, &value);

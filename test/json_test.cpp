@@ -5,6 +5,7 @@
 #include <rapidjson/document.h>
 
 #include <catch2/catch.hpp>
+#include <cstring>
 #include <string>
 
 #include "json.hpp"
@@ -129,9 +130,54 @@ TEST_CASE("AppendCompactJson refuses an escaped lone low surrogate (found by the
   // must refuse them, so that stored output is always valid JSON.
   CHECK_FALSE(Compact("{\"s\":\"\\ud17d\\ude00\"}").ok);
   CHECK_FALSE(Compact("\"\\udc00\"").ok);
-  Compacted pair = Compact("\"\\ud83d\\ude00\"");  // a proper pair is fine
+  Compacted pair = Compact("\"\\ud83d\\ude00\"");  // a proper pair is fine, kept as written
   CHECK(pair.ok);
-  CHECK(pair.out == "\"\xF0\x9F\x98\x80\"");
+  CHECK(pair.out == "\"\\ud83d\\ude00\"");
+}
+
+TEST_CASE("AppendCompactJson keeps strings and their escapes exactly as written", "[unit][json]") {
+  // Whitespace, quotes and backslashes inside strings are not touched.
+  std::string text = "{ \"a b\" : \"x \\\" y\\\\\" , \"\\u00e9\\/\" : [ \" \" ] }";
+  Compacted c = Compact(text);
+  REQUIRE(c.ok);
+  CHECK(c.out == "{\"a b\":\"x \\\" y\\\\\",\"\\u00e9\\/\":[\" \"]}");
+}
+
+TEST_CASE("AppendCompactJson leaves the output unchanged when it refuses the text", "[unit][json]") {
+  std::string out = "kept";
+  std::string error;
+  std::string text = "[1, 2";
+  CHECK_FALSE(AppendCompactJson(text.data(), text.size(), &out, &error));
+  CHECK(out == "kept");
+}
+
+TEST_CASE("JsonCompactor gives the same results as AppendCompactJson when reused", "[unit][json]") {
+  JsonCompactor compactor;
+  const char* const texts[] = {"[ 1 , 2 ]", "{\"a\":", "\"\\udc00\"", " null ", "[[[ ]]]", "\"\xFF\""};
+  for (int round = 0; round < 2; ++round) {
+    for (const char* text : texts) {
+      INFO(text);
+      std::string reused;
+      std::string error;
+      bool ok = compactor.Append(text, strlen(text), &reused, &error);
+      Compacted fresh = Compact(text);
+      CHECK(ok == fresh.ok);
+      CHECK(reused == fresh.out);
+      CHECK(error == fresh.error);
+    }
+  }
+}
+
+TEST_CASE("Utf8PrefixLength finds the first invalid byte past runs of ASCII", "[unit][json]") {
+  std::string ascii(37, 'a');
+  CHECK(Utf8PrefixLength(ascii.data(), ascii.size()) == 37);
+  std::string mixed = ascii + "\xC3\xA9" + ascii + "\xF0\x9F\x98\x80" + ascii;
+  CHECK(Utf8PrefixLength(mixed.data(), mixed.size()) == mixed.size());
+  std::string bad = ascii + "\xC3\xA9" + ascii + "\x80" + ascii;
+  CHECK(Utf8PrefixLength(bad.data(), bad.size()) == 37 + 2 + 37);
+  std::string cut = ascii + "\xE2\x82";  // a truncated three-byte sequence at the end
+  CHECK(Utf8PrefixLength(cut.data(), cut.size()) == 37);
+  CHECK(Utf8PrefixLength("", 0) == 0);
 }
 
 TEST_CASE("AppendCompactJson refuses invalid UTF-8 and says where", "[unit][json]") {

@@ -267,6 +267,37 @@ TEST_CASE("ParseInputs keeps each value compact with its numbers exact", "[unit]
                            "\"s\":\"x\\ty\"}");
 }
 
+TEST_CASE("ParseInputs copies every kind of value as written, without the whitespace around it",
+          "[unit][request]") {
+  std::vector<Input> inputs;
+  REQUIRE(ParseInputs("[{\"key\":\"o\",\"value\"\n:\t{ \"a\" : [ ] } \n},"
+                      "{\"key\":\"a\",\"value\": [ 1 , \"x\" ] },"
+                      "{\"key\":\"s\",\"value\": \" a \\\" b\\u00e9 \" },"
+                      "{\"value\": -1.50e+3 ,\"key\":\"n\"},"
+                      "{\"key\":\"t\",\"value\":true },"
+                      "{\"key\":\"f\",\"value\":false},"
+                      "{\"key\":\"z\",\"value\" : null }]",
+                      &inputs)
+              .ok());
+  REQUIRE(inputs.size() == 7);
+  CHECK(inputs[0].value == "{\"a\":[]}");
+  CHECK(inputs[1].value == "[1,\"x\"]");
+  CHECK(inputs[2].value == "\" a \\\" b\\u00e9 \"");
+  CHECK(inputs[3].value == "-1.50e+3");
+  CHECK(inputs[4].value == "true");
+  CHECK(inputs[5].value == "false");
+  CHECK(inputs[6].value == "null");
+}
+
+TEST_CASE("ParseInputs refuses a value string that decodes to invalid UTF-8", "[unit][request]") {
+  CHECK_THAT(InputsError("[{\"key\":\"a\",\"value\":\"\\udc00\"}]"),
+             Catch::Contains("input[0].value: a string is not valid UTF-8"));
+  CHECK_THAT(InputsError("[{\"key\":\"a\",\"value\":{\"\\udc00\":1}}]"),
+             Catch::Contains("input[0].value: a string is not valid UTF-8"));
+  CHECK_THAT(InputsError("[{\"key\":\"a\",\"value\":\"\xED\xA0\x80\"}]"),
+             Catch::Contains("invalid UTF-8 at offset 21"));
+}
+
 TEST_CASE("ParseInputs keeps a value that uses the words key and value inside it",
           "[unit][request]") {
   std::vector<Input> inputs;
