@@ -4,7 +4,10 @@
 #include <openssl/hmac.h>
 
 #include <cctype>
+#include <charconv>
 #include <cstring>
+#include <iterator>
+#include <string_view>
 #include <system_error>
 
 #include "json.hpp"
@@ -12,6 +15,8 @@
 #include "metrics.hpp"
 
 namespace {
+
+constexpr std::string_view kAttemptPrefix = "PMMAP-attempt: ";
 
 // How much of a failed reply's body its error entry keeps.
 constexpr size_t kErrorBodyBytes = 256;
@@ -62,6 +67,7 @@ class WebhookClient {
     }
     // The headers that change per call are nodes of this object, chained
     // in front of the job's in Call.
+    kAttemptPrefix.copy(attempt_line_, kAttemptPrefix.size());
     attempt_header_.data = attempt_line_;
     signature_header_.data = signature_line_;
     // libcurl adds "Expect: 100-continue" to a large POST, which costs a
@@ -106,7 +112,8 @@ class WebhookClient {
       return;
     }
     result_ = result;
-    snprintf(attempt_line_, sizeof(attempt_line_), "PMMAP-attempt: %d", attempt);
+    // std::to_chars: snprintf here cost a tenth of all pmmap adds to a call.
+    *std::to_chars(attempt_line_ + kAttemptPrefix.size(), std::end(attempt_line_) - 1, attempt).ptr = '\0';
     curl_slist* last = &attempt_header_;
     if (!secret_.empty()) {
       snprintf(signature_line_, sizeof(signature_line_), "PMMAP-signature: %s",

@@ -164,6 +164,17 @@ Status Job::StoppedStatus() const {
 }
 
 Status Job::Add(std::vector<Input> batch) {
+  // Hashing the keys and finding repeats within the batch need no lock:
+  // done first, so that workers wait less for it.
+  std::vector<uint64_t> hashes(batch.size());
+  size_t first_repeat = batch.size();
+  {
+    KeySet batch_keys;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      hashes[i] = KeySet::Hash(batch[i].key);
+      if (!batch_keys.Insert(hashes[i]) && first_repeat == batch.size()) first_repeat = i;
+    }
+  }
   std::unique_lock<std::mutex> lock(mutex_);
   if (stopped_ != StopReason::kNone) return StoppedStatus();
   if (state_ == JobState::kCancelled) {
@@ -172,15 +183,12 @@ Status Job::Add(std::vector<Input> batch) {
   if (state_ != JobState::kOpen) {
     return Status::Conflict("job " + id_ + " is complete: it accepts no more inputs");
   }
-  std::vector<uint64_t> hashes(batch.size());
-  KeySet batch_keys;
   for (size_t i = 0; i < batch.size(); ++i) {
-    hashes[i] = KeySet::Hash(batch[i].key);
     if (keys_.Contains(hashes[i])) {
       return Status::Conflict("input[" + std::to_string(i) + "].key \"" + batch[i].key +
                               "\" is already used in this job");
     }
-    if (!batch_keys.Insert(hashes[i])) {
+    if (i == first_repeat) {
       return Status::Conflict("input[" + std::to_string(i) + "].key \"" + batch[i].key +
                               "\" repeats an earlier key of this batch");
     }

@@ -6,7 +6,13 @@
 // workers cannot avoid, and nothing else: no queue, no locks, no outcome
 // file. `total` requests are split across the threads.
 //
-//   usage: bare_loop URL THREADS TOTAL
+// By default each request carries the headers of pmmap's webhook contract
+// for a job without a secret (Content-Type, PMMAP-job, PMMAP-attempt), so
+// that the request is byte for byte the size of pmmap's and the ratio
+// measures only what pmmap does around its calls. With "plain" it sends
+// only Content-Type, as a generic client would.
+//
+//   usage: bare_loop URL THREADS TOTAL [contract|plain]
 //   prints: requests=N ok=N failed=N seconds=S rps=R
 //
 // Build: g++ -O2 -std=c++17 bare_loop.cpp -o bare_loop -lcurl -pthread
@@ -43,7 +49,7 @@ struct Counts {
   std::string first_error;
 };
 
-void Run(const std::string& url, long first, long count, Counts* counts) {
+void Run(const std::string& url, bool contract, long first, long count, Counts* counts) {
   CURL* curl = curl_easy_init();
   if (curl == nullptr) {
     counts->failed = count;
@@ -52,7 +58,11 @@ void Run(const std::string& url, long first, long count, Counts* counts) {
   }
   curl_slist* headers = nullptr;
   headers = curl_slist_append(headers, "Content-Type: application/json");
-  headers = curl_slist_append(headers, "Expect:");
+  if (contract) {
+    // A job id is 16 hex digits; the first attempt is 1.
+    headers = curl_slist_append(headers, "PMMAP-attempt: 1");
+    headers = curl_slist_append(headers, "PMMAP-job: 0123456789abcdef");
+  }
   std::string reply;
   std::string body;
   std::string target;
@@ -93,10 +103,12 @@ void Run(const std::string& url, long first, long count, Counts* counts) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 4) {
-    fprintf(stderr, "usage: %s URL THREADS TOTAL\n", argv[0]);
+  if (argc < 4 || argc > 5 || (argc == 5 && strcmp(argv[4], "contract") != 0 &&
+                                strcmp(argv[4], "plain") != 0)) {
+    fprintf(stderr, "usage: %s URL THREADS TOTAL [contract|plain]\n", argv[0]);
     return 2;
   }
+  bool contract = argc == 4 || strcmp(argv[4], "contract") == 0;
   std::string url = argv[1];
   while (!url.empty() && url.back() == '/') url.pop_back();
   long threads = strtol(argv[2], nullptr, 10);
@@ -112,7 +124,7 @@ int main(int argc, char** argv) {
   long first = 0;
   for (long t = 0; t < threads; ++t) {
     long count = total / threads + (t < total % threads ? 1 : 0);
-    pool.emplace_back(Run, url, first, count, &counts[t]);
+    pool.emplace_back(Run, url, contract, first, count, &counts[t]);
     first += count;
   }
   for (std::thread& t : pool) t.join();

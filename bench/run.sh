@@ -8,7 +8,8 @@
 #   2. measures two ceilings at each concurrency C: the loopback limit (wrk,
 #      one thread, C connections, an 80-byte JSON POST, for BENCH_WRK_SECONDS)
 #      and the design's limit (bench/bare_loop.cpp: C threads, one reused
-#      libcurl easy handle each, N POSTs in all);
+#      libcurl easy handle each, N POSTs in all, each with the headers of
+#      pmmap's webhook contract; measured once more without them, "plain");
 #   3. runs a fresh ./pmmap on a job of N inputs (values of 80 bytes) fed in
 #      PUT batches of 1000 with maxsize 1000 while the job runs, reads the
 #      whole output and checks every entry; timed from POST /job to the last
@@ -391,11 +392,12 @@ wrk_rps() {
   [[ -n $W_RPS ]] || { fail "no Requests/sec from wrk: $(head -c 500 "$out")"; W_RPS=NA; }
 }
 
-# bare_rps C N: sets B_RPS, the design's limit at C threads.
+# bare_rps C N [contract|plain]: sets B_RPS, the design's limit at C
+# threads, its requests with pmmap's headers (contract) or without them.
 bare_rps() {
-  local c=$1 n=$2 out=$TMP/bare.out
+  local c=$1 n=$2 headers=${3:-contract} out=$TMP/bare.out
   B_RPS=NA
-  run_bg bare_loop "$out" "${CLIENT[@]}" timeout 900 "$TMP/bare_loop" "$HOOK" "$c" "$n"
+  run_bg bare_loop "$out" "${CLIENT[@]}" timeout 900 "$TMP/bare_loop" "$HOOK" "$c" "$n" "$headers"
   if [[ $BG_RC != 0 ]]; then
     fail "bare_loop -c$c exited with $BG_RC: $(head -c 500 "$out")"
     return
@@ -570,7 +572,7 @@ if [[ $PIN == 1 ]]; then
   taskset -pc 0 "$(nginx_worker_pid)" >/dev/null || die "cannot pin nginx's worker"
 fi
 
-declare -A WRK BARE IPS RATIO_BARE RATIO_WRK RSS CPUK SECS PUTMS
+declare -A WRK BARE PLAIN IPS RATIO_BARE RATIO_PLAIN RATIO_WRK RSS CPUK SECS PUTMS
 for c in $CONCURRENCY; do
   log "bench: concurrency $c: wrk"
   wait_quiet "wrk -c$c"
@@ -578,18 +580,23 @@ for c in $CONCURRENCY; do
   WRK[$c]=$W_RPS
   log "bench: concurrency $c: bare loop"
   wait_quiet "bare_loop -c$c"
-  bare_rps "$c" "$N"
+  bare_rps "$c" "$N" contract
   BARE[$c]=$B_RPS
+  log "bench: concurrency $c: bare loop without pmmap's headers"
+  wait_quiet "bare_loop -c$c plain"
+  bare_rps "$c" "$N" plain
+  PLAIN[$c]=$B_RPS
   log "bench: concurrency $c: pmmap"
   wait_quiet "pmmap -c$c"
   run_pmmap "c$c" "$c" "$N" "$TMP/batches-main" || true
   IPS[$c]=$R_IPS RSS[$c]=$R_RSS CPUK[$c]=$R_CPU_PER_K SECS[$c]=$R_SECONDS PUTMS[$c]=$R_PUT_MS
-  RATIO_BARE[$c]=NA RATIO_WRK[$c]=NA
+  RATIO_BARE[$c]=NA RATIO_PLAIN[$c]=NA RATIO_WRK[$c]=NA
   if [[ $R_IPS =~ ^[0-9]+$ ]]; then
     [[ ${BARE[$c]} =~ ^[0-9]+$ ]] && RATIO_BARE[$c]=$(calc "$R_IPS / ${BARE[$c]}" %.2f)
+    [[ ${PLAIN[$c]} =~ ^[0-9]+$ ]] && RATIO_PLAIN[$c]=$(calc "$R_IPS / ${PLAIN[$c]}" %.2f)
     [[ ${WRK[$c]} =~ ^[0-9]+$ ]] && RATIO_WRK[$c]=$(calc "$R_IPS / ${WRK[$c]}" %.2f)
   fi
-  echo "concurrency $c: wrk ${WRK[$c]} req/s, bare loop ${BARE[$c]} req/s, pmmap ${IPS[$c]} inputs/s"
+  echo "concurrency $c: wrk ${WRK[$c]} req/s, bare loop ${BARE[$c]} req/s (${PLAIN[$c]} without pmmap's headers), pmmap ${IPS[$c]} inputs/s"
   echo "  pmmap: $R_DETAIL"
 done
 
@@ -642,10 +649,10 @@ if (( BIG_N > 0 )); then
 fi
 
 echo
-printf '%-11s %10s %10s %10s %11s %10s %14s %14s %12s\n' concurrency 'wrk req/s' 'bare req/s' 'pmmap in/s' 'pmmap/bare' 'pmmap/wrk' 'peak RSS (MB)' 'CPU s/1000 in' 'PUT mean ms'
+printf '%-11s %10s %10s %11s %10s %11s %12s %10s %14s %14s %12s\n' concurrency 'wrk req/s' 'bare req/s' 'plain req/s' 'pmmap in/s' 'pmmap/bare' 'pmmap/plain' 'pmmap/wrk' 'peak RSS (MB)' 'CPU s/1000 in' 'PUT mean ms'
 for c in $CONCURRENCY; do
-  printf '%-11s %10s %10s %10s %11s %10s %14s %14s %12s\n' "$c" "${WRK[$c]}" "${BARE[$c]}" "${IPS[$c]}" \
-    "${RATIO_BARE[$c]}" "${RATIO_WRK[$c]}" "${RSS[$c]}" "${CPUK[$c]}" "${PUTMS[$c]}"
+  printf '%-11s %10s %10s %11s %10s %11s %12s %10s %14s %14s %12s\n' "$c" "${WRK[$c]}" "${BARE[$c]}" "${PLAIN[$c]}" "${IPS[$c]}" \
+    "${RATIO_BARE[$c]}" "${RATIO_PLAIN[$c]}" "${RATIO_WRK[$c]}" "${RSS[$c]}" "${CPUK[$c]}" "${PUTMS[$c]}"
 done
 
 echo
@@ -653,10 +660,10 @@ echo "Markdown:"
 echo
 echo "Machine: $(nproc) CPUs ($cpu_model), kernel $(uname -r). Webhook: nginx $("$NGINX" -v 2>&1 | sed 's/^nginx version: nginx\///'), 1 worker, loopback. $N inputs of $VALUE_BYTES-byte values, PUT batches of $BATCH (one curl per feeder, $FEEDERS feeder(s), one kept-alive connection each), maxsize $MAXSIZE."
 echo
-echo '| concurrency | wrk req/s | bare loop req/s | pmmap inputs/s | pmmap/bare | pmmap/wrk | pmmap peak RSS (MB) | pmmap CPU s per 1000 inputs | mean PUT (ms) |'
-echo '|---:|---:|---:|---:|---:|---:|---:|---:|---:|'
+echo '| concurrency | wrk req/s | bare loop req/s | bare loop without pmmap headers | pmmap inputs/s | pmmap/bare | pmmap/plain bare | pmmap/wrk | pmmap peak RSS (MB) | pmmap CPU s per 1000 inputs | mean PUT (ms) |'
+echo '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|'
 for c in $CONCURRENCY; do
-  echo "| $c | ${WRK[$c]} | ${BARE[$c]} | ${IPS[$c]} | ${RATIO_BARE[$c]} | ${RATIO_WRK[$c]} | ${RSS[$c]} | ${CPUK[$c]} | ${PUTMS[$c]} |"
+  echo "| $c | ${WRK[$c]} | ${BARE[$c]} | ${PLAIN[$c]} | ${IPS[$c]} | ${RATIO_BARE[$c]} | ${RATIO_PLAIN[$c]} | ${RATIO_WRK[$c]} | ${RSS[$c]} | ${CPUK[$c]} | ${PUTMS[$c]} |"
 done
 echo
 echo "PUT /input with room in the queue (parse, validate, enqueue): $PUT_RATE inputs/s."
