@@ -105,8 +105,12 @@ class WebhookClient {
 
   // POSTs body to url once, with the standard headers for the given
   // attempt, blocking until the reply, an error, the timeout or the abort.
-  void Call(const char* url, const std::string& body, int attempt, CallResult* result) {
+  void Call(CURLU* url, const std::string& body, int attempt, CallResult* result) {
     result->Clear();
+    if (url == nullptr) {
+      result->code = CURLE_URL_MALFORMAT;
+      return;
+    }
     if (!ready_) {
       result->code = CURLE_OUT_OF_MEMORY;
       return;
@@ -122,7 +126,7 @@ class WebhookClient {
     }
     if (body.size() > kSmallBodyBytes) last = last->next = &expect_header_;
     last->next = job_headers_;
-    curl_easy_setopt(curl_, CURLOPT_URL, url);
+    curl_easy_setopt(curl_, CURLOPT_CURLU, url);
     curl_easy_setopt(curl_, CURLOPT_POSTFIELDS, body.data());
     curl_easy_setopt(curl_, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
     curl_easy_setopt(curl_, CURLOPT_ERRORBUFFER, result->error);
@@ -219,7 +223,10 @@ std::string FailureMessage(const CallResult& r, const JobOptions& options) {
 }  // namespace
 
 void AppendEscapedKey(const std::string& key, std::string* out) {
-  static const char kHex[] = "0123456789ABCDEF";
+  // Lowercase hex: libcurl 7.88 lowercases it anyway when it is handed a
+  // path (WebhookUrls), so this way the bytes sent do not depend on the
+  // libcurl version.
+  static const char kHex[] = "0123456789abcdef";
   for (unsigned char c : key) {
     if (isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
       out->push_back(static_cast<char>(c));
@@ -231,15 +238,40 @@ void AppendEscapedKey(const std::string& key, std::string* out) {
   }
 }
 
-void AppendWebhookUrl(const std::string& url, const std::string& key, std::string* out) {
-  size_t end = url.find('#');
-  size_t query = url.find('?');
-  if (query > end) query = end;
-  size_t start = out->size();
-  out->append(url, 0, query);
-  if (out->size() == start || out->back() != '/') out->push_back('/');
-  AppendEscapedKey(key, out);
-  if (query != std::string::npos) out->append(url, query, end == std::string::npos ? end : end - query);
+WebhookUrls::WebhookUrls(const std::string& url) : url_(curl_url()) {
+  char* path = nullptr;
+  // Like libcurl with CURLOPT_PATH_AS_IS: "." and ".." are not resolved.
+  ok_ = url_ != nullptr && curl_url_set(url_, CURLUPART_URL, url.c_str(), CURLU_PATH_AS_IS) == CURLUE_OK &&
+        curl_url_set(url_, CURLUPART_FRAGMENT, nullptr, 0) == CURLUE_OK &&
+        curl_url_get(url_, CURLUPART_PATH, &path, 0) == CURLUE_OK;
+  if (ok_) {
+    base_path_ = path;
+    if (base_path_.empty() || base_path_.back() != '/') base_path_.push_back('/');
+  }
+  curl_free(path);
+}
+
+WebhookUrls::~WebhookUrls() { curl_url_cleanup(url_); }
+
+CURLU* WebhookUrls::For(const std::string& key) {
+  if (!ok_) return nullptr;
+  path_ = base_path_;
+  AppendEscapedKey(key, &path_);
+  return curl_url_set(url_, CURLUPART_PATH, path_.c_str(), 0) == CURLUE_OK ? url_ : nullptr;
+}
+
+std::string WebhookUrls::Url() const {
+  char* url = nullptr;
+  std::string out;
+  if (ok_ && curl_url_get(url_, CURLUPART_URL, &url, 0) == CURLUE_OK) out = url;
+  curl_free(url);
+  return out;
+}
+
+std::string WebhookUrl(const std::string& url, const std::string& key) {
+  WebhookUrls urls(url);
+  urls.For(key);
+  return urls.Url();
 }
 
 Verdict Judge(CURLcode code, long status) {
@@ -373,14 +405,12 @@ void Dispatcher::RunWorker(const std::shared_ptr<Job>& job) {
   Input input;
   CallResult result;
   JsonCompactor compactor;
-  std::string url;
+  WebhookUrls urls(options.url);
   std::string value;
   std::string entry;
   bool more = job->Take(&input);
   while (more) {
-    url.clear();
-    AppendWebhookUrl(options.url, input.key, &url);
-    client.Call(url.c_str(), input.value, input.attempts, &result);
+    client.Call(urls.For(input.key), input.value, input.attempts, &result);
     Verdict verdict = result.too_large ? Verdict::kFail : Judge(result.code, result.status);
     if (verdict == Verdict::kRetry && input.attempts < options.max_attempts) {
       more = job->RetryAndTake(&input, RetryDelay(result, input.attempts, options, &rng),
@@ -419,6 +449,11 @@ void Dispatcher::RunWorker(const std::shared_ptr<Job>& job) {
 void Dispatcher::RunCallback(const std::shared_ptr<Job>& job) {
   const JobOptions& options = job->options();
   WebhookClient client(options_, *job, &job->removed());
+  std::unique_ptr<CURLU, void (*)(CURLU*)> url(curl_url(), curl_url_cleanup);
+  if (url != nullptr &&
+      curl_url_set(url.get(), CURLUPART_URL, options.callback_url.c_str(), CURLU_PATH_AS_IS) != CURLUE_OK) {
+    url.reset();
+  }
   std::mt19937_64 rng(std::random_device{}());
   CallbackStatus status;
   while (!job->removed()) {
@@ -426,7 +461,7 @@ void Dispatcher::RunCallback(const std::shared_ptr<Job>& job) {
     ++status.attempts;
     job->SetCallbackStatus(status);
     CallResult result;
-    client.Call(options.callback_url.c_str(), job->ToJson(), status.attempts, &result);
+    client.Call(url.get(), job->ToJson(), status.attempts, &result);
     status.status = result.status;
     // The callback's reply body does not matter, only its status.
     Verdict verdict = Judge(result.too_large ? CURLE_OK : result.code, result.status);

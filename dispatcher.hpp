@@ -29,7 +29,7 @@
 #include "job.hpp"
 
 // Appends key percent-encoded as one URL path segment: every byte outside
-// A-Z a-z 0-9 - . _ ~ becomes %XX.
+// A-Z a-z 0-9 - . _ ~ becomes %xx, in lowercase hex.
 void AppendEscapedKey(const std::string& key, std::string* out);
 inline std::string EscapeKey(const std::string& key) {
   std::string out;
@@ -37,14 +37,35 @@ inline std::string EscapeKey(const std::string& key) {
   return out;
 }
 
-// Appends url with the path segment /{escaped key} added to its path, any
-// query kept after it and any fragment dropped.
-void AppendWebhookUrl(const std::string& url, const std::string& key, std::string* out);
-inline std::string WebhookUrl(const std::string& url, const std::string& key) {
-  std::string out;
-  AppendWebhookUrl(url, key, &out);
-  return out;
-}
+// The URLs of one job's calls: its url with the path segment /{escaped key}
+// added to its path, any query kept after it and any fragment dropped. The
+// url is parsed once; a call then sets only its path, where libcurl would
+// otherwise parse the whole URL again for every call.
+// Not thread-safe: one per worker.
+class WebhookUrls {
+ public:
+  explicit WebhookUrls(const std::string& url);
+  ~WebhookUrls();
+  WebhookUrls(const WebhookUrls&) = delete;
+  WebhookUrls& operator=(const WebhookUrls&) = delete;
+
+  // False if url could not be parsed (it was checked when the job was made).
+  bool ok() const { return ok_; }
+  // Points the handle at key's URL and returns it, for CURLOPT_CURLU.
+  // Returns null if that URL cannot be made.
+  CURLU* For(const std::string& key);
+  // The whole URL the handle points at.
+  std::string Url() const;
+
+ private:
+  CURLU* const url_;
+  bool ok_ = false;
+  std::string base_path_;  // the url's path, ending with '/'
+  std::string path_;
+};
+
+// The URL of key's call: what WebhookUrls gives, as a string.
+std::string WebhookUrl(const std::string& url, const std::string& key);
 
 enum class Verdict { kSuccess, kRetry, kFail };
 

@@ -49,19 +49,19 @@ TEST_CASE("EscapeKey keeps the unreserved characters", "[unit][dispatcher]") {
   CHECK(EscapeKey("") == "");
 }
 
-TEST_CASE("EscapeKey encodes every other byte as uppercase %XX", "[unit][dispatcher]") {
+TEST_CASE("EscapeKey encodes every other byte as lowercase %xx", "[unit][dispatcher]") {
   CHECK(EscapeKey("a b") == "a%20b");
   CHECK(EscapeKey("#") == "%23");
-  CHECK(EscapeKey("?") == "%3F");
+  CHECK(EscapeKey("?") == "%3f");
   CHECK(EscapeKey("%") == "%25");
-  CHECK(EscapeKey("/") == "%2F");
+  CHECK(EscapeKey("/") == "%2f");
   CHECK(EscapeKey("..%2F") == "..%252F");
-  CHECK(EscapeKey("caf\xC3\xA9") == "caf%C3%A9");
-  CHECK(EscapeKey(std::string("\0\x7F\xFF", 3)) == "%00%7F%FF");
-  CHECK(EscapeKey("+&=:;@!*'(),\"") == "%2B%26%3D%3A%3B%40%21%2A%27%28%29%2C%22");
+  CHECK(EscapeKey("caf\xC3\xA9") == "caf%c3%a9");
+  CHECK(EscapeKey(std::string("\0\x7F\xFF", 3)) == "%00%7f%ff");
+  CHECK(EscapeKey("+&=:;@!*'(),\"") == "%2b%26%3d%3a%3b%40%21%2a%27%28%29%2c%22");
 }
 
-TEST_CASE("EscapeKey leaves only unreserved characters and %XX for every byte value",
+TEST_CASE("EscapeKey leaves only unreserved characters and %xx for every byte value",
           "[unit][dispatcher]") {
   for (int c = 0; c < 256; ++c) {
     std::string escaped = EscapeKey(std::string(1, static_cast<char>(c)));
@@ -72,7 +72,7 @@ TEST_CASE("EscapeKey leaves only unreserved characters and %XX for every byte va
       CHECK(escaped == std::string(1, static_cast<char>(c)));
     } else {
       char expected[4];
-      snprintf(expected, sizeof(expected), "%%%02X", c);
+      snprintf(expected, sizeof(expected), "%%%02x", c);
       CHECK(escaped == expected);
     }
   }
@@ -82,7 +82,7 @@ TEST_CASE("EscapeKey leaves only unreserved characters and %XX for every byte va
 
 TEST_CASE("WebhookUrl adds the escaped key as a path segment", "[unit][dispatcher]") {
   CHECK(WebhookUrl("http://h:8080/hook", "k1") == "http://h:8080/hook/k1");
-  CHECK(WebhookUrl("http://h/hook", "a b/c") == "http://h/hook/a%20b%2Fc");
+  CHECK(WebhookUrl("http://h/hook", "a b/c") == "http://h/hook/a%20b%2fc");
   CHECK(WebhookUrl("http://h", "k") == "http://h/k");
 }
 
