@@ -40,7 +40,7 @@ Status RangeError(const char* field, int64_t low, int64_t high) {
 class InputsHandler {
  public:
   // stream reads body; the handler asks it where each value ends.
-  InputsHandler(const std::string& body, const rapidjson::MemoryStream& stream,
+  InputsHandler(const std::string& body, const rapidjson::StringStream& stream,
                 std::vector<Input>* inputs)
       : body_(body), stream_(stream), inputs_(inputs) {}
 
@@ -87,7 +87,9 @@ class InputsHandler {
     if (name == "value") {
       if (have_value_) return Fail(Item() + ": \"value\" is given twice");
       have_value_ = true;
-      // The value's text starts after the ':' that follows this key.
+      // The value's text starts after the ':' that follows this key. The
+      // stream is at or before the key's opening quote (see ScalarEnd),
+      // and no ':' can be inside a key that reads "value".
       value_start_ = body_.find(':', stream_.Tell()) + 1;
       where_ = kValue;
       return true;
@@ -142,9 +144,25 @@ class InputsHandler {
 
   bool Scalar() {
     if (where_ != kValue) return Misplaced();
-    // The parser calls this once it has read the scalar.
-    if (depth_ == 0) EndValue(stream_.Tell());
+    if (depth_ == 0) EndValue(ScalarEnd(value_start_));
     return true;
+  }
+
+  // Where the scalar value at or after pos ends. The parser has read it,
+  // so it is valid; but the stream cannot say where: RapidJSON reads
+  // strings and numbers through a copy of a StringStream.
+  size_t ScalarEnd(size_t pos) const {
+    const char* p = body_.c_str() + pos;
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') ++p;
+    if (*p == '"') {
+      for (++p; *p != '"'; ++p) {
+        if (*p == '\\') ++p;
+      }
+      ++p;
+    } else {
+      while (*p != ',' && *p != '}' && *p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') ++p;
+    }
+    return static_cast<size_t>(p - body_.c_str());
   }
 
   bool Open() {
@@ -157,7 +175,8 @@ class InputsHandler {
   }
 
   bool Close() {
-    // The parser calls this just before it reads the closing bracket.
+    // The parser calls this just before it reads the closing bracket,
+    // from its own stream, not a copy.
     if (--depth_ == 0) EndValue(stream_.Tell() + 1);
     return true;
   }
@@ -168,7 +187,7 @@ class InputsHandler {
   }
 
   const std::string& body_;
-  const rapidjson::MemoryStream& stream_;
+  const rapidjson::StringStream& stream_;
   std::vector<Input>* inputs_;
   Where where_ = kStart;
   int depth_ = 0;  // nesting inside the current value
@@ -321,7 +340,7 @@ Status ParseInputs(const std::string& body, std::vector<Input>* inputs) {
   }
   std::vector<Input> parsed;
   rapidjson::Reader reader;
-  rapidjson::MemoryStream stream(body.data(), body.size());
+  rapidjson::StringStream stream(body.c_str());
   InputsHandler handler(body, stream, &parsed);
   rapidjson::ParseResult result = reader.Parse<kUtf8ParseFlags>(stream, handler);
   if (!handler.error().empty()) return Status::Invalid(handler.error());
@@ -331,7 +350,7 @@ Status ParseInputs(const std::string& body, std::vector<Input>* inputs) {
                            std::to_string(result.Offset()));
   }
   if (stream.Tell() != body.size()) {
-    // MemoryStream reads a NUL byte as the end of the text; JSON has none.
+    // The stream reads a NUL byte as the end of the text; JSON has none.
     return Status::Invalid("body is not valid JSON: unexpected NUL byte at offset " +
                            std::to_string(stream.Tell()));
   }

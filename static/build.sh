@@ -62,7 +62,7 @@ CURL_CFLAGS="-O2 -fstack-protector-strong -Wformat -Werror=format-security"
 CURL_CPPFLAGS="-D_FORTIFY_SOURCE=2"
 
 # pmmap itself: httplib header-only, no CPPHTTPLIB_* support macros.
-PMMAP_CXXFLAGS="-std=c++17 -O2 -pthread -Wall -Wextra"
+PMMAP_CXXFLAGS="-std=c++17 -O2 -pthread -Wall -Wextra -DRAPIDJSON_SSE2"  # x86-64 only, like the Makefile
 
 log() { printf 'static/build.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
