@@ -145,8 +145,9 @@ void AppendWithoutSpace(const char* data, size_t size, std::string* out) {
   while (i < size) {
     char c = data[i];
     if (c == '"') {
-      // Skip the string, escapes included, through its closing quote.
-      for (++i; data[i] != '"'; ++i) {
+      // Skip the string, escapes included, through its closing quote
+      // (bounded, though valid text always has one).
+      for (++i; i < size && data[i] != '"'; ++i) {
         if (data[i] == '\\') ++i;
       }
       ++i;
@@ -157,7 +158,7 @@ void AppendWithoutSpace(const char* data, size_t size, std::string* out) {
       ++i;
     }
   }
-  out->append(data + run, size - run);
+  if (run < size) out->append(data + run, size - run);
 }
 
 void AppendJsonString(const char* data, size_t size, std::string* out) {

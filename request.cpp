@@ -149,8 +149,8 @@ class InputsHandler {
   }
 
   // Where the scalar value at or after pos ends. The parser has read it,
-  // so it is valid; but the stream cannot say where: RapidJSON reads
-  // strings and numbers through a copy of a StringStream.
+  // so the token is valid; but the stream cannot say where it ends:
+  // RapidJSON reads strings and numbers through a copy of a StringStream.
   size_t ScalarEnd(size_t pos) const {
     const char* p = body_.c_str() + pos;
     while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') ++p;
@@ -160,7 +160,9 @@ class InputsHandler {
       }
       ++p;
     } else {
-      while (*p != ',' && *p != '}' && *p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') ++p;
+      // A number, true, false or null. What follows it is not checked yet
+      // ("1:" fails only after this call), so stop at the token's end.
+      while (isalnum(static_cast<unsigned char>(*p)) || *p == '+' || *p == '-' || *p == '.') ++p;
     }
     return static_cast<size_t>(p - body_.c_str());
   }

@@ -5,6 +5,8 @@
 // and a reply kept as a string is valid JSON.
 
 #include <rapidjson/document.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
 
 #include <cstdint>
 #include <cstdlib>
@@ -27,13 +29,23 @@ bool ValidJson(const std::string& text) {
   return !doc.HasParseError();
 }
 
-// Both texts are valid JSON and hold equal values (numbers compared as text).
+// Both texts are valid JSON and hold the same values in the same order
+// (numbers compared as text; repeated object keys kept). RapidJSON's own
+// operator== would find only the first of two repeated keys.
 bool SameJson(const std::string& a, const std::string& b) {
-  rapidjson::Document da;
-  rapidjson::Document db;
-  da.Parse<kParseFlags>(a.c_str(), a.size());
-  db.Parse<kParseFlags>(b.c_str(), b.size());
-  return !da.HasParseError() && !db.HasParseError() && da == db;
+  auto canonical = [](const std::string& text, std::string* out) {
+    rapidjson::Document doc;
+    doc.Parse<kParseFlags>(text.c_str(), text.size());
+    if (doc.HasParseError()) return false;
+    rapidjson::StringBuffer buffer;
+    rapidjson::Writer<rapidjson::StringBuffer> writer(buffer);
+    doc.Accept(writer);
+    out->assign(buffer.GetString(), buffer.GetSize());
+    return true;
+  };
+  std::string ca;
+  std::string cb;
+  return canonical(a, &ca) && canonical(b, &cb) && ca == cb;
 }
 
 // Compact JSON must be valid and must compact to itself.

@@ -289,6 +289,12 @@ TEST_CASE("ParseInputs copies every kind of value as written, without the whites
   CHECK(inputs[6].value == "null");
 }
 
+TEST_CASE("ParseInputs refuses a scalar value followed by junk (found by the fuzzer)", "[unit][request]") {
+  CHECK_THAT(InputsError("[{\"key\":\"a\",\"value\":123456:\"a}]"), Catch::Contains("at offset 26"));
+  CHECK_THAT(InputsError("[{\"key\":\"a\",\"value\":true\"x}]"), Catch::Contains("at offset"));
+  CHECK_THAT(InputsError("[{\"key\":\"a\",\"value\":\"s\"\"x}]"), Catch::Contains("at offset"));
+}
+
 TEST_CASE("ParseInputs refuses a value string that decodes to invalid UTF-8", "[unit][request]") {
   CHECK_THAT(InputsError("[{\"key\":\"a\",\"value\":\"\\udc00\"}]"),
              Catch::Contains("input[0].value: a string is not valid UTF-8"));
