@@ -3,6 +3,7 @@
 #include <rapidjson/error/en.h>
 #include <rapidjson/memorystream.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -137,6 +138,14 @@ size_t Utf8PrefixLength(const char* data, size_t size) {
   return size;
 }
 
+size_t JsonStringEnd(const char* data, size_t size, size_t at) {
+  size_t i = at + 1;
+  for (; i < size && data[i] != '"'; ++i) {
+    if (data[i] == '\\') ++i;
+  }
+  return std::min(i + 1, size);
+}
+
 void AppendWithoutSpace(const char* data, size_t size, std::string* out) {
   // Copies the runs between whitespace with one append each, so that text
   // without insignificant whitespace, the usual case, is one memcpy.
@@ -145,12 +154,7 @@ void AppendWithoutSpace(const char* data, size_t size, std::string* out) {
   while (i < size) {
     char c = data[i];
     if (c == '"') {
-      // Skip the string, escapes included, through its closing quote
-      // (bounded, though valid text always has one).
-      for (++i; i < size && data[i] != '"'; ++i) {
-        if (data[i] == '\\') ++i;
-      }
-      ++i;
+      i = JsonStringEnd(data, size, i);
     } else if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
       out->append(data + run, i - run);
       run = ++i;

@@ -42,6 +42,10 @@ class JsonCompactor {
   Parts* parts_;
 };
 
+// Returns the offset just past the JSON string that starts with the quote
+// at data[at], escapes included; at most size.
+size_t JsonStringEnd(const char* data, size_t size, size_t at);
+
 // Appends valid JSON text without the whitespace between its tokens.
 // REQUIRES: [data, data+size) is valid JSON (strings are not checked).
 void AppendWithoutSpace(const char* data, size_t size, std::string* out);

@@ -154,16 +154,11 @@ class InputsHandler {
   size_t ScalarEnd(size_t pos) const {
     const char* p = body_.c_str() + pos;
     while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') ++p;
-    if (*p == '"') {
-      for (++p; *p != '"'; ++p) {
-        if (*p == '\\') ++p;
-      }
-      ++p;
-    } else {
-      // A number, true, false or null. What follows it is not checked yet
-      // ("1:" fails only after this call), so stop at the token's end.
-      while (isalnum(static_cast<unsigned char>(*p)) || *p == '+' || *p == '-' || *p == '.') ++p;
-    }
+    size_t start = static_cast<size_t>(p - body_.c_str());
+    if (*p == '"') return JsonStringEnd(body_.data(), body_.size(), start);
+    // A number, true, false or null. What follows it is not checked yet
+    // ("1:" fails only after this call), so stop at the token's end.
+    while (isalnum(static_cast<unsigned char>(*p)) || *p == '+' || *p == '-' || *p == '.') ++p;
     return static_cast<size_t>(p - body_.c_str());
   }
 
