@@ -77,8 +77,6 @@ class WebhookClient {
     curl_easy_setopt(curl_, CURLOPT_NOSIGNAL, 1L);  // required with threads
     curl_easy_setopt(curl_, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(curl_, CURLOPT_TCP_NODELAY, 1L);
-    // Keys "." and ".." are path segments like any other, not dot-segments.
-    curl_easy_setopt(curl_, CURLOPT_PATH_AS_IS, 1L);
     curl_easy_setopt(curl_, CURLOPT_POST, 1L);
     curl_easy_setopt(curl_, CURLOPT_HTTPHEADER, &attempt_header_);
     if (!options.proxy_from_env) {
@@ -220,6 +218,18 @@ std::string FailureMessage(const CallResult& r, const JobOptions& options) {
   return message;
 }
 
+// Parses url for CURLOPT_CURLU; null if it cannot. A path's "." and ".."
+// segments are kept, not resolved: keys "." and ".." are path segments
+// like any other. libcurl never parses the URL of a CURLU again.
+CURLU* ParseUrl(const std::string& url) {
+  CURLU* parsed = curl_url();
+  if (parsed != nullptr && curl_url_set(parsed, CURLUPART_URL, url.c_str(), CURLU_PATH_AS_IS) != CURLUE_OK) {
+    curl_url_cleanup(parsed);
+    parsed = nullptr;
+  }
+  return parsed;
+}
+
 }  // namespace
 
 void AppendEscapedKey(const std::string& key, std::string* out) {
@@ -238,11 +248,9 @@ void AppendEscapedKey(const std::string& key, std::string* out) {
   }
 }
 
-WebhookUrls::WebhookUrls(const std::string& url) : url_(curl_url()) {
+WebhookUrls::WebhookUrls(const std::string& url) : url_(ParseUrl(url)) {
   char* path = nullptr;
-  // Like libcurl with CURLOPT_PATH_AS_IS: "." and ".." are not resolved.
-  ok_ = url_ != nullptr && curl_url_set(url_, CURLUPART_URL, url.c_str(), CURLU_PATH_AS_IS) == CURLUE_OK &&
-        curl_url_set(url_, CURLUPART_FRAGMENT, nullptr, 0) == CURLUE_OK &&
+  ok_ = url_ != nullptr && curl_url_set(url_, CURLUPART_FRAGMENT, nullptr, 0) == CURLUE_OK &&
         curl_url_get(url_, CURLUPART_PATH, &path, 0) == CURLUE_OK;
   if (ok_) {
     base_path_ = path;
@@ -449,11 +457,7 @@ void Dispatcher::RunWorker(const std::shared_ptr<Job>& job) {
 void Dispatcher::RunCallback(const std::shared_ptr<Job>& job) {
   const JobOptions& options = job->options();
   WebhookClient client(options_, *job, &job->removed());
-  std::unique_ptr<CURLU, void (*)(CURLU*)> url(curl_url(), curl_url_cleanup);
-  if (url != nullptr &&
-      curl_url_set(url.get(), CURLUPART_URL, options.callback_url.c_str(), CURLU_PATH_AS_IS) != CURLUE_OK) {
-    url.reset();
-  }
+  std::unique_ptr<CURLU, void (*)(CURLU*)> url(ParseUrl(options.callback_url), curl_url_cleanup);
   std::mt19937_64 rng(std::random_device{}());
   CallbackStatus status;
   while (!job->removed()) {

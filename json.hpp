@@ -66,13 +66,10 @@ bool JsonDepthWithin(const char* data, size_t size, int max_depth);
 size_t Utf8PrefixLength(const char* data, size_t size);
 inline bool IsValidUtf8(const char* data, size_t size) { return Utf8PrefixLength(data, size) == size; }
 
-// The RapidJSON reader flags pmmap parses untrusted JSON with: no recursion,
-// numbers kept as their text, UTF-8 validated.
-constexpr unsigned kUntrustedParseFlags = rapidjson::kParseIterativeFlag |
-                                         rapidjson::kParseNumbersAsStringsFlag |
-                                         rapidjson::kParseValidateEncodingFlag;
-// The same for text already checked with Utf8PrefixLength, which skips
-// ASCII eight bytes at a time where RapidJSON checks each character.
+// The RapidJSON reader flags pmmap parses untrusted JSON with, once
+// Utf8PrefixLength has checked its bytes (eight ASCII bytes at a time,
+// where RapidJSON would check each character): no recursion, numbers kept
+// as their text.
 constexpr unsigned kUtf8ParseFlags = rapidjson::kParseIterativeFlag |
                                      rapidjson::kParseNumbersAsStringsFlag;
 

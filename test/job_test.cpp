@@ -373,6 +373,36 @@ TEST_CASE("Job counters follow inputs from queued to in flight to finished", "[u
   CHECK(lines[1] == SuccessEntry("a", "1"));
 }
 
+TEST_CASE("Job's FinishAndTake and RetryAndTake store the outcome and hand over the next input",
+          "[unit][job]") {
+  TestJob t;
+  Job* job = t.job.get();
+  REQUIRE(job->Add(Batch({"a", "b"})).ok());
+  REQUIRE(job->Complete().ok());
+
+  Input input;
+  REQUIRE(job->Take(&input));
+  CHECK(input.key == "a");
+  // A retry that is due goes before the queue: "a" comes straight back.
+  REQUIRE(job->RetryAndTake(&input, milliseconds(0), false));
+  CHECK(input.key == "a");
+  CHECK(input.attempts == 2);
+  CHECK(Read(job).retries == 1);
+  REQUIRE(job->FinishAndTake(&input, SuccessEntry(input.key, "2"), true));
+  CHECK(input.key == "b");
+  CHECK(input.attempts == 1);
+  // The last outcome ends the job, so there is nothing more to take.
+  CHECK_FALSE(job->FinishAndTake(&input, SuccessEntry(input.key, "1"), true));
+  Counters c = Read(job);
+  CHECK(c.state == "done");
+  CHECK(c.outputs == 2);
+  CHECK(c.in_flight == 0);
+  std::vector<std::string> lines = Lines(ReadOutput(job, 0, UINT64_MAX, OutputReader::kNdjson));
+  REQUIRE(lines.size() == 2);
+  CHECK(lines[0] == SuccessEntry("a", "2"));
+  CHECK(lines[1] == SuccessEntry("b", "1"));
+}
+
 TEST_CASE("Job takes inputs in the order they were added, across batches", "[unit][job]") {
   TestJob t;
   REQUIRE(t.job->Add(Batch({"x", "y"})).ok());
