@@ -27,6 +27,8 @@
 #   BENCH_BIG_N           inputs of the memory run (default 1000000; 0 skips it)
 #   BENCH_CONCURRENCY     the concurrencies, e.g. "1 8 32 128" (the default)
 #   BENCH_WRK_SECONDS     length of each wrk run (default 3)
+#   BENCH_REPEAT          rounds of (bare loop, plain bare loop, pmmap) per
+#                         concurrency; the table shows medians (default 3)
 #   BENCH_BATCH, BENCH_MAXSIZE  inputs per PUT and the job's maxsize (default
 #                         1000 each; other values are for experiments only)
 #   BENCH_FEEDERS         PUT feeders per job, each a curl with one kept-alive
@@ -62,6 +64,7 @@ else
   CONCURRENCY=${BENCH_CONCURRENCY:-"1 8 32 128"}
 fi
 WRK_SECONDS=${BENCH_WRK_SECONDS:-3}
+REPEAT=${BENCH_REPEAT:-3}  # rounds of bare loops and pmmap per concurrency
 BATCH=${BENCH_BATCH:-1000}      # inputs per PUT
 MAXSIZE=${BENCH_MAXSIZE:-1000}  # the job's queue bound
 BIG_C=32       # concurrency of the memory run
@@ -78,10 +81,10 @@ fi
 log() { printf '%s\n' "$*" >&2; }
 die() { log "bench: $*"; exit 1; }
 
-for v in N BIG_N WRK_SECONDS BATCH MAXSIZE QUIET_WAIT FEEDERS; do
+for v in N BIG_N WRK_SECONDS BATCH MAXSIZE QUIET_WAIT FEEDERS REPEAT; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, not '${!v}'"
 done
-(( BATCH >= 1 && MAXSIZE >= 1 )) || die "BENCH_BATCH and BENCH_MAXSIZE must be at least 1"
+(( BATCH >= 1 && MAXSIZE >= 1 && REPEAT >= 1 )) || die "BENCH_BATCH, BENCH_MAXSIZE and BENCH_REPEAT must be at least 1"
 (( FEEDERS >= 1 && FEEDERS <= (N + BATCH - 1) / BATCH )) ||
   die "BENCH_FEEDERS must be from 1 to the number of PUTs ($(( (N + BATCH - 1) / BATCH )))"
 for c in $CONCURRENCY; do
@@ -152,6 +155,16 @@ free_port() {
 
 # awk arithmetic: calc 'a / b' (prints with the given format, default %.0f)
 calc() { awk "BEGIN { printf \"${2:-%.0f}\", $1 }"; }
+
+# The median and the maximum of the numbers among the arguments ("NA" and
+# "FAIL" are skipped; NA if none is left).
+median() {
+  printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g |
+    awk '{ a[NR] = $1 } END { if (NR) print a[int((NR + 1) / 2)]; else print "NA" }'
+}
+maximum() {
+  printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g | tail -1 | grep . || echo NA
+}
 
 # CPU seconds (utime + stime) of a live process.
 cpu_seconds() {
@@ -594,26 +607,36 @@ for c in $CONCURRENCY; do
   wait_quiet "wrk -c$c"
   wrk_rps "$c"
   WRK[$c]=$W_RPS
-  log "bench: concurrency $c: bare loop"
-  wait_quiet "bare_loop -c$c"
-  bare_rps "$c" "$N" contract
-  BARE[$c]=$B_RPS
-  log "bench: concurrency $c: bare loop without pmmap's headers"
-  wait_quiet "bare_loop -c$c plain"
-  bare_rps "$c" "$N" plain
-  PLAIN[$c]=$B_RPS
-  log "bench: concurrency $c: pmmap"
-  wait_quiet "pmmap -c$c"
-  run_pmmap "c$c" "$c" "$N" "$TMP/batches-main" || true
-  IPS[$c]=$R_IPS RSS[$c]=$R_RSS CPUK[$c]=$R_CPU_PER_K SECS[$c]=$R_SECONDS PUTMS[$c]=$R_PUT_MS
+  # The bare loops and pmmap take turns REPEAT times; the table shows the
+  # medians, so that one unlucky run moves no ratio.
+  round_bare= round_plain= round_ips= round_rss= round_cpuk= round_putms=
+  for ((r = 1; r <= REPEAT; r++)); do
+    log "bench: concurrency $c, round $r of $REPEAT: bare loop, bare loop without pmmap's headers, pmmap"
+    wait_quiet "bare_loop -c$c"
+    bare_rps "$c" "$N" contract
+    round_bare+=" $B_RPS"
+    round_bare_rps=$B_RPS
+    wait_quiet "bare_loop -c$c plain"
+    bare_rps "$c" "$N" plain
+    round_plain+=" $B_RPS"
+    wait_quiet "pmmap -c$c"
+    run_pmmap "c$c" "$c" "$N" "$TMP/batches-main" || true
+    round_ips+=" $R_IPS" round_rss+=" $R_RSS" round_cpuk+=" $R_CPU_PER_K" round_putms+=" $R_PUT_MS"
+    echo "concurrency $c, round $r: bare loop $round_bare_rps req/s ($B_RPS without pmmap's headers), pmmap $R_IPS inputs/s"
+    echo "  pmmap: $R_DETAIL"
+  done
+  BARE[$c]=$(median $round_bare) PLAIN[$c]=$(median $round_plain)
+  IPS[$c]=$(median $round_ips) CPUK[$c]=$(median $round_cpuk) PUTMS[$c]=$(median $round_putms)
+  RSS[$c]=$(maximum $round_rss)
+  R_IPS=${IPS[$c]}
   RATIO_BARE[$c]=NA RATIO_PLAIN[$c]=NA RATIO_WRK[$c]=NA
   if [[ $R_IPS =~ ^[0-9]+$ ]]; then
     [[ ${BARE[$c]} =~ ^[0-9]+$ ]] && RATIO_BARE[$c]=$(calc "$R_IPS / ${BARE[$c]}" %.2f)
     [[ ${PLAIN[$c]} =~ ^[0-9]+$ ]] && RATIO_PLAIN[$c]=$(calc "$R_IPS / ${PLAIN[$c]}" %.2f)
     [[ ${WRK[$c]} =~ ^[0-9]+$ ]] && RATIO_WRK[$c]=$(calc "$R_IPS / ${WRK[$c]}" %.2f)
   fi
-  echo "concurrency $c: wrk ${WRK[$c]} req/s, bare loop ${BARE[$c]} req/s (${PLAIN[$c]} without pmmap's headers), pmmap ${IPS[$c]} inputs/s"
-  echo "  pmmap: $R_DETAIL"
+  echo "concurrency $c, medians of $REPEAT: wrk ${WRK[$c]} req/s, bare loop ${BARE[$c]} req/s (${PLAIN[$c]} without pmmap's headers), pmmap ${IPS[$c]} inputs/s"
+  echo "  bare loop:$round_bare; plain:$round_plain; pmmap:$round_ips"
 done
 
 # PUT /input alone: N inputs into a job whose queue never fills (maxsize
