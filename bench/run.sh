@@ -453,41 +453,54 @@ run_pmmap() {
   local busy0 busy1
   busy0=$(machine_busy_seconds)
 
-  # The feeders' configs, read before the clock starts; the job's id is
-  # filled in with bash alone, since a sed costs a few milliseconds.
-  local templates=() k
+  # Every client is started before the clock, reading its config from a
+  # FIFO that is written once the job's id is known, so that what is timed
+  # is pmmap and the requests, not the start of curl processes (a few ms
+  # each). The job's id is filled in with bash alone, not sed, likewise.
+  local templates=() feeders=() k post complete config
   for ((k = 0; k < FEEDERS; k++)); do templates+=("$(<"$batches.feed.$k")"); done
+  printf '{"url":"%s","concurrency":%s,"maxsize":%s}' "$HOOK" "$c" "$MAXSIZE" >"$dir/job.json"
+  mkfifo "$dir/post.fifo" "$dir/get.fifo"
+  "${CLIENT[@]}" curl --config "$dir/post.fifo" >"$dir/post.out" 2>&1 </dev/null &
+  post=$!
+  STARTED[$post]=post
+  for ((k = 0; k < FEEDERS; k++)); do
+    mkfifo "$dir/feed.fifo.$k"
+    "${CLIENT[@]}" curl --config "$dir/feed.fifo.$k" >"$dir/feed.out.$k" 2>"$dir/feed.err.$k" </dev/null &
+    feeders+=($!)
+    STARTED[$!]=feeder
+  done
+  "${CLIENT[@]}" curl --config "$dir/get.fifo" </dev/null >"$dir/get.out" 2>&1 &
+  get=$!
+  STARTED[$get]=get
 
   # The timed part: POST /job ... last byte of GET /output.
   t0=$EPOCHREALTIME
-  job=$(curl -sS --max-time 30 -X POST -H 'Content-Type: application/json' \
-    --data-binary "{\"url\":\"$HOOK\",\"concurrency\":$c,\"maxsize\":$MAXSIZE}" "$api/job") || job=
+  printf 'silent\nshow-error\nmax-time = 30\nrequest = "POST"\nheader = "Content-Type: application/json"\ndata-binary = "@%s"\nurl = "%s/job"\n' \
+    "$dir/job.json" "$api" >"$dir/post.fifo"
+  wait "$post" || true
+  forget "$post"
+  job=$(<"$dir/post.out")
   if [[ $job =~ ^\{\"id\":\"([^\"]*)\" ]]; then job=${BASH_REMATCH[1]}; else job=; fi
   if [[ -z $job ]]; then
-    fail "POST /job ($label) failed"
-    stop_pid "$pid"
+    fail "POST /job ($label) failed: $(<"$dir/post.out")"
+    for k in "${feeders[@]}" "$get" "$pid"; do stop_pid "$k"; done
     return 1
   fi
   # The feeders PUT while the job runs (a PUT blocks while the queue is
   # full); GET /output waits for the end. A single feeder says complete
   # itself, over its connection, as a client would; several feeders are
   # followed by a curl of its own.
-  local feeders=() complete config
   for ((k = 0; k < FEEDERS; k++)); do
     config=${templates[k]//@API@/$api}
     config=${config//@JOB@/$job}
     if (( FEEDERS == 1 )); then
       config+=$'\nnext\nurl = "'"$api/job/$job/complete"$'"\nrequest = "POST"\noutput = "/dev/null"\nwrite-out = "%{stderr}complete %{http_code}\\n"'
     fi
-    printf '%s\n' "$config" >"$dir/feed.cfg.$k"
-    "${CLIENT[@]}" curl --config "$dir/feed.cfg.$k" >"$dir/feed.out.$k" 2>"$dir/feed.err.$k" </dev/null &
-    feeders+=($!)
-    STARTED[$!]=feeder
+    printf '%s\n' "$config" >"$dir/feed.fifo.$k"
   done
-  "${CLIENT[@]}" curl -sS --max-time 1800 -o "$dir/output.json" -w '%{http_code} %{size_download}' \
-    "$api/job/$job/output" </dev/null >"$dir/get.out" 2>&1 &
-  get=$!
-  STARTED[$get]=get
+  printf 'silent\nshow-error\nmax-time = 1800\noutput = "%s"\nwrite-out = "%%{http_code} %%{size_download}"\nurl = "%s"\n' \
+    "$dir/output.json" "$api/job/$job/output" >"$dir/get.fifo"
   rc=0
   for k in "${feeders[@]}"; do
     wait "$k" || rc=$?
