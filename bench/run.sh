@@ -250,7 +250,10 @@ make_feed_template() {
       echo 'url = "@API@/job/@JOB@/input"'
       echo 'request = "PUT"'
       echo 'header = "Content-Type: application/json"'
-      echo "data-binary = \"@$f\""
+      # upload-file streams the file during its PUT; data-binary = "@file"
+      # would read all the batches into memory before the first request,
+      # inside the timed part.
+      echo "upload-file = \"$f\""
       echo 'output = "/dev/null"'
       echo 'write-out = "%{http_code} %{num_connects} %{time_total}\n"'
       echo 'max-time = 900'
@@ -460,6 +463,7 @@ run_pmmap() {
   local templates=() feeders=() k post complete config
   for ((k = 0; k < FEEDERS; k++)); do templates+=("$(<"$batches.feed.$k")"); done
   printf '{"url":"%s","concurrency":%s,"maxsize":%s}' "$HOOK" "$c" "$MAXSIZE" >"$dir/job.json"
+  rm -f "$dir"/*.fifo*  # left by the previous round
   mkfifo "$dir/post.fifo" "$dir/get.fifo"
   "${CLIENT[@]}" curl --config "$dir/post.fifo" >"$dir/post.out" 2>&1 </dev/null &
   post=$!
