@@ -13,6 +13,9 @@ WARNINGS := -Wall -Wextra -Werror
 HTTPLIB_CFLAGS := -DCPPHTTPLIB_OPENSSL_SUPPORT -DCPPHTTPLIB_ZLIB_SUPPORT -DCPPHTTPLIB_BROTLI_SUPPORT
 ALL_CXXFLAGS = -std=c++17 $(WARNINGS) $(HTTPLIB_CFLAGS) -pthread -MMD -MP $(CXXFLAGS) $(EXTRA_CXXFLAGS)
 LIBS := -lcpp-httplib -lcurl -lssl -lcrypto -pthread
+# Symbols are bound at start-up, not lazily on each one's first call inside
+# a job's first webhook calls; the bound table is then made read-only.
+LDFLAGS := -Wl,-z,relro,-z,now
 
 # Compiles run in parallel, one job a core.
 JOBS := $(shell nproc)
@@ -67,10 +70,10 @@ $(BUILD)/%.o: %.cpp
 	$(CXX) $(ALL_CXXFLAGS) -I. -c $< -o $@
 
 $(PMMAP): $(BUILD)/pmmap.o $(LIB_OBJECTS)
-	$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(LIBS)
+	$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(LDFLAGS) $(LIBS)
 
 $(PMMAP_TEST): $(TEST_OBJECTS) $(LIB_OBJECTS)
-	$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(LIBS)
+	$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(LDFLAGS) $(LIBS)
 
 run: deps
 	$(MAKE) -j$(JOBS) $(PMMAP)
@@ -119,7 +122,7 @@ soak: deps
 	$(BUILD)/soak --pmmap ./$(PMMAP) --seconds $(SOAK_SECONDS)
 
 $(BUILD)/soak: $(BUILD)/test/soak.o
-	$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(LIBS)
+	$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(LDFLAGS) $(LIBS)
 
 demo: deps
 	$(MAKE) $(PMMAP)

@@ -422,7 +422,15 @@ bool Job::TakeLocked(std::unique_lock<std::mutex>* lock, Input* input) {
   for (;;) {
     if (stopped_ != StopReason::kNone || state_ == JobState::kCancelled) break;
     if (pending() == 0 && state_ != JobState::kOpen && adders_ == 0) break;
+    // The common case needs no clock: no retry waits, no pause, no rate
+    // limit, so the lock is held for less time.
+    if (delayed_.empty() && !queue_.empty() && paused_until_ == Clock::time_point() &&
+        options_.rate_per_sec <= 0) {
+      TakeFromQueue(input);
+      return true;
+    }
     Clock::time_point now = Clock::now();
+    if (paused_until_ <= now) paused_until_ = Clock::time_point();  // over: back to the fast path
     Clock::time_point wake = Clock::time_point::max();
     bool retry_due = !delayed_.empty() && delayed_.front().not_before <= now;
     if (!delayed_.empty() && !retry_due) wake = delayed_.front().not_before;
@@ -433,19 +441,10 @@ bool Job::TakeLocked(std::unique_lock<std::mutex>* lock, Input* input) {
         std::pop_heap(delayed_.begin(), delayed_.end(), LaterFirst);
         *input = std::move(delayed_.back());
         delayed_.pop_back();
+        StartFlight(input);
       } else {
-        *input = std::move(queue_.front());
-        queue_.pop_front();
-        // Wake a blocked Add only once a quarter of the queue is free, so
-        // that it queues inputs in runs rather than one per wakeup.
-        size_t maxsize = static_cast<size_t>(options_.maxsize);
-        if (adders_ > 0 && queue_.size() + std::max<size_t>(1, maxsize / 4) <= maxsize) {
-          room_cv_.notify_all();
-        }
+        TakeFromQueue(input);
       }
-      ++input->attempts;
-      input->in_flight_slot = in_flight_.size();
-      in_flight_.push_back(input);
       return true;
     }
     if (wake == Clock::time_point::max()) {
@@ -456,6 +455,24 @@ bool Job::TakeLocked(std::unique_lock<std::mutex>* lock, Input* input) {
   }
   --workers_;
   return false;
+}
+
+void Job::TakeFromQueue(Input* input) {
+  *input = std::move(queue_.front());
+  queue_.pop_front();
+  // Wake a blocked Add only once a quarter of the queue is free, so that it
+  // queues inputs in runs rather than one per wakeup.
+  size_t maxsize = static_cast<size_t>(options_.maxsize);
+  if (adders_ > 0 && queue_.size() + std::max<size_t>(1, maxsize / 4) <= maxsize) {
+    room_cv_.notify_all();
+  }
+  StartFlight(input);
+}
+
+void Job::StartFlight(Input* input) {
+  ++input->attempts;
+  input->in_flight_slot = in_flight_.size();
+  in_flight_.push_back(input);
 }
 
 bool Job::EndFlight(Input* input) {
@@ -496,7 +513,9 @@ void Job::WriteEntry(const std::string& entry) {
   if (outputs_ % kIndexStride == 0 && outputs_ / kIndexStride >= index_.size()) {
     index_.push_back(file_bytes_);
   }
-  if ((fwrite(entry.data(), 1, entry.size(), file_) != entry.size() || fputc('\n', file_) == EOF) &&
+  // Unlocked stdio: mutex_ already serialises every use of file_.
+  if ((fwrite_unlocked(entry.data(), 1, entry.size(), file_) != entry.size() ||
+       fputc_unlocked('\n', file_) == EOF) &&
       write_error_.empty()) {
     write_error_ = strerror(errno);
   }

@@ -213,6 +213,10 @@ class Job : public std::enable_shared_from_this<Job> {
   bool TakeLocked(std::unique_lock<std::mutex>* lock, Input* input);
   void FinishLocked(Input* input, const std::string& entry, bool success);
   void RetryLocked(Input* input, Clock::duration delay, bool pause_job);
+  // Moves the queue's first input into *input and counts it in flight.
+  void TakeFromQueue(Input* input);
+  // Counts *input, just taken, in flight.
+  void StartFlight(Input* input);
   // Removes input from in_flight_; false if it was not there.
   bool EndFlight(Input* input);
   void WriteEntry(const std::string& entry);
