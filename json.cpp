@@ -73,7 +73,163 @@ size_t Utf8SequenceLength(const unsigned char* p, size_t n) {
   return len;
 }
 
+bool IsDigit(char c) { return c >= '0' && c <= '9'; }
+
+bool IsHexDigit(char c) {
+  return IsDigit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+constexpr uint64_t kEveryByte = 0x0101010101010101ULL;
+
+// True if a byte of word is below n, which is at most 0x80: the classic bit
+// trick, exact as to whether any byte is (a borrow may mark more bytes, but
+// only above one that is).
+bool HasByteBelow(uint64_t word, unsigned char n) {
+  return ((word - kEveryByte * n) & ~word & (kEveryByte * 0x80)) != 0;
+}
+
+// True if a byte of word is c.
+bool HasByte(uint64_t word, char c) {
+  return HasByteBelow(word ^ (kEveryByte * static_cast<unsigned char>(c)), 1);
+}
+
+// Returns the end of the JSON string that starts with the quote at p, or
+// nullptr (see SkipJsonValue).
+const char* SkipString(const char* p, const char* end) {
+  for (++p; p < end; ++p) {
+    // Skip eight plain bytes at a time: none a quote, a backslash or a
+    // control character.
+    uint64_t word;
+    while (end - p >= 8 && (memcpy(&word, p, 8), !HasByteBelow(word, 0x20)) &&
+           !HasByte(word, '"') && !HasByte(word, '\\')) {
+      p += 8;
+    }
+    if (p == end) break;
+    unsigned char c = static_cast<unsigned char>(*p);
+    if (c == '"') return p + 1;
+    if (c < 0x20) return nullptr;
+    if (c != '\\') continue;
+    if (++p == end) return nullptr;
+    switch (*p) {
+      case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
+        break;
+      case 'u':
+        if (end - p < 5 || !IsHexDigit(p[1]) || !IsHexDigit(p[2]) || !IsHexDigit(p[3]) ||
+            !IsHexDigit(p[4])) {
+          return nullptr;
+        }
+        // U+D800..U+DFFF: a surrogate, whose pairing only decoding can judge.
+        if ((p[1] == 'd' || p[1] == 'D') && !(p[2] >= '0' && p[2] <= '7')) return nullptr;
+        p += 4;
+        break;
+      default:
+        return nullptr;
+    }
+  }
+  return nullptr;
+}
+
+// Returns the end of the JSON number at p, or nullptr. RapidJSON refuses
+// numbers too large for a double even when it keeps them as text (over 308
+// integer digits, or a positive exponent over 308): those with more than
+// 300 integer digits or a positive exponent of three digits are left to it.
+const char* SkipNumber(const char* p, const char* end) {
+  if (p < end && *p == '-') ++p;
+  if (p == end || !IsDigit(*p)) return nullptr;
+  if (*p == '0') {
+    ++p;
+  } else {
+    const char* digits = p;
+    while (p < end && IsDigit(*p)) ++p;
+    if (p - digits > 300) return nullptr;
+  }
+  if (p < end && *p == '.') {
+    if (++p == end || !IsDigit(*p)) return nullptr;
+    while (p < end && IsDigit(*p)) ++p;
+  }
+  if (p < end && (*p == 'e' || *p == 'E')) {
+    ++p;
+    bool negative = p < end && *p == '-';
+    if (p < end && (*p == '+' || *p == '-')) ++p;
+    const char* digits = p;
+    while (p < end && IsDigit(*p)) ++p;
+    if (p == digits || (!negative && p - digits > 2)) return nullptr;
+  }
+  return p;
+}
+
+// Returns the end of the literal word at p, or nullptr if it is not there.
+const char* SkipWord(const char* p, const char* end, const char* word, size_t size) {
+  if (static_cast<size_t>(end - p) < size || memcmp(p, word, size) != 0) return nullptr;
+  return p + size;
+}
+
 }  // namespace
+
+const char* SkipJsonValue(const char* p, const char* end, int max_depth, bool* has_space) {
+  // The closing bracket of each array and object still open, innermost last.
+  char closers[kMaxJsonDepth];
+  if (max_depth > kMaxJsonDepth) max_depth = kMaxJsonDepth;
+  int depth = 0;
+  bool want_key = false;  // an object's member name comes next, not a value
+  bool spaced = false;
+  auto skip_space = [&](const char* q) {
+    const char* r = SkipJsonSpace(q, end);
+    spaced |= r != q;
+    return r;
+  };
+  p = SkipJsonSpace(p, end);  // before the value: not inside it
+  for (;;) {
+    p = skip_space(p);
+    if (p == end) return nullptr;
+    if (want_key) {
+      if (*p != '"' || (p = SkipString(p, end)) == nullptr) return nullptr;
+      p = skip_space(p);
+      if (p == end || *p != ':') return nullptr;
+      p = skip_space(p + 1);
+      if (p == end) return nullptr;
+      want_key = false;
+    }
+    switch (*p) {
+      case '[':
+      case '{': {
+        if (depth == max_depth) return nullptr;
+        char closer = *p == '[' ? ']' : '}';
+        p = skip_space(p + 1);
+        if (p < end && *p == closer) {
+          ++p;  // empty
+          break;
+        }
+        closers[depth++] = closer;
+        want_key = closer == '}';
+        continue;
+      }
+      case '"': p = SkipString(p, end); break;
+      case 't': p = SkipWord(p, end, "true", 4); break;
+      case 'f': p = SkipWord(p, end, "false", 5); break;
+      case 'n': p = SkipWord(p, end, "null", 4); break;
+      default: p = SkipNumber(p, end); break;
+    }
+    if (p == nullptr) return nullptr;
+    // A value has ended: close what it ends, then expect the next one.
+    for (;;) {
+      if (depth == 0) {
+        if (has_space != nullptr) *has_space = spaced;
+        return p;
+      }
+      p = skip_space(p);
+      if (p == end) return nullptr;
+      if (*p == ',') {
+        ++p;
+        want_key = closers[depth - 1] == '}';
+        break;
+      }
+      if (*p != closers[depth - 1]) return nullptr;
+      ++p;
+      --depth;
+    }
+  }
+}
 
 struct JsonCompactor::Parts {
   rapidjson::Reader reader;
@@ -90,6 +246,19 @@ bool JsonCompactor::Append(const char* data, size_t size, std::string* out, std:
     if (error != nullptr) *error = "invalid UTF-8 at offset " + std::to_string(valid);
     return false;
   }
+  const char* end = data + size;
+  bool has_space;
+  const char* value_end = SkipJsonValue(data, end, kMaxJsonDepth, &has_space);
+  if (value_end != nullptr && SkipJsonSpace(value_end, end) == end) {
+    if (has_space) {
+      AppendWithoutSpace(data, size, out);
+    } else {
+      const char* start = SkipJsonSpace(data, end);
+      out->append(start, value_end - start);
+    }
+    return true;
+  }
+  // Invalid, or valid in a way SkipJsonValue leaves to RapidJSON.
   CheckHandler& handler = parts_->handler;
   handler.Reset();
   rapidjson::MemoryStream stream(data, size);

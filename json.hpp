@@ -42,6 +42,26 @@ class JsonCompactor {
   Parts* parts_;
 };
 
+// Returns p advanced past any JSON whitespace, at most to end.
+inline const char* SkipJsonSpace(const char* p, const char* end) {
+  while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) ++p;
+  return p;
+}
+
+// Checks the syntax of the JSON value that starts at p (after any
+// whitespace) without decoding it, several times faster than RapidJSON, and
+// returns the end of the value. Returns nullptr if the value is not valid
+// JSON, nests more than max_depth arrays and objects, holds a \u escape of
+// a surrogate (judging it takes decoding) or a number that RapidJSON may
+// find too large for a double. So it may refuse valid JSON
+// but never accepts invalid: callers fall back to RapidJSON, which gives
+// the verdict and says what is wrong. If has_space is not null, it is set
+// to whether there is whitespace between the value's tokens: if not, the
+// value's text is already compact.
+// REQUIRES: [p, end) is valid UTF-8.
+const char* SkipJsonValue(const char* p, const char* end, int max_depth,
+                          bool* has_space = nullptr);
+
 // Returns the offset just past the JSON string that starts with the quote
 // at data[at], escapes included; at most size.
 size_t JsonStringEnd(const char* data, size_t size, size_t at);

@@ -8,6 +8,7 @@
 #include <cctype>
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <set>
 
 #include "json.hpp"
@@ -329,7 +330,72 @@ Status ParseJobOptions(const std::string& body, JobOptions* options) {
   return Status::OK();
 }
 
+bool ParseInputsFast(const std::string& body, std::vector<Input>* inputs) {
+  const char* p = body.data();
+  const char* end = p + body.size();
+  std::vector<Input> parsed;
+  p = SkipJsonSpace(p, end);
+  if (p == end || *p != '[') return false;
+  // The list and the input object are two levels above a value.
+  const int max_value_depth = kMaxJsonDepth - 2;
+  for (;;) {
+    p = SkipJsonSpace(p + 1, end);  // past '[' or ','
+    if (p == end || *p != '{') return false;
+    Input& input = parsed.emplace_back();
+    bool have_key = false;
+    bool have_value = false;
+    for (;;) {
+      p = SkipJsonSpace(p + 1, end);  // past '{' or ','
+      if (end - p >= 6 && memcmp(p, "\"key\"", 5) == 0 && !have_key) {
+        p = SkipJsonSpace(p + 5, end);
+        if (p == end || *p != ':') return false;
+        p = SkipJsonSpace(p + 1, end);
+        if (p == end || *p != '"') return false;
+        // A key without escapes is its own text; others take decoding.
+        const char* key = ++p;
+        while (p < end && *p != '"' && *p != '\\' && static_cast<unsigned char>(*p) >= 0x20) ++p;
+        if (p == end || *p != '"' || p == key || static_cast<size_t>(p - key) > kMaxKeyBytes) {
+          return false;
+        }
+        input.key.assign(key, p - key);
+        ++p;
+        have_key = true;
+      } else if (end - p >= 8 && memcmp(p, "\"value\"", 7) == 0 && !have_value) {
+        p = SkipJsonSpace(p + 7, end);
+        if (p == end || *p != ':') return false;
+        const char* value = SkipJsonSpace(p + 1, end);
+        bool has_space;
+        p = SkipJsonValue(value, end, max_value_depth, &has_space);
+        if (p == nullptr) return false;
+        if (has_space) {
+          AppendWithoutSpace(value, p - value, &input.value);
+        } else {
+          input.value.assign(value, p - value);
+        }
+        have_value = true;
+      } else {
+        return false;
+      }
+      p = SkipJsonSpace(p, end);
+      if (p == end || (*p != ',' && *p != '}')) return false;
+      if (*p == '}') break;
+    }
+    if (!have_key || !have_value) return false;
+    p = SkipJsonSpace(p + 1, end);  // past '}'
+    if (p == end || (*p != ',' && *p != ']')) return false;
+    if (*p == ']') break;
+  }
+  if (SkipJsonSpace(p + 1, end) != end) return false;
+  *inputs = std::move(parsed);
+  return true;
+}
+
 Status ParseInputs(const std::string& body, std::vector<Input>* inputs) {
+  if (IsValidUtf8(body.data(), body.size()) && ParseInputsFast(body, inputs)) return Status::OK();
+  return ParseInputsFully(body, inputs);
+}
+
+Status ParseInputsFully(const std::string& body, std::vector<Input>* inputs) {
   if (body.empty()) return Status::Invalid("the body is empty: expected [{\"key\": ..., \"value\": ...}, ...]");
   size_t valid = Utf8PrefixLength(body.data(), body.size());
   if (valid < body.size()) {

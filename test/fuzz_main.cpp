@@ -2,7 +2,8 @@
 // picks the parser, the rest is its input. Besides crashes and sanitizer
 // reports, it checks properties that must hold for any input: compact JSON
 // is valid, means what the text it came from means, and compacts to itself;
-// and a reply kept as a string is valid JSON.
+// a reply kept as a string is valid JSON; and the fast parsers accept only
+// what RapidJSON accepts, with the same result.
 
 #include <rapidjson/document.h>
 #include <rapidjson/stringbuffer.h>
@@ -91,6 +92,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           CheckCompact(in.value);
         }
       }
+      // The fast parser accepts only what the full one accepts, as the same inputs.
+      std::vector<Input> fast;
+      if (IsValidUtf8(input.data(), input.size()) && ParseInputsFast(input, &fast)) {
+        std::vector<Input> full;
+        if (!ParseInputsFully(input, &full).ok() || full.size() != fast.size()) abort();
+        for (size_t i = 0; i < full.size(); ++i) {
+          if (full[i].key != fast[i].key || full[i].value != fast[i].value) abort();
+        }
+      }
       break;
     }
     case 2: {  // the query of GET /job/{id}/output
@@ -101,6 +111,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     case 3: {  // a webhook's reply, stored as JSON or as a string
       std::string value;
       std::string error;
+      // The fast check accepts only what RapidJSON accepts.
+      const char* end = input.data() + input.size();
+      const char* value_end = IsValidUtf8(input.data(), input.size())
+                                  ? SkipJsonValue(input.data(), end, kMaxJsonDepth)
+                                  : nullptr;
+      if (value_end != nullptr && SkipJsonSpace(value_end, end) == end &&
+          (!ValidJson(input) || !JsonDepthWithin(input.data(), input.size(), kMaxJsonDepth))) {
+        abort();
+      }
       if (AppendCompactJson(input.data(), input.size(), &value, &error)) {
         CheckCompact(value);
         if (!SameJson(input, value)) abort();

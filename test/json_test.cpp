@@ -7,6 +7,8 @@
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "json.hpp"
 
@@ -212,6 +214,128 @@ TEST_CASE("AppendCompactJson refuses 100000 open brackets without crashing", "[u
   CHECK_THAT(c.error, Catch::Contains("nested deeper"));
   Compacted closed = Compact(Nested(100000));
   CHECK_FALSE(closed.ok);
+}
+
+// SkipJsonValue
+
+namespace {
+
+// Where SkipJsonValue says the value at the start of text ends: its offset,
+// or -1 when it refuses the text.
+long SkipEnd(const std::string& text, int max_depth = kMaxJsonDepth) {
+  const char* end = SkipJsonValue(text.data(), text.data() + text.size(), max_depth);
+  return end == nullptr ? -1 : static_cast<long>(end - text.data());
+}
+
+}  // namespace
+
+TEST_CASE("SkipJsonValue finds the end of every kind of valid value", "[unit][json]") {
+  // Each value, then what follows it, which is not SkipJsonValue's concern.
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"0", ""},
+      {"-0", " "},
+      {" 12.50e-7", ","},
+      {"1E+2", "]"},
+      {"0", "1"},
+      {"true", " x"},
+      {"false", ""},
+      {"null", "}"},
+      {"\"\"", ""},
+      {"\"a \\\" \\\\ \\/ \\b \\f \\n \\r \\t \\u00e9 \\uFFFF \xC3\xA9\"", " tail"},
+      {"[]", "]"},
+      {"{ }", ""},
+      {"[ 1 , [ ] , { \"a\" : { \"b\" : [ null ] } } ]", " 5"},
+      {"{\"k\":1,\"k\":2}", ""},
+      {"\n\t\r [1]", "\n"},
+  };
+  for (const auto& c : cases) {
+    INFO("value: " << c.first << ", then: " << c.second);
+    CHECK(SkipEnd(c.first + c.second) == static_cast<long>(c.first.size()));
+    // Everything it accepts, RapidJSON accepts too.
+    CHECK(IsValidJson(c.first));
+  }
+}
+
+TEST_CASE("SkipJsonValue finds a string's quote, escape or control byte at every offset",
+          "[unit][json]") {
+  // Strings are scanned eight bytes at a time: put each kind of byte the
+  // scan must stop at in every position of a word, after ASCII and UTF-8.
+  for (const std::string& filler : {std::string("a"), std::string("\xC3\xA9")}) {
+    for (int n = 0; n < 20; ++n) {
+      std::string before;
+      for (int i = 0; i < n; ++i) before += filler;
+      INFO("filler " << filler << " x" << n);
+      std::string plain = "\"" + before + "\"";
+      CHECK(SkipEnd(plain + "xxxxxxxxxx") == static_cast<long>(plain.size()));
+      std::string escaped = "\"" + before + "\\\"" + before + "\"";
+      CHECK(SkipEnd(escaped + "xxxxxxxxxx") == static_cast<long>(escaped.size()));
+      CHECK(SkipEnd("\"" + before + "\x1F" + before + "\"xxxxxxxxxx") == -1);
+      CHECK(SkipEnd("\"" + before + "\\x" + before + "\"xxxxxxxxxx") == -1);
+      CHECK(SkipEnd("\"" + before + "xxxxxxxx") == -1);
+    }
+  }
+}
+
+TEST_CASE("SkipJsonValue says whether whitespace separates the value's tokens", "[unit][json]") {
+  auto has_space = [](const std::string& text) {
+    bool spaced = false;
+    REQUIRE(SkipJsonValue(text.data(), text.data() + text.size(), kMaxJsonDepth, &spaced) !=
+            nullptr);
+    return spaced;
+  };
+  // Around the value, or inside its strings, whitespace does not count.
+  CHECK_FALSE(has_space(" \n[1,{\"a b\":\" c \"},[]] \n"));
+  CHECK_FALSE(has_space(" 12 "));
+  CHECK(has_space("[1, 2]"));
+  CHECK(has_space("{\"a\" :1}"));
+  CHECK(has_space("{\"a\": 1}"));
+  CHECK(has_space("[\n]"));
+  CHECK(has_space("[[1] ]"));
+}
+
+TEST_CASE("SkipJsonValue refuses invalid JSON that RapidJSON refuses", "[unit][json]") {
+  for (const std::string text :
+       {"", " ", "[", "[1,]", "[1 2]", "[}", "{]", "{\"a\"}", "{\"a\":}", "{\"a\":1,}", "{1:2}",
+        "{a:1}", "-", "-a", "1.", ".5", "1e", "1e+", "+1", "tru", "nul", "False", "NaN",
+        "Infinity", "\"abc", "\"a\x01\"", "\"\\x\"", "\"\\u12g4\"", "\"\\u123\"", "'a'",
+        "[1,[2]", "{\"a\":[}"}) {
+    INFO("text: " << text);
+    CHECK_FALSE(IsValidJson(text));
+    CHECK(SkipEnd(text) == -1);
+  }
+  CHECK(SkipEnd(std::string("[1,\0]", 5)) == -1);
+  CHECK(SkipEnd(std::string("\"a\0\"", 4)) == -1);
+}
+
+TEST_CASE("SkipJsonValue leaves surrogate escapes, huge numbers and deep nesting to RapidJSON",
+          "[unit][json]") {
+  // A valid surrogate pair and a lone surrogate both take decoding to judge.
+  CHECK(SkipEnd("\"\\ud83d\\ude00\"") == -1);
+  CHECK(SkipEnd("\"\\uDC00\"") == -1);
+  CHECK(SkipEnd("\"\\ud7ff \\ue000\"") == 15);
+  // RapidJSON refuses numbers too large for a double, even kept as text.
+  CHECK(SkipEnd("1e99") == 4);
+  CHECK(SkipEnd("1e-999") == 6);
+  CHECK(SkipEnd("1e100") == -1);
+  CHECK(SkipEnd(std::string(300, '9')) == 300);
+  CHECK(SkipEnd(std::string(301, '9')) == -1);
+  CHECK(SkipEnd(Nested(kMaxJsonDepth, "1")) == 2 * kMaxJsonDepth + 1);
+  CHECK(SkipEnd(Nested(kMaxJsonDepth + 1, "1")) == -1);
+  CHECK(SkipEnd(Nested(3, "1"), 2) == -1);
+  CHECK(SkipEnd(std::string(100000, '[')) == -1);
+}
+
+TEST_CASE("AppendCompactJson still judges what SkipJsonValue leaves to RapidJSON", "[unit][json]") {
+  Compacted pair = Compact(" \"\\ud83d\\ude00\" ");
+  REQUIRE(pair.ok);
+  CHECK(pair.out == "\"\\ud83d\\ude00\"");
+  CHECK_FALSE(Compact("\"\\udc00\"").ok);
+  Compacted digits = Compact(std::string(301, '9'));
+  REQUIRE(digits.ok);
+  CHECK(digits.out == std::string(301, '9'));
+  Compacted huge = Compact("1e400");
+  CHECK_FALSE(huge.ok);
+  CHECK_THAT(huge.error, Catch::Contains("at offset 0"));
 }
 
 // AppendJsonString

@@ -423,6 +423,63 @@ TEST_CASE("ParseInputs accepts a value as deep as the limit allows and refuses o
              Catch::Contains("input[0].value: nested deeper"));
 }
 
+TEST_CASE("ParseInputsFast takes the usual body and gives what ParseInputsFully gives",
+          "[unit][request]") {
+  for (const std::string body : {
+           "[{\"key\":\"a\",\"value\":1}]",
+           " [ { \"value\" : { \"x\" : [ 1 , \"s \\\" \\u00e9\" ] } , \"key\" : \"b\" } ,"
+           "{\"key\":\"c/d e\",\"value\":null} ]\n",
+           "[{\"key\":\"\xC3\xA9\",\"value\":-1.5e+3},{\"key\":\"k\",\"value\":\"\"}]",
+       }) {
+    INFO("body: " << body);
+    std::vector<Input> fast;
+    std::vector<Input> full;
+    REQUIRE(ParseInputsFast(body, &fast));
+    REQUIRE(ParseInputsFully(body, &full).ok());
+    REQUIRE(fast.size() == full.size());
+    for (size_t i = 0; i < fast.size(); ++i) {
+      CHECK(fast[i].key == full[i].key);
+      CHECK(fast[i].value == full[i].value);
+    }
+  }
+}
+
+TEST_CASE("ParseInputsFast leaves other bodies, valid or not, to ParseInputsFully",
+          "[unit][request]") {
+  const std::string deep(kMaxJsonDepth - 1, '[');
+  for (const std::string& body : {
+           // Valid, but not the usual shape: the full parser takes them.
+           std::string("[]"),
+           std::string("[{\"key\":\"\\u0061\",\"value\":1}]"),
+           std::string("[{\"key\":\"a\",\"value\":\"\\ud83d\\ude00\"}]"),
+           std::string("[{\"key\":\"a\",\"value\":") + std::string(301, '9') + "}]",
+           // Invalid: the full parser says what is wrong.
+           std::string("[{\"key\":\"a\",\"value\":1},]"),
+           std::string("[{\"key\":\"a\",\"key\":\"b\",\"value\":1}]"),
+           std::string("[{\"key\":\"a\"}]"),
+           std::string("[{\"key\":\"\",\"value\":1}]"),
+           std::string("[{\"key\":\"a\",\"value\":1,\"x\":2}]"),
+           std::string("[{\"key\":\"a\",\"value\":1}] x"),
+           std::string("[{\"key\":\"a\",\"value\":") + deep + std::string(kMaxJsonDepth - 1, ']') + "}]",
+           std::string("[{\"key\":\"") + std::string(kMaxKeyBytes + 1, 'k') + "\",\"value\":1}]",
+       }) {
+    INFO("body: " << body.substr(0, 200));
+    std::vector<Input> fast(1);
+    CHECK_FALSE(ParseInputsFast(body, &fast));
+    CHECK(fast.size() == 1);  // unchanged
+    std::vector<Input> full;
+    std::vector<Input> both;
+    Status full_status = ParseInputsFully(body, &full);
+    Status status = ParseInputs(body, &both);
+    CHECK(status.code() == full_status.code());
+    CHECK(status.message() == full_status.message());
+    CHECK(both.size() == full.size());
+  }
+  std::vector<Input> inputs;
+  REQUIRE(ParseInputs("[{\"key\":\"\\u0061\",\"value\":1}]", &inputs).ok());
+  CHECK(inputs[0].key == "a");
+}
+
 TEST_CASE("ParseInputs refuses 100000 open brackets without crashing", "[unit][request]") {
   InputsError(std::string(100000, '['));
   CHECK_THAT(InputsError("[{\"key\":\"a\",\"value\":" + std::string(100000, '[')),
