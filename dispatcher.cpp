@@ -54,14 +54,16 @@ class WebhookClient {
   WebhookClient(const Dispatcher::Options& options, const Job& job, const std::atomic<bool>* abort)
       : max_reply_bytes_(options.max_reply_bytes),
         secret_(job.options().secret),
-        curl_(curl_easy_init()) {
+        curl_(curl_easy_init()),
+        multi_(curl_multi_init()),
+        abort_(abort) {
     // libcurl formats every custom header into each request, and the
     // webhook parses it, so a call sends only the headers it needs.
     curl_slist* h = curl_slist_append(nullptr, "Content-Type: application/json");
     job_headers_ = h;
     h = h ? curl_slist_append(h, ("PMMAP-job: " + job.id()).c_str()) : nullptr;
     if (h != nullptr && !secret_.empty()) h = curl_slist_append(h, ("PMMAP-auth: " + secret_).c_str());
-    if (h == nullptr || curl_ == nullptr) {
+    if (h == nullptr || curl_ == nullptr || multi_ == nullptr) {
       ready_ = false;
       return;
     }
@@ -89,12 +91,10 @@ class WebhookClient {
     curl_easy_setopt(curl_, CURLOPT_WRITEDATA, this);
     curl_easy_setopt(curl_, CURLOPT_HEADERFUNCTION, &WebhookClient::OnHeader);
     curl_easy_setopt(curl_, CURLOPT_HEADERDATA, this);
-    curl_easy_setopt(curl_, CURLOPT_NOPROGRESS, 0L);
-    curl_easy_setopt(curl_, CURLOPT_XFERINFOFUNCTION, &WebhookClient::OnProgress);
-    curl_easy_setopt(curl_, CURLOPT_XFERINFODATA, abort);
     if (!options.ca_file.empty()) curl_easy_setopt(curl_, CURLOPT_CAINFO, options.ca_file.c_str());
   }
   ~WebhookClient() {
+    if (multi_ != nullptr) curl_multi_cleanup(multi_);
     if (curl_ != nullptr) curl_easy_cleanup(curl_);
     curl_slist_free_all(job_headers_);
   }
@@ -129,7 +129,7 @@ class WebhookClient {
     curl_easy_setopt(curl_, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
     curl_easy_setopt(curl_, CURLOPT_ERRORBUFFER, result->error);
     Metrics::Global().CallStarted();
-    result->code = curl_easy_perform(curl_);
+    result->code = Perform();
     curl_easy_getinfo(curl_, CURLINFO_RESPONSE_CODE, &result->status);
     if (result->code != CURLE_ABORTED_BY_CALLBACK) {
       curl_off_t micros = 0;
@@ -150,6 +150,39 @@ class WebhookClient {
     if (r.status < 400) return Metrics::k3xx;
     if (r.status < 500) return Metrics::k4xx;
     return Metrics::k5xx;
+  }
+
+  // What curl_easy_perform does, in fewer system calls: that polls the
+  // multi handle's wakeup socket before it starts and at every wait, along
+  // with the connection; this waits on the connection alone, once the
+  // request is sent (four polls a call where curl_easy_perform makes five).
+  // Once *abort_ is true it gives up within a second, with
+  // CURLE_ABORTED_BY_CALLBACK, as a progress callback would have.
+  CURLcode Perform() {
+    if (abort_->load(std::memory_order_relaxed)) return CURLE_ABORTED_BY_CALLBACK;
+    if (curl_multi_add_handle(multi_, curl_) != CURLM_OK) return CURLE_OUT_OF_MEMORY;
+    CURLcode code = CURLE_OK;
+    for (;;) {
+      int running = 0;
+      CURLMcode m = curl_multi_perform(multi_, &running);
+      if (m == CURLM_OK && running > 0) m = curl_multi_wait(multi_, nullptr, 0, 1000, nullptr);
+      if (m != CURLM_OK) {
+        code = m == CURLM_OUT_OF_MEMORY ? CURLE_OUT_OF_MEMORY : CURLE_RECV_ERROR;
+        break;
+      }
+      if (running == 0) {
+        int left;
+        CURLMsg* msg = curl_multi_info_read(multi_, &left);
+        if (msg != nullptr && msg->msg == CURLMSG_DONE) code = msg->data.result;
+        break;
+      }
+      if (abort_->load(std::memory_order_relaxed)) {
+        code = CURLE_ABORTED_BY_CALLBACK;
+        break;
+      }
+    }
+    curl_multi_remove_handle(multi_, curl_);
+    return code;
   }
 
   static size_t OnBody(char* data, size_t size, size_t n, void* self_ptr) {
@@ -180,13 +213,11 @@ class WebhookClient {
     return len;
   }
 
-  static int OnProgress(void* abort, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
-    return static_cast<const std::atomic<bool>*>(abort)->load(std::memory_order_relaxed) ? 1 : 0;
-  }
-
   const size_t max_reply_bytes_;
   const std::string secret_;
   CURL* const curl_;
+  CURLM* const multi_;  // drives curl_ and keeps its connection between calls
+  const std::atomic<bool>* const abort_;
   bool ready_ = true;  // false if the handle or the headers could not be made
   CallResult* result_ = nullptr;
   curl_slist* job_headers_ = nullptr;  // the same for every call of the job
