@@ -152,7 +152,10 @@ Status Job::Open() {
   if (file_ == nullptr) {
     return Status::Internal("cannot create " + path_ + ": " + strerror(errno));
   }
-  setvbuf(file_, nullptr, _IOFBF, kFileBufferBytes);
+  // glibc ignores the size unless it is given the buffer too, and would
+  // write every 4 KiB.
+  file_buffer_.reset(new char[kFileBufferBytes]);
+  setvbuf(file_, file_buffer_.get(), _IOFBF, kFileBufferBytes);
   index_.push_back(0);
   return Status::OK();
 }

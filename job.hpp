@@ -260,6 +260,7 @@ class Job : public std::enable_shared_from_this<Job> {
   double tokens_ = 0;
   Clock::time_point tokens_at_;
   std::FILE* file_ = nullptr;
+  std::unique_ptr<char[]> file_buffer_;  // file_'s buffer, freed after it is closed
   uint64_t file_bytes_ = 0;
   std::vector<uint64_t> index_;  // byte offset of entry i * kIndexStride
   CallbackStatus callback_;
