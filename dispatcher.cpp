@@ -89,8 +89,6 @@ class WebhookClient {
     curl_easy_setopt(curl_, CURLOPT_TIMEOUT_MS, static_cast<long>(job.options().timeout_ms));
     curl_easy_setopt(curl_, CURLOPT_WRITEFUNCTION, &WebhookClient::OnBody);
     curl_easy_setopt(curl_, CURLOPT_WRITEDATA, this);
-    curl_easy_setopt(curl_, CURLOPT_HEADERFUNCTION, &WebhookClient::OnHeader);
-    curl_easy_setopt(curl_, CURLOPT_HEADERDATA, this);
     if (!options.ca_file.empty()) curl_easy_setopt(curl_, CURLOPT_CAINFO, options.ca_file.c_str());
   }
   ~WebhookClient() {
@@ -131,6 +129,9 @@ class WebhookClient {
     Metrics::Global().CallStarted();
     result->code = Perform();
     curl_easy_getinfo(curl_, CURLINFO_RESPONSE_CODE, &result->status);
+    // Only a reply that slows the job is read for Retry-After: asked of
+    // libcurl afterwards, not given to a header callback line by line.
+    if (SlowsJob(result->status)) result->retry_after = LastHeader("Retry-After");
     if (result->code != CURLE_ABORTED_BY_CALLBACK) {
       curl_off_t micros = 0;
       curl_easy_getinfo(curl_, CURLINFO_TOTAL_TIME_T, &micros);
@@ -185,6 +186,20 @@ class WebhookClient {
     return code;
   }
 
+  // The value of the last header called name in the final reply, or "".
+  std::string LastHeader(const char* name) {
+    curl_header* header;
+    if (curl_easy_header(curl_, name, 0, CURLH_HEADER, -1, &header) != CURLHE_OK) return "";
+    if (header->amount > 1 &&
+        curl_easy_header(curl_, name, header->amount - 1, CURLH_HEADER, -1, &header) != CURLHE_OK) {
+      return "";
+    }
+    std::string value = header->value;
+    size_t first = value.find_first_not_of(" \t");
+    size_t last = value.find_last_not_of(" \t\r\n");
+    return first == std::string::npos ? "" : value.substr(first, last - first + 1);
+  }
+
   static size_t OnBody(char* data, size_t size, size_t n, void* self_ptr) {
     WebhookClient* self = static_cast<WebhookClient*>(self_ptr);
     CallResult* result = self->result_;
@@ -194,23 +209,6 @@ class WebhookClient {
     }
     result->body.append(data, size * n);
     return size * n;
-  }
-
-  static size_t OnHeader(char* data, size_t size, size_t n, void* self_ptr) {
-    CallResult* result = static_cast<WebhookClient*>(self_ptr)->result_;
-    size_t len = size * n;
-    static const char kRetryAfter[] = "retry-after:";
-    const size_t prefix = sizeof(kRetryAfter) - 1;
-    if (len >= 5 && memcmp(data, "HTTP/", 5) == 0) {
-      // A new response (after a 1xx): forget the previous one's headers.
-      result->retry_after.clear();
-    } else if (len > prefix && strncasecmp(data, kRetryAfter, prefix) == 0) {
-      std::string value(data + prefix, len - prefix);
-      size_t first = value.find_first_not_of(" \t");
-      size_t last = value.find_last_not_of(" \t\r\n");
-      result->retry_after = first == std::string::npos ? "" : value.substr(first, last - first + 1);
-    }
-    return len;
   }
 
   const size_t max_reply_bytes_;
