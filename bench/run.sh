@@ -112,6 +112,10 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 # --- cleanup ----------------------------------------------------------------
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/pmmap-bench.XXXXXX")
+# The client's copy of each output goes to memory when /dev/shm is there:
+# writing it to disk is the client's cost, not pmmap's. pmmap's own data
+# dir stays on disk, under TMP.
+OUT=$(mktemp -d /dev/shm/pmmap-bench.XXXXXX 2>/dev/null) || OUT=$TMP
 declare -A STARTED=()  # pid -> what, for everything still running
 
 forget() { unset "STARTED[$1]"; }
@@ -138,7 +142,7 @@ cleanup() {
   local pid
   trap - EXIT INT TERM
   for pid in "${!STARTED[@]}"; do stop_pid "$pid" 5; done
-  rm -rf "$TMP"
+  rm -rf "$TMP" "$OUT"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -427,6 +431,23 @@ bare_rps() {
 # Results of the last run_pmmap.
 R_IPS=NA R_SECONDS=NA R_RSS=NA R_CPU=NA R_CPU_PER_K=NA R_STREAM=NA R_PUT_MS=NA R_DETAIL=
 
+# post_job PORT BODY: POST /job over bash's own TCP client, with no process
+# to start or to wait for; sets REPLY_BODY to the reply's body.
+post_job() {
+  local port=$1 body=$2 fd line length=0
+  REPLY_BODY=
+  exec {fd}<>"/dev/tcp/127.0.0.1/$port" || return 1
+  printf 'POST /job HTTP/1.1\r\nHost: 127.0.0.1:%s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s' \
+    "$port" "${#body}" "$body" >&"$fd"
+  while IFS= read -r -t 30 line <&"$fd"; do
+    line=${line%$'\r'}
+    [[ -z $line ]] && break
+    [[ ${line,,} =~ ^content-length:\ *([0-9]+) ]] && length=${BASH_REMATCH[1]}
+  done
+  (( length == 0 )) || IFS= read -r -t 30 -N "$length" REPLY_BODY <&"$fd" || true
+  exec {fd}>&-
+}
+
 # run_pmmap LABEL C N BATCH_DIR STREAM: a fresh pmmap, one job of N inputs at
 # concurrency C. With STREAM=1, also times one more GET /output of the done job.
 run_pmmap() {
@@ -456,18 +477,15 @@ run_pmmap() {
   local busy0 busy1
   busy0=$(machine_busy_seconds)
 
-  # Every client is started before the clock, reading its config from a
-  # FIFO that is written once the job's id is known, so that what is timed
-  # is pmmap and the requests, not the start of curl processes (a few ms
-  # each). The job's id is filled in with bash alone, not sed, likewise.
-  local templates=() feeders=() k post complete config
+  # Every curl is started before the clock, reading its config from a FIFO
+  # that is written once the job's id is known, so that what is timed is
+  # pmmap and the requests, not the start of curl processes (a few ms
+  # each). POST /job is sent by bash itself, and the job's id is filled in
+  # with bash alone, not sed, likewise.
+  local templates=() feeders=() k complete config
   for ((k = 0; k < FEEDERS; k++)); do templates+=("$(<"$batches.feed.$k")"); done
-  printf '{"url":"%s","concurrency":%s,"maxsize":%s}' "$HOOK" "$c" "$MAXSIZE" >"$dir/job.json"
   rm -f "$dir"/*.fifo*  # left by the previous round
-  mkfifo "$dir/post.fifo" "$dir/get.fifo"
-  "${CLIENT[@]}" curl --config "$dir/post.fifo" >"$dir/post.out" 2>&1 </dev/null &
-  post=$!
-  STARTED[$post]=post
+  mkfifo "$dir/get.fifo"
   for ((k = 0; k < FEEDERS; k++)); do
     mkfifo "$dir/feed.fifo.$k"
     "${CLIENT[@]}" curl --config "$dir/feed.fifo.$k" >"$dir/feed.out.$k" 2>"$dir/feed.err.$k" </dev/null &
@@ -479,15 +497,13 @@ run_pmmap() {
   STARTED[$get]=get
 
   # The timed part: POST /job ... last byte of GET /output.
+  local job_body
+  printf -v job_body '{"url":"%s","concurrency":%s,"maxsize":%s}' "$HOOK" "$c" "$MAXSIZE"
   t0=$EPOCHREALTIME
-  printf 'silent\nshow-error\nmax-time = 30\nrequest = "POST"\nheader = "Content-Type: application/json"\ndata-binary = "@%s"\nurl = "%s/job"\n' \
-    "$dir/job.json" "$api" >"$dir/post.fifo"
-  wait "$post" || true
-  forget "$post"
-  job=$(<"$dir/post.out")
-  if [[ $job =~ ^\{\"id\":\"([^\"]*)\" ]]; then job=${BASH_REMATCH[1]}; else job=; fi
+  post_job "$port" "$job_body" || true
+  if [[ $REPLY_BODY =~ ^\{\"id\":\"([^\"]*)\" ]]; then job=${BASH_REMATCH[1]}; else job=; fi
   if [[ -z $job ]]; then
-    fail "POST /job ($label) failed: $(<"$dir/post.out")"
+    fail "POST /job ($label) failed: ${REPLY_BODY:-no reply}"
     for k in "${feeders[@]}" "$get" "$pid"; do stop_pid "$k"; done
     return 1
   fi
@@ -504,7 +520,7 @@ run_pmmap() {
     printf '%s\n' "$config" >"$dir/feed.fifo.$k"
   done
   printf 'silent\nshow-error\nmax-time = 1800\noutput = "%s"\nwrite-out = "%%{http_code} %%{size_download}"\nurl = "%s"\n' \
-    "$dir/output.json" "$api/job/$job/output" >"$dir/get.fifo"
+    "$OUT/output-$label.json" "$api/job/$job/output" >"$dir/get.fifo"
   rc=0
   for k in "${feeders[@]}"; do
     wait "$k" || rc=$?
@@ -568,19 +584,19 @@ run_pmmap() {
     R_CPU_PER_K=$(calc "$R_CPU / $n * 1000" %.3f)
   fi
   local verdict
-  if verdict=$(python3 "$TMP/verify.py" "$dir/output.json" "$n" 2>&1); then
+  if verdict=$(python3 "$TMP/verify.py" "$OUT/output-$label.json" "$n" 2>&1); then
     :
   else
     fail "pmmap's output ($label): $verdict"
     R_IPS="FAIL"
   fi
   local out_bytes
-  out_bytes=$(stat -c %s "$dir/output.json" 2>/dev/null || echo 0)
+  out_bytes=$(stat -c %s "$OUT/output-$label.json" 2>/dev/null || echo 0)
   R_DETAIL="$n inputs in ${R_SECONDS} s; pmmap CPU ${R_CPU} s ($(calc "${R_CPU/NA/0} / $R_SECONDS * 100")% of a core)"
   R_DETAIL+=", nginx worker CPU $(calc "${nginx_cpu1/NA/0} - ${nginx_cpu0/NA/0}" %.2f) s"
   R_DETAIL+=", machine busy $(calc "$busy1 - $busy0" %.2f) of $(calc "($t1 - $t0) * $(nproc)" %.2f) CPU s"
   R_DETAIL+="; $FEEDERS feeder(s): $puts PUTs ($statuses, $put_times), $connects new connection(s); output $(calc "$out_bytes / 1048576" %.1f) MB; $verdict"
-  rm -rf "$dir/data" "$dir/output.json"
+  rm -rf "$dir/data" "$OUT/output-$label.json"
   return 0
 }
 
