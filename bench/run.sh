@@ -15,7 +15,8 @@
 #      whole output and checks every entry; timed from POST /job to the last
 #      byte of output;
 #   4. prints a table (and the same as markdown): req/s of the ceilings,
-#      pmmap's inputs/s and its ratios to them, pmmap's peak RSS (VmHWM) and
+#      pmmap's inputs/s and its ratios to them (to the bare loops: the
+#      median of each round's ratio), pmmap's peak RSS (VmHWM) and
 #      CPU seconds per 1000 inputs, read just before pmmap is stopped;
 #   5. a memory run: BENCH_BIG_N inputs at concurrency 32: peak RSS and the
 #      speed of streaming the whole output of a done job once;
@@ -28,7 +29,7 @@
 #   BENCH_CONCURRENCY     the concurrencies, e.g. "1 8 32 128" (the default)
 #   BENCH_WRK_SECONDS     length of each wrk run (default 3)
 #   BENCH_REPEAT          rounds of (bare loop, plain bare loop, pmmap) per
-#                         concurrency; the table shows medians (default 3)
+#                         concurrency; the table shows medians (default 5)
 #   BENCH_BATCH, BENCH_MAXSIZE  inputs per PUT and the job's maxsize (default
 #                         1000 each; other values are for experiments only)
 #   BENCH_FEEDERS         PUT feeders per job, each a curl with one kept-alive
@@ -64,7 +65,7 @@ else
   CONCURRENCY=${BENCH_CONCURRENCY:-"1 8 32 128"}
 fi
 WRK_SECONDS=${BENCH_WRK_SECONDS:-3}
-REPEAT=${BENCH_REPEAT:-3}  # rounds of bare loops and pmmap per concurrency
+REPEAT=${BENCH_REPEAT:-5}  # rounds of bare loops and pmmap per concurrency
 BATCH=${BENCH_BATCH:-1000}      # inputs per PUT
 MAXSIZE=${BENCH_MAXSIZE:-1000}  # the job's queue bound
 BIG_C=32       # concurrency of the memory run
@@ -641,8 +642,12 @@ for c in $CONCURRENCY; do
   wrk_rps "$c"
   WRK[$c]=$W_RPS
   # The bare loops and pmmap take turns REPEAT times; the table shows the
-  # medians, so that one unlucky run moves no ratio.
+  # medians, so that one unlucky run moves no ratio. The ratios are the
+  # medians of each round's own ratios: a round's runs follow each other
+  # within seconds, so the machine's speed, which drifts between rounds on
+  # a shared host, cancels out of them.
   round_bare= round_plain= round_ips= round_rss= round_cpuk= round_putms=
+  round_ratio_bare= round_ratio_plain=
   for ((r = 1; r <= REPEAT; r++)); do
     log "bench: concurrency $c, round $r of $REPEAT: bare loop, bare loop without pmmap's headers, pmmap"
     wait_quiet "bare_loop -c$c"
@@ -655,6 +660,10 @@ for c in $CONCURRENCY; do
     wait_quiet "pmmap -c$c"
     run_pmmap "c$c" "$c" "$N" "$TMP/batches-main" || true
     round_ips+=" $R_IPS" round_rss+=" $R_RSS" round_cpuk+=" $R_CPU_PER_K" round_putms+=" $R_PUT_MS"
+    if [[ $R_IPS =~ ^[0-9]+$ ]]; then
+      [[ $round_bare_rps =~ ^[0-9]+$ ]] && round_ratio_bare+=" $(calc "$R_IPS / $round_bare_rps" %.3f)"
+      [[ $B_RPS =~ ^[0-9]+$ ]] && round_ratio_plain+=" $(calc "$R_IPS / $B_RPS" %.3f)"
+    fi
     echo "concurrency $c, round $r: bare loop $round_bare_rps req/s ($B_RPS without pmmap's headers), pmmap $R_IPS inputs/s"
     echo "  pmmap: $R_DETAIL"
   done
@@ -663,13 +672,20 @@ for c in $CONCURRENCY; do
   RSS[$c]=$(maximum $round_rss)
   R_IPS=${IPS[$c]}
   RATIO_BARE[$c]=NA RATIO_PLAIN[$c]=NA RATIO_WRK[$c]=NA
-  if [[ $R_IPS =~ ^[0-9]+$ ]]; then
-    [[ ${BARE[$c]} =~ ^[0-9]+$ ]] && RATIO_BARE[$c]=$(calc "$R_IPS / ${BARE[$c]}" %.2f)
-    [[ ${PLAIN[$c]} =~ ^[0-9]+$ ]] && RATIO_PLAIN[$c]=$(calc "$R_IPS / ${PLAIN[$c]}" %.2f)
-    [[ ${WRK[$c]} =~ ^[0-9]+$ ]] && RATIO_WRK[$c]=$(calc "$R_IPS / ${WRK[$c]}" %.2f)
+  ratio=$(median $round_ratio_bare)
+  [[ $ratio != NA ]] && RATIO_BARE[$c]=$(calc "$ratio" %.2f)
+  ratio=$(median $round_ratio_plain)
+  [[ $ratio != NA ]] && RATIO_PLAIN[$c]=$(calc "$ratio" %.2f)
+  if [[ $R_IPS =~ ^[0-9]+$ && ${WRK[$c]} =~ ^[0-9]+$ ]]; then
+    RATIO_WRK[$c]=$(calc "$R_IPS / ${WRK[$c]}" %.2f)
+  fi
+  of_medians=NA
+  if [[ $R_IPS =~ ^[0-9]+$ && ${BARE[$c]} =~ ^[0-9]+$ ]]; then
+    of_medians=$(calc "$R_IPS / ${BARE[$c]}" %.2f)
   fi
   echo "concurrency $c, medians of $REPEAT: wrk ${WRK[$c]} req/s, bare loop ${BARE[$c]} req/s (${PLAIN[$c]} without pmmap's headers), pmmap ${IPS[$c]} inputs/s"
   echo "  bare loop:$round_bare; plain:$round_plain; pmmap:$round_ips"
+  echo "  pmmap/bare by round:$round_ratio_bare (median ${RATIO_BARE[$c]}; the ratio of the medians: $of_medians)"
 done
 
 # PUT /input alone: N inputs into a job whose queue never fills (maxsize
