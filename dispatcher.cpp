@@ -128,11 +128,13 @@ class WebhookClient {
     curl_easy_setopt(curl_, CURLOPT_ERRORBUFFER, result->error);
     Metrics::Global().CallStarted();
     result->code = Perform();
-    curl_easy_getinfo(curl_, CURLINFO_RESPONSE_CODE, &result->status);
-    // Only a reply that slows the job is read for Retry-After: asked of
-    // libcurl afterwards, not given to a header callback line by line.
-    if (SlowsJob(result->status)) result->retry_after = LastHeader("Retry-After");
+    // An abort may come before the transfer starts, when the handle still
+    // holds the previous call's reply: nothing of it is read then.
     if (result->code != CURLE_ABORTED_BY_CALLBACK) {
+      curl_easy_getinfo(curl_, CURLINFO_RESPONSE_CODE, &result->status);
+      // Only a reply that slows the job is read for Retry-After: asked of
+      // libcurl afterwards, not given to a header callback line by line.
+      if (SlowsJob(result->status)) result->retry_after = LastHeader("Retry-After");
       curl_off_t micros = 0;
       curl_easy_getinfo(curl_, CURLINFO_TOTAL_TIME_T, &micros);
       Metrics::Global().CallEnded(OutcomeOf(*result), static_cast<double>(micros) / 1e6);
@@ -153,11 +155,12 @@ class WebhookClient {
     return Metrics::k5xx;
   }
 
-  // What curl_easy_perform does, in fewer system calls: that polls the
-  // multi handle's wakeup socket before it starts and at every wait, along
-  // with the connection; this waits on the connection alone, once the
-  // request is sent (four polls a call where curl_easy_perform makes five).
-  // Once *abort_ is true it gives up within a second, with
+  // What curl_easy_perform does, in fewer system calls: that polls before
+  // it starts the transfer, which sends nothing yet; this polls only once
+  // the request is sent (four polls a call where curl_easy_perform makes
+  // five). curl_multi_poll, unlike curl_multi_wait, sleeps until libcurl's
+  // timer when there is no socket to wait for, rather than spinning. Once
+  // *abort_ is true it gives up within a second, with
   // CURLE_ABORTED_BY_CALLBACK, as a progress callback would have.
   CURLcode Perform() {
     if (abort_->load(std::memory_order_relaxed)) return CURLE_ABORTED_BY_CALLBACK;
@@ -166,7 +169,7 @@ class WebhookClient {
     for (;;) {
       int running = 0;
       CURLMcode m = curl_multi_perform(multi_, &running);
-      if (m == CURLM_OK && running > 0) m = curl_multi_wait(multi_, nullptr, 0, 1000, nullptr);
+      if (m == CURLM_OK && running > 0) m = curl_multi_poll(multi_, nullptr, 0, 1000, nullptr);
       if (m != CURLM_OK) {
         code = m == CURLM_OUT_OF_MEMORY ? CURLE_OUT_OF_MEMORY : CURLE_RECV_ERROR;
         break;
@@ -174,7 +177,7 @@ class WebhookClient {
       if (running == 0) {
         int left;
         CURLMsg* msg = curl_multi_info_read(multi_, &left);
-        if (msg != nullptr && msg->msg == CURLMSG_DONE) code = msg->data.result;
+        code = msg != nullptr && msg->msg == CURLMSG_DONE ? msg->data.result : CURLE_RECV_ERROR;
         break;
       }
       if (abort_->load(std::memory_order_relaxed)) {

@@ -193,7 +193,7 @@ const char* SkipJsonValue(const char* p, const char* end, int max_depth, bool* h
     switch (*p) {
       case '[':
       case '{': {
-        if (depth == max_depth) return nullptr;
+        if (depth >= max_depth) return nullptr;
         char closer = *p == '[' ? ']' : '}';
         p = skip_space(p + 1);
         if (p < end && *p == closer) {
