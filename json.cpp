@@ -231,6 +231,19 @@ const char* SkipJsonValue(const char* p, const char* end, int max_depth, bool* h
   }
 }
 
+const char* AppendJsonValueFast(const char* p, const char* end, int max_depth, std::string* out) {
+  const char* start = SkipJsonSpace(p, end);
+  bool has_space;
+  const char* value_end = SkipJsonValue(start, end, max_depth, &has_space);
+  if (value_end == nullptr) return nullptr;
+  if (has_space) {
+    AppendWithoutSpace(start, value_end - start, out);
+  } else {
+    out->append(start, value_end - start);
+  }
+  return value_end;
+}
+
 struct JsonCompactor::Parts {
   rapidjson::Reader reader;
   CheckHandler handler;
@@ -247,17 +260,10 @@ bool JsonCompactor::Append(const char* data, size_t size, std::string* out, std:
     return false;
   }
   const char* end = data + size;
-  bool has_space;
-  const char* value_end = SkipJsonValue(data, end, kMaxJsonDepth, &has_space);
-  if (value_end != nullptr && SkipJsonSpace(value_end, end) == end) {
-    if (has_space) {
-      AppendWithoutSpace(data, size, out);
-    } else {
-      const char* start = SkipJsonSpace(data, end);
-      out->append(start, value_end - start);
-    }
-    return true;
-  }
+  size_t old_size = out->size();
+  const char* value_end = AppendJsonValueFast(data, end, kMaxJsonDepth, out);
+  if (value_end != nullptr && SkipJsonSpace(value_end, end) == end) return true;
+  out->resize(old_size);
   // Invalid, or valid in a way SkipJsonValue leaves to RapidJSON.
   CheckHandler& handler = parts_->handler;
   handler.Reset();

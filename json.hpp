@@ -62,6 +62,11 @@ inline const char* SkipJsonSpace(const char* p, const char* end) {
 const char* SkipJsonValue(const char* p, const char* end, int max_depth,
                           bool* has_space = nullptr);
 
+// Checks the value at p as SkipJsonValue does and appends its compact form
+// to *out (one copy when it has no whitespace inside). Returns the value's
+// end, or nullptr with *out unchanged.
+const char* AppendJsonValueFast(const char* p, const char* end, int max_depth, std::string* out);
+
 // Returns the offset just past the JSON string that starts with the quote
 // at data[at], escapes included; at most size.
 size_t JsonStringEnd(const char* data, size_t size, size_t at);

@@ -363,15 +363,8 @@ bool ParseInputsFast(const std::string& body, std::vector<Input>* inputs) {
       } else if (end - p >= 8 && memcmp(p, "\"value\"", 7) == 0 && !have_value) {
         p = SkipJsonSpace(p + 7, end);
         if (p == end || *p != ':') return false;
-        const char* value = SkipJsonSpace(p + 1, end);
-        bool has_space;
-        p = SkipJsonValue(value, end, max_value_depth, &has_space);
+        p = AppendJsonValueFast(p + 1, end, max_value_depth, &input.value);
         if (p == nullptr) return false;
-        if (has_space) {
-          AppendWithoutSpace(value, p - value, &input.value);
-        } else {
-          input.value.assign(value, p - value);
-        }
         have_value = true;
       } else {
         return false;

@@ -293,6 +293,23 @@ TEST_CASE("SkipJsonValue says whether whitespace separates the value's tokens", 
   CHECK(has_space("[[1] ]"));
 }
 
+TEST_CASE("AppendJsonValueFast appends the compact value or leaves the output unchanged",
+          "[unit][json]") {
+  auto append = [](const std::string& text, std::string* out) {
+    return AppendJsonValueFast(text.data(), text.data() + text.size(), kMaxJsonDepth, out);
+  };
+  std::string out = "x";
+  std::string spaced = " [1, {\"a b\" : 2}] tail";
+  REQUIRE(append(spaced, &out) == spaced.data() + spaced.find(" tail"));
+  CHECK(out == "x[1,{\"a b\":2}]");
+  std::string compact = "\t{\"k\":[true]},";
+  REQUIRE(append(compact, &out) == compact.data() + compact.size() - 1);
+  CHECK(out == "x[1,{\"a b\":2}]{\"k\":[true]}");
+  CHECK(append("[1,", &out) == nullptr);
+  CHECK(append("\"\\ud83d\\ude00\"", &out) == nullptr);
+  CHECK(out == "x[1,{\"a b\":2}]{\"k\":[true]}");
+}
+
 TEST_CASE("SkipJsonValue refuses invalid JSON that RapidJSON refuses", "[unit][json]") {
   for (const std::string text :
        {"", " ", "[", "[1,]", "[1 2]", "[}", "{]", "{\"a\"}", "{\"a\":}", "{\"a\":1,}", "{1:2}",
