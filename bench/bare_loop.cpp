@@ -13,11 +13,12 @@
 // only Content-Type, as a generic client would.
 //
 //   usage: bare_loop URL THREADS TOTAL [contract|plain]
-//   prints: requests=N ok=N failed=N seconds=S rps=R
+//   prints: requests=N ok=N failed=N seconds=S rps=R cpu=S (user + system CPU seconds of the process)
 //
 // Build: g++ -O2 -std=c++17 bare_loop.cpp -o bare_loop -lcurl -pthread
 
 #include <curl/curl.h>
+#include <sys/resource.h>
 
 #include <atomic>
 #include <chrono>
@@ -136,8 +137,12 @@ int main(int argc, char** argv) {
     failed += c.failed;
     if (first_error.empty()) first_error = c.first_error;
   }
-  printf("requests=%ld ok=%ld failed=%ld seconds=%.3f rps=%.0f\n", total, ok, failed, seconds,
-         total / seconds);
+  rusage usage;
+  getrusage(RUSAGE_SELF, &usage);
+  double cpu = usage.ru_utime.tv_sec + usage.ru_stime.tv_sec +
+               (usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;
+  printf("requests=%ld ok=%ld failed=%ld seconds=%.3f rps=%.0f cpu=%.2f\n", total, ok, failed,
+         seconds, total / seconds, cpu);
   if (failed > 0) fprintf(stderr, "bare_loop: %ld failed; first: %s\n", failed, first_error.c_str());
   curl_global_cleanup();
   return failed > 0 ? 1 : 0;

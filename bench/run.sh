@@ -179,6 +179,19 @@ cpu_seconds() {
   awk -v tck="$(getconf CLK_TCK)" '{ printf "%.2f", ($12 + $13) / tck }' <<<"$stat"
 }
 
+# CPU seconds of pid's threads that are still running. Once a job is done
+# its workers have exited, so for pmmap this is what the rest (the HTTP
+# threads, main) used, and cpu_seconds minus it is what the workers used.
+live_threads_cpu_seconds() {
+  local task stat total=0
+  for task in /proc/"$1"/task/*; do
+    stat=$(cat "$task/stat" 2>/dev/null) || continue
+    stat=${stat##*") "}
+    total=$(awk -v t="$total" '{ print t + $12 + $13 }' <<<"$stat")
+  done
+  calc "$total / $(getconf CLK_TCK)" %.2f
+}
+
 # CPU seconds the whole machine spent busy (all CPUs), from /proc/stat.
 machine_busy_seconds() {
   awk -v tck="$(getconf CLK_TCK)" '$1 == "cpu" {
@@ -416,14 +429,18 @@ wrk_rps() {
 # bare_rps C N [contract|plain]: sets B_RPS, the design's limit at C
 # threads, its requests with pmmap's headers (contract) or without them.
 bare_rps() {
-  local c=$1 n=$2 headers=${3:-contract} out=$TMP/bare.out
-  B_RPS=NA
+  local c=$1 n=$2 headers=${3:-contract} out=$TMP/bare.out busy0 t0
+  B_RPS=NA B_BUSY=NA
+  busy0=$(machine_busy_seconds)
+  t0=$EPOCHREALTIME
   run_bg bare_loop "$out" "${CLIENT[@]}" timeout 900 "$TMP/bare_loop" "$HOOK" "$c" "$n" "$headers"
+  B_BUSY="$(calc "$(machine_busy_seconds) - $busy0" %.2f) of $(calc "($EPOCHREALTIME - $t0) * $(nproc)" %.2f) CPU s"
   if [[ $BG_RC != 0 ]]; then
     fail "bare_loop -c$c exited with $BG_RC: $(head -c 500 "$out")"
     return
   fi
   B_RPS=$(sed -n 's/.* rps=\([0-9]*\).*/\1/p' "$out")
+  B_BUSY="its CPU $(sed -n 's/.* cpu=\([0-9.]*\).*/\1/p' "$out") s, machine busy $B_BUSY"
   [[ -n $B_RPS ]] || { fail "no rps from bare_loop: $(head -c 500 "$out")"; B_RPS=NA; }
 }
 
@@ -454,7 +471,7 @@ post_job() {
 run_pmmap() {
   local label=$1 c=$2 n=$3 batches=$4 stream=${5:-0}
   local dir=$TMP/run-$label pid port api i job t0 t1 get rc statuses
-  R_IPS=NA R_SECONDS=NA R_RSS=NA R_CPU=NA R_CPU_PER_K=NA R_STREAM=NA R_PUT_MS=NA R_DETAIL=
+  R_IPS=NA R_SECONDS=NA R_RSS=NA R_CPU=NA R_CPU_REST=NA R_CPU_PER_K=NA R_STREAM=NA R_PUT_MS=NA R_DETAIL=
   mkdir -p "$dir"
   "${CLIENT[@]}" "$PMMAP" --listen 127.0.0.1:0 --data-dir "$dir/data" </dev/null >"$dir/pmmap.log" 2>&1 &
   pid=$!
@@ -571,6 +588,7 @@ run_pmmap() {
   if kill -0 "$pid" 2>/dev/null; then
     R_RSS=$(peak_rss_mb "$pid")
     R_CPU=$(cpu_seconds "$pid")
+    R_CPU_REST=$(live_threads_cpu_seconds "$pid")
   else
     fail "pmmap ($label) exited before the end: $(tail -5 "$dir/pmmap.log")"
   fi
@@ -593,7 +611,7 @@ run_pmmap() {
   fi
   local out_bytes
   out_bytes=$(stat -c %s "$OUT/output-$label.json" 2>/dev/null || echo 0)
-  R_DETAIL="$n inputs in ${R_SECONDS} s; pmmap CPU ${R_CPU} s ($(calc "${R_CPU/NA/0} / $R_SECONDS * 100")% of a core)"
+  R_DETAIL="$n inputs in ${R_SECONDS} s; pmmap CPU ${R_CPU} s ($(calc "${R_CPU/NA/0} / $R_SECONDS * 100")% of a core; workers $(calc "${R_CPU/NA/0} - ${R_CPU_REST/NA/0}" %.2f) s, other threads $R_CPU_REST s)"
   R_DETAIL+=", nginx worker CPU $(calc "${nginx_cpu1/NA/0} - ${nginx_cpu0/NA/0}" %.2f) s"
   R_DETAIL+=", machine busy $(calc "$busy1 - $busy0" %.2f) of $(calc "($t1 - $t0) * $(nproc)" %.2f) CPU s"
   R_DETAIL+="; $FEEDERS feeder(s): $puts PUTs ($statuses, $put_times), $connects new connection(s); output $(calc "$out_bytes / 1048576" %.1f) MB; $verdict"
@@ -653,7 +671,7 @@ for c in $CONCURRENCY; do
     wait_quiet "bare_loop -c$c"
     bare_rps "$c" "$N" contract
     round_bare+=" $B_RPS"
-    round_bare_rps=$B_RPS
+    round_bare_rps=$B_RPS round_bare_busy=$B_BUSY
     wait_quiet "bare_loop -c$c plain"
     bare_rps "$c" "$N" plain
     round_plain+=" $B_RPS"
@@ -665,6 +683,7 @@ for c in $CONCURRENCY; do
       [[ $B_RPS =~ ^[0-9]+$ ]] && round_ratio_plain+=" $(calc "$R_IPS / $B_RPS" %.3f)"
     fi
     echo "concurrency $c, round $r: bare loop $round_bare_rps req/s ($B_RPS without pmmap's headers), pmmap $R_IPS inputs/s"
+    echo "  bare loop: $round_bare_busy"
     echo "  pmmap: $R_DETAIL"
   done
   BARE[$c]=$(median $round_bare) PLAIN[$c]=$(median $round_plain)
