@@ -652,6 +652,41 @@ TEST_CASE("Retry-After is capped by max_backoff_ms and honoured only on 429 and 
   CHECK(gap < 1000);  // backoff_ms 0: the 500's Retry-After is not honoured
 }
 
+TEST_CASE("of several Retry-After headers, the last one is honoured", "[delivery]") {
+  Webhook hook;
+  hook.SetHandler([](const Webhook::Call& call, httplib::Response& res) {
+    if (AttemptOf(call) >= 2) {
+      res.set_content("{}", "application/json");
+      return;
+    }
+    res.status = 429;
+    // cpp-httplib keeps both: the reply carries two Retry-After lines.
+    res.set_header("Retry-After", call.key == "short-last" ? "30" : "0");
+    res.set_header("Retry-After", call.key == "short-last" ? "0" : "1");
+  });
+  PmmapProcess pmmap;
+  // One job per key: a 429 pauses its whole job, so the keys must not share one.
+  std::string short_last = CreateJob(pmmap, JobBody(hook, "\"max_backoff_ms\":60000"));
+  PutInputs(pmmap, short_last, "[{\"key\":\"short-last\",\"value\":1}]");
+  Complete(pmmap, short_last);
+  std::string long_last = CreateJob(pmmap, JobBody(hook, "\"max_backoff_ms\":60000"));
+  PutInputs(pmmap, long_last, "[{\"key\":\"long-last\",\"value\":2}]");
+  Complete(pmmap, long_last);
+  // Were the first header honoured, short-last would wait 30 s: past this.
+  WaitForState(pmmap, short_last, "done", std::chrono::seconds(10));
+  WaitForState(pmmap, long_last, "done", std::chrono::seconds(10));
+
+  auto by_key = CallsByKey(hook.calls());
+  REQUIRE(by_key["short-last"].size() == 2);
+  REQUIRE(by_key["long-last"].size() == 2);
+  double short_gap = MsBetween(by_key["short-last"][0].at, by_key["short-last"][1].at);
+  double long_gap = MsBetween(by_key["long-last"][0].at, by_key["long-last"][1].at);
+  INFO("second attempts after " << short_gap << " ms (last header 0) and " << long_gap
+                                << " ms (last header 1)");
+  CHECK(short_gap < 1500);
+  CHECK(long_gap >= 1000 - 50);  // not the first header's 0
+}
+
 TEST_CASE("a webhook that does not answer within timeout_ms gives a status-0 error entry", "[delivery]") {
   auto gate = std::make_shared<Gate>();
   Webhook hook;
