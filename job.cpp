@@ -291,12 +291,22 @@ void Job::Remove(StopReason reason) {
   done_cv_.notify_all();
 }
 
-Status Job::WaitDone() {
+Status Job::WaitDone(const std::function<bool()>& give_up) {
   std::unique_lock<std::mutex> lock(mutex_);
-  done_cv_.wait(lock, [this] {
+  auto ended = [this] {
     return stopped_ != StopReason::kNone || state_ == JobState::kDone ||
            state_ == JobState::kCancelled;
-  });
+  };
+  if (!give_up) {
+    done_cv_.wait(lock, ended);
+  } else {
+    while (!done_cv_.wait_for(lock, kGiveUpInterval, ended)) {
+      lock.unlock();
+      bool quit = give_up();
+      lock.lock();
+      if (quit && !ended()) return Status::Unavailable("the caller gave up waiting");
+    }
+  }
   if (stopped_ != StopReason::kNone) return StoppedStatus();
   return Status::OK();
 }

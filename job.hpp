@@ -172,8 +172,11 @@ class Job : public std::enable_shared_from_this<Job> {
   bool SleepUnlessStopped(Clock::duration duration);
   // Records the completion callback's progress.
   void SetCallbackStatus(const CallbackStatus& status);
-  // Blocks until the job is done or cancelled.
-  Status WaitDone();
+  // Blocks until the job is done or cancelled. If give_up is given, it is
+  // asked every kGiveUpInterval, without the job's lock, whether to stop
+  // waiting; if it says so, returns Unavailable.
+  Status WaitDone(const std::function<bool()>& give_up = nullptr);
+  static constexpr std::chrono::milliseconds kGiveUpInterval{1000};
   // Opens the outcome file for reading the entries [offset, offset+limit)
   // stored so far.
   Status OpenOutput(uint64_t offset, uint64_t limit, OutputReader::Format format,

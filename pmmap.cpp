@@ -26,6 +26,7 @@
 #include <thread>
 #include <vector>
 
+#include "caller.hpp"
 #include "dispatcher.hpp"
 #include "http_pool.hpp"
 #include "job.hpp"
@@ -329,7 +330,11 @@ void InstallRoutes(httplib::Server& server, JobTable& table, const Flags& flags)
     if (!s.ok()) return ReplyError(res, s);
     std::shared_ptr<Job> job = find(req, res);
     if (!job) return;
-    if (query.wait) s = job->WaitDone();
+    if (query.wait) {
+      // A caller who hangs up before the job ends gets this thread back.
+      CallerSocket caller(req.local_addr, req.local_port, req.remote_addr, req.remote_port);
+      s = job->WaitDone([&caller] { return caller.HungUp(); });
+    }
     // Read before the entries are counted, so that "done" is never shown
     // over an output that misses some.
     const char* state = JobStateName(job->state());

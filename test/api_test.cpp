@@ -1573,6 +1573,37 @@ TEST_CASE("hundreds of blocked callers do not starve the server", "[api]") {
   }
 }
 
+TEST_CASE("callers who hang up on GET /output give their threads back", "[api]") {
+  Webhook hook;
+  // Two API threads: two waiting callers hold both.
+  PmmapProcess pmmap({"--http-threads", "2"});
+  const std::string base = pmmap.base_url();
+  std::string id = CreateJob(pmmap, JobBody(hook.url()));  // never completed
+  const int baseline = AcceptedConnections(pmmap.port());
+  // Each waiter gives up after 5 s, as `curl --max-time 5` would, and
+  // closes its connection.
+  std::vector<std::future<HttpResult>> waiters;
+  for (int i = 0; i < 2; ++i) waiters.push_back(Async(base, "GET", JobPath(id, "/output"), "", seconds(5)));
+  REQUIRE(WaitUntil([&] { return AcceptedConnections(pmmap.port()) >= baseline + 2; }, seconds(10)));
+  auto health = Async(base, "GET", "/healthz", "", seconds(30));
+  REQUIRE_FALSE(Ready(health, milliseconds(300)));  // both threads are taken
+  for (auto& w : waiters) {
+    REQUIRE(Ready(w, seconds(10)));
+    CHECK(w.get().status == 0);  // no reply: the job never ended
+  }
+  // Each handler sees its caller gone within a second or so, and returns.
+  REQUIRE(Ready(health, seconds(10)));
+  HttpResult r = health.get();
+  CHECK(r.status == 200);
+  // The job is untouched, and a new waiter is answered once it ends.
+  auto waiter = Async(base, "GET", JobPath(id, "/output"), "", seconds(30));
+  REQUIRE(Http(base, "POST", JobPath(id, "/complete")).status == 200);
+  REQUIRE(Ready(waiter, seconds(10)));
+  r = waiter.get();
+  CHECK(r.status == 200);
+  CHECK(r.body == "[]\n");
+}
+
 TEST_CASE("a burst of simultaneous connections is answered, none left waiting", "[api]") {
   // Clients that connect at the same instant (a batch script, a pool of
   // workers) must all be answered within seconds: none reset, none left

@@ -527,6 +527,25 @@ TEST_CASE("Job::WaitDone blocks until the last input is finished", "[unit][job]"
   CHECK(status.ok());
 }
 
+TEST_CASE("Job::WaitDone asks give_up about once a second, and stops when it says so",
+          "[unit][job]") {
+  TestJob t;
+  REQUIRE(t.job->Add(Batch({"a"})).ok());
+  int asked = 0;
+  Status status = t.job->WaitDone([&] { return ++asked == 2; });
+  CHECK(status.code() == Status::kUnavailable);
+  CHECK(asked == 2);
+  // Giving up changes nothing: the job waits on, and its input is there.
+  CHECK(t.job->state() == JobState::kOpen);
+  CHECK(Read(t.job.get()).inputs == 1);
+  // A job that ends is seen at once, without asking.
+  REQUIRE(t.job->Complete().ok());
+  TakeAndFinish(t.job.get());
+  asked = 0;
+  CHECK(t.job->WaitDone([&] { return ++asked > 0; }).ok());
+  CHECK(asked == 0);
+}
+
 TEST_CASE("Job::Take waits for an input on an open job and gives up once it is complete",
           "[unit][job]") {
   TestJob t;
