@@ -10,23 +10,27 @@
 
 namespace {
 
-// The numeric host and the port of a socket address, formatted as
-// cpp-httplib formats a request's addresses.
-bool HostAndPort(const sockaddr_storage& addr, socklen_t len, std::string* host, int* port) {
-  if (addr.ss_family == AF_INET) {
-    *port = ntohs(reinterpret_cast<const sockaddr_in&>(addr).sin_port);
-  } else if (addr.ss_family == AF_INET6) {
-    *port = ntohs(reinterpret_cast<const sockaddr_in6&>(addr).sin6_port);
-  } else {
-    return false;
+// The port of a socket address, or -1 if it is not an IP address.
+int PortOf(const sockaddr_storage& addr) {
+  switch (addr.ss_family) {
+    case AF_INET:
+      return ntohs(reinterpret_cast<const sockaddr_in&>(addr).sin_port);
+    case AF_INET6:
+      return ntohs(reinterpret_cast<const sockaddr_in6&>(addr).sin6_port);
+    default:
+      return -1;
   }
+}
+
+// Whether a socket address is host:port, its host formatted numerically as
+// cpp-httplib formats a request's addresses. The port is compared first: it
+// is cheap and rules out nearly every other socket.
+bool AddressIs(const sockaddr_storage& addr, socklen_t len, const std::string& host, int port) {
+  if (PortOf(addr) != port) return false;
   char buf[NI_MAXHOST];
-  if (getnameinfo(reinterpret_cast<const sockaddr*>(&addr), len, buf, sizeof(buf), nullptr, 0,
-                  NI_NUMERICHOST) != 0) {
-    return false;
-  }
-  *host = buf;
-  return true;
+  return getnameinfo(reinterpret_cast<const sockaddr*>(&addr), len, buf, sizeof(buf), nullptr, 0,
+                     NI_NUMERICHOST) == 0 &&
+         host == buf;
 }
 
 // Whether fd is a connected socket between exactly these two addresses.
@@ -34,15 +38,13 @@ bool Connects(int fd, const std::string& local_addr, int local_port,
               const std::string& remote_addr, int remote_port) {
   sockaddr_storage addr;
   socklen_t len = sizeof(addr);
-  std::string host;
-  int port = 0;
   if (getpeername(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0 ||
-      !HostAndPort(addr, len, &host, &port) || port != remote_port || host != remote_addr) {
+      !AddressIs(addr, len, remote_addr, remote_port)) {
     return false;
   }
   len = sizeof(addr);
   return getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0 &&
-         HostAndPort(addr, len, &host, &port) && port == local_port && host == local_addr;
+         AddressIs(addr, len, local_addr, local_port);
 }
 
 }  // namespace
@@ -68,8 +70,10 @@ CallerSocket::CallerSocket(const std::string& local_addr, int local_port,
 
 bool CallerSocket::HungUp() const {
   if (fd_ < 0) return false;
-  // POLLRDHUP: the caller shut its side (a FIN), even with bytes of a
-  // pipelined request still unread.
+  // POLLRDHUP: the caller sent its FIN. A caller that only half-closes,
+  // shutting its sending side and still reading, looks the same without a
+  // write to the socket, so it is taken as gone too; curl and the usual
+  // HTTP clients never half-close.
   pollfd p = {fd_, POLLRDHUP, 0};
   return poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
 }

@@ -21,10 +21,8 @@ class CallerSocket {
   CallerSocket(const std::string& local_addr, int local_port, const std::string& remote_addr,
                int remote_port);
 
-  // Whether the socket was found. If not, HungUp is always false.
-  bool found() const { return fd_ >= 0; }
-
-  // True once the caller has closed or reset its connection.
+  // True once the caller has closed or reset its connection (or shut its
+  // sending side: see HungUp). Always false if the socket was not found.
   bool HungUp() const;
 
  private:

@@ -331,9 +331,16 @@ void InstallRoutes(httplib::Server& server, JobTable& table, const Flags& flags)
     std::shared_ptr<Job> job = find(req, res);
     if (!job) return;
     if (query.wait) {
-      // A caller who hangs up before the job ends gets this thread back.
-      CallerSocket caller(req.local_addr, req.local_port, req.remote_addr, req.remote_port);
-      s = job->WaitDone([&caller] { return caller.HungUp(); });
+      // A caller who hangs up before the job ends gives this thread back.
+      // Its socket is looked for only once a wait lasts, not on every GET.
+      std::unique_ptr<CallerSocket> caller;
+      s = job->WaitDone([&] {
+        if (!caller) {
+          caller.reset(
+              new CallerSocket(req.local_addr, req.local_port, req.remote_addr, req.remote_port));
+        }
+        return caller->HungUp();
+      });
     }
     // Read before the entries are counted, so that "done" is never shown
     // over an output that misses some.

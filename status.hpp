@@ -18,7 +18,7 @@ class Status {
     kConflict,     // the request clashes with the job's state: 409
     kTooLarge,     // a body over the limit: 413
     kTooMany,      // a server limit is reached: 429
-    kUnavailable,  // the server is shutting down: 503
+    kUnavailable,  // the server is shutting down, or the caller left: 503
     kInternal,     // the server failed, e.g. its disk is full: 500
   };
 

@@ -1580,11 +1580,11 @@ TEST_CASE("callers who hang up on GET /output give their threads back", "[api]")
   const std::string base = pmmap.base_url();
   std::string id = CreateJob(pmmap, JobBody(hook.url()));  // never completed
   const int baseline = AcceptedConnections(pmmap.port());
-  // Each waiter gives up after 5 s, as `curl --max-time 5` would, and
+  // Each waiter gives up after 8 s, as `curl --max-time 8` would, and
   // closes its connection.
   std::vector<std::future<HttpResult>> waiters;
-  for (int i = 0; i < 2; ++i) waiters.push_back(Async(base, "GET", JobPath(id, "/output"), "", seconds(5)));
-  REQUIRE(WaitUntil([&] { return AcceptedConnections(pmmap.port()) >= baseline + 2; }, seconds(10)));
+  for (int i = 0; i < 2; ++i) waiters.push_back(Async(base, "GET", JobPath(id, "/output"), "", seconds(8)));
+  REQUIRE(WaitUntil([&] { return AcceptedConnections(pmmap.port()) >= baseline + 2; }, seconds(5)));
   auto health = Async(base, "GET", "/healthz", "", seconds(30));
   REQUIRE_FALSE(Ready(health, milliseconds(300)));  // both threads are taken
   for (auto& w : waiters) {
