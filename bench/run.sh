@@ -192,6 +192,17 @@ live_threads_cpu_seconds() {
   calc "$total / $(getconf CLK_TCK)" %.2f
 }
 
+# Sets CHILDREN_CPU to the CPU seconds (user + system) of this shell's
+# children that have exited and been waited for. It must run in this shell,
+# not in $(...): a subshell's children count from zero.
+children_cpu() {
+  times >"$TMP/times.out"
+  CHILDREN_CPU=$(awk 'NR == 2 {
+    n = split($0, f, /[ms ]+/); total = 0
+    for (i = 1; i + 1 <= n; i += 2) total += f[i] * 60 + f[i + 1]
+    printf "%.2f", total }' "$TMP/times.out")
+}
+
 # CPU seconds the whole machine spent busy (all CPUs), from /proc/stat.
 machine_busy_seconds() {
   awk -v tck="$(getconf CLK_TCK)" '$1 == "cpu" {
@@ -515,7 +526,9 @@ run_pmmap() {
   STARTED[$get]=get
 
   # The timed part: POST /job ... last byte of GET /output.
-  local job_body
+  local job_body clients_cpu0
+  children_cpu
+  clients_cpu0=$CHILDREN_CPU
   printf -v job_body '{"url":"%s","concurrency":%s,"maxsize":%s}' "$HOOK" "$c" "$MAXSIZE"
   t0=$EPOCHREALTIME
   post_job "$port" "$job_body" || true
@@ -551,6 +564,9 @@ run_pmmap() {
   fi
   wait "$get" || true
   t1=$EPOCHREALTIME
+  local clients_cpu
+  children_cpu
+  clients_cpu=$(calc "$CHILDREN_CPU - $clients_cpu0" %.2f)
   forget "$get"
   get=$(cat "$dir/get.out")
 
@@ -612,6 +628,7 @@ run_pmmap() {
   local out_bytes
   out_bytes=$(stat -c %s "$OUT/output-$label.json" 2>/dev/null || echo 0)
   R_DETAIL="$n inputs in ${R_SECONDS} s; pmmap CPU ${R_CPU} s ($(calc "${R_CPU/NA/0} / $R_SECONDS * 100")% of a core; workers $(calc "${R_CPU/NA/0} - ${R_CPU_REST/NA/0}" %.2f) s, other threads $R_CPU_REST s)"
+  R_DETAIL+=", clients (feeder and GET curls) CPU $clients_cpu s"
   R_DETAIL+=", nginx worker CPU $(calc "${nginx_cpu1/NA/0} - ${nginx_cpu0/NA/0}" %.2f) s"
   R_DETAIL+=", machine busy $(calc "$busy1 - $busy0" %.2f) of $(calc "($t1 - $t0) * $(nproc)" %.2f) CPU s"
   R_DETAIL+="; $FEEDERS feeder(s): $puts PUTs ($statuses, $put_times), $connects new connection(s); output $(calc "$out_bytes / 1048576" %.1f) MB; $verdict"
