@@ -16,8 +16,11 @@
 #      byte of output;
 #   4. prints a table (and the same as markdown): req/s of the ceilings,
 #      pmmap's inputs/s and its ratios to them (to the bare loops: the
-#      median of each round's ratio), pmmap's peak RSS (VmHWM) and
-#      CPU seconds per 1000 inputs, read just before pmmap is stopped;
+#      median of each round's ratio), pmmap's CPU seconds over the bare
+#      loop's (likewise), pmmap's peak RSS (VmHWM) and CPU seconds per 1000
+#      inputs, read just before pmmap is stopped; for each round, where
+#      the CPU went: pmmap's workers and other threads, the client curls,
+#      nginx, the machine;
 #   5. a memory run: BENCH_BIG_N inputs at concurrency 32: peak RSS and the
 #      speed of streaming the whole output of a done job once;
 #   6. the PUT rate: N inputs PUT into a job whose queue has room, timed.
@@ -438,10 +441,11 @@ wrk_rps() {
 }
 
 # bare_rps C N [contract|plain]: sets B_RPS, the design's limit at C
-# threads, its requests with pmmap's headers (contract) or without them.
+# threads, its requests with pmmap's headers (contract) or without them, and
+# B_CPU, the bare loop's own CPU seconds.
 bare_rps() {
   local c=$1 n=$2 headers=${3:-contract} out=$TMP/bare.out busy0 t0
-  B_RPS=NA B_BUSY=NA
+  B_RPS=NA B_BUSY=NA B_CPU=NA
   busy0=$(machine_busy_seconds)
   t0=$EPOCHREALTIME
   run_bg bare_loop "$out" "${CLIENT[@]}" timeout 900 "$TMP/bare_loop" "$HOOK" "$c" "$n" "$headers"
@@ -451,7 +455,9 @@ bare_rps() {
     return
   fi
   B_RPS=$(sed -n 's/.* rps=\([0-9]*\).*/\1/p' "$out")
-  B_BUSY="its CPU $(sed -n 's/.* cpu=\([0-9.]*\).*/\1/p' "$out") s, machine busy $B_BUSY"
+  B_CPU=$(sed -n 's/.* cpu=\([0-9.]*\).*/\1/p' "$out")
+  [[ -n $B_CPU ]] || B_CPU=NA
+  B_BUSY="its CPU $B_CPU s, machine busy $B_BUSY"
   [[ -n $B_RPS ]] || { fail "no rps from bare_loop: $(head -c 500 "$out")"; B_RPS=NA; }
 }
 
@@ -670,7 +676,7 @@ if [[ $PIN == 1 ]]; then
   taskset -pc 0 "$(nginx_worker_pid)" >/dev/null || die "cannot pin nginx's worker"
 fi
 
-declare -A WRK BARE PLAIN IPS RATIO_BARE RATIO_PLAIN RATIO_WRK RSS CPUK SECS PUTMS
+declare -A WRK BARE PLAIN IPS RATIO_BARE RATIO_PLAIN RATIO_WRK RATIO_CPU RSS CPUK SECS PUTMS
 for c in $CONCURRENCY; do
   log "bench: concurrency $c: wrk"
   wait_quiet "wrk -c$c"
@@ -682,13 +688,13 @@ for c in $CONCURRENCY; do
   # within seconds, so the machine's speed, which drifts between rounds on
   # a shared host, cancels out of them.
   round_bare= round_plain= round_ips= round_rss= round_cpuk= round_putms=
-  round_ratio_bare= round_ratio_plain=
+  round_ratio_bare= round_ratio_plain= round_ratio_cpu=
   for ((r = 1; r <= REPEAT; r++)); do
     log "bench: concurrency $c, round $r of $REPEAT: bare loop, bare loop without pmmap's headers, pmmap"
     wait_quiet "bare_loop -c$c"
     bare_rps "$c" "$N" contract
     round_bare+=" $B_RPS"
-    round_bare_rps=$B_RPS round_bare_busy=$B_BUSY
+    round_bare_rps=$B_RPS round_bare_busy=$B_BUSY round_bare_cpu=$B_CPU
     wait_quiet "bare_loop -c$c plain"
     bare_rps "$c" "$N" plain
     round_plain+=" $B_RPS"
@@ -699,6 +705,12 @@ for c in $CONCURRENCY; do
       [[ $round_bare_rps =~ ^[0-9]+$ ]] && round_ratio_bare+=" $(calc "$R_IPS / $round_bare_rps" %.3f)"
       [[ $B_RPS =~ ^[0-9]+$ ]] && round_ratio_plain+=" $(calc "$R_IPS / $B_RPS" %.3f)"
     fi
+    # pmmap's CPU for the same calls as the bare loop's, with everything
+    # around them: what pmmap itself adds, whatever the clients beside it
+    # cost.
+    if [[ $R_CPU =~ ^[0-9.]+$ && $round_bare_cpu =~ ^[0-9.]+$ ]] && [[ $round_bare_cpu != 0.00 ]]; then
+      round_ratio_cpu+=" $(calc "$R_CPU / $round_bare_cpu" %.3f)"
+    fi
     echo "concurrency $c, round $r: bare loop $round_bare_rps req/s ($B_RPS without pmmap's headers), pmmap $R_IPS inputs/s"
     echo "  bare loop: $round_bare_busy"
     echo "  pmmap: $R_DETAIL"
@@ -707,7 +719,9 @@ for c in $CONCURRENCY; do
   IPS[$c]=$(median $round_ips) CPUK[$c]=$(median $round_cpuk) PUTMS[$c]=$(median $round_putms)
   RSS[$c]=$(maximum $round_rss)
   R_IPS=${IPS[$c]}
-  RATIO_BARE[$c]=NA RATIO_PLAIN[$c]=NA RATIO_WRK[$c]=NA
+  RATIO_BARE[$c]=NA RATIO_PLAIN[$c]=NA RATIO_WRK[$c]=NA RATIO_CPU[$c]=NA
+  ratio=$(median $round_ratio_cpu)
+  [[ $ratio != NA ]] && RATIO_CPU[$c]=$(calc "$ratio" %.2f)
   ratio=$(median $round_ratio_bare)
   [[ $ratio != NA ]] && RATIO_BARE[$c]=$(calc "$ratio" %.2f)
   ratio=$(median $round_ratio_plain)
@@ -722,6 +736,7 @@ for c in $CONCURRENCY; do
   echo "concurrency $c, medians of $REPEAT: wrk ${WRK[$c]} req/s, bare loop ${BARE[$c]} req/s (${PLAIN[$c]} without pmmap's headers), pmmap ${IPS[$c]} inputs/s"
   echo "  bare loop:$round_bare; plain:$round_plain; pmmap:$round_ips"
   echo "  pmmap/bare by round:$round_ratio_bare (median ${RATIO_BARE[$c]}; the ratio of the medians: $of_medians)"
+  echo "  pmmap's CPU / the bare loop's CPU by round:$round_ratio_cpu (median ${RATIO_CPU[$c]})"
 done
 
 # PUT /input alone: N inputs into a job whose queue never fills (maxsize
@@ -773,10 +788,10 @@ if (( BIG_N > 0 )); then
 fi
 
 echo
-printf '%-11s %10s %10s %11s %10s %11s %12s %10s %14s %14s %12s\n' concurrency 'wrk req/s' 'bare req/s' 'plain req/s' 'pmmap in/s' 'pmmap/bare' 'pmmap/plain' 'pmmap/wrk' 'peak RSS (MB)' 'CPU s/1000 in' 'PUT mean ms'
+printf '%-11s %10s %10s %11s %10s %11s %12s %10s %12s %14s %14s %12s\n' concurrency 'wrk req/s' 'bare req/s' 'plain req/s' 'pmmap in/s' 'pmmap/bare' 'pmmap/plain' 'pmmap/wrk' 'CPU/bare CPU' 'peak RSS (MB)' 'CPU s/1000 in' 'PUT mean ms'
 for c in $CONCURRENCY; do
-  printf '%-11s %10s %10s %11s %10s %11s %12s %10s %14s %14s %12s\n' "$c" "${WRK[$c]}" "${BARE[$c]}" "${PLAIN[$c]}" "${IPS[$c]}" \
-    "${RATIO_BARE[$c]}" "${RATIO_PLAIN[$c]}" "${RATIO_WRK[$c]}" "${RSS[$c]}" "${CPUK[$c]}" "${PUTMS[$c]}"
+  printf '%-11s %10s %10s %11s %10s %11s %12s %10s %12s %14s %14s %12s\n' "$c" "${WRK[$c]}" "${BARE[$c]}" "${PLAIN[$c]}" "${IPS[$c]}" \
+    "${RATIO_BARE[$c]}" "${RATIO_PLAIN[$c]}" "${RATIO_WRK[$c]}" "${RATIO_CPU[$c]}" "${RSS[$c]}" "${CPUK[$c]}" "${PUTMS[$c]}"
 done
 
 echo
@@ -784,10 +799,10 @@ echo "Markdown:"
 echo
 echo "Machine: $(nproc) CPUs ($cpu_model), kernel $(uname -r). Webhook: nginx $("$NGINX" -v 2>&1 | sed 's/^nginx version: nginx\///'), 1 worker, loopback. $N inputs of $VALUE_BYTES-byte values, PUT batches of $BATCH (one curl per feeder, $FEEDERS feeder(s), one kept-alive connection each), maxsize $MAXSIZE."
 echo
-echo '| concurrency | wrk req/s | bare loop req/s | bare loop without pmmap headers | pmmap inputs/s | pmmap/bare | pmmap/plain bare | pmmap/wrk | pmmap peak RSS (MB) | pmmap CPU s per 1000 inputs | mean PUT (ms) |'
-echo '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|'
+echo '| concurrency | wrk req/s | bare loop req/s | bare loop without pmmap headers | pmmap inputs/s | pmmap/bare | pmmap/plain bare | pmmap/wrk | pmmap CPU / bare loop CPU | pmmap peak RSS (MB) | pmmap CPU s per 1000 inputs | mean PUT (ms) |'
+echo '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|'
 for c in $CONCURRENCY; do
-  echo "| $c | ${WRK[$c]} | ${BARE[$c]} | ${PLAIN[$c]} | ${IPS[$c]} | ${RATIO_BARE[$c]} | ${RATIO_PLAIN[$c]} | ${RATIO_WRK[$c]} | ${RSS[$c]} | ${CPUK[$c]} | ${PUTMS[$c]} |"
+  echo "| $c | ${WRK[$c]} | ${BARE[$c]} | ${PLAIN[$c]} | ${IPS[$c]} | ${RATIO_BARE[$c]} | ${RATIO_PLAIN[$c]} | ${RATIO_WRK[$c]} | ${RATIO_CPU[$c]} | ${RSS[$c]} | ${CPUK[$c]} | ${PUTMS[$c]} |"
 done
 echo
 echo "PUT /input with room in the queue (parse, validate, enqueue): $PUT_RATE inputs/s."
