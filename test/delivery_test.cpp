@@ -150,6 +150,15 @@ rapidjson::Document Complete(const PmmapProcess& pmmap, const std::string& id) {
   return ParseJson(r.body);
 }
 
+// Creates a job, PUTs inputs into it and completes it; returns its id.
+std::string StartJob(const PmmapProcess& pmmap, const std::string& job_body,
+                     const std::string& inputs) {
+  std::string id = CreateJob(pmmap, job_body);
+  PutInputs(pmmap, id, inputs);
+  Complete(pmmap, id);
+  return id;
+}
+
 rapidjson::Document Cancel(const PmmapProcess& pmmap, const std::string& id) {
   HttpResult r = Post(pmmap, "/job/" + id + "/cancel");
   INFO("POST /job/" << id << "/cancel -> " << r.status << " " << r.body);
@@ -213,6 +222,14 @@ std::map<std::string, std::vector<Webhook::Call>> CallsByKey(std::vector<Webhook
   std::map<std::string, std::vector<Webhook::Call>> by_key;
   for (auto& call : calls) by_key[call.key].push_back(call);
   return by_key;
+}
+
+// The time from key's first call to its second, which must be its last.
+double MsToSecondAttempt(std::map<std::string, std::vector<Webhook::Call>>& by_key,
+                         const std::string& key) {
+  INFO("key " << key);
+  REQUIRE(by_key[key].size() == 2);
+  return MsBetween(by_key[key][0].at, by_key[key][1].at);
 }
 
 std::vector<Webhook::Call> SortedCalls(Webhook& hook) {
@@ -527,9 +544,7 @@ TEST_CASE("429 with Retry-After pauses the whole job (concurrency 1)", "[deliver
     res.set_content("{}", "application/json");
   });
   PmmapProcess pmmap;
-  std::string id = CreateJob(pmmap, JobBody(hook, "\"concurrency\":1"));
-  PutInputs(pmmap, id, MakeInputs(4));
-  Complete(pmmap, id);
+  std::string id = StartJob(pmmap, JobBody(hook, "\"concurrency\":1"), MakeInputs(4));
   rapidjson::Document job = WaitForState(pmmap, id, "done");
   CHECK(Count(job, "retries") == 1);
   CHECK(Count(job, "succeeded") == 4);
@@ -581,9 +596,7 @@ TEST_CASE("429 with Retry-After pauses the whole job (concurrency 2)", "[deliver
     ~OpenShared() { s->gate.Open(); }
   } open_on_exit{shared};
 
-  std::string id = CreateJob(pmmap, JobBody(hook, "\"concurrency\":2"));
-  PutInputs(pmmap, id, MakeInputs(6));
-  Complete(pmmap, id);
+  std::string id = StartJob(pmmap, JobBody(hook, "\"concurrency\":2"), MakeInputs(6));
   rapidjson::Document job =
       WaitForJob(pmmap, id, [](const rapidjson::Document& d) { return d["retries"].GetUint64() == 1; });
   REQUIRE(Count(job, "retries") == 1);
@@ -629,25 +642,19 @@ TEST_CASE("Retry-After is capped by max_backoff_ms and honoured only on 429 and 
     }
   });
   PmmapProcess pmmap;
-  std::string capped = CreateJob(pmmap, JobBody(hook, "\"concurrency\":2,\"max_backoff_ms\":300"));
-  PutInputs(pmmap, capped, "[{\"key\":\"s0\",\"value\":1},{\"key\":\"d0\",\"value\":2}]");
-  Complete(pmmap, capped);
-  std::string ignored = CreateJob(pmmap, JobBody(hook, "\"backoff_ms\":0"));
-  PutInputs(pmmap, ignored, "[{\"key\":\"x0\",\"value\":3}]");
-  Complete(pmmap, ignored);
+  std::string capped = StartJob(pmmap, JobBody(hook, "\"concurrency\":2,\"max_backoff_ms\":300"), "[{\"key\":\"s0\",\"value\":1},{\"key\":\"d0\",\"value\":2}]");
+  std::string ignored = StartJob(pmmap, JobBody(hook, "\"backoff_ms\":0"), "[{\"key\":\"x0\",\"value\":3}]");
   WaitForState(pmmap, capped, "done", std::chrono::seconds(10));
   WaitForState(pmmap, ignored, "done", std::chrono::seconds(10));
 
   auto by_key = CallsByKey(hook.calls());
   for (const char* key : {"s0", "d0"}) {
-    REQUIRE(by_key[key].size() == 2);
-    double gap = MsBetween(by_key[key][0].at, by_key[key][1].at);
+    double gap = MsToSecondAttempt(by_key, key);
     INFO(key << ": second attempt " << gap << " ms after the first");
     CHECK(gap >= 300 - 50);     // the capped Retry-After is waited out
     CHECK(gap < 300 + 1500);    // and not the 30 s or the hour asked for
   }
-  REQUIRE(by_key["x0"].size() == 2);
-  double gap = MsBetween(by_key["x0"][0].at, by_key["x0"][1].at);
+  double gap = MsToSecondAttempt(by_key, "x0");
   INFO("x0: second attempt " << gap << " ms after the first");
   CHECK(gap < 1000);  // backoff_ms 0: the 500's Retry-After is not honoured
 }
@@ -666,21 +673,15 @@ TEST_CASE("of several Retry-After headers, the last one is honoured", "[delivery
   });
   PmmapProcess pmmap;
   // One job per key: a 429 pauses its whole job, so the keys must not share one.
-  std::string short_last = CreateJob(pmmap, JobBody(hook, "\"max_backoff_ms\":60000"));
-  PutInputs(pmmap, short_last, "[{\"key\":\"short-last\",\"value\":1}]");
-  Complete(pmmap, short_last);
-  std::string long_last = CreateJob(pmmap, JobBody(hook, "\"max_backoff_ms\":60000"));
-  PutInputs(pmmap, long_last, "[{\"key\":\"long-last\",\"value\":2}]");
-  Complete(pmmap, long_last);
+  std::string short_last = StartJob(pmmap, JobBody(hook, "\"max_backoff_ms\":60000"), "[{\"key\":\"short-last\",\"value\":1}]");
+  std::string long_last = StartJob(pmmap, JobBody(hook, "\"max_backoff_ms\":60000"), "[{\"key\":\"long-last\",\"value\":2}]");
   // Were the first header honoured, short-last would wait 30 s: past this.
   WaitForState(pmmap, short_last, "done", std::chrono::seconds(10));
   WaitForState(pmmap, long_last, "done", std::chrono::seconds(10));
 
   auto by_key = CallsByKey(hook.calls());
-  REQUIRE(by_key["short-last"].size() == 2);
-  REQUIRE(by_key["long-last"].size() == 2);
-  double short_gap = MsBetween(by_key["short-last"][0].at, by_key["short-last"][1].at);
-  double long_gap = MsBetween(by_key["long-last"][0].at, by_key["long-last"][1].at);
+  double short_gap = MsToSecondAttempt(by_key, "short-last");
+  double long_gap = MsToSecondAttempt(by_key, "long-last");
   INFO("second attempts after " << short_gap << " ms (last header 0) and " << long_gap
                                 << " ms (last header 1)");
   CHECK(short_gap < 1500);
@@ -941,9 +942,7 @@ TEST_CASE("GET /jobs lists every job in the form of GET /job/{id}", "[delivery]"
   std::string configured = CreateJob(
       pmmap, JobBody(hook, "\"concurrency\":3,\"maxsize\":50,\"timeout_ms\":1234,\"max_attempts\":7,"
                            "\"backoff_ms\":11,\"max_backoff_ms\":222,\"rate_per_sec\":2.5"));
-  std::string done = CreateJob(pmmap, JobBody(hook, "\"concurrency\":2"));
-  PutInputs(pmmap, done, MakeInputs(5, "d"));
-  Complete(pmmap, done);
+  std::string done = StartJob(pmmap, JobBody(hook, "\"concurrency\":2"), MakeInputs(5, "d"));
   std::string open = CreateJob(pmmap, JobBody(hook));
   PutInputs(pmmap, open, MakeInputs(3, "o"));
   std::string cancelled = CreateJob(pmmap, JobBody(hook));
@@ -1235,9 +1234,7 @@ TEST_CASE("cancel in every state", "[delivery]") {
   }
 
   SECTION("done: stays done") {
-    std::string id = CreateJob(pmmap, JobBody(hook, "\"concurrency\":2"));
-    PutInputs(pmmap, id, MakeInputs(3, "d"));
-    Complete(pmmap, id);
+    std::string id = StartJob(pmmap, JobBody(hook, "\"concurrency\":2"), MakeInputs(3, "d"));
     rapidjson::Document before = WaitForState(pmmap, id, "done");
     rapidjson::Document job = Cancel(pmmap, id);
     CHECK(State(job) == "done");
@@ -1314,9 +1311,7 @@ TEST_CASE("offset and limit page through the output in stored order", "[delivery
   Webhook hook;
   PmmapProcess pmmap;
   const size_t n = 23;
-  std::string id = CreateJob(pmmap, JobBody(hook, "\"concurrency\":3"));
-  PutInputs(pmmap, id, MakeInputs(static_cast<int>(n)));
-  Complete(pmmap, id);
+  std::string id = StartJob(pmmap, JobBody(hook, "\"concurrency\":3"), MakeInputs(static_cast<int>(n)));
   std::vector<std::string> full = ArrayEntries(GetOutput(pmmap, id));
   REQUIRE(full.size() == n);
   std::set<std::string> keys;
@@ -1403,9 +1398,7 @@ TEST_CASE("an NDJSON output without entries is a complete, empty 200 response", 
 TEST_CASE("NDJSON output, the PMMAP-state header, and bad output queries", "[delivery]") {
   Webhook hook;
   PmmapProcess pmmap;
-  std::string id = CreateJob(pmmap, JobBody(hook, "\"concurrency\":4"));
-  PutInputs(pmmap, id, MakeInputs(40));
-  Complete(pmmap, id);
+  std::string id = StartJob(pmmap, JobBody(hook, "\"concurrency\":4"), MakeInputs(40));
   HttpResult r = GetOutput(pmmap, id);
   CHECK(HeaderOf(r.headers, "PMMAP-state") == "done");
   std::vector<std::string> full = ArrayEntries(r);
@@ -1463,9 +1456,7 @@ TEST_CASE("a large output read whole, paged and as NDJSON agrees", "[delivery]")
     inputs += "{\"key\":\"" + key_of(i) + "\",\"value\":{\"i\":" + std::to_string(i) + "}}";
   }
   inputs.push_back(']');
-  std::string id = CreateJob(pmmap, JobBody(hook, "\"concurrency\":16"));
-  PutInputs(pmmap, id, inputs);
-  Complete(pmmap, id);
+  std::string id = StartJob(pmmap, JobBody(hook, "\"concurrency\":16"), inputs);
   rapidjson::Document job = WaitForState(pmmap, id, "done", std::chrono::seconds(30));
   CHECK(Count(job, "failed") == static_cast<uint64_t>(n / 10));
 
