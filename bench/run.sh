@@ -174,6 +174,20 @@ maximum() {
   printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g | tail -1 | grep . || echo NA
 }
 
+# ratio A B: A / B to three places, or nothing if either is not a number
+# or B is zero, so that a failed run adds no ratio to a round's list.
+ratio() {
+  [[ $1 =~ ^[0-9.]+$ && $2 =~ ^[0-9.]+$ ]] || return 0
+  awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf " %.3f", a / b }'
+}
+
+# median_ratio R...: the median of the ratios to two places, or NA.
+median_ratio() {
+  local m
+  m=$(median "$@")
+  if [[ $m == NA ]]; then echo NA; else calc "$m" %.2f; fi
+}
+
 # CPU seconds (utime + stime) of a live process.
 cpu_seconds() {
   local stat
@@ -183,8 +197,10 @@ cpu_seconds() {
 }
 
 # CPU seconds of pid's threads that are still running. Once a job is done
-# its workers have exited, so for pmmap this is what the rest (the HTTP
-# threads, main) used, and cpu_seconds minus it is what the workers used.
+# its workers exit (by the time its output has been read, one may at most
+# be finishing, and would count here), so for pmmap this is what the rest
+# (the HTTP threads, main) used, and cpu_seconds minus it what the workers
+# used.
 live_threads_cpu_seconds() {
   local task stat total=0
   for task in /proc/"$1"/task/*; do
@@ -442,14 +458,15 @@ wrk_rps() {
 
 # bare_rps C N [contract|plain]: sets B_RPS, the design's limit at C
 # threads, its requests with pmmap's headers (contract) or without them, and
-# B_CPU, the bare loop's own CPU seconds.
+# B_CPU, the bare loop's own CPU seconds, and B_DETAIL, what the round prints of it.
 bare_rps() {
   local c=$1 n=$2 headers=${3:-contract} out=$TMP/bare.out busy0 t0
-  B_RPS=NA B_BUSY=NA B_CPU=NA
+  B_RPS=NA B_CPU=NA B_DETAIL=
   busy0=$(machine_busy_seconds)
   t0=$EPOCHREALTIME
   run_bg bare_loop "$out" "${CLIENT[@]}" timeout 900 "$TMP/bare_loop" "$HOOK" "$c" "$n" "$headers"
-  B_BUSY="$(calc "$(machine_busy_seconds) - $busy0" %.2f) of $(calc "($EPOCHREALTIME - $t0) * $(nproc)" %.2f) CPU s"
+  local busy
+  busy="$(calc "$(machine_busy_seconds) - $busy0" %.2f) of $(calc "($EPOCHREALTIME - $t0) * $(nproc)" %.2f) CPU s"
   if [[ $BG_RC != 0 ]]; then
     fail "bare_loop -c$c exited with $BG_RC: $(head -c 500 "$out")"
     return
@@ -457,7 +474,7 @@ bare_rps() {
   B_RPS=$(sed -n 's/.* rps=\([0-9]*\).*/\1/p' "$out")
   B_CPU=$(sed -n 's/.* cpu=\([0-9.]*\).*/\1/p' "$out")
   [[ -n $B_CPU ]] || B_CPU=NA
-  B_BUSY="its CPU $B_CPU s, machine busy $B_BUSY"
+  B_DETAIL="its CPU $B_CPU s, machine busy $busy"
   [[ -n $B_RPS ]] || { fail "no rps from bare_loop: $(head -c 500 "$out")"; B_RPS=NA; }
 }
 
@@ -694,38 +711,31 @@ for c in $CONCURRENCY; do
     wait_quiet "bare_loop -c$c"
     bare_rps "$c" "$N" contract
     round_bare+=" $B_RPS"
-    round_bare_rps=$B_RPS round_bare_busy=$B_BUSY round_bare_cpu=$B_CPU
+    round_bare_rps=$B_RPS round_bare_detail=$B_DETAIL round_bare_cpu=$B_CPU
     wait_quiet "bare_loop -c$c plain"
     bare_rps "$c" "$N" plain
     round_plain+=" $B_RPS"
     wait_quiet "pmmap -c$c"
     run_pmmap "c$c" "$c" "$N" "$TMP/batches-main" || true
     round_ips+=" $R_IPS" round_rss+=" $R_RSS" round_cpuk+=" $R_CPU_PER_K" round_putms+=" $R_PUT_MS"
-    if [[ $R_IPS =~ ^[0-9]+$ ]]; then
-      [[ $round_bare_rps =~ ^[0-9]+$ ]] && round_ratio_bare+=" $(calc "$R_IPS / $round_bare_rps" %.3f)"
-      [[ $B_RPS =~ ^[0-9]+$ ]] && round_ratio_plain+=" $(calc "$R_IPS / $B_RPS" %.3f)"
-    fi
+    round_ratio_bare+=$(ratio "$R_IPS" "$round_bare_rps")
+    round_ratio_plain+=$(ratio "$R_IPS" "$B_RPS")
     # pmmap's CPU for the same calls as the bare loop's, with everything
     # around them: what pmmap itself adds, whatever the clients beside it
     # cost.
-    if [[ $R_CPU =~ ^[0-9.]+$ && $round_bare_cpu =~ ^[0-9.]+$ ]] && [[ $round_bare_cpu != 0.00 ]]; then
-      round_ratio_cpu+=" $(calc "$R_CPU / $round_bare_cpu" %.3f)"
-    fi
+    round_ratio_cpu+=$(ratio "$R_CPU" "$round_bare_cpu")
     echo "concurrency $c, round $r: bare loop $round_bare_rps req/s ($B_RPS without pmmap's headers), pmmap $R_IPS inputs/s"
-    echo "  bare loop: $round_bare_busy"
+    echo "  bare loop: $round_bare_detail"
     echo "  pmmap: $R_DETAIL"
   done
   BARE[$c]=$(median $round_bare) PLAIN[$c]=$(median $round_plain)
   IPS[$c]=$(median $round_ips) CPUK[$c]=$(median $round_cpuk) PUTMS[$c]=$(median $round_putms)
   RSS[$c]=$(maximum $round_rss)
   R_IPS=${IPS[$c]}
-  RATIO_BARE[$c]=NA RATIO_PLAIN[$c]=NA RATIO_WRK[$c]=NA RATIO_CPU[$c]=NA
-  ratio=$(median $round_ratio_cpu)
-  [[ $ratio != NA ]] && RATIO_CPU[$c]=$(calc "$ratio" %.2f)
-  ratio=$(median $round_ratio_bare)
-  [[ $ratio != NA ]] && RATIO_BARE[$c]=$(calc "$ratio" %.2f)
-  ratio=$(median $round_ratio_plain)
-  [[ $ratio != NA ]] && RATIO_PLAIN[$c]=$(calc "$ratio" %.2f)
+  RATIO_BARE[$c]=$(median_ratio $round_ratio_bare)
+  RATIO_PLAIN[$c]=$(median_ratio $round_ratio_plain)
+  RATIO_CPU[$c]=$(median_ratio $round_ratio_cpu)
+  RATIO_WRK[$c]=NA
   if [[ $R_IPS =~ ^[0-9]+$ && ${WRK[$c]} =~ ^[0-9]+$ ]]; then
     RATIO_WRK[$c]=$(calc "$R_IPS / ${WRK[$c]}" %.2f)
   fi
