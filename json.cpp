@@ -330,7 +330,7 @@ void AppendWithoutSpace(const char* data, size_t size, std::string* out) {
     char c = data[i];
     if (c == '"') {
       i = JsonStringEnd(data, size, i);
-    } else if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
+    } else if (IsJsonSpace(c)) {
       out->append(data + run, i - run);
       run = ++i;
     } else {

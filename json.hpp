@@ -42,9 +42,12 @@ class JsonCompactor {
   Parts* parts_;
 };
 
+// Whether c is whitespace between JSON tokens.
+inline bool IsJsonSpace(char c) { return c == ' ' || c == '\n' || c == '\r' || c == '\t'; }
+
 // Returns p advanced past any JSON whitespace, at most to end.
 inline const char* SkipJsonSpace(const char* p, const char* end) {
-  while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) ++p;
+  while (p < end && IsJsonSpace(*p)) ++p;
   return p;
 }
 

@@ -153,8 +153,7 @@ class InputsHandler {
   // so the token is valid; but the stream cannot say where it ends:
   // RapidJSON reads strings and numbers through a copy of a StringStream.
   size_t ScalarEnd(size_t pos) const {
-    const char* p = body_.c_str() + pos;
-    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') ++p;
+    const char* p = SkipJsonSpace(body_.c_str() + pos, body_.c_str() + body_.size());
     size_t start = static_cast<size_t>(p - body_.c_str());
     if (*p == '"') return JsonStringEnd(body_.data(), body_.size(), start);
     // A number, true, false or null. What follows it is not checked yet
