@@ -34,8 +34,8 @@ bool AddressIs(const sockaddr_storage& addr, socklen_t len, const std::string& h
 }
 
 // Whether fd is a connected socket between exactly these two addresses.
-bool Connects(int fd, const std::string& local_addr, int local_port,
-              const std::string& remote_addr, int remote_port) {
+bool Connects(int fd, const std::string& local_addr, int local_port, const std::string& remote_addr,
+              int remote_port) {
   sockaddr_storage addr;
   socklen_t len = sizeof(addr);
   if (getpeername(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0 ||

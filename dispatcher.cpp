@@ -62,7 +62,8 @@ class WebhookClient {
     curl_slist* h = curl_slist_append(nullptr, "Content-Type: application/json");
     job_headers_ = h;
     h = h ? curl_slist_append(h, ("PMMAP-job: " + job.id()).c_str()) : nullptr;
-    if (h != nullptr && !secret_.empty()) h = curl_slist_append(h, ("PMMAP-auth: " + secret_).c_str());
+    if (h != nullptr && !secret_.empty())
+      h = curl_slist_append(h, ("PMMAP-auth: " + secret_).c_str());
     if (h == nullptr || curl_ == nullptr || multi_ == nullptr) {
       ready_ = false;
       return;
@@ -113,7 +114,8 @@ class WebhookClient {
     }
     result_ = result;
     // std::to_chars: snprintf here cost a tenth of all pmmap adds to a call.
-    *std::to_chars(attempt_line_ + kAttemptPrefix.size(), std::end(attempt_line_) - 1, attempt).ptr = '\0';
+    *std::to_chars(attempt_line_ + kAttemptPrefix.size(), std::end(attempt_line_) - 1, attempt)
+         .ptr = '\0';
     curl_slist* last = &attempt_header_;
     if (!secret_.empty()) {
       snprintf(signature_line_, sizeof(signature_line_), "PMMAP-signature: %s",
@@ -255,7 +257,8 @@ std::string FailureMessage(const CallResult& r, const JobOptions& options) {
 // like any other. libcurl never parses the URL of a CURLU again.
 CURLU* ParseUrl(const std::string& url) {
   CURLU* parsed = curl_url();
-  if (parsed != nullptr && curl_url_set(parsed, CURLUPART_URL, url.c_str(), CURLU_PATH_AS_IS) != CURLUE_OK) {
+  if (parsed != nullptr &&
+      curl_url_set(parsed, CURLUPART_URL, url.c_str(), CURLU_PATH_AS_IS) != CURLUE_OK) {
     curl_url_cleanup(parsed);
     parsed = nullptr;
   }
@@ -405,13 +408,15 @@ bool Dispatcher::StartThread(std::function<void()> body) {
   try {
     // The new thread cannot announce its exit before this assignment: that
     // needs mutex_, held here.
-    *self = std::thread([this, self](std::function<void()> run) {
-      run();
-      run = nullptr;  // a job may be destroyed here, before this thread is joined
-      std::lock_guard<std::mutex> lock(mutex_);
-      finished_.push_back(self);
-      exit_cv_.notify_all();
-    }, std::move(body));
+    *self = std::thread(
+        [this, self](std::function<void()> run) {
+          run();
+          run = nullptr;  // a job may be destroyed here, before this thread is joined
+          std::lock_guard<std::mutex> lock(mutex_);
+          finished_.push_back(self);
+          exit_cv_.notify_all();
+        },
+        std::move(body));
   } catch (const std::system_error&) {
     threads_.erase(self);
     return false;

@@ -14,8 +14,8 @@
 
 #include <curl/curl.h>
 
-#include <cstdint>
 #include <condition_variable>
+#include <cstdint>
 #include <ctime>
 #include <functional>
 #include <list>

@@ -36,7 +36,8 @@ void HttpPool::Work() {
   std::unique_lock<std::mutex> lock(mutex_);
   for (;;) {
     ++idle_;
-    bool woken = task_cv_.wait_for(lock, kIdleExit, [this] { return !tasks_.empty() || shutdown_; });
+    bool woken =
+        task_cv_.wait_for(lock, kIdleExit, [this] { return !tasks_.empty() || shutdown_; });
     --idle_;
     if (tasks_.empty() && (shutdown_ || !woken)) break;
     std::function<void()> task = std::move(tasks_.front());

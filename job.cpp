@@ -33,10 +33,14 @@ void AppendField(const char* name, uint64_t value, std::string* out) {
 
 const char* JobStateName(JobState state) {
   switch (state) {
-    case JobState::kOpen: return "open";
-    case JobState::kClosing: return "closing";
-    case JobState::kDone: return "done";
-    case JobState::kCancelled: return "cancelled";
+    case JobState::kOpen:
+      return "open";
+    case JobState::kClosing:
+      return "closing";
+    case JobState::kDone:
+      return "done";
+    case JobState::kCancelled:
+      return "cancelled";
   }
   return "unknown";
 }

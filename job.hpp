@@ -56,7 +56,7 @@ struct JobOptions {
   int max_attempts = kDefaultMaxAttempts;
   int64_t backoff_ms = kDefaultBackoffMs;
   int64_t max_backoff_ms = kDefaultMaxBackoffMs;
-  double rate_per_sec = 0;  // 0: no rate limit
+  double rate_per_sec = 0;   // 0: no rate limit
   std::string callback_url;  // empty: no completion callback
 };
 
@@ -65,7 +65,7 @@ struct CallbackStatus {
   enum State { kWaiting, kSending, kSucceeded, kFailed };
   State state = kWaiting;
   int attempts = 0;
-  long status = 0;  // the last reply's HTTP status; 0 when none came
+  long status = 0;      // the last reply's HTTP status; 0 when none came
   std::string message;  // why it failed
 };
 
@@ -165,7 +165,10 @@ class Job : public std::enable_shared_from_this<Job> {
   // flight are aborted, except on kShutdown, which leaves them a grace
   // period: call Abort when it is over.
   void Remove(StopReason reason);
-  void Abort() { aborting_ = true; removed_ = true; }
+  void Abort() {
+    aborting_ = true;
+    removed_ = true;
+  }
   // True if the job ended (done or cancelled) at or before cutoff.
   bool EndedBy(std::chrono::system_clock::time_point cutoff);
   // Waits for duration unless the job is removed first; returns false if it was.

@@ -60,10 +60,20 @@ size_t Utf8SequenceLength(const unsigned char* p, size_t n) {
   unsigned min;
   unsigned cp;
   if (c < 0x80) return 1;
-  if ((c & 0xE0) == 0xC0) { len = 2; min = 0x80; cp = c & 0x1F; }
-  else if ((c & 0xF0) == 0xE0) { len = 3; min = 0x800; cp = c & 0x0F; }
-  else if ((c & 0xF8) == 0xF0) { len = 4; min = 0x10000; cp = c & 0x07; }
-  else return 0;
+  if ((c & 0xE0) == 0xC0) {
+    len = 2;
+    min = 0x80;
+    cp = c & 0x1F;
+  } else if ((c & 0xF0) == 0xE0) {
+    len = 3;
+    min = 0x800;
+    cp = c & 0x0F;
+  } else if ((c & 0xF8) == 0xF0) {
+    len = 4;
+    min = 0x10000;
+    cp = c & 0x07;
+  } else
+    return 0;
   if (len > n) return 0;
   for (size_t i = 1; i < len; ++i) {
     if ((p[i] & 0xC0) != 0x80) return 0;
@@ -75,9 +85,7 @@ size_t Utf8SequenceLength(const unsigned char* p, size_t n) {
 
 bool IsDigit(char c) { return c >= '0' && c <= '9'; }
 
-bool IsHexDigit(char c) {
-  return IsDigit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-}
+bool IsHexDigit(char c) { return IsDigit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
 
 constexpr uint64_t kEveryByte = 0x0101010101010101ULL;
 
@@ -111,7 +119,14 @@ const char* SkipString(const char* p, const char* end) {
     if (c != '\\') continue;
     if (++p == end) return nullptr;
     switch (*p) {
-      case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
+      case '"':
+      case '\\':
+      case '/':
+      case 'b':
+      case 'f':
+      case 'n':
+      case 'r':
+      case 't':
         break;
       case 'u':
         if (end - p < 5 || !IsHexDigit(p[1]) || !IsHexDigit(p[2]) || !IsHexDigit(p[3]) ||
@@ -204,11 +219,21 @@ const char* SkipJsonValue(const char* p, const char* end, int max_depth, bool* h
         want_key = closer == '}';
         continue;
       }
-      case '"': p = SkipString(p, end); break;
-      case 't': p = SkipWord(p, end, "true", 4); break;
-      case 'f': p = SkipWord(p, end, "false", 5); break;
-      case 'n': p = SkipWord(p, end, "null", 4); break;
-      default: p = SkipNumber(p, end); break;
+      case '"':
+        p = SkipString(p, end);
+        break;
+      case 't':
+        p = SkipWord(p, end, "true", 4);
+        break;
+      case 'f':
+        p = SkipWord(p, end, "false", 5);
+        break;
+      case 'n':
+        p = SkipWord(p, end, "null", 4);
+        break;
+      default:
+        p = SkipNumber(p, end);
+        break;
     }
     if (p == nullptr) return nullptr;
     // A value has ended: close what it ends, then expect the next one.
@@ -353,12 +378,28 @@ void AppendJsonString(const char* data, size_t size, std::string* out) {
       continue;
     }
     switch (c) {
-      case '"': out->append("\\\""); ++i; continue;
-      case '\\': out->append("\\\\"); ++i; continue;
-      case '\n': out->append("\\n"); ++i; continue;
-      case '\r': out->append("\\r"); ++i; continue;
-      case '\t': out->append("\\t"); ++i; continue;
-      default: break;
+      case '"':
+        out->append("\\\"");
+        ++i;
+        continue;
+      case '\\':
+        out->append("\\\\");
+        ++i;
+        continue;
+      case '\n':
+        out->append("\\n");
+        ++i;
+        continue;
+      case '\r':
+        out->append("\\r");
+        ++i;
+        continue;
+      case '\t':
+        out->append("\\t");
+        ++i;
+        continue;
+      default:
+        break;
     }
     if (c < 0x20) {
       out->append("\\u00");
@@ -385,8 +426,10 @@ bool JsonDepthWithin(const char* data, size_t size, int max_depth) {
   for (size_t i = 0; i < size; ++i) {
     char c = data[i];
     if (in_string) {
-      if (c == '\\') ++i;
-      else if (c == '"') in_string = false;
+      if (c == '\\')
+        ++i;
+      else if (c == '"')
+        in_string = false;
     } else if (c == '"') {
       in_string = true;
     } else if (c == '[' || c == '{') {

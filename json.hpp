@@ -62,8 +62,7 @@ inline const char* SkipJsonSpace(const char* p, const char* end) {
 // to whether there is whitespace between the value's tokens: if not, the
 // value's text is already compact.
 // REQUIRES: [p, end) is valid UTF-8.
-const char* SkipJsonValue(const char* p, const char* end, int max_depth,
-                          bool* has_space = nullptr);
+const char* SkipJsonValue(const char* p, const char* end, int max_depth, bool* has_space = nullptr);
 
 // Checks the value at p as SkipJsonValue does and appends its compact form
 // to *out (one copy when it has no whitespace inside). Returns the value's
@@ -92,14 +91,16 @@ bool JsonDepthWithin(const char* data, size_t size, int max_depth);
 // Returns the length of the longest prefix of [data, data+size) that is
 // valid UTF-8: size if all of it is.
 size_t Utf8PrefixLength(const char* data, size_t size);
-inline bool IsValidUtf8(const char* data, size_t size) { return Utf8PrefixLength(data, size) == size; }
+inline bool IsValidUtf8(const char* data, size_t size) {
+  return Utf8PrefixLength(data, size) == size;
+}
 
 // The RapidJSON reader flags pmmap parses untrusted JSON with, once
 // Utf8PrefixLength has checked its bytes (eight ASCII bytes at a time,
 // where RapidJSON would check each character): no recursion, numbers kept
 // as their text.
-constexpr unsigned kUtf8ParseFlags = rapidjson::kParseIterativeFlag |
-                                     rapidjson::kParseNumbersAsStringsFlag;
+constexpr unsigned kUtf8ParseFlags =
+    rapidjson::kParseIterativeFlag | rapidjson::kParseNumbersAsStringsFlag;
 
 // Returns {"error": message} as compact JSON.
 std::string ErrorJson(const std::string& message);

@@ -31,7 +31,7 @@ class KeySet {
 
   bool Contains(uint64_t hash) const {
     if (slots_.empty()) return false;
-    for (size_t i = hash & mask(); ; i = (i + 1) & mask()) {
+    for (size_t i = hash & mask();; i = (i + 1) & mask()) {
       if (slots_[i] == hash) return true;
       if (slots_[i] == kEmpty) return false;
     }
@@ -40,7 +40,7 @@ class KeySet {
   // Adds hash; returns false if it was already there.
   bool Insert(uint64_t hash) {
     if ((size_ + 1) * 10 > slots_.size() * 7) Grow();
-    for (size_t i = hash & mask(); ; i = (i + 1) & mask()) {
+    for (size_t i = hash & mask();; i = (i + 1) & mask()) {
       if (slots_[i] == hash) return false;
       if (slots_[i] == kEmpty) {
         slots_[i] = hash;

@@ -50,7 +50,8 @@ std::string Rfc3339(std::chrono::system_clock::time_point t) {
   gmtime_r(&secs, &tm);
   char buf[64];
   snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-           tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms % 1000));
+           tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+           static_cast<int>(ms % 1000));
   return buf;
 }
 
@@ -67,7 +68,8 @@ void LogMessage(const std::string& message) {
 void LogJobEvent(const std::string& job_id, const char* event, const std::string& detail) {
   if (g_format == LogFormat::kSilent) return;
   if (g_format == LogFormat::kText) {
-    Emit(Now() + " pmmap: job " + job_id + " " + event + (detail.empty() ? "" : ": " + Escaped(detail)));
+    Emit(Now() + " pmmap: job " + job_id + " " + event +
+         (detail.empty() ? "" : ": " + Escaped(detail)));
     return;
   }
   std::string line = "{\"time\":\"" + Now() + "\",\"job\":";

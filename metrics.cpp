@@ -24,8 +24,8 @@ void Metrics::CallEnded(Outcome outcome, double seconds) {
 }
 
 std::string Metrics::Render(const std::map<std::string, uint64_t>& jobs_by_state) const {
-  static const char* const kOutcomeNames[kOutcomes] = {"2xx", "3xx", "4xx", "5xx", "timeout",
-                                                       "connect_error"};
+  static const char* const kOutcomeNames[kOutcomes] = {"2xx", "3xx",     "4xx",
+                                                       "5xx", "timeout", "connect_error"};
   std::string out;
   char line[256];
   auto add = [&](const char* fmt, auto... args) {
@@ -54,7 +54,9 @@ std::string Metrics::Render(const std::map<std::string, uint64_t>& jobs_by_state
   for (int i = 0; i < kOutcomes; ++i) {
     add("pmmap_webhook_calls_total{outcome=\"%s\"} %llu\n", kOutcomeNames[i], load(calls_[i]));
   }
-  out.append("# HELP pmmap_retries_total Attempts beyond the first.\n# TYPE pmmap_retries_total counter\n");
+  out.append(
+      "# HELP pmmap_retries_total Attempts beyond the first.\n# TYPE pmmap_retries_total "
+      "counter\n");
   add("pmmap_retries_total %llu\n", load(retries_));
   out.append(
       "# HELP pmmap_webhook_calls_in_flight Webhook calls in progress.\n"
@@ -66,7 +68,8 @@ std::string Metrics::Render(const std::map<std::string, uint64_t>& jobs_by_state
   unsigned long long cumulative = 0;
   for (int i = 0; i < kBuckets; ++i) {
     cumulative += load(duration_buckets_[i]);
-    add("pmmap_webhook_call_duration_seconds_bucket{le=\"%g\"} %llu\n", kBucketBounds[i], cumulative);
+    add("pmmap_webhook_call_duration_seconds_bucket{le=\"%g\"} %llu\n", kBucketBounds[i],
+        cumulative);
   }
   add("pmmap_webhook_call_duration_seconds_bucket{le=\"+Inf\"} %llu\n", load(duration_count_));
   add("pmmap_webhook_call_duration_seconds_sum %.6f\n", load(duration_sum_us_) / 1e6);

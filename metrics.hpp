@@ -20,7 +20,9 @@ class Metrics {
   static Metrics& Global();
 
   void InputsAccepted(uint64_t n) { inputs_.fetch_add(n, std::memory_order_relaxed); }
-  void OutputStored(bool success) { (success ? succeeded_ : failed_).fetch_add(1, std::memory_order_relaxed); }
+  void OutputStored(bool success) {
+    (success ? succeeded_ : failed_).fetch_add(1, std::memory_order_relaxed);
+  }
   void Retried() { retries_.fetch_add(1, std::memory_order_relaxed); }
   void CallStarted() { in_flight_.fetch_add(1, std::memory_order_relaxed); }
   void CallEnded(Outcome outcome, double seconds);

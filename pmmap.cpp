@@ -4,10 +4,10 @@
 // function that maps a Status to an HTTP status.
 
 #include <httplib.h>
-#include <signal.h>
-#include <stdlib.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <signal.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -71,7 +71,6 @@ struct Flags {
   LogFormat log_format = LogFormat::kText;
 };
 
-
 // The jobs the server knows, by id. Thread-safe (provides internal
 // synchronization); the mutex is held to look up and to create a job's
 // file, never while a job works or waits.
@@ -79,8 +78,11 @@ class JobTable {
  public:
   JobTable(std::string data_dir, size_t max_jobs, Job::WorkerStarter start_worker,
            Job::EndHook on_end)
-      : data_dir_(std::move(data_dir)), max_jobs_(max_jobs), start_worker_(std::move(start_worker)),
-        on_end_(std::move(on_end)), rng_(std::random_device{}()) {}
+      : data_dir_(std::move(data_dir)),
+        max_jobs_(max_jobs),
+        start_worker_(std::move(start_worker)),
+        on_end_(std::move(on_end)),
+        rng_(std::random_device{}()) {}
 
   Status Create(JobOptions options, std::shared_ptr<Job>* job) {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -173,14 +175,22 @@ class JobTable {
 
 int HttpStatus(const Status& s) {
   switch (s.code()) {
-    case Status::kOk: return 200;
-    case Status::kInvalid: return 400;
-    case Status::kNotFound: return 404;
-    case Status::kConflict: return 409;
-    case Status::kTooLarge: return 413;
-    case Status::kTooMany: return 429;
-    case Status::kUnavailable: return 503;
-    case Status::kInternal: return 500;
+    case Status::kOk:
+      return 200;
+    case Status::kInvalid:
+      return 400;
+    case Status::kNotFound:
+      return 404;
+    case Status::kConflict:
+      return 409;
+    case Status::kTooLarge:
+      return 413;
+    case Status::kTooMany:
+      return 429;
+    case Status::kUnavailable:
+      return 503;
+    case Status::kInternal:
+      return 500;
   }
   return 500;
 }
@@ -254,18 +264,19 @@ void InstallRoutes(httplib::Server& server, JobTable& table, const Flags& flags)
     return job;
   };
 
-  server.Post(R"(/job)", [&table, max_body](const Request& req, Response& res, const ContentReader& reader) {
-    std::string body;
-    JobOptions options;
-    std::shared_ptr<Job> job;
-    Status s = ReadBody(req, reader, max_body, &body);
-    if (s.ok()) s = ParseJobOptions(body, &options);
-    if (s.ok()) s = table.Create(std::move(options), &job);
-    if (!s.ok()) return ReplyError(res, s);
-    LogJobEvent(job->id(), "created", job->options().url);
-    res.set_header("Location", "/job/" + job->id());
-    Reply(res, 201, job->ToJson());
-  });
+  server.Post(R"(/job)",
+              [&table, max_body](const Request& req, Response& res, const ContentReader& reader) {
+                std::string body;
+                JobOptions options;
+                std::shared_ptr<Job> job;
+                Status s = ReadBody(req, reader, max_body, &body);
+                if (s.ok()) s = ParseJobOptions(body, &options);
+                if (s.ok()) s = table.Create(std::move(options), &job);
+                if (!s.ok()) return ReplyError(res, s);
+                LogJobEvent(job->id(), "created", job->options().url);
+                res.set_header("Location", "/job/" + job->id());
+                Reply(res, 201, job->ToJson());
+              });
 
   server.Get(R"(/jobs)", [&table](const Request&, Response& res) {
     std::string out = "[";
@@ -287,27 +298,28 @@ void InstallRoutes(httplib::Server& server, JobTable& table, const Flags& flags)
     Status s = ReadBody(req, reader, max_body, &body);
     if (!s.ok()) return ReplyError(res, s);
     std::shared_ptr<Job> job = table.Take(req.matches[1]);
-    if (!job) return ReplyError(res, Status::NotFound("no job with id \"" + req.matches[1].str() + "\""));
+    if (!job)
+      return ReplyError(res, Status::NotFound("no job with id \"" + req.matches[1].str() + "\""));
     std::string json = job->ToJson();
     job->Remove(Job::StopReason::kDeleted);
     LogJobEvent(job->id(), "deleted");
     Reply(res, 200, json);
   });
 
-  server.Put(R"(/job/([^/]+)/input)", [find, max_body](const Request& req, Response& res,
-                                                      const ContentReader& reader) {
-    std::string body;
-    Status s = ReadBody(req, reader, max_body, &body);
-    if (!s.ok()) return ReplyError(res, s);
-    std::shared_ptr<Job> job = find(req, res);
-    if (!job) return;
-    std::vector<Input> inputs;
-    s = ParseInputs(body, &inputs);
-    body = std::string();  // the inputs hold their own copies now
-    if (s.ok()) s = job->Add(std::move(inputs));
-    if (!s.ok()) return ReplyError(res, s);
-    Reply(res, 201, job->ToJson());
-  });
+  server.Put(R"(/job/([^/]+)/input)",
+             [find, max_body](const Request& req, Response& res, const ContentReader& reader) {
+               std::string body;
+               Status s = ReadBody(req, reader, max_body, &body);
+               if (!s.ok()) return ReplyError(res, s);
+               std::shared_ptr<Job> job = find(req, res);
+               if (!job) return;
+               std::vector<Input> inputs;
+               s = ParseInputs(body, &inputs);
+               body = std::string();  // the inputs hold their own copies now
+               if (s.ok()) s = job->Add(std::move(inputs));
+               if (!s.ok()) return ReplyError(res, s);
+               Reply(res, 201, job->ToJson());
+             });
 
   auto action = [find, max_body](Status (Job::*act)()) {
     return [=](const Request& req, Response& res, const ContentReader& reader) {
@@ -365,7 +377,8 @@ void InstallRoutes(httplib::Server& server, JobTable& table, const Flags& flags)
         });
   });
 
-  server.Get(R"(/healthz)", [](const Request&, Response& res) { Reply(res, 200, "{\"status\":\"ok\"}"); });
+  server.Get(R"(/healthz)",
+             [](const Request&, Response& res) { Reply(res, 200, "{\"status\":\"ok\"}"); });
 
   server.Get(R"(/metrics)", [&table](const Request&, Response& res) {
     std::map<std::string, uint64_t> jobs_by_state = {
@@ -390,30 +403,31 @@ void InstallRoutes(httplib::Server& server, JobTable& table, const Flags& flags)
   // Answers what no route did: a JSON error, and 405 for a known path.
   server.set_error_handler(httplib::Server::HandlerWithResponse(
       [](const Request& req, Response& res) -> httplib::Server::HandlerResponse {
-    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-    std::string message = "HTTP " + std::to_string(res.status);
-    if (res.status == 404) {
-      message = "no route " + req.method + " " + req.path;
-      static const std::vector<std::regex> patterns = [] {
-        std::vector<std::regex> compiled;
-        for (const Route& route : kRoutes) compiled.emplace_back(route.pattern);
-        return compiled;
-      }();
-      for (size_t i = 0; i < patterns.size(); ++i) {
-        const Route& route = kRoutes[i];
-        if (std::regex_match(req.path, patterns[i])) {
-          res.status = 405;
-          res.set_header("Allow", route.methods);
-          message = req.method + " is not allowed on " + req.path + " (allowed: " + route.methods + ")";
-          break;
+        if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+        std::string message = "HTTP " + std::to_string(res.status);
+        if (res.status == 404) {
+          message = "no route " + req.method + " " + req.path;
+          static const std::vector<std::regex> patterns = [] {
+            std::vector<std::regex> compiled;
+            for (const Route& route : kRoutes) compiled.emplace_back(route.pattern);
+            return compiled;
+          }();
+          for (size_t i = 0; i < patterns.size(); ++i) {
+            const Route& route = kRoutes[i];
+            if (std::regex_match(req.path, patterns[i])) {
+              res.status = 405;
+              res.set_header("Allow", route.methods);
+              message = req.method + " is not allowed on " + req.path +
+                        " (allowed: " + route.methods + ")";
+              break;
+            }
+          }
+        } else if (res.status == 413) {
+          message = "the body is too large";
         }
-      }
-    } else if (res.status == 413) {
-      message = "the body is too large";
-    }
-    res.set_content(ErrorJson(message) + "\n", "application/json");
-    return httplib::Server::HandlerResponse::Handled;
-  }));
+        res.set_content(ErrorJson(message) + "\n", "application/json");
+        return httplib::Server::HandlerResponse::Handled;
+      }));
   server.set_exception_handler([](const Request&, Response& res, std::exception_ptr) {
     Reply(res, 500, ErrorJson("internal error"));
   });
@@ -459,16 +473,33 @@ bool ParseFlags(int argc, char** argv, Flags* flags, bool* exit_now, std::string
     std::function<bool(const std::string&)> set;
   };
   const Spec specs[] = {
-      {"--listen", "PMMAP_LISTEN", [&](const std::string& v) { flags->listen = v; return true; }},
-      {"--data-dir", "PMMAP_DATA_DIR", [&](const std::string& v) { flags->data_dir = v; return !v.empty(); }},
-      {"--http-threads", "PMMAP_HTTP_THREADS", [&](const std::string& v) { return ParseSize(v, 1, &flags->http_threads); }},
-      {"--max-body", "PMMAP_MAX_BODY", [&](const std::string& v) { return ParseSize(v, 1, &flags->max_body); }},
-      {"--max-jobs", "PMMAP_MAX_JOBS", [&](const std::string& v) { return ParseSize(v, 1, &flags->max_jobs); }},
-      {"--job-ttl", "PMMAP_JOB_TTL", [&](const std::string& v) {
+      {"--listen", "PMMAP_LISTEN",
+       [&](const std::string& v) {
+         flags->listen = v;
+         return true;
+       }},
+      {"--data-dir", "PMMAP_DATA_DIR",
+       [&](const std::string& v) {
+         flags->data_dir = v;
+         return !v.empty();
+       }},
+      {"--http-threads", "PMMAP_HTTP_THREADS",
+       [&](const std::string& v) { return ParseSize(v, 1, &flags->http_threads); }},
+      {"--max-body", "PMMAP_MAX_BODY",
+       [&](const std::string& v) { return ParseSize(v, 1, &flags->max_body); }},
+      {"--max-jobs", "PMMAP_MAX_JOBS",
+       [&](const std::string& v) { return ParseSize(v, 1, &flags->max_jobs); }},
+      {"--job-ttl", "PMMAP_JOB_TTL",
+       [&](const std::string& v) {
          return ParseSize(v, 0, &flags->job_ttl) && flags->job_ttl <= kMaxJobTtlSeconds;
        }},
-      {"--ca-file", "PMMAP_CA_FILE", [&](const std::string& v) { flags->ca_file = v; return true; }},
-      {"--log-format", "PMMAP_LOG_FORMAT", [&](const std::string& v) {
+      {"--ca-file", "PMMAP_CA_FILE",
+       [&](const std::string& v) {
+         flags->ca_file = v;
+         return true;
+       }},
+      {"--log-format", "PMMAP_LOG_FORMAT",
+       [&](const std::string& v) {
          if (v != "text" && v != "json") return false;
          flags->log_format = v == "json" ? LogFormat::kJson : LogFormat::kText;
          return true;
@@ -622,7 +653,9 @@ int main(int argc, char** argv) {
     JobTable table(
         flags.data_dir, flags.max_jobs,
         [&dispatcher](std::shared_ptr<Job> job) { return dispatcher.StartWorker(std::move(job)); },
-        [&dispatcher](std::shared_ptr<Job> job) { return dispatcher.StartCallback(std::move(job)); });
+        [&dispatcher](std::shared_ptr<Job> job) {
+          return dispatcher.StartCallback(std::move(job));
+        });
 
     httplib::Server server;
     const size_t http_threads = flags.http_threads;
@@ -648,7 +681,8 @@ int main(int argc, char** argv) {
       listen_fd = fd;
     });
     // Port 0 picks a free port; the log line below tells which.
-    int bound = port == 0 ? server.bind_to_any_port(host) : (server.bind_to_port(host, port) ? port : -1);
+    int bound =
+        port == 0 ? server.bind_to_any_port(host) : (server.bind_to_port(host, port) ? port : -1);
     if (bound <= 0) {
       fprintf(stderr, "pmmap: cannot listen on %s: %s\n", flags.listen.c_str(), strerror(errno));
       exit_code = 1;

@@ -59,7 +59,8 @@ class InputsHandler {
       if (n > kMaxKeyBytes) {
         return Fail(Item() + ".key: longer than " + std::to_string(kMaxKeyBytes) + " bytes");
       }
-      if (!IsValidUtf8(s, n)) return Fail(Item() + ".key: not valid UTF-8 (a lone surrogate escape?)");
+      if (!IsValidUtf8(s, n))
+        return Fail(Item() + ".key: not valid UTF-8 (a lone surrogate escape?)");
       inputs_->back().key.assign(s, n);
       where_ = kItem;
       return true;
@@ -95,7 +96,8 @@ class InputsHandler {
       where_ = kValue;
       return true;
     }
-    return Fail(Item() + ": unknown field " + Quoted(name) + " (an input has \"key\" and \"value\")");
+    return Fail(Item() + ": unknown field " + Quoted(name) +
+                " (an input has \"key\" and \"value\")");
   }
   bool EndObject(rapidjson::SizeType) {
     if (where_ == kValue) return Close();
@@ -141,7 +143,9 @@ class InputsHandler {
     return Fail("the body must be a JSON array of {\"key\": ..., \"value\": ...} objects");
   }
 
-  bool BadString() { return Fail(Item() + ".value: a string is not valid UTF-8 (a lone surrogate escape?)"); }
+  bool BadString() {
+    return Fail(Item() + ".value: a string is not valid UTF-8 (a lone surrogate escape?)");
+  }
 
   bool Scalar() {
     if (where_ != kValue) return Misplaced();
@@ -166,7 +170,8 @@ class InputsHandler {
     if (where_ != kValue) return Misplaced();
     // The list and the input object are two levels above the value.
     if (++depth_ + 2 > kMaxJsonDepth) {
-      return Fail(Item() + ".value: nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+      return Fail(Item() + ".value: nested deeper than " + std::to_string(kMaxJsonDepth) +
+                  " levels");
     }
     return true;
   }
@@ -205,11 +210,11 @@ bool ParseBool(const std::string& s, bool* out) {
   return true;
 }
 
-
 }  // namespace
 
 bool ParseCount(const std::string& text, uint64_t* out) {
-  if (text.empty() || text.size() > 20 || text.find_first_not_of("0123456789") != std::string::npos) {
+  if (text.empty() || text.size() > 20 ||
+      text.find_first_not_of("0123456789") != std::string::npos) {
     return false;
   }
   errno = 0;
@@ -249,13 +254,15 @@ std::string CheckWebhookUrl(const std::string& url) {
 }
 
 Status ParseJobOptions(const std::string& body, JobOptions* options) {
-  if (body.empty()) return Status::Invalid("the body is empty: expected {\"url\": \"http://host/path\", ...}");
+  if (body.empty())
+    return Status::Invalid("the body is empty: expected {\"url\": \"http://host/path\", ...}");
   if (!JsonDepthWithin(body.data(), body.size(), kMaxJsonDepth)) {
     return Status::Invalid("body: nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
   }
   size_t nul = body.find('\0');
   if (nul != std::string::npos) {
-    return Status::Invalid("body is not valid JSON: unexpected NUL byte at offset " + std::to_string(nul));
+    return Status::Invalid("body is not valid JSON: unexpected NUL byte at offset " +
+                           std::to_string(nul));
   }
   rapidjson::Document doc;
   doc.Parse<rapidjson::kParseValidateEncodingFlag>(body.data(), body.size());
@@ -265,7 +272,8 @@ Status ParseJobOptions(const std::string& body, JobOptions* options) {
                            std::to_string(doc.GetErrorOffset()));
   }
   if (!doc.IsObject()) {
-    return Status::Invalid("the body must be a JSON object such as {\"url\": \"http://host/path\"}");
+    return Status::Invalid(
+        "the body must be a JSON object such as {\"url\": \"http://host/path\"}");
   }
   JobOptions parsed;
   std::set<std::string> seen;
@@ -292,19 +300,23 @@ Status ParseJobOptions(const std::string& body, JobOptions* options) {
       parsed.secret.assign(v.GetString(), v.GetStringLength());
       // It goes into a header line: a line break would forge other headers.
       for (unsigned char c : parsed.secret) {
-        if (c < 0x20 || c == 0x7F) return Status::Invalid("secret: must not contain control characters");
+        if (c < 0x20 || c == 0x7F)
+          return Status::Invalid("secret: must not contain control characters");
       }
     } else if (name == "concurrency") {
-      if (!IntegerIn(v, 1, kMaxConcurrency, &n)) return RangeError("concurrency", 1, kMaxConcurrency);
+      if (!IntegerIn(v, 1, kMaxConcurrency, &n))
+        return RangeError("concurrency", 1, kMaxConcurrency);
       parsed.concurrency = static_cast<int>(n);
     } else if (name == "maxsize") {
-      if (!IntegerIn(v, 1, kMaxMaxsize, &parsed.maxsize)) return RangeError("maxsize", 1, kMaxMaxsize);
+      if (!IntegerIn(v, 1, kMaxMaxsize, &parsed.maxsize))
+        return RangeError("maxsize", 1, kMaxMaxsize);
     } else if (name == "timeout_ms") {
       if (!IntegerIn(v, 1, kMaxTimeoutMs, &parsed.timeout_ms)) {
         return RangeError("timeout_ms", 1, kMaxTimeoutMs);
       }
     } else if (name == "max_attempts") {
-      if (!IntegerIn(v, 1, kMaxMaxAttempts, &n)) return RangeError("max_attempts", 1, kMaxMaxAttempts);
+      if (!IntegerIn(v, 1, kMaxMaxAttempts, &n))
+        return RangeError("max_attempts", 1, kMaxMaxAttempts);
       parsed.max_attempts = static_cast<int>(n);
     } else if (name == "backoff_ms") {
       if (!IntegerIn(v, 0, kMaxBackoffMsLimit, &parsed.backoff_ms)) {
@@ -388,10 +400,12 @@ Status ParseInputs(const std::string& body, std::vector<Input>* inputs) {
 }
 
 Status ParseInputsFully(const std::string& body, std::vector<Input>* inputs) {
-  if (body.empty()) return Status::Invalid("the body is empty: expected [{\"key\": ..., \"value\": ...}, ...]");
+  if (body.empty())
+    return Status::Invalid("the body is empty: expected [{\"key\": ..., \"value\": ...}, ...]");
   size_t valid = Utf8PrefixLength(body.data(), body.size());
   if (valid < body.size()) {
-    return Status::Invalid("body is not valid JSON: invalid UTF-8 at offset " + std::to_string(valid));
+    return Status::Invalid("body is not valid JSON: invalid UTF-8 at offset " +
+                           std::to_string(valid));
   }
   std::vector<Input> parsed;
   rapidjson::Reader reader;
@@ -424,9 +438,11 @@ Status ParseOutputQuery(const std::multimap<std::string, std::string>& params,
     if (name == "wait") {
       if (!ParseBool(value, &parsed.wait)) return Status::Invalid("wait: expected true or false");
     } else if (name == "offset") {
-      if (!ParseCount(value, &parsed.offset)) return Status::Invalid("offset: expected a count (0 or more)");
+      if (!ParseCount(value, &parsed.offset))
+        return Status::Invalid("offset: expected a count (0 or more)");
     } else if (name == "limit") {
-      if (!ParseCount(value, &parsed.limit)) return Status::Invalid("limit: expected a count (0 or more)");
+      if (!ParseCount(value, &parsed.limit))
+        return Status::Invalid("limit: expected a count (0 or more)");
     } else if (name == "format") {
       if (value == "json") {
         parsed.format = OutputReader::kArray;

@@ -13,7 +13,8 @@
 // only Content-Type, as a generic client would.
 //
 //   usage: bare_loop URL THREADS TOTAL [contract|plain]
-//   prints: requests=N ok=N failed=N seconds=S rps=R cpu=S (user + system CPU seconds of the process)
+//   prints: requests=N ok=N failed=N seconds=S rps=R cpu=S (user + system CPU seconds of the
+//   process)
 //
 // Build: g++ -O2 -std=c++17 bare_loop.cpp -o bare_loop -lcurl -pthread
 
@@ -104,8 +105,8 @@ void Run(const std::string& url, bool contract, long first, long count, Counts* 
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 4 || argc > 5 || (argc == 5 && strcmp(argv[4], "contract") != 0 &&
-                                strcmp(argv[4], "plain") != 0)) {
+  if (argc < 4 || argc > 5 ||
+      (argc == 5 && strcmp(argv[4], "contract") != 0 && strcmp(argv[4], "plain") != 0)) {
     fprintf(stderr, "usage: %s URL THREADS TOTAL [contract|plain]\n", argv[0]);
     return 2;
   }
@@ -143,7 +144,8 @@ int main(int argc, char** argv) {
                (usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;
   printf("requests=%ld ok=%ld failed=%ld seconds=%.3f rps=%.0f cpu=%.2f\n", total, ok, failed,
          seconds, total / seconds, cpu);
-  if (failed > 0) fprintf(stderr, "bare_loop: %ld failed; first: %s\n", failed, first_error.c_str());
+  if (failed > 0)
+    fprintf(stderr, "bare_loop: %ld failed; first: %s\n", failed, first_error.c_str());
   curl_global_cleanup();
   return failed > 0 ? 1 : 0;
 }

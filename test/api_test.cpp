@@ -10,12 +10,14 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <netinet/in.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
-#include <strings.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -26,9 +28,6 @@
 #include <map>
 #include <set>
 #include <sstream>
-
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
 
 #include "test/harness.hpp"
 
@@ -92,7 +91,6 @@ std::string OneInput(const std::string& key, const std::string& value_json) {
 std::string JobPath(const std::string& id, const std::string& rest = "") {
   return "/job/" + id + rest;
 }
-
 
 // The echo the harness webhook gives, written here so that gated handlers
 // can give it too.
@@ -169,7 +167,6 @@ std::future<HttpResult> Async(const std::string& base, const std::string& method
 bool Ready(std::future<HttpResult>& f, milliseconds wait) {
   return f.wait_for(wait) == std::future_status::ready;
 }
-
 
 std::string HeaderOf(const httplib::Headers& headers, const std::string& name) {
   for (const auto& h : headers) {
@@ -739,7 +736,8 @@ TEST_CASE("the webhook gets POST with the JSON type, the secret and the job id",
   }
 }
 
-TEST_CASE("without a secret a call carries only Content-Type and the PMMAP job and attempt", "[api]") {
+TEST_CASE("without a secret a call carries only Content-Type and the PMMAP job and attempt",
+          "[api]") {
   Webhook hook;
   PmmapProcess pmmap;
   std::string id = CreateJob(pmmap, JobBody(hook.url()));
@@ -1583,7 +1581,8 @@ TEST_CASE("callers who hang up on GET /output give their threads back", "[api]")
   // Each waiter gives up after 8 s, as `curl --max-time 8` would, and
   // closes its connection.
   std::vector<std::future<HttpResult>> waiters;
-  for (int i = 0; i < 2; ++i) waiters.push_back(Async(base, "GET", JobPath(id, "/output"), "", seconds(8)));
+  for (int i = 0; i < 2; ++i)
+    waiters.push_back(Async(base, "GET", JobPath(id, "/output"), "", seconds(8)));
   REQUIRE(WaitUntil([&] { return AcceptedConnections(pmmap.port()) >= baseline + 2; }, seconds(5)));
   auto health = Async(base, "GET", "/healthz", "", seconds(30));
   REQUIRE_FALSE(Ready(health, milliseconds(300)));  // both threads are taken

@@ -171,7 +171,8 @@ rapidjson::Document WaitForState(const PmmapProcess& pmmap, const std::string& i
                                  const std::string& state,
                                  milliseconds timeout = std::chrono::seconds(20)) {
   rapidjson::Document job = WaitForJob(
-      pmmap, id, [&](const rapidjson::Document& d) { return std::string(d["state"].GetString()) == state; },
+      pmmap, id,
+      [&](const rapidjson::Document& d) { return std::string(d["state"].GetString()) == state; },
       timeout);
   INFO("job: " << Json(job));
   REQUIRE(State(job) == state);
@@ -179,10 +180,11 @@ rapidjson::Document WaitForState(const PmmapProcess& pmmap, const std::string& i
 }
 
 // GET /job/{id}/output<query>, which must answer 200.
-HttpResult GetOutput(const PmmapProcess& pmmap, const std::string& id, const std::string& query = "",
-                     const httplib::Headers& headers = {}) {
+HttpResult GetOutput(const PmmapProcess& pmmap, const std::string& id,
+                     const std::string& query = "", const httplib::Headers& headers = {}) {
   HttpResult r = Http(pmmap.base_url(), "GET", "/job/" + id + "/output" + query, "", headers);
-  INFO("GET /job/" << id << "/output" << query << " -> " << r.status << " " << r.body.substr(0, 500));
+  INFO("GET /job/" << id << "/output" << query << " -> " << r.status << " "
+                   << r.body.substr(0, 500));
   REQUIRE(r.status == 200);
   return r;
 }
@@ -239,7 +241,6 @@ std::vector<Webhook::Call> SortedCalls(Webhook& hook) {
   return calls;
 }
 
-
 // Opens the gate when it goes out of scope, so that a failed assertion
 // never leaves webhook handlers waiting. Declare it after the PmmapProcess.
 struct OpenOnExit {
@@ -283,7 +284,6 @@ int EstablishedTo(int port) {
   return n;
 }
 
-
 std::string HttpDate(time_t t) {
   struct tm tm;
   gmtime_r(&t, &tm);
@@ -304,16 +304,16 @@ TEST_CASE("POST /job refuses a bad delivery policy field with a 400 naming it", 
     const char* value;
   };
   const Bad bad[] = {
-      {"timeout_ms", "0"},         {"timeout_ms", "3600001"},      {"timeout_ms", "-1"},
-      {"timeout_ms", "1.5"},       {"timeout_ms", "\"100\""},      {"timeout_ms", "true"},
-      {"max_attempts", "0"},       {"max_attempts", "101"},        {"max_attempts", "-3"},
-      {"max_attempts", "2.5"},     {"max_attempts", "\"5\""},      {"max_attempts", "[5]"},
-      {"backoff_ms", "-1"},        {"backoff_ms", "3600001"},      {"backoff_ms", "0.5"},
-      {"backoff_ms", "[]"},        {"backoff_ms", "\"100\""},      {"max_backoff_ms", "-1"},
-      {"max_backoff_ms", "3600001"}, {"max_backoff_ms", "\"x\""},  {"max_backoff_ms", "1.25"},
-      {"rate_per_sec", "0"},       {"rate_per_sec", "0.0"},        {"rate_per_sec", "-1"},
-      {"rate_per_sec", "-0.5"},    {"rate_per_sec", "\"20\""},     {"rate_per_sec", "true"},
-      {"rate_per_sec", "{}"},      {"rate_per_sec", "1000001"},
+      {"timeout_ms", "0"},           {"timeout_ms", "3600001"},   {"timeout_ms", "-1"},
+      {"timeout_ms", "1.5"},         {"timeout_ms", "\"100\""},   {"timeout_ms", "true"},
+      {"max_attempts", "0"},         {"max_attempts", "101"},     {"max_attempts", "-3"},
+      {"max_attempts", "2.5"},       {"max_attempts", "\"5\""},   {"max_attempts", "[5]"},
+      {"backoff_ms", "-1"},          {"backoff_ms", "3600001"},   {"backoff_ms", "0.5"},
+      {"backoff_ms", "[]"},          {"backoff_ms", "\"100\""},   {"max_backoff_ms", "-1"},
+      {"max_backoff_ms", "3600001"}, {"max_backoff_ms", "\"x\""}, {"max_backoff_ms", "1.25"},
+      {"rate_per_sec", "0"},         {"rate_per_sec", "0.0"},     {"rate_per_sec", "-1"},
+      {"rate_per_sec", "-0.5"},      {"rate_per_sec", "\"20\""},  {"rate_per_sec", "true"},
+      {"rate_per_sec", "{}"},        {"rate_per_sec", "1000001"},
   };
   for (const Bad& b : bad) {
     std::string body = JobBody(hook, "\"" + std::string(b.field) + "\":" + b.value);
@@ -354,14 +354,16 @@ TEST_CASE("POST /job refuses a bad delivery policy field with a 400 naming it", 
   }
 }
 
-TEST_CASE("a new job echoes its delivery policy, defaults included, and starts at zero", "[delivery]") {
+TEST_CASE("a new job echoes its delivery policy, defaults included, and starts at zero",
+          "[delivery]") {
   Webhook hook;
   PmmapProcess pmmap;
 
   SECTION("defaults, also when every field is null") {
     for (const std::string& fields :
-         {std::string(""), std::string("\"timeout_ms\":null,\"max_attempts\":null,\"backoff_ms\":null,"
-                                       "\"max_backoff_ms\":null,\"rate_per_sec\":null")}) {
+         {std::string(""),
+          std::string("\"timeout_ms\":null,\"max_attempts\":null,\"backoff_ms\":null,"
+                      "\"max_backoff_ms\":null,\"rate_per_sec\":null")}) {
       HttpResult r = Http(pmmap.base_url(), "POST", "/job", JobBody(hook, fields));
       REQUIRE(r.status == 201);
       rapidjson::Document job = ParseJson(r.body);
@@ -375,7 +377,8 @@ TEST_CASE("a new job echoes its delivery policy, defaults included, and starts a
       CHECK(job["rate_per_sec"].IsNull());
       CHECK(Count(job, "concurrency") == 1);
       CHECK(Count(job, "maxsize") == 1000);
-      for (const char* counter : {"inputs", "outputs", "pending", "in_flight", "succeeded", "failed", "retries"}) {
+      for (const char* counter :
+           {"inputs", "outputs", "pending", "in_flight", "succeeded", "failed", "retries"}) {
         CHECK(Count(job, counter) == 0);
       }
       CheckTimestamp(job["created_at"]);
@@ -387,13 +390,15 @@ TEST_CASE("a new job echoes its delivery policy, defaults included, and starts a
 
   SECTION("every setting given, and the secret never shown") {
     std::string fields =
-        "\"secret\":\"s3cr3t\",\"concurrency\":3,\"maxsize\":50,\"timeout_ms\":1234,\"max_attempts\":7,"
+        "\"secret\":\"s3cr3t\",\"concurrency\":3,\"maxsize\":50,\"timeout_ms\":1234,\"max_"
+        "attempts\":7,"
         "\"backoff_ms\":11,\"max_backoff_ms\":222,\"rate_per_sec\":2.5";
     HttpResult created = Http(pmmap.base_url(), "POST", "/job", JobBody(hook, fields));
     REQUIRE(created.status == 201);
     std::string id = Text(ParseJson(created.body), "id");
     // The answer of POST /job, then of GET /job.
-    for (const std::string& text : {created.body, Http(pmmap.base_url(), "GET", "/job/" + id).body}) {
+    for (const std::string& text :
+         {created.body, Http(pmmap.base_url(), "GET", "/job/" + id).body}) {
       rapidjson::Document job = ParseJson(text);
       CHECK(Count(job, "concurrency") == 3);
       CHECK(Count(job, "maxsize") == 50);
@@ -409,7 +414,8 @@ TEST_CASE("a new job echoes its delivery policy, defaults included, and starts a
   }
 }
 
-TEST_CASE("a failing webhook gets exactly max_attempts calls per key, then an error entry", "[delivery]") {
+TEST_CASE("a failing webhook gets exactly max_attempts calls per key, then an error entry",
+          "[delivery]") {
   Webhook hook;
   // By key prefix: a, b, c always 500; d fails twice, then succeeds; e is 404.
   hook.SetHandler([](const Webhook::Call& call, httplib::Response& res) {
@@ -432,10 +438,11 @@ TEST_CASE("a failing webhook gets exactly max_attempts calls per key, then an er
     std::string fields;
     int attempts;  // calls expected per key
     bool success;
-    long status;   // of the error entry
+    long status;  // of the error entry
   };
   const std::vector<Case> cases = {
-      {"a", 4, "\"max_attempts\":3,\"backoff_ms\":1,\"max_backoff_ms\":5,\"concurrency\":2", 3, false, 500},
+      {"a", 4, "\"max_attempts\":3,\"backoff_ms\":1,\"max_backoff_ms\":5,\"concurrency\":2", 3,
+       false, 500},
       {"b", 3, "\"max_attempts\":1,\"concurrency\":3", 1, false, 500},
       {"c", 2, "\"backoff_ms\":0,\"concurrency\":2", 5, false, 500},  // the default max_attempts
       {"d", 3, "\"max_attempts\":4,\"backoff_ms\":0,\"concurrency\":2", 3, true, 0},
@@ -510,8 +517,9 @@ TEST_CASE("no wait between attempts exceeds max_backoff_ms", "[delivery]") {
   };
   std::vector<std::string> ids;
   for (const Case& c : cases) {
-    ids.push_back(CreateJob(pmmap, JobBody(hook, c.fields + ",\"max_attempts\":" + std::to_string(c.attempts) +
-                                                     ",\"concurrency\":" + std::to_string(c.keys))));
+    ids.push_back(CreateJob(
+        pmmap, JobBody(hook, c.fields + ",\"max_attempts\":" + std::to_string(c.attempts) +
+                                 ",\"concurrency\":" + std::to_string(c.keys))));
     PutInputs(pmmap, ids.back(), MakeInputs(c.keys, c.prefix));
     Complete(pmmap, ids.back());
   }
@@ -524,7 +532,8 @@ TEST_CASE("no wait between attempts exceeds max_backoff_ms", "[delivery]") {
       REQUIRE(calls.size() == static_cast<size_t>(c.attempts));
       for (size_t n = 1; n < calls.size(); ++n) {
         double gap = MsBetween(calls[n - 1].at, calls[n].at);
-        INFO("key " << key << ", " << c.fields << ": gap before attempt " << n + 1 << " was " << gap << " ms");
+        INFO("key " << key << ", " << c.fields << ": gap before attempt " << n + 1 << " was " << gap
+                    << " ms");
         CHECK(gap >= 0);
         CHECK(gap < c.cap_ms + kSlackMs);
       }
@@ -597,8 +606,8 @@ TEST_CASE("429 with Retry-After pauses the whole job (concurrency 2)", "[deliver
   } open_on_exit{shared};
 
   std::string id = StartJob(pmmap, JobBody(hook, "\"concurrency\":2"), MakeInputs(6));
-  rapidjson::Document job =
-      WaitForJob(pmmap, id, [](const rapidjson::Document& d) { return d["retries"].GetUint64() == 1; });
+  rapidjson::Document job = WaitForJob(
+      pmmap, id, [](const rapidjson::Document& d) { return d["retries"].GetUint64() == 1; });
   REQUIRE(Count(job, "retries") == 1);
   CheckCounters(job);
   shared->gate.Open();
@@ -624,7 +633,8 @@ TEST_CASE("429 with Retry-After pauses the whole job (concurrency 2)", "[deliver
   CHECK(later == 5);
 }
 
-TEST_CASE("Retry-After is capped by max_backoff_ms and honoured only on 429 and 503", "[delivery]") {
+TEST_CASE("Retry-After is capped by max_backoff_ms and honoured only on 429 and 503",
+          "[delivery]") {
   Webhook hook;
   const std::string in_an_hour = HttpDate(time(nullptr) + 3600);
   hook.SetHandler([in_an_hour](const Webhook::Call& call, httplib::Response& res) {
@@ -642,8 +652,10 @@ TEST_CASE("Retry-After is capped by max_backoff_ms and honoured only on 429 and 
     }
   });
   PmmapProcess pmmap;
-  std::string capped = StartJob(pmmap, JobBody(hook, "\"concurrency\":2,\"max_backoff_ms\":300"), "[{\"key\":\"s0\",\"value\":1},{\"key\":\"d0\",\"value\":2}]");
-  std::string ignored = StartJob(pmmap, JobBody(hook, "\"backoff_ms\":0"), "[{\"key\":\"x0\",\"value\":3}]");
+  std::string capped = StartJob(pmmap, JobBody(hook, "\"concurrency\":2,\"max_backoff_ms\":300"),
+                                "[{\"key\":\"s0\",\"value\":1},{\"key\":\"d0\",\"value\":2}]");
+  std::string ignored =
+      StartJob(pmmap, JobBody(hook, "\"backoff_ms\":0"), "[{\"key\":\"x0\",\"value\":3}]");
   WaitForState(pmmap, capped, "done", std::chrono::seconds(10));
   WaitForState(pmmap, ignored, "done", std::chrono::seconds(10));
 
@@ -651,8 +663,8 @@ TEST_CASE("Retry-After is capped by max_backoff_ms and honoured only on 429 and 
   for (const char* key : {"s0", "d0"}) {
     double gap = MsToSecondAttempt(by_key, key);
     INFO(key << ": second attempt " << gap << " ms after the first");
-    CHECK(gap >= 300 - 50);     // the capped Retry-After is waited out
-    CHECK(gap < 300 + 1500);    // and not the 30 s or the hour asked for
+    CHECK(gap >= 300 - 50);   // the capped Retry-After is waited out
+    CHECK(gap < 300 + 1500);  // and not the 30 s or the hour asked for
   }
   double gap = MsToSecondAttempt(by_key, "x0");
   INFO("x0: second attempt " << gap << " ms after the first");
@@ -673,8 +685,10 @@ TEST_CASE("of several Retry-After headers, the last one is honoured", "[delivery
   });
   PmmapProcess pmmap;
   // One job per key: a 429 pauses its whole job, so the keys must not share one.
-  std::string short_last = StartJob(pmmap, JobBody(hook, "\"max_backoff_ms\":60000"), "[{\"key\":\"short-last\",\"value\":1}]");
-  std::string long_last = StartJob(pmmap, JobBody(hook, "\"max_backoff_ms\":60000"), "[{\"key\":\"long-last\",\"value\":2}]");
+  std::string short_last = StartJob(pmmap, JobBody(hook, "\"max_backoff_ms\":60000"),
+                                    "[{\"key\":\"short-last\",\"value\":1}]");
+  std::string long_last = StartJob(pmmap, JobBody(hook, "\"max_backoff_ms\":60000"),
+                                   "[{\"key\":\"long-last\",\"value\":2}]");
   // Were the first header honoured, short-last would wait 30 s: past this.
   WaitForState(pmmap, short_last, "done", std::chrono::seconds(10));
   WaitForState(pmmap, long_last, "done", std::chrono::seconds(10));
@@ -688,7 +702,8 @@ TEST_CASE("of several Retry-After headers, the last one is honoured", "[delivery
   CHECK(long_gap >= 1000 - 50);  // not the first header's 0
 }
 
-TEST_CASE("a webhook that does not answer within timeout_ms gives a status-0 error entry", "[delivery]") {
+TEST_CASE("a webhook that does not answer within timeout_ms gives a status-0 error entry",
+          "[delivery]") {
   auto gate = std::make_shared<Gate>();
   Webhook hook;
   hook.SetHandler([gate](const Webhook::Call&, httplib::Response& res) {
@@ -699,7 +714,8 @@ TEST_CASE("a webhook that does not answer within timeout_ms gives a status-0 err
   OpenOnExit open_on_exit{gate};
 
   std::string once = CreateJob(pmmap, JobBody(hook, "\"timeout_ms\":200,\"max_attempts\":1"));
-  std::string twice = CreateJob(pmmap, JobBody(hook, "\"timeout_ms\":200,\"max_attempts\":2,\"backoff_ms\":0"));
+  std::string twice =
+      CreateJob(pmmap, JobBody(hook, "\"timeout_ms\":200,\"max_attempts\":2,\"backoff_ms\":0"));
   auto start = SteadyClock::now();
   PutInputs(pmmap, once, "[{\"key\":\"once\",\"value\":1}]");
   Complete(pmmap, once);
@@ -775,7 +791,8 @@ TEST_CASE("rate_per_sec spaces the calls, with a burst of concurrency", "[delive
   }
 }
 
-TEST_CASE("a tiny rate_per_sec holds calls back without wedging the job or the server", "[delivery]") {
+TEST_CASE("a tiny rate_per_sec holds calls back without wedging the job or the server",
+          "[delivery]") {
   // rate_per_sec is any number above 0. At 1e-12 a second the first input
   // goes at once (the burst of one) and the second would wait for ages;
   // meanwhile the job must keep answering, cancel, and let the server stop.
@@ -783,7 +800,8 @@ TEST_CASE("a tiny rate_per_sec holds calls back without wedging the job or the s
   Webhook hook;
   PmmapProcess pmmap;
   const std::string base = pmmap.base_url();
-  HttpResult created = Http(base, "POST", "/job", JobBody(hook, "\"concurrency\":1,\"rate_per_sec\":1e-12"));
+  HttpResult created =
+      Http(base, "POST", "/job", JobBody(hook, "\"concurrency\":1,\"rate_per_sec\":1e-12"));
   INFO("POST /job -> " << created.status << " " << created.body);
   if (created.status == 400) {
     CHECK(Text(ParseJson(created.body), "error").find("rate_per_sec") != std::string::npos);
@@ -821,7 +839,8 @@ TEST_CASE("a tiny rate_per_sec holds calls back without wedging the job or the s
   INFO("GET /job/" << id << " stopped answering once the worker waited for a token");
   CHECK(responsive);
   if (responsive) {
-    HttpResult cancel = Http(base, "POST", "/job/" + id + "/cancel", "", {}, std::chrono::seconds(2));
+    HttpResult cancel =
+        Http(base, "POST", "/job/" + id + "/cancel", "", {}, std::chrono::seconds(2));
     CHECK(cancel.status == 200);
     CHECK(hook.call_count() == 1);
   }
@@ -852,7 +871,8 @@ TEST_CASE("the counters add up at every read while a job runs", "[delivery]") {
   OpenOnExit open_on_exit{gate};
   const int n = 120;
   std::string id = CreateJob(
-      pmmap, JobBody(hook, "\"concurrency\":4,\"max_attempts\":3,\"backoff_ms\":5,\"max_backoff_ms\":20"));
+      pmmap,
+      JobBody(hook, "\"concurrency\":4,\"max_attempts\":3,\"backoff_ms\":5,\"max_backoff_ms\":20"));
   std::string other = CreateJob(pmmap, JobBody(hook));  // stays open and empty
 
   PutInputs(pmmap, id, MakeInputs(n));
@@ -860,7 +880,8 @@ TEST_CASE("the counters add up at every read while a job runs", "[delivery]") {
   CheckCounters(job);
   CHECK(State(job) == "open");
   CHECK(Count(job, "inputs") == static_cast<uint64_t>(n));
-  job = WaitForJob(pmmap, id, [](const rapidjson::Document& d) { return d["in_flight"].GetUint64() == 4; });
+  job = WaitForJob(pmmap, id,
+                   [](const rapidjson::Document& d) { return d["in_flight"].GetUint64() == 4; });
   CheckCounters(job);
   REQUIRE(Count(job, "in_flight") == 4);
   CHECK(Count(job, "pending") == static_cast<uint64_t>(n - 4));
@@ -940,8 +961,9 @@ TEST_CASE("GET /jobs lists every job in the form of GET /job/{id}", "[delivery]"
   Webhook hook;
   PmmapProcess pmmap;
   std::string configured = CreateJob(
-      pmmap, JobBody(hook, "\"concurrency\":3,\"maxsize\":50,\"timeout_ms\":1234,\"max_attempts\":7,"
-                           "\"backoff_ms\":11,\"max_backoff_ms\":222,\"rate_per_sec\":2.5"));
+      pmmap, JobBody(hook,
+                     "\"concurrency\":3,\"maxsize\":50,\"timeout_ms\":1234,\"max_attempts\":7,"
+                     "\"backoff_ms\":11,\"max_backoff_ms\":222,\"rate_per_sec\":2.5"));
   std::string done = StartJob(pmmap, JobBody(hook, "\"concurrency\":2"), MakeInputs(5, "d"));
   std::string open = CreateJob(pmmap, JobBody(hook));
   PutInputs(pmmap, open, MakeInputs(3, "o"));
@@ -949,7 +971,8 @@ TEST_CASE("GET /jobs lists every job in the form of GET /job/{id}", "[delivery]"
   Cancel(pmmap, cancelled);
   WaitForState(pmmap, done, "done");
   // All of its inputs answered, but not complete: still open, not done.
-  rapidjson::Document o = WaitForJob(pmmap, open, [](const rapidjson::Document& d) { return d["outputs"].GetUint64() == 3; });
+  rapidjson::Document o = WaitForJob(
+      pmmap, open, [](const rapidjson::Document& d) { return d["outputs"].GetUint64() == 3; });
   CHECK(State(o) == "open");
   CHECK(Count(o, "outputs") == 3);
   CHECK(o["done_at"].IsNull());
@@ -984,7 +1007,8 @@ TEST_CASE("GET /jobs lists every job in the form of GET /job/{id}", "[delivery]"
 
 // 3. Cancel.
 
-TEST_CASE("cancel stops a running job: calls aborted, nothing more sent, every input answered", "[delivery]") {
+TEST_CASE("cancel stops a running job: calls aborted, nothing more sent, every input answered",
+          "[delivery]") {
   auto gate = std::make_shared<Gate>();
   Webhook hook;
   hook.SetHandler([gate](const Webhook::Call&, httplib::Response& res) {
@@ -996,8 +1020,8 @@ TEST_CASE("cancel stops a running job: calls aborted, nothing more sent, every i
   const int n = 10;
   std::string id = CreateJob(pmmap, JobBody(hook, "\"concurrency\":2,\"timeout_ms\":60000"));
   PutInputs(pmmap, id, MakeInputs(n));
-  rapidjson::Document job =
-      WaitForJob(pmmap, id, [](const rapidjson::Document& d) { return d["in_flight"].GetUint64() == 2; });
+  rapidjson::Document job = WaitForJob(
+      pmmap, id, [](const rapidjson::Document& d) { return d["in_flight"].GetUint64() == 2; });
   REQUIRE(Count(job, "in_flight") == 2);
   REQUIRE(WaitUntil([&] { return hook.in_flight() == 2; }));
   // pmmap holds one connection per call in flight.
@@ -1018,7 +1042,8 @@ TEST_CASE("cancel stops a running job: calls aborted, nothing more sent, every i
 
   // The calls in flight are aborted: pmmap drops their connections while
   // the webhook still holds them.
-  bool dropped = WaitUntil([&] { return EstablishedTo(hook.port()) == 0; }, std::chrono::seconds(5));
+  bool dropped =
+      WaitUntil([&] { return EstablishedTo(hook.port()) == 0; }, std::chrono::seconds(5));
   INFO("connections to the webhook still open: " << EstablishedTo(hook.port()));
   CHECK(dropped);
   CHECK(hook.in_flight() == 2);
@@ -1071,8 +1096,8 @@ TEST_CASE("cancel drops retries waiting out a Retry-After: they are never sent",
   PmmapProcess pmmap;
   std::string id = CreateJob(pmmap, JobBody(hook, "\"concurrency\":1"));
   PutInputs(pmmap, id, MakeInputs(3));
-  rapidjson::Document job =
-      WaitForJob(pmmap, id, [](const rapidjson::Document& d) { return d["retries"].GetUint64() == 1; });
+  rapidjson::Document job = WaitForJob(
+      pmmap, id, [](const rapidjson::Document& d) { return d["retries"].GetUint64() == 1; });
   REQUIRE(Count(job, "retries") == 1);
   CHECK(Count(job, "pending") == 3);  // k0 waiting to retry, k1 and k2 queued
   CHECK(Count(job, "in_flight") == 0);
@@ -1143,7 +1168,8 @@ TEST_CASE("cancel answers a PUT blocked for room with 409", "[delivery]") {
   CHECK(later.status == 409);
 }
 
-TEST_CASE("cancel answers a GET /output waiting for the end at once, with everything", "[delivery]") {
+TEST_CASE("cancel answers a GET /output waiting for the end at once, with everything",
+          "[delivery]") {
   auto gate = std::make_shared<Gate>();
   Webhook hook;
   hook.SetHandler([gate](const Webhook::Call& call, httplib::Response& res) {
@@ -1224,7 +1250,8 @@ TEST_CASE("cancel in every state", "[delivery]") {
   SECTION("closing, with calls in flight") {
     std::string id = CreateJob(pmmap, JobBody(hook, "\"concurrency\":2"));
     PutInputs(pmmap, id, MakeInputs(3, "c"));
-    WaitForJob(pmmap, id, [](const rapidjson::Document& d) { return d["in_flight"].GetUint64() == 2; });
+    WaitForJob(pmmap, id,
+               [](const rapidjson::Document& d) { return d["in_flight"].GetUint64() == 2; });
     REQUIRE(State(Complete(pmmap, id)) == "closing");
     rapidjson::Document job = Cancel(pmmap, id);
     CheckCounters(job);
@@ -1311,7 +1338,8 @@ TEST_CASE("offset and limit page through the output in stored order", "[delivery
   Webhook hook;
   PmmapProcess pmmap;
   const size_t n = 23;
-  std::string id = StartJob(pmmap, JobBody(hook, "\"concurrency\":3"), MakeInputs(static_cast<int>(n)));
+  std::string id =
+      StartJob(pmmap, JobBody(hook, "\"concurrency\":3"), MakeInputs(static_cast<int>(n)));
   std::vector<std::string> full = ArrayEntries(GetOutput(pmmap, id));
   REQUIRE(full.size() == n);
   std::set<std::string> keys;
@@ -1328,7 +1356,8 @@ TEST_CASE("offset and limit page through the output in stored order", "[delivery
       std::vector<std::string> page = ArrayEntries(GetOutput(pmmap, id, query));
       CHECK(page.size() == std::min(limit, offset < n ? n - offset : 0));
       if (page.empty()) break;  // (an empty NDJSON page has a test of its own)
-      std::vector<std::string> page_ndjson = NdjsonEntries(GetOutput(pmmap, id, query + "&format=ndjson"));
+      std::vector<std::string> page_ndjson =
+          NdjsonEntries(GetOutput(pmmap, id, query + "&format=ndjson"));
       CHECK(page == page_ndjson);
       joined.insert(joined.end(), page.begin(), page.end());
       joined_ndjson.insert(joined_ndjson.end(), page_ndjson.begin(), page_ndjson.end());
@@ -1360,22 +1389,24 @@ TEST_CASE("an NDJSON output without entries is a complete, empty 200 response", 
   Cancel(pmmap, empty);
   std::string running = CreateJob(pmmap, JobBody(hook));
   PutInputs(pmmap, running, MakeInputs(1));
-  WaitForJob(pmmap, running, [](const rapidjson::Document& d) { return d["in_flight"].GetUint64() == 1; });
+  WaitForJob(pmmap, running,
+             [](const rapidjson::Document& d) { return d["in_flight"].GetUint64() == 1; });
 
   // "Connection: close" makes the server end the connection right after
   // the reply, so that a reply left unterminated fails at once instead of
   // when the server's keep-alive runs out.
   const httplib::Headers close = {{"Connection", "close"}};
   const std::vector<std::pair<std::string, std::string>> reads = {
-      {empty, "?format=ndjson"},                   // a cancelled job without inputs
-      {running, "?wait=false&format=ndjson"},      // nothing stored yet
+      {empty, "?format=ndjson"},               // a cancelled job without inputs
+      {running, "?wait=false&format=ndjson"},  // nothing stored yet
       {running, "?wait=false&offset=5&format=ndjson"},
       {running, "?wait=false&limit=0&format=ndjson"},
   };
   for (const auto& read : reads) {
-    HttpResult r = Http(pmmap.base_url(), "GET", "/job/" + read.first + "/output" + read.second, "", close,
-                        std::chrono::seconds(5));
-    INFO("GET /job/" << read.first << "/output" << read.second << " -> " << r.status << " [" << r.body << "]");
+    HttpResult r = Http(pmmap.base_url(), "GET", "/job/" + read.first + "/output" + read.second, "",
+                        close, std::chrono::seconds(5));
+    INFO("GET /job/" << read.first << "/output" << read.second << " -> " << r.status << " ["
+                     << r.body << "]");
     CHECK(r.status == 200);
     if (r.status == 200) {
       CHECK(r.body.empty());
@@ -1385,7 +1416,8 @@ TEST_CASE("an NDJSON output without entries is a complete, empty 200 response", 
   // Also on a kept-alive connection, as a plain client sends it.
   HttpResult r = Http(pmmap.base_url(), "GET", "/job/" + empty + "/output", "",
                       {{"Accept", "application/x-ndjson"}}, std::chrono::seconds(10));
-  INFO("GET /job/" << empty << "/output (Accept: application/x-ndjson) -> " << r.status << " [" << r.body << "]");
+  INFO("GET /job/" << empty << "/output (Accept: application/x-ndjson) -> " << r.status << " ["
+                   << r.body << "]");
   CHECK(r.status == 200);
   CHECK(r.body.empty());
   // The same reads as JSON arrays are fine: "[]".
@@ -1409,9 +1441,11 @@ TEST_CASE("NDJSON output, the PMMAP-state header, and bad output queries", "[del
     r = GetOutput(pmmap, id, "", ndjson);
     CHECK(HeaderOf(r.headers, "PMMAP-state") == "done");
     CHECK(NdjsonEntries(r) == full);
-    CHECK(NdjsonEntries(GetOutput(pmmap, id, "", {{"Accept", "text/plain, application/x-ndjson;q=0.9"}})) == full);
+    CHECK(NdjsonEntries(GetOutput(pmmap, id, "",
+                                  {{"Accept", "text/plain, application/x-ndjson;q=0.9"}})) == full);
     CHECK(NdjsonEntries(GetOutput(pmmap, id, "?format=ndjson")) == full);
-    CHECK(NdjsonEntries(GetOutput(pmmap, id, "?format=ndjson&offset=30", {{"Accept", "application/json"}})) ==
+    CHECK(NdjsonEntries(
+              GetOutput(pmmap, id, "?format=ndjson&offset=30", {{"Accept", "application/json"}})) ==
           std::vector<std::string>(full.begin() + 30, full.end()));
     // An explicit format wins over Accept.
     CHECK(ArrayEntries(GetOutput(pmmap, id, "?format=json", ndjson)) == full);
@@ -1420,10 +1454,17 @@ TEST_CASE("NDJSON output, the PMMAP-state header, and bad output queries", "[del
 
   SECTION("bad query parameters: 400 naming the parameter") {
     const std::vector<std::pair<std::string, std::string>> bad = {
-        {"?foo=1", "foo"},          {"?limit=abc", "limit"},     {"?limit=-1", "limit"},
-        {"?limit=", "limit"},       {"?offset=1.5", "offset"},   {"?offset=x", "offset"},
-        {"?wait=maybe", "wait"},    {"?wait=", "wait"},          {"?format=xml", "format"},
-        {"?format=NDJSON", "format"}, {"?limit=1&limit=2", "limit"},
+        {"?foo=1", "foo"},
+        {"?limit=abc", "limit"},
+        {"?limit=-1", "limit"},
+        {"?limit=", "limit"},
+        {"?offset=1.5", "offset"},
+        {"?offset=x", "offset"},
+        {"?wait=maybe", "wait"},
+        {"?wait=", "wait"},
+        {"?format=xml", "format"},
+        {"?format=NDJSON", "format"},
+        {"?limit=1&limit=2", "limit"},
         {"?wait=false&bogus=true", "bogus"},
     };
     for (const auto& b : bad) {
@@ -1495,7 +1536,8 @@ TEST_CASE("a large output read whole, paged and as NDJSON agrees", "[delivery]")
     INFO("offset " << offset);
     std::vector<std::string> two =
         ArrayEntries(GetOutput(pmmap, id, "?offset=" + std::to_string(offset) + "&limit=2"));
-    CHECK(two == std::vector<std::string>(full.begin() + offset, full.begin() + std::min(offset + 2, n)));
+    CHECK(two ==
+          std::vector<std::string>(full.begin() + offset, full.begin() + std::min(offset + 2, n)));
   }
   CHECK(ArrayEntries(GetOutput(pmmap, id, "?offset=3000")).empty());
 }

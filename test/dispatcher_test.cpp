@@ -2,6 +2,8 @@
 // a key becomes a URL, which results succeed, retry or fail, how long to
 // back off, and how Retry-After is read. No network is used.
 
+#include "dispatcher.hpp"
+
 #include <curl/curl.h>
 
 #include <algorithm>
@@ -12,8 +14,6 @@
 #include <ctime>
 #include <random>
 #include <string>
-
-#include "dispatcher.hpp"
 
 namespace {
 

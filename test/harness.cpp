@@ -1,6 +1,8 @@
 #include "test/harness.hpp"
 
 #include <fcntl.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -9,9 +11,6 @@
 #include <catch2/catch.hpp>
 #include <fstream>
 #include <sstream>
-
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
 
 #include "http_pool.hpp"
 
@@ -117,7 +116,8 @@ int PmmapProcess::Stop(int sig, std::chrono::milliseconds timeout) {
 }
 
 HttpResult Http(const std::string& base_url, const std::string& method, const std::string& path,
-                const std::string& body, const httplib::Headers& headers, std::chrono::seconds timeout) {
+                const std::string& body, const httplib::Headers& headers,
+                std::chrono::seconds timeout) {
   httplib::Client client(base_url);
   client.set_connection_timeout(5, 0);
   client.set_read_timeout(timeout.count(), 0);
@@ -160,7 +160,8 @@ std::string MakeInputs(int n, const std::string& prefix) {
   std::string out = "[";
   for (int i = 0; i < n; ++i) {
     if (i > 0) out.push_back(',');
-    out += "{\"key\":\"" + prefix + std::to_string(i) + "\",\"value\":{\"i\":" + std::to_string(i) + "}}";
+    out += "{\"key\":\"" + prefix + std::to_string(i) + "\",\"value\":{\"i\":" + std::to_string(i) +
+           "}}";
   }
   out.push_back(']');
   return out;

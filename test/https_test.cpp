@@ -23,8 +23,8 @@ class TestCertificate {
     dir_ = templ;
     std::string command =
         "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1"
-        " -addext subjectAltName=IP:127.0.0.1 -keyout " + key() + " -out " + cert() +
-        " >/dev/null 2>&1";
+        " -addext subjectAltName=IP:127.0.0.1 -keyout " +
+        key() + " -out " + cert() + " >/dev/null 2>&1";
     REQUIRE(system(command.c_str()) == 0);
   }
   ~TestCertificate() {
@@ -68,7 +68,8 @@ class TlsWebhook {
 rapidjson::Document RunOne(const PmmapProcess& pmmap, const std::string& url) {
   std::string id = CreateJob(pmmap, "{\"url\":\"" + url + "\",\"max_attempts\":1}");
   REQUIRE(Http(pmmap.base_url(), "PUT", "/job/" + id + "/input",
-               "[{\"key\":\"k\",\"value\":{\"n\":1}}]").status == 201);
+               "[{\"key\":\"k\",\"value\":{\"n\":1}}]")
+              .status == 201);
   REQUIRE(Http(pmmap.base_url(), "POST", "/job/" + id + "/complete").status == 200);
   HttpResult out = Http(pmmap.base_url(), "GET", "/job/" + id + "/output?format=ndjson");
   REQUIRE(out.status == 200);
@@ -90,7 +91,8 @@ TEST_CASE("an https webhook is called when --ca-file trusts its certificate", "[
   REQUIRE(entry["value"]["body"]["n"].GetInt() == 1);
 }
 
-TEST_CASE("an https webhook whose certificate is not trusted fails without retries", "[ops][https]") {
+TEST_CASE("an https webhook whose certificate is not trusted fails without retries",
+          "[ops][https]") {
   TestCertificate certificate;
   TlsWebhook hook(certificate);
   PmmapProcess pmmap;  // the system's CA bundle does not hold the test's certificate

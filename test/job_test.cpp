@@ -3,6 +3,8 @@
 // OpenOutput) and the workers (Take, Finish, Retry). Also KeySet
 // (key_set.hpp), which Job uses to refuse repeated keys.
 
+#include "job.hpp"
+
 #include <dirent.h>
 #include <rapidjson/document.h>
 #include <stdlib.h>
@@ -18,7 +20,6 @@
 #include <thread>
 #include <vector>
 
-#include "job.hpp"
 #include "key_set.hpp"
 #include "log.hpp"
 #include "test/harness.hpp"
@@ -32,8 +33,8 @@ class TempDir {
  public:
   TempDir() {
     const char* base = getenv("TMPDIR");
-    std::string pattern = std::string(base != nullptr && *base != '\0' ? base : "/tmp") +
-                          "/pmmap_job_test.XXXXXX";
+    std::string pattern =
+        std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/pmmap_job_test.XXXXXX";
     std::vector<char> buf(pattern.begin(), pattern.end());
     buf.push_back('\0');
     REQUIRE(mkdtemp(buf.data()) != nullptr);
@@ -145,7 +146,6 @@ Counters Read(Job* job, bool check_invariants = true) {
   }
   return c;
 }
-
 
 // True if flag is still false after `period` of polling.
 bool StaysFalse(const std::atomic<bool>& flag, milliseconds period = milliseconds(50)) {
@@ -1037,8 +1037,7 @@ TEST_CASE("Job::OpenOutput reads the entries stored so far in both formats", "[u
   CHECK(ArrayKeys(array) == std::vector<std::string>{"k0", "k1", "k2"});
   CHECK(array == "[\n" + lines[0] + ",\n" + lines[1] + ",\n" + lines[2] + "\n]\n");
 
-  CHECK(NdjsonKeys(ReadOutput(job, 1, 1, OutputReader::kNdjson)) ==
-        std::vector<std::string>{"k1"});
+  CHECK(NdjsonKeys(ReadOutput(job, 1, 1, OutputReader::kNdjson)) == std::vector<std::string>{"k1"});
   CHECK(ArrayKeys(ReadOutput(job, 1, 100, OutputReader::kArray)) ==
         std::vector<std::string>{"k1", "k2"});
   CHECK(ReadOutput(job, 3, 10, OutputReader::kArray) == "[]\n");

@@ -2,6 +2,8 @@
 // exact, string quoting that always yields valid JSON, and the depth limits
 // that keep hostile input from exhausting the stack.
 
+#include "json.hpp"
+
 #include <rapidjson/document.h>
 
 #include <catch2/catch.hpp>
@@ -9,8 +11,6 @@
 #include <string>
 #include <utility>
 #include <vector>
-
-#include "json.hpp"
 
 namespace {
 
@@ -127,7 +127,8 @@ TEST_CASE("AppendCompactJson refuses a document with bytes after a NUL byte", "[
   CHECK_FALSE(alone.ok);
 }
 
-TEST_CASE("AppendCompactJson refuses an escaped lone low surrogate (found by the fuzzer)", "[unit][json]") {
+TEST_CASE("AppendCompactJson refuses an escaped lone low surrogate (found by the fuzzer)",
+          "[unit][json]") {
   // RapidJSON 1.1.0 decodes "\udc00" to bytes that are not UTF-8; the writer
   // must refuse them, so that stored output is always valid JSON.
   CHECK_FALSE(Compact("{\"s\":\"\\ud17d\\ude00\"}").ok);
@@ -145,7 +146,8 @@ TEST_CASE("AppendCompactJson keeps strings and their escapes exactly as written"
   CHECK(c.out == "{\"a b\":\"x \\\" y\\\\\",\"\\u00e9\\/\":[\" \"]}");
 }
 
-TEST_CASE("AppendCompactJson leaves the output unchanged when it refuses the text", "[unit][json]") {
+TEST_CASE("AppendCompactJson leaves the output unchanged when it refuses the text",
+          "[unit][json]") {
   std::string out = "kept";
   std::string error;
   std::string text = "[1, 2";
@@ -155,7 +157,8 @@ TEST_CASE("AppendCompactJson leaves the output unchanged when it refuses the tex
 
 TEST_CASE("JsonCompactor gives the same results as AppendCompactJson when reused", "[unit][json]") {
   JsonCompactor compactor;
-  const char* const texts[] = {"[ 1 , 2 ]", "{\"a\":", "\"\\udc00\"", " null ", "[[[ ]]]", "\"\xFF\""};
+  const char* const texts[] = {"[ 1 , 2 ]", "{\"a\":", "\"\\udc00\"",
+                               " null ",    "[[[ ]]]", "\"\xFF\""};
   for (int round = 0; round < 2; ++round) {
     for (const char* text : texts) {
       INFO(text);
@@ -312,10 +315,11 @@ TEST_CASE("AppendJsonValueFast appends the compact value or leaves the output un
 
 TEST_CASE("SkipJsonValue refuses invalid JSON that RapidJSON refuses", "[unit][json]") {
   for (const std::string text :
-       {"", " ", "[", "[1,]", "[1 2]", "[}", "{]", "{\"a\"}", "{\"a\":}", "{\"a\":1,}", "{1:2}",
-        "{a:1}", "-", "-a", "1.", ".5", "1e", "1e+", "+1", "tru", "nul", "False", "NaN",
-        "Infinity", "\"abc", "\"a\x01\"", "\"\\x\"", "\"\\u12g4\"", "\"\\u123\"", "'a'",
-        "[1,[2]", "{\"a\":[}"}) {
+       {"",           " ",        "[",          "[1,]",     "[1 2]",     "[}",      "{]",
+        "{\"a\"}",    "{\"a\":}", "{\"a\":1,}", "{1:2}",    "{a:1}",     "-",       "-a",
+        "1.",         ".5",       "1e",         "1e+",      "+1",        "tru",     "nul",
+        "False",      "NaN",      "Infinity",   "\"abc",    "\"a\x01\"", "\"\\x\"", "\"\\u12g4\"",
+        "\"\\u123\"", "'a'",      "[1,[2]",     "{\"a\":[}"}) {
     INFO("text: " << text);
     CHECK_FALSE(IsValidJson(text));
     CHECK(SkipEnd(text) == -1);
@@ -384,10 +388,11 @@ TEST_CASE("AppendJsonString keeps valid multi-byte UTF-8 as it is", "[unit][json
 
 TEST_CASE("AppendJsonString replaces each invalid UTF-8 byte with U+FFFD", "[unit][json]") {
   const std::string kFffd = "\xEF\xBF\xBD";
-  CHECK(Quote("a\xFF" "b") == "\"a" + kFffd + "b\"");
-  CHECK(Quote("a\xC3") == "\"a" + kFffd + "\"");                       // truncated at the end
-  CHECK(Quote("\xC3(") == "\"" + kFffd + "(\"");                       // bad continuation
-  CHECK(Quote("\xC0\xAF") == "\"" + kFffd + kFffd + "\"");             // overlong
+  CHECK(Quote("a\xFF"
+              "b") == "\"a" + kFffd + "b\"");
+  CHECK(Quote("a\xC3") == "\"a" + kFffd + "\"");                        // truncated at the end
+  CHECK(Quote("\xC3(") == "\"" + kFffd + "(\"");                        // bad continuation
+  CHECK(Quote("\xC0\xAF") == "\"" + kFffd + kFffd + "\"");              // overlong
   CHECK(Quote("\xED\xA0\x80") == "\"" + kFffd + kFffd + kFffd + "\"");  // surrogate
   CHECK(Quote("\xF4\x90\x80\x80") == "\"" + kFffd + kFffd + kFffd + kFffd + "\"");  // > U+10FFFF
 }
@@ -442,8 +447,7 @@ TEST_CASE("JsonDepthWithin refuses 100000 open brackets", "[unit][json]") {
 
 // ErrorJson
 
-TEST_CASE("ErrorJson wraps the message in an object with an escaped error field",
-          "[unit][json]") {
+TEST_CASE("ErrorJson wraps the message in an object with an escaped error field", "[unit][json]") {
   CHECK(ErrorJson("no such job") == "{\"error\":\"no such job\"}");
   std::string json = ErrorJson("bad \"x\"\nat \\ \xFF");
   REQUIRE(IsValidJson(json));

@@ -69,7 +69,6 @@ double SecondsSince(SteadyClock::time_point t) {
   return std::chrono::duration<double>(SteadyClock::now() - t).count();
 }
 
-
 std::string HeaderValue(const httplib::Headers& headers, const std::string& name) {
   auto it = headers.find(name);
   return it == headers.end() ? "" : it->second;
@@ -115,7 +114,6 @@ std::string RequireJsonError(const HttpResult& r) {
   REQUIRE_FALSE(message.empty());
   return message;
 }
-
 
 // Removes a file or directory tree (used for the test's own temp dirs).
 void RemoveTree(const std::string& path) {
@@ -241,7 +239,8 @@ struct RunResult {
 // Runs the pmmap binary with args to completion (at most timeout),
 // capturing stdout and stderr.
 RunResult RunBinary(const std::vector<std::string>& args,
-                    const std::map<std::string, std::string>& env = {}, milliseconds timeout = seconds(10)) {
+                    const std::map<std::string, std::string>& env = {},
+                    milliseconds timeout = seconds(10)) {
   int out_pipe[2];
   int err_pipe[2];
   REQUIRE(pipe2(out_pipe, O_CLOEXEC) == 0);
@@ -289,7 +288,8 @@ RunResult RunBinary(const std::vector<std::string>& args,
 // destructor.
 class EnvPmmap {
  public:
-  EnvPmmap(const std::vector<std::string>& extra_args, const std::map<std::string, std::string>& env) {
+  EnvPmmap(const std::vector<std::string>& extra_args,
+           const std::map<std::string, std::string>& env) {
     char templ[] = "/tmp/pmmap-ops-log.XXXXXX";
     int log_fd = mkstemp(templ);
     REQUIRE(log_fd >= 0);
@@ -394,7 +394,8 @@ class RawConn {
                    bool with_length = true) {
     std::string req = method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\n";
     if (with_length) {
-      req += "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n";
+      req += "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+             "\r\n";
     }
     Send(req + "\r\n" + body);
   }
@@ -640,7 +641,8 @@ Exposition ParseExposition(const std::string& text) {
       auto& table = kind == "HELP" ? e.help : e.type;
       if (table.count(name)) e.errors.push_back(where + "a second " + kind + " for " + name);
       if (kind == "TYPE") {
-        static const std::set<std::string> kTypes = {"counter", "gauge", "histogram", "summary", "untyped"};
+        static const std::set<std::string> kTypes = {"counter", "gauge", "histogram", "summary",
+                                                     "untyped"};
         if (!kTypes.count(rest)) e.errors.push_back(where + "unknown type");
         for (const Sample& s : e.samples) {
           if (s.name == name) e.errors.push_back(where + "TYPE after the family's samples");
@@ -713,7 +715,8 @@ Exposition ParseExposition(const std::string& text) {
     if (!seen_samples.insert(id).second) e.errors.push_back(where + "a repeated sample");
     e.samples.push_back(std::move(s));
   }
-  if (!text.empty() && text.back() != '\n') e.errors.push_back("the text does not end with a newline");
+  if (!text.empty() && text.back() != '\n')
+    e.errors.push_back("the text does not end with a newline");
   for (const auto& entry : e.type) {
     if (!e.help.count(entry.first)) e.errors.push_back("no HELP for " + entry.first);
   }
@@ -779,9 +782,11 @@ Exposition Scrape(const std::string& base_url) {
     REQUIRE(e.type.at(f.first) == f.second);
     REQUIRE(e.help.count(f.first) == 1);
   }
-  for (const char* state : {"open", "closing", "done", "cancelled"}) e.Get("pmmap_jobs", {{"state", state}});
+  for (const char* state : {"open", "closing", "done", "cancelled"})
+    e.Get("pmmap_jobs", {{"state", state}});
   e.Get("pmmap_inputs_total");
-  for (const char* result : {"success", "failure"}) e.Get("pmmap_outputs_total", {{"result", result}});
+  for (const char* result : {"success", "failure"})
+    e.Get("pmmap_outputs_total", {{"result", result}});
   for (const char* outcome : {"2xx", "3xx", "4xx", "5xx", "timeout", "connect_error"}) {
     e.Get("pmmap_webhook_calls_total", {{"outcome", outcome}});
   }
@@ -820,7 +825,8 @@ std::string HmacSha256Hex(const std::string& key, const std::string& message) {
 
 // Checks call's PMMAP-signature: "t=<unix seconds>,v1=<hex HMAC-SHA256 of
 // "<t>.<body>" keyed with secret>", with t within [earliest, latest].
-void CheckSignature(const Webhook::Call& call, const std::string& secret, time_t earliest, time_t latest) {
+void CheckSignature(const Webhook::Call& call, const std::string& secret, time_t earliest,
+                    time_t latest) {
   std::string value = HeaderValue(call.headers, "PMMAP-signature");
   INFO("call " << call.path << " attempt " << Attempt(call) << " PMMAP-signature: " << value
                << " body: " << call.body);
@@ -887,9 +893,10 @@ bool CallbackEnded(const rapidjson::Document& job) {
   return state == "succeeded" || state == "failed";
 }
 
-std::string CallbackJob(const std::string& url, const std::string& callback_url, const std::string& extra = "") {
-  return "{\"url\":\"" + url + "\",\"callback_url\":\"" + callback_url + "\",\"secret\":\"" + kSecret +
-         "\",\"backoff_ms\":5" + extra + "}";
+std::string CallbackJob(const std::string& url, const std::string& callback_url,
+                        const std::string& extra = "") {
+  return "{\"url\":\"" + url + "\",\"callback_url\":\"" + callback_url + "\",\"secret\":\"" +
+         kSecret + "\",\"backoff_ms\":5" + extra + "}";
 }
 
 }  // namespace
@@ -921,7 +928,7 @@ TEST_CASE("GET /metrics is well-formed Prometheus text before any job", "[ops]")
   REQUIRE(e.Get("pmmap_webhook_calls_in_flight") == 0);
   REQUIRE(e.Get("pmmap_webhook_call_duration_seconds_count") == 0);
   // The parser itself rejects what it should.
-  REQUIRE_FALSE(ParseExposition("x_total 1\n").errors.empty());  // no TYPE
+  REQUIRE_FALSE(ParseExposition("x_total 1\n").errors.empty());              // no TYPE
   REQUIRE_FALSE(ParseExposition("# TYPE x counter\nx 1\n").errors.empty());  // no HELP
   REQUIRE(ParseExposition("# HELP x X.\n# TYPE x counter\nx{a=\"b\"} 1\n").errors.empty());
 }
@@ -962,26 +969,34 @@ TEST_CASE("metrics count inputs, outputs, calls by outcome, retries and in-fligh
   Exposition before = Scrape(base);
 
   // Job B: one input whose calls time out twice.
-  std::string b = CreateJob(pmmap, "{\"url\":\"" + hook.url() +
-                                        "\",\"timeout_ms\":400,\"max_attempts\":2,\"backoff_ms\":5}");
-  REQUIRE(Http(base, "PUT", "/job/" + b + "/input", "[{\"key\":\"slow0\",\"value\":1}]").status == 201);
+  std::string b =
+      CreateJob(pmmap, "{\"url\":\"" + hook.url() +
+                           "\",\"timeout_ms\":400,\"max_attempts\":2,\"backoff_ms\":5}");
+  REQUIRE(Http(base, "PUT", "/job/" + b + "/input", "[{\"key\":\"slow0\",\"value\":1}]").status ==
+          201);
   REQUIRE(Http(base, "POST", "/job/" + b + "/complete").status == 200);
   // Job C: one input whose webhook refuses connections, twice.
-  std::string c = CreateJob(pmmap, "{\"url\":\"http://127.0.0.1:" + std::to_string(refusing.port()) +
-                                        "/hook\",\"max_attempts\":2,\"backoff_ms\":5}");
-  REQUIRE(Http(base, "PUT", "/job/" + c + "/input", "[{\"key\":\"c0\",\"value\":1}]").status == 201);
+  std::string c =
+      CreateJob(pmmap, "{\"url\":\"http://127.0.0.1:" + std::to_string(refusing.port()) +
+                           "/hook\",\"max_attempts\":2,\"backoff_ms\":5}");
+  REQUIRE(Http(base, "PUT", "/job/" + c + "/input", "[{\"key\":\"c0\",\"value\":1}]").status ==
+          201);
   REQUIRE(Http(base, "POST", "/job/" + c + "/complete").status == 200);
-  REQUIRE(JobIs(WaitForJob(pmmap, b, [](const rapidjson::Document& j) { return JobIs(j, "done"); }), "done"));
-  REQUIRE(JobIs(WaitForJob(pmmap, c, [](const rapidjson::Document& j) { return JobIs(j, "done"); }), "done"));
+  REQUIRE(JobIs(WaitForJob(pmmap, b, [](const rapidjson::Document& j) { return JobIs(j, "done"); }),
+                "done"));
+  REQUIRE(JobIs(WaitForJob(pmmap, c, [](const rapidjson::Document& j) { return JobIs(j, "done"); }),
+                "done"));
   slow_gate.Open();  // pmmap gave up on those calls; let the webhook's handlers end
 
   // Job A: successes, 500s then success, 4xx, a 3xx, and one held call.
   std::string a = CreateJob(pmmap, "{\"url\":\"" + hook.url() +
-                                        "\",\"concurrency\":4,\"max_attempts\":5,\"backoff_ms\":5}");
+                                       "\",\"concurrency\":4,\"max_attempts\":5,\"backoff_ms\":5}");
   std::string inputs =
       "[{\"key\":\"ok0\",\"value\":0},{\"key\":\"ok1\",\"value\":1},{\"key\":\"ok2\",\"value\":2},"
-      "{\"key\":\"ok3\",\"value\":3},{\"key\":\"flaky0\",\"value\":4},{\"key\":\"flaky1\",\"value\":5},"
-      "{\"key\":\"bad0\",\"value\":6},{\"key\":\"bad1\",\"value\":7},{\"key\":\"moved0\",\"value\":8},"
+      "{\"key\":\"ok3\",\"value\":3},{\"key\":\"flaky0\",\"value\":4},{\"key\":\"flaky1\","
+      "\"value\":5},"
+      "{\"key\":\"bad0\",\"value\":6},{\"key\":\"bad1\",\"value\":7},{\"key\":\"moved0\",\"value\":"
+      "8},"
       "{\"key\":\"hold0\",\"value\":9}]";
   REQUIRE(Http(base, "PUT", "/job/" + a + "/input", inputs).status == 201);
   REQUIRE(Http(base, "POST", "/job/" + a + "/complete").status == 200);
@@ -997,7 +1012,8 @@ TEST_CASE("metrics count inputs, outputs, calls by outcome, retries and in-fligh
   REQUIRE(during.Get("pmmap_jobs", {{"state", "done"}}) == 2);
   REQUIRE(during.Get("pmmap_jobs", {{"state", "open"}}) == 0);
   hold_gate.Open();
-  rapidjson::Document job_a = WaitForJob(pmmap, a, [](const rapidjson::Document& j) { return JobIs(j, "done"); });
+  rapidjson::Document job_a =
+      WaitForJob(pmmap, a, [](const rapidjson::Document& j) { return JobIs(j, "done"); });
   REQUIRE(JobIs(job_a, "done"));
   REQUIRE(U64(job_a, "succeeded") == 7);
   REQUIRE(U64(job_a, "failed") == 3);
@@ -1046,7 +1062,8 @@ TEST_CASE("metrics count inputs, outputs, calls by outcome, retries and in-fligh
   CHECK(delta(h + "_count") == 18);
   CHECK(delta(h + "_bucket", {{"le", "+Inf"}}) == 18);
   CHECK(delta(h + "_sum") >= 0.75);
-  CHECK(after.Get(h + "_bucket", {{"le", "+Inf"}}) - after.Get(h + "_bucket", {{"le", "0.25"}}) >= 2);
+  CHECK(after.Get(h + "_bucket", {{"le", "+Inf"}}) - after.Get(h + "_bucket", {{"le", "0.25"}}) >=
+        2);
   // What the webhook saw agrees.
   auto attempts = AttemptsByKey(hook);
   CHECK(attempts["flaky0"] == std::vector<int>{1, 2, 3});
@@ -1124,7 +1141,8 @@ std::vector<LogEvent> ParseLog(const std::string& log, bool json) {
   return events;
 }
 
-size_t CountEvents(const std::vector<LogEvent>& events, const std::string& job, const std::string& event) {
+size_t CountEvents(const std::vector<LogEvent>& events, const std::string& job,
+                   const std::string& event) {
   size_t n = 0;
   for (const auto& ev : events) {
     if (ev.job == job && ev.event == event) ++n;
@@ -1150,17 +1168,19 @@ void CheckEventLog(bool json) {
   });
   PmmapProcess pmmap({"--job-ttl", "1", "--log-format", json ? "json" : "text"});
   const std::string base = pmmap.base_url();
-  const std::string job_body = "{\"url\":\"" + hook.url() + "\",\"backoff_ms\":5,\"max_attempts\":3}";
+  const std::string job_body =
+      "{\"url\":\"" + hook.url() + "\",\"backoff_ms\":5,\"max_attempts\":3}";
   // E stays open to the end: it must not expire.
   std::string e = CreateJob(pmmap, job_body);
   // A: created, completed, one failure (bad0; flaky0 is retried, not failed), done, expired.
   std::string a = CreateJob(pmmap, job_body);
   REQUIRE(Http(base, "PUT", "/job/" + a + "/input",
-               "[{\"key\":\"ok0\",\"value\":0},{\"key\":\"flaky0\",\"value\":1},{\"key\":\"bad0\",\"value\":2}]")
+               "[{\"key\":\"ok0\",\"value\":0},{\"key\":\"flaky0\",\"value\":1},{\"key\":\"bad0\","
+               "\"value\":2}]")
               .status == 201);
   REQUIRE(Http(base, "POST", "/job/" + a + "/complete").status == 200);
   REQUIRE(Http(base, "POST", "/job/" + a + "/complete").status == 200);  // repeated: no second line
-  HttpResult out = Http(base, "GET", "/job/" + a + "/output");  // waits until done
+  HttpResult out = Http(base, "GET", "/job/" + a + "/output");           // waits until done
   REQUIRE(out.status == 200);
   REQUIRE(ParseJson(out.body).Size() == 3);
   // B: created, deleted while open.
@@ -1187,7 +1207,8 @@ void CheckEventLog(bool json) {
   std::vector<LogEvent> events = ParseLog(log, json);
   bool listening = false;
   for (const auto& ev : events) {
-    if (ev.job.empty() && Contains(ev.event, "listening on http://127.0.0.1:" + std::to_string(pmmap.port()))) {
+    if (ev.job.empty() &&
+        Contains(ev.event, "listening on http://127.0.0.1:" + std::to_string(pmmap.port()))) {
       listening = true;
     }
   }
@@ -1230,9 +1251,7 @@ TEST_CASE("the text log has one line per job event and per final failure", "[ops
   CheckEventLog(false);
 }
 
-TEST_CASE("--log-format json writes one JSON object per line", "[ops]") {
-  CheckEventLog(true);
-}
+TEST_CASE("--log-format json writes one JSON object per line", "[ops]") { CheckEventLog(true); }
 
 TEST_CASE("a failure whose key holds a line break is still one log line", "[ops]") {
   // Keys are any JSON string, so they may hold \n or \r; the failure line
@@ -1246,11 +1265,14 @@ TEST_CASE("a failure whose key holds a line break is still one log line", "[ops]
   std::string id = CreateJob(pmmap, "{\"url\":\"" + hook.url() + "\"}");
   REQUIRE(Http(base, "PUT", "/job/" + id + "/input",
                "[{\"key\":\"two\\nlines\",\"value\":0},"
-               "{\"key\":\"x\\n2030-01-01T00:00:00.000Z pmmap: job 0123456789abcdef deleted\",\"value\":1},"
+               "{\"key\":\"x\\n2030-01-01T00:00:00.000Z pmmap: job 0123456789abcdef "
+               "deleted\",\"value\":1},"
                "{\"key\":\"cr\\rreturn\",\"value\":2}]")
               .status == 201);
   REQUIRE(Http(base, "POST", "/job/" + id + "/complete").status == 200);
-  REQUIRE(JobIs(WaitForJob(pmmap, id, [](const rapidjson::Document& j) { return JobIs(j, "done"); }), "done"));
+  REQUIRE(
+      JobIs(WaitForJob(pmmap, id, [](const rapidjson::Document& j) { return JobIs(j, "done"); }),
+            "done"));
   REQUIRE(pmmap.Stop(SIGTERM) == 0);
   std::string log = pmmap.log();
   INFO("log:\n" << log);
@@ -1264,7 +1286,8 @@ TEST_CASE("a failure whose key holds a line break is still one log line", "[ops]
   }
 }
 
-TEST_CASE("the secret never appears in logs, metrics, job JSON, outputs or the callback body", "[ops]") {
+TEST_CASE("the secret never appears in logs, metrics, job JSON, outputs or the callback body",
+          "[ops]") {
   Webhook hook;
   hook.SetHandler([](const Webhook::Call& call, httplib::Response& res) {
     if (call.path == "/cb") return;  // 200, empty
@@ -1291,7 +1314,8 @@ TEST_CASE("the secret never appears in logs, metrics, job JSON, outputs or the c
   REQUIRE(created.status == 201);
   std::string a = Str(ParseJson(created.body), "id");
   REQUIRE(keep(Http(base, "PUT", "/job/" + a + "/input",
-                    "[{\"key\":\"ok0\",\"value\":0},{\"key\":\"bad0\",\"value\":1},{\"key\":\"flaky0\",\"value\":2}]"))
+                    "[{\"key\":\"ok0\",\"value\":0},{\"key\":\"bad0\",\"value\":1},{\"key\":"
+                    "\"flaky0\",\"value\":2}]"))
               .status == 201);
   keep(Http(base, "GET", "/job/" + a));
   keep(Http(base, "GET", "/jobs"));
@@ -1305,7 +1329,8 @@ TEST_CASE("the secret never appears in logs, metrics, job JSON, outputs or the c
   std::string b = CreateJob(pmmap, body);
   REQUIRE(keep(Http(base, "POST", "/job/" + b + "/cancel")).status == 200);
   REQUIRE(Str(WaitForJob(pmmap, b, CallbackEnded)["callback"], "state") == "succeeded");
-  std::string c = CreateJob(pmmap, "{\"url\":\"" + hook.url() + "\",\"secret\":\"" + kSecret + "\"}");
+  std::string c =
+      CreateJob(pmmap, "{\"url\":\"" + hook.url() + "\",\"secret\":\"" + kSecret + "\"}");
   keep(Http(base, "GET", "/jobs"));
   keep(Http(base, "GET", "/metrics"));
   REQUIRE(keep(Http(base, "DELETE", "/job/" + c)).status == 200);
@@ -1343,11 +1368,16 @@ TEST_CASE("--help prints every flag with its environment variable", "[ops]") {
     REQUIRE(r.exit_code == 0);
     REQUIRE(r.err.empty());
     const std::vector<std::pair<std::string, std::string>> kFlags = {
-        {"--listen", "PMMAP_LISTEN"},     {"--data-dir", "PMMAP_DATA_DIR"},
-        {"--http-threads", "PMMAP_HTTP_THREADS"}, {"--max-body", "PMMAP_MAX_BODY"},
-        {"--max-jobs", "PMMAP_MAX_JOBS"}, {"--job-ttl", "PMMAP_JOB_TTL"},
-        {"--ca-file", "PMMAP_CA_FILE"},   {"--log-format", "PMMAP_LOG_FORMAT"},
-        {"--help", ""},                   {"--version", ""},
+        {"--listen", "PMMAP_LISTEN"},
+        {"--data-dir", "PMMAP_DATA_DIR"},
+        {"--http-threads", "PMMAP_HTTP_THREADS"},
+        {"--max-body", "PMMAP_MAX_BODY"},
+        {"--max-jobs", "PMMAP_MAX_JOBS"},
+        {"--job-ttl", "PMMAP_JOB_TTL"},
+        {"--ca-file", "PMMAP_CA_FILE"},
+        {"--log-format", "PMMAP_LOG_FORMAT"},
+        {"--help", ""},
+        {"--version", ""},
     };
     for (const auto& f : kFlags) {
       INFO("documents " << f.first);
@@ -1355,7 +1385,8 @@ TEST_CASE("--help prints every flag with its environment variable", "[ops]") {
       size_t at = r.out.find("  " + f.first + " ");
       REQUIRE(at != std::string::npos);
       size_t next = r.out.find("\n  --", at);
-      std::string entry = r.out.substr(at, next == std::string::npos ? std::string::npos : next - at);
+      std::string entry =
+          r.out.substr(at, next == std::string::npos ? std::string::npos : next - at);
       if (!f.second.empty()) CHECK(Contains(entry, "(" + f.second));
     }
   }
@@ -1445,14 +1476,16 @@ TEST_CASE("PMMAP_MAX_JOBS works like --max-jobs", "[ops]") {
   }
 }
 
-TEST_CASE("--max-body 1000 refuses a larger body with 413, changes nothing, keeps the connection", "[ops]") {
+TEST_CASE("--max-body 1000 refuses a larger body with 413, changes nothing, keeps the connection",
+          "[ops]") {
   Webhook hook;
   PmmapProcess pmmap({"--max-body", "1000"});
   const std::string base = pmmap.base_url();
   std::string id = CreateJob(pmmap, "{\"url\":\"" + hook.url() + "\"}");
   auto padded = [](std::string json, size_t size) {
     REQUIRE(json.size() <= size);
-    json.insert(json.size() - 1, std::string(size - json.size(), ' '));  // whitespace before the last ] or }
+    json.insert(json.size() - 1,
+                std::string(size - json.size(), ' '));  // whitespace before the last ] or }
     return json;
   };
   std::string big = padded(MakeInputs(20, "big"), 2000);
@@ -1481,7 +1514,8 @@ TEST_CASE("--max-body 1000 refuses a larger body with 413, changes nothing, keep
   REQUIRE(U64(ParseJson(conn.Read(seconds(20)).body), "inputs") == 20);
   // So is a chunked body over the limit, and the connection survives it too.
   std::string chunked = padded(MakeInputs(20, "chunked"), 2000);
-  std::string request = "PUT /job/" + id + "/input HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+  std::string request = "PUT /job/" + id +
+                        "/input HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                         "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
   for (size_t at = 0; at < chunked.size(); at += 500) {
     std::string piece = chunked.substr(at, 500);
@@ -1521,14 +1555,18 @@ TEST_CASE("--job-ttl 1 removes ended jobs, never open or closing ones", "[ops]")
   std::string open_job = CreateJob(pmmap, body);
   // A closing job: completed, its one call held.
   std::string closing = CreateJob(pmmap, body);
-  REQUIRE(Http(base, "PUT", "/job/" + closing + "/input", "[{\"key\":\"hold0\",\"value\":0}]").status == 201);
+  REQUIRE(
+      Http(base, "PUT", "/job/" + closing + "/input", "[{\"key\":\"hold0\",\"value\":0}]").status ==
+      201);
   REQUIRE(WaitForCall(hook, "hold0"));
   REQUIRE(Http(base, "POST", "/job/" + closing + "/complete").status == 200);
   // A done job.
   std::string done = CreateJob(pmmap, body);
   REQUIRE(Http(base, "PUT", "/job/" + done + "/input", MakeInputs(2)).status == 201);
   REQUIRE(Http(base, "POST", "/job/" + done + "/complete").status == 200);
-  REQUIRE(JobIs(WaitForJob(pmmap, done, [](const rapidjson::Document& j) { return JobIs(j, "done"); }), "done"));
+  REQUIRE(
+      JobIs(WaitForJob(pmmap, done, [](const rapidjson::Document& j) { return JobIs(j, "done"); }),
+            "done"));
   auto done_at = SteadyClock::now();
 
   REQUIRE(WaitGone(base, done, seconds(5)));
@@ -1545,9 +1583,12 @@ TEST_CASE("--job-ttl 1 removes ended jobs, never open or closing ones", "[ops]")
 
   // Once the closing job is done, it expires too.
   gate.Open();
-  REQUIRE(JobIs(WaitForJob(pmmap, closing, [](const rapidjson::Document& j) { return JobIs(j, "done"); }), "done"));
+  REQUIRE(JobIs(
+      WaitForJob(pmmap, closing, [](const rapidjson::Document& j) { return JobIs(j, "done"); }),
+      "done"));
   REQUIRE(WaitGone(base, closing, seconds(5)));
-  REQUIRE(WaitUntil([&] { return Contains(pmmap.log(), "job " + closing + " expired"); }, seconds(5)));
+  REQUIRE(
+      WaitUntil([&] { return Contains(pmmap.log(), "job " + closing + " expired"); }, seconds(5)));
   REQUIRE(JobIs(GetJob(pmmap, open_job), "open"));
   rapidjson::Document jobs = ParseJson(Http(base, "GET", "/jobs").body);
   REQUIRE(jobs.Size() == 1);
@@ -1573,11 +1614,14 @@ TEST_CASE("with a secret, every call is signed and carries PMMAP-auth and PMMAP-
   std::string id = CreateJob(pmmap, "{\"url\":\"" + hook.url() + "\",\"secret\":\"" + kSecret +
                                         "\",\"backoff_ms\":5,\"concurrency\":2}");
   REQUIRE(Http(base, "PUT", "/job/" + id + "/input",
-               "[{\"key\":\"a0\",\"value\":{\"x\":[1,2.50,\"\\u00e9\"]}},{\"key\":\"a1\",\"value\":\"s\"},"
+               "[{\"key\":\"a0\",\"value\":{\"x\":[1,2.50,\"\\u00e9\"]}},{\"key\":\"a1\",\"value\":"
+               "\"s\"},"
                "{\"key\":\"flaky0\",\"value\":null}]")
               .status == 201);
   REQUIRE(Http(base, "POST", "/job/" + id + "/complete").status == 200);
-  REQUIRE(JobIs(WaitForJob(pmmap, id, [](const rapidjson::Document& j) { return JobIs(j, "done"); }), "done"));
+  REQUIRE(
+      JobIs(WaitForJob(pmmap, id, [](const rapidjson::Document& j) { return JobIs(j, "done"); }),
+            "done"));
   time_t latest = time(nullptr);
 
   auto calls = hook.calls();
@@ -1599,7 +1643,9 @@ TEST_CASE("with a secret, every call is signed and carries PMMAP-auth and PMMAP-
                "[{\"key\":\"p0\",\"value\":1},{\"key\":\"flaky1\",\"value\":2}]")
               .status == 201);
   REQUIRE(Http(base, "POST", "/job/" + plain + "/complete").status == 200);
-  REQUIRE(JobIs(WaitForJob(pmmap, plain, [](const rapidjson::Document& j) { return JobIs(j, "done"); }), "done"));
+  REQUIRE(
+      JobIs(WaitForJob(pmmap, plain, [](const rapidjson::Document& j) { return JobIs(j, "done"); }),
+            "done"));
   size_t plain_calls = 0;
   for (const auto& call : hook.calls()) {
     if (!StartsWith(call.path, "/plain/")) continue;
@@ -1633,7 +1679,9 @@ TEST_CASE("a secret with a line break cannot inject headers into webhook calls",
   std::string id = Str(ParseJson(r.body), "id");
   REQUIRE(Http(base, "PUT", "/job/" + id + "/input", MakeInputs(1)).status == 201);
   REQUIRE(Http(base, "POST", "/job/" + id + "/complete").status == 200);
-  REQUIRE(JobIs(WaitForJob(pmmap, id, [](const rapidjson::Document& j) { return JobIs(j, "done"); }), "done"));
+  REQUIRE(
+      JobIs(WaitForJob(pmmap, id, [](const rapidjson::Document& j) { return JobIs(j, "done"); }),
+            "done"));
   auto calls = hook.calls();
   REQUIRE(calls.size() == 1);
   std::string headers;
@@ -1665,12 +1713,14 @@ TEST_CASE("callback_url must be an http or https URL; without one, callback is n
   REQUIRE(doc["callback"].IsNull());
   std::string id = Str(doc, "id");
   REQUIRE(Http(base, "POST", "/job/" + id + "/complete").status == 200);
-  rapidjson::Document job = WaitForJob(pmmap, id, [](const rapidjson::Document& j) { return JobIs(j, "done"); });
+  rapidjson::Document job =
+      WaitForJob(pmmap, id, [](const rapidjson::Document& j) { return JobIs(j, "done"); });
   REQUIRE(JobIs(job, "done"));
   REQUIRE(job["callback"].IsNull());
   // Both schemes are accepted.
   for (const char* ok : {"http://127.0.0.1:1/cb", "https://127.0.0.1:1/cb"}) {
-    HttpResult r = Http(base, "POST", "/job", "{\"url\":\"" + hook.url() + "\",\"callback_url\":\"" + ok + "\"}");
+    HttpResult r = Http(base, "POST", "/job",
+                        "{\"url\":\"" + hook.url() + "\",\"callback_url\":\"" + ok + "\"}");
     INFO(ok << " -> " << r.body);
     REQUIRE(r.status == 201);
     rapidjson::Document d = ParseJson(r.body);
@@ -1804,7 +1854,8 @@ TEST_CASE("a failing callback is retried by the job's policy", "[ops]") {
     CHECK_FALSE(Str(cb, "message").empty());
     CHECK(CallsTo(hook, "/cb2").size() == 3);
     std::string id = Str(job, "id");
-    REQUIRE(WaitUntil([&] { return Contains(pmmap.log(), "job " + id + " failure: callback"); }, seconds(5)));
+    REQUIRE(WaitUntil([&] { return Contains(pmmap.log(), "job " + id + " failure: callback"); },
+                      seconds(5)));
   }
   SECTION("400: failed at once, not retried") {
     mode = 2;
@@ -1829,7 +1880,8 @@ TEST_CASE("SIGTERM answers waiting callers 503, exits 0 and removes the job file
   });
   PmmapProcess pmmap({"--data-dir", data.path()});
   const std::string base = pmmap.base_url();
-  std::string id = CreateJob(pmmap, "{\"url\":\"" + hook.url() + "\",\"concurrency\":1,\"maxsize\":1}");
+  std::string id =
+      CreateJob(pmmap, "{\"url\":\"" + hook.url() + "\",\"concurrency\":1,\"maxsize\":1}");
   std::vector<std::string> files = ListDir(data.path());
   REQUIRE(files == std::vector<std::string>{id + ".ndjson"});
 
@@ -1895,7 +1947,9 @@ TEST_CASE("SIGTERM is not held up by a caller that stopped reading its output", 
   std::string id = CreateJob(pmmap, "{\"url\":\"" + hook.url() + "\",\"concurrency\":8}");
   REQUIRE(Http(base, "PUT", "/job/" + id + "/input", MakeInputs(128)).status == 201);
   REQUIRE(Http(base, "POST", "/job/" + id + "/complete").status == 200);
-  REQUIRE(JobIs(WaitForJob(pmmap, id, [](const rapidjson::Document& j) { return JobIs(j, "done"); }), "done"));
+  REQUIRE(
+      JobIs(WaitForJob(pmmap, id, [](const rapidjson::Document& j) { return JobIs(j, "done"); }),
+            "done"));
   // A caller asks for the output and never reads it: pmmap's writes back up.
   RawConn reader(pmmap.port(), 4096);
   reader.SendRequest("GET", "/job/" + id + "/output", "", false);
@@ -1945,7 +1999,8 @@ TEST_CASE("without --data-dir, the data dir made under TMPDIR is removed on SIGT
   CHECK(ListDir(tmp.path()).empty());
 }
 
-TEST_CASE("SIGTERM waits the grace period for calls in flight, then aborts them and exits 0", "[ops]") {
+TEST_CASE("SIGTERM waits the grace period for calls in flight, then aborts them and exits 0",
+          "[ops]") {
   TempDir data("pmmap-ops-data");
   Gate gate;
   Webhook hook;

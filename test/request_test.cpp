@@ -2,13 +2,14 @@
 // PUT /job/{id}/input, the query of GET /job/{id}/output and the webhook URL
 // check. Every refusal must say what was wrong and where.
 
+#include "request.hpp"
+
 #include <catch2/catch.hpp>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "json.hpp"
-#include "request.hpp"
 
 namespace {
 
@@ -60,9 +61,9 @@ void CheckIntegerRange(const std::string& field, int64_t low, int64_t high) {
   JobOptions options;
   CHECK(ParseJob(JobBody("\"" + field + "\":" + std::to_string(low)), &options).ok());
   CHECK(ParseJob(JobBody("\"" + field + "\":" + std::to_string(high)), &options).ok());
-  for (const std::string& bad : {std::to_string(low - 1), std::to_string(high + 1),
-                                 std::string("1.5"), std::string("\"5\""), std::string("true"),
-                                 std::string("[1]"), std::string("99999999999999999999")}) {
+  for (const std::string& bad :
+       {std::to_string(low - 1), std::to_string(high + 1), std::string("1.5"), std::string("\"5\""),
+        std::string("true"), std::string("[1]"), std::string("99999999999999999999")}) {
     INFO("value " << bad);
     std::string message = JobError(JobBody("\"" + field + "\":" + bad));
     CHECK_THAT(message, Catch::StartsWith(field + ":"));
@@ -220,12 +221,12 @@ TEST_CASE("ParseJobOptions leaves the options untouched when it refuses the body
 }
 
 TEST_CASE("ParseJobOptions refuses nesting deeper than kMaxJsonDepth", "[unit][request]") {
-  std::string too_deep = JobBody("\"x\":" + std::string(kMaxJsonDepth, '[') +
-                                 std::string(kMaxJsonDepth, ']'));
+  std::string too_deep =
+      JobBody("\"x\":" + std::string(kMaxJsonDepth, '[') + std::string(kMaxJsonDepth, ']'));
   CHECK_THAT(JobError(too_deep), Catch::Contains("nested deeper"));
   // One level less passes the depth check and fails only on the unknown field.
-  std::string at_limit = JobBody("\"x\":" + std::string(kMaxJsonDepth - 1, '[') +
-                                 std::string(kMaxJsonDepth - 1, ']'));
+  std::string at_limit =
+      JobBody("\"x\":" + std::string(kMaxJsonDepth - 1, '[') + std::string(kMaxJsonDepth - 1, ']'));
   CHECK_THAT(JobError(at_limit), Catch::Contains("unknown field"));
   CHECK_THAT(JobError(std::string(100000, '[')), Catch::Contains("nested deeper"));
   CHECK_THAT(JobError(std::string(100000, '{')), Catch::Contains("nested deeper"));
@@ -263,8 +264,9 @@ TEST_CASE("ParseInputs keeps each value compact with its numbers exact", "[unit]
                       &inputs)
               .ok());
   REQUIRE(inputs.size() == 1);
-  CHECK(inputs[0].value == "{\"n\":12345678901234567890123,\"f\":2.50,\"a\":[1,{},[],true],"
-                           "\"s\":\"x\\ty\"}");
+  CHECK(inputs[0].value ==
+        "{\"n\":12345678901234567890123,\"f\":2.50,\"a\":[1,{},[],true],"
+        "\"s\":\"x\\ty\"}");
 }
 
 TEST_CASE("ParseInputs copies every kind of value as written, without the whitespace around it",
@@ -289,8 +291,10 @@ TEST_CASE("ParseInputs copies every kind of value as written, without the whites
   CHECK(inputs[6].value == "null");
 }
 
-TEST_CASE("ParseInputs refuses a scalar value followed by junk (found by the fuzzer)", "[unit][request]") {
-  CHECK_THAT(InputsError("[{\"key\":\"a\",\"value\":123456:\"a}]"), Catch::Contains("at offset 26"));
+TEST_CASE("ParseInputs refuses a scalar value followed by junk (found by the fuzzer)",
+          "[unit][request]") {
+  CHECK_THAT(InputsError("[{\"key\":\"a\",\"value\":123456:\"a}]"),
+             Catch::Contains("at offset 26"));
   CHECK_THAT(InputsError("[{\"key\":\"a\",\"value\":true\"x}]"), Catch::Contains("at offset"));
   CHECK_THAT(InputsError("[{\"key\":\"a\",\"value\":\"s\"\"x}]"), Catch::Contains("at offset"));
 }
@@ -460,7 +464,8 @@ TEST_CASE("ParseInputsFast leaves other bodies, valid or not, to ParseInputsFull
            std::string("[{\"key\":\"\",\"value\":1}]"),
            std::string("[{\"key\":\"a\",\"value\":1,\"x\":2}]"),
            std::string("[{\"key\":\"a\",\"value\":1}] x"),
-           std::string("[{\"key\":\"a\",\"value\":") + deep + std::string(kMaxJsonDepth - 1, ']') + "}]",
+           std::string("[{\"key\":\"a\",\"value\":") + deep + std::string(kMaxJsonDepth - 1, ']') +
+               "}]",
            std::string("[{\"key\":\"") + std::string(kMaxKeyBytes + 1, 'k') + "\",\"value\":1}]",
        }) {
     INFO("body: " << body.substr(0, 200));
@@ -511,10 +516,10 @@ TEST_CASE("ParseOutputQuery defaults to waiting for the whole output as a JSON a
 
 TEST_CASE("ParseOutputQuery reads wait, offset, limit and format", "[unit][request]") {
   OutputQuery query;
-  REQUIRE(ParseOutputQuery(
-              {{"wait", "false"}, {"offset", "2500"}, {"limit", "3"}, {"format", "ndjson"}}, "",
-              &query)
-              .ok());
+  REQUIRE(
+      ParseOutputQuery(
+          {{"wait", "false"}, {"offset", "2500"}, {"limit", "3"}, {"format", "ndjson"}}, "", &query)
+          .ok());
   CHECK_FALSE(query.wait);
   CHECK(query.offset == 2500);
   CHECK(query.limit == 3);
@@ -575,10 +580,10 @@ TEST_CASE("CheckWebhookUrl accepts absolute http and https URLs", "[unit][reques
 
 TEST_CASE("CheckWebhookUrl refuses other schemes, relative URLs, missing hosts and spaces",
           "[unit][request]") {
-  for (const char* url : {"ftp://example.com/", "file:///etc/passwd", "mailto:a@b.c",
-                          "example.com/hook", "/hook", "//example.com/hook", "", "http://",
-                          "http://:80/", "http://?q=1", "http://a b/", "http://a/b c",
-                          " http://a/", "http://a/\t", "http://a/\x7F", "http://a:99999/"}) {
+  for (const char* url :
+       {"ftp://example.com/", "file:///etc/passwd", "mailto:a@b.c", "example.com/hook", "/hook",
+        "//example.com/hook", "", "http://", "http://:80/", "http://?q=1", "http://a b/",
+        "http://a/b c", " http://a/", "http://a/\t", "http://a/\x7F", "http://a:99999/"}) {
     INFO("url '" << url << "'");
     std::string error = CheckWebhookUrl(url);
     CHECK_THAT(error, Catch::StartsWith("url:"));
@@ -587,7 +592,8 @@ TEST_CASE("CheckWebhookUrl refuses other schemes, relative URLs, missing hosts a
   CHECK_THAT(CheckWebhookUrl("http://a b/"), Catch::Contains("space"));
 }
 
-TEST_CASE("ParseInputs refuses a key or a value with an escaped lone surrogate", "[unit][request]") {
+TEST_CASE("ParseInputs refuses a key or a value with an escaped lone surrogate",
+          "[unit][request]") {
   // Found by the fuzzer: RapidJSON 1.1.0 decodes "\udc00" to bytes that are
   // not UTF-8, which would reach the URL, the logs and the outcome file.
   CHECK_THAT(InputsError("[{\"key\":\"\\udc00\",\"value\":1}]"),

@@ -16,10 +16,10 @@
 // passed. Every HTTP call has timeouts, every loop a bound, and a watchdog
 // kills everything at a hard deadline.
 
-#include <httplib.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <httplib.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <rapidjson/document.h>
@@ -100,7 +100,8 @@ class Problems {
     std::lock_guard<std::mutex> lock(mutex_);
     Category& c = categories_[category];
     ++c.count;
-    if (c.examples.size() < 5) c.examples.push_back(detail.size() > 700 ? detail.substr(0, 700) + "..." : detail);
+    if (c.examples.size() < 5)
+      c.examples.push_back(detail.size() > 700 ? detail.substr(0, 700) + "..." : detail);
   }
   uint64_t Count(const std::string& category) {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -135,11 +136,12 @@ Problems g_problems;
 // Figures for the summary.
 
 struct Stats {
-  std::atomic<uint64_t> jobs_created{0}, jobs_done{0}, jobs_cancelled{0}, jobs_cancelled_at_deadline{0},
-      jobs_deleted{0}, jobs_create_refused{0};
-  std::atomic<uint64_t> inputs_accepted{0}, inputs_in_checked_jobs{0}, outputs_checked{0}, successes{0},
-      successes_garbage{0}, failures{0}, cancelled_entries{0};
-  std::atomic<uint64_t> puts{0}, puts_cut_by_cancel{0}, puts_refused_after_cancel{0}, puts_404_after_delete{0};
+  std::atomic<uint64_t> jobs_created{0}, jobs_done{0}, jobs_cancelled{0},
+      jobs_cancelled_at_deadline{0}, jobs_deleted{0}, jobs_create_refused{0};
+  std::atomic<uint64_t> inputs_accepted{0}, inputs_in_checked_jobs{0}, outputs_checked{0},
+      successes{0}, successes_garbage{0}, failures{0}, cancelled_entries{0};
+  std::atomic<uint64_t> puts{0}, puts_cut_by_cancel{0}, puts_refused_after_cancel{0},
+      puts_404_after_delete{0};
   std::atomic<uint64_t> paged_reads{0}, waiting_readers{0};
   std::atomic<uint64_t> webhook_restarts{0};
 };
@@ -167,14 +169,18 @@ uint64_t Fnv1a(const std::string& s) {
 // The webhook's successful reply to key, given the body it received: a pure
 // function of both, so that the client can tell what each entry must hold.
 std::string GoodReply(const std::string& key, const std::string& body) {
-  return "{\"k\":" + JsonString(key) + ",\"echo\":" + body + ",\"n\":" + std::to_string(Fnv1a(key) % 1000000007) +
-         "}";
+  return "{\"k\":" + JsonString(key) + ",\"echo\":" + body +
+         ",\"n\":" + std::to_string(Fnv1a(key) % 1000000007) + "}";
 }
 // The garbage the webhook may answer 200 with: not JSON, and with one byte
 // that is not UTF-8.
-std::string GarbageReply(const std::string& key) { return "<html>garbage for " + key + " \xff\x01 not json"; }
+std::string GarbageReply(const std::string& key) {
+  return "<html>garbage for " + key + " \xff\x01 not json";
+}
 // What pmmap keeps of it: a JSON string, the bad byte replaced by U+FFFD.
-std::string GarbageKept(const std::string& key) { return "<html>garbage for " + key + " \xEF\xBF\xBD\x01 not json"; }
+std::string GarbageKept(const std::string& key) {
+  return "<html>garbage for " + key + " \xEF\xBF\xBD\x01 not json";
+}
 
 bool PercentDecode(const std::string& s, std::string* out) {
   out->clear();
@@ -301,7 +307,8 @@ Reply Api(const std::string& method, const std::string& path, const std::string&
   client.set_connection_timeout(2, 0);
   read_timeout_s = std::max(0.2, read_timeout_s);
   time_t sec = static_cast<time_t>(read_timeout_s);
-  client.set_read_timeout(sec, static_cast<time_t>((read_timeout_s - static_cast<double>(sec)) * 1e6));
+  client.set_read_timeout(sec,
+                          static_cast<time_t>((read_timeout_s - static_cast<double>(sec)) * 1e6));
   client.set_write_timeout(10, 0);
   auto send = [&]() -> httplib::Result {
     if (method == "POST") return client.Post(path.c_str(), body, "application/json");
@@ -327,7 +334,9 @@ std::string Describe(const std::string& what, const Reply& r) {
   while (!body.empty() && body.back() == '\n') body.pop_back();
   char took[64];
   snprintf(took, sizeof(took), " after %.0f ms", r.ms);
-  return what + " -> " + (r.status == 0 ? "no reply (" + r.error + ")" : std::to_string(r.status) + " " + body) + took;
+  return what + " -> " +
+         (r.status == 0 ? "no reply (" + r.error + ")" : std::to_string(r.status) + " " + body) +
+         took;
 }
 
 // ---------------------------------------------------------------------------
@@ -371,8 +380,10 @@ class FaultyWebhook {
     server->set_keep_alive_max_count(1000);
     server->set_read_timeout(5, 0);
     server->set_write_timeout(5, 0);
-    server->Post(".*", [this](const httplib::Request& req, httplib::Response& res) { Handle(req, res); });
-    int bound = port == 0 ? server->bind_to_any_port("127.0.0.1") : (server->bind_to_port("127.0.0.1", port) ? port : -1);
+    server->Post(".*",
+                 [this](const httplib::Request& req, httplib::Response& res) { Handle(req, res); });
+    int bound = port == 0 ? server->bind_to_any_port("127.0.0.1")
+                          : (server->bind_to_port("127.0.0.1", port) ? port : -1);
     if (bound <= 0) return -1;
     if (listen_fd >= 0) listen(listen_fd, SOMAXCONN);
     httplib::Server* raw = server.get();
@@ -404,7 +415,8 @@ class FaultyWebhook {
   }
 
   void Handle(const httplib::Request& req, httplib::Response& res) {
-    thread_local std::mt19937_64 rng(std::random_device{}() ^ std::hash<std::thread::id>()(std::this_thread::get_id()));
+    thread_local std::mt19937_64 rng(std::random_device{}() ^
+                                     std::hash<std::thread::id>()(std::this_thread::get_id()));
     std::string key;
     std::string target = req.target.substr(0, req.target.find('?'));
     if (target.compare(0, strlen(kHookPrefix), kHookPrefix) != 0 ||
@@ -418,8 +430,8 @@ class FaultyWebhook {
     int attempt = atoi(req.get_header_value("PMMAP-attempt").c_str());
     if (req.get_header_value("PMMAP-job").size() != 16 || attempt < 1 || attempt > kMaxAttempts ||
         (!auth.empty() && auth != kSecret)) {
-      Bad("headers of " + key + ": job=" + req.get_header_value("PMMAP-job") + " attempt=" +
-          req.get_header_value("PMMAP-attempt") + " auth=" + auth);
+      Bad("headers of " + key + ": job=" + req.get_header_value("PMMAP-job") +
+          " attempt=" + req.get_header_value("PMMAP-attempt") + " auth=" + auth);
     }
     if (!auth.empty()) {
       std::string sig = req.get_header_value("PMMAP-signature");
@@ -438,7 +450,8 @@ class FaultyWebhook {
 
     int pick = static_cast<int>(rng() % 100);
     int fault = 0;
-    while (fault < kFaultCount - 1 && pick >= kFaults[fault].percent) pick -= kFaults[fault++].percent;
+    while (fault < kFaultCount - 1 && pick >= kFaults[fault].percent)
+      pick -= kFaults[fault++].percent;
     ++calls_[fault];
     std::string reply = GoodReply(key, req.body);
     switch (fault) {
@@ -468,10 +481,11 @@ class FaultyWebhook {
       case kCutChunked:
         // Half of the reply in one chunk, then the connection closes
         // without the last chunk.
-        res.set_chunked_content_provider("application/json", [reply](size_t, httplib::DataSink& sink) {
-          sink.write(reply.data(), reply.size() / 2);
-          return false;
-        });
+        res.set_chunked_content_provider("application/json",
+                                         [reply](size_t, httplib::DataSink& sink) {
+                                           sink.write(reply.data(), reply.size() / 2);
+                                           return false;
+                                         });
         break;
       case kCutLength:
         // Content-Length promises more than is sent before the connection closes.
@@ -600,15 +614,17 @@ Clock::time_point g_t0, g_create_end, g_job_deadline, g_hard_deadline;
 std::atomic<bool> g_abort{false};  // the server died: stop making calls
 std::atomic<int> g_job_seq{0};
 
-double SecondsUntil(Clock::time_point t) { return std::chrono::duration<double>(t - Clock::now()).count(); }
+double SecondsUntil(Clock::time_point t) {
+  return std::chrono::duration<double>(t - Clock::now()).count();
+}
 
 struct KeptJob {
   std::string id;
   std::string state;  // what it ended as: done or cancelled
 };
 std::mutex g_jobs_mutex;
-std::vector<KeptJob> g_kept_jobs;        // not deleted by the clients
-std::set<std::string> g_deleted_jobs;    // deleted by the clients
+std::vector<KeptJob> g_kept_jobs;      // not deleted by the clients
+std::set<std::string> g_deleted_jobs;  // deleted by the clients
 
 // ---------------------------------------------------------------------------
 // Inputs.
@@ -616,25 +632,38 @@ std::set<std::string> g_deleted_jobs;    // deleted by the clients
 std::string MakeKey(int job, int i) {
   std::string base = "j" + std::to_string(job) + "-" + std::to_string(i);
   switch (i % 16) {
-    case 3: return base + "/slash";
-    case 5: return base + " space?q=1&x#frag";
-    case 7: return "\xD0\xBA\xD0\xBB\xD1\x8E\xD1\x87-" + base + "-\xC3\xA9\xE2\x82\xAC\xF0\x9F\x98\x80";
-    case 9: return base + "%u0041%41+plus";
-    case 11: return base + "\"quote\\back";
-    case 13: return "." + base + "..";
-    default: return base;
+    case 3:
+      return base + "/slash";
+    case 5:
+      return base + " space?q=1&x#frag";
+    case 7:
+      return "\xD0\xBA\xD0\xBB\xD1\x8E\xD1\x87-" + base + "-\xC3\xA9\xE2\x82\xAC\xF0\x9F\x98\x80";
+    case 9:
+      return base + "%u0041%41+plus";
+    case 11:
+      return base + "\"quote\\back";
+    case 13:
+      return "." + base + "..";
+    default:
+      return base;
   }
 }
 
 std::string MakeValue(std::mt19937_64& rng, int i) {
   std::string n = std::to_string(i);
   switch (rng() % 10) {
-    case 0: return "null";
-    case 1: return n;
-    case 2: return "12345678901234567890";
-    case 3: return " -1.250e-3 ";
-    case 4: return "\"text \\\"quoted\\\" \\\\ \\u00e9\\ud83d\\ude00 \xC3\xA9\xE2\x82\xAC " + n + "\"";
-    case 5: return "[ ]";
+    case 0:
+      return "null";
+    case 1:
+      return n;
+    case 2:
+      return "12345678901234567890";
+    case 3:
+      return " -1.250e-3 ";
+    case 4:
+      return "\"text \\\"quoted\\\" \\\\ \\u00e9\\ud83d\\ude00 \xC3\xA9\xE2\x82\xAC " + n + "\"";
+    case 5:
+      return "[ ]";
     case 6: {
       int depth = 1 + static_cast<int>(rng() % 20);
       std::string v;
@@ -643,10 +672,12 @@ std::string MakeValue(std::mt19937_64& rng, int i) {
       for (int d = depth - 1; d >= 0; --d) v += d % 2 ? " ]" : " }";
       return v;
     }
-    case 7: return "\"" + std::string(1 + rng() % 4096, static_cast<char>('a' + i % 26)) + "\"";
+    case 7:
+      return "\"" + std::string(1 + rng() % 4096, static_cast<char>('a' + i % 26)) + "\"";
     default:
       return "{ \"i\" : " + n + ", \"s\" : \"v" + n +
-             "\",\n \"f\": 1.50, \"a\": [1, -2.5E3, true, false, null, {\"x\": \"y\"}], \"o\": { } }";
+             "\",\n \"f\": 1.50, \"a\": [1, -2.5E3, true, false, null, {\"x\": \"y\"}], \"o\": { } "
+             "}";
   }
 }
 
@@ -757,14 +788,16 @@ bool ParseEntries(const std::string& text, bool ndjson, std::vector<rapidjson::D
 void Verify(const JobRecord& job, const std::string& output, bool ndjson, const std::string& state,
             const rapidjson::Document& job_json) {
   const std::string where = "job " + job.id + " (" + state + ")";
-  const std::string entries_category = state == "done" ? "done jobs: one entry per input" : "cancelled jobs: one entry per input";
+  const std::string entries_category =
+      state == "done" ? "done jobs: one entry per input" : "cancelled jobs: one entry per input";
   if (job.ambiguous) return;  // already reported
   const size_t accepted = job.accepted;
   g_stats.inputs_in_checked_jobs += accepted;
   std::vector<rapidjson::Document> entries;
   if (!ParseEntries(output, ndjson, &entries)) {
-    g_problems.Add(entries_category, where + ": the output is not valid " + (ndjson ? "NDJSON" : "JSON array") +
-                                         ": " + output.substr(0, 300));
+    g_problems.Add(entries_category, where + ": the output is not valid " +
+                                         (ndjson ? "NDJSON" : "JSON array") + ": " +
+                                         output.substr(0, 300));
     return;
   }
   std::unordered_map<std::string, size_t> index;
@@ -792,33 +825,36 @@ void Verify(const JobRecord& job, const std::string& output, bool ndjson, const 
       const rapidjson::Value& got = e["value"];
       rapidjson::Document good;
       good.Parse(GoodReply(key, job.values[i]).c_str());
-      bool garbage = got.IsString() && std::string(got.GetString(), got.GetStringLength()) == GarbageKept(key);
+      bool garbage =
+          got.IsString() && std::string(got.GetString(), got.GetStringLength()) == GarbageKept(key);
       if (garbage) ++g_stats.successes_garbage;
       if (good.HasParseError() || !(got == good || garbage)) {
         rapidjson::StringBuffer buf;
         rapidjson::Writer<rapidjson::StringBuffer> w(buf);
         got.Accept(w);
         g_problems.Add("success entries carry the webhook's reply",
-                       where + ": key " + key + ": got " + buf.GetString() + ", want " + GoodReply(key, job.values[i]) +
-                           " or the garbage string");
+                       where + ": key " + key + ": got " + buf.GetString() + ", want " +
+                           GoodReply(key, job.values[i]) + " or the garbage string");
       }
     } else if (e.HasMember("error") && e["error"].IsObject() && e["error"].HasMember("status") &&
-               e["error"]["status"].IsInt() && e["error"].HasMember("message") && e["error"]["message"].IsString() &&
-               e.HasMember("attempts") && e["attempts"].IsInt()) {
+               e["error"]["status"].IsInt() && e["error"].HasMember("message") &&
+               e["error"]["message"].IsString() && e.HasMember("attempts") &&
+               e["attempts"].IsInt()) {
       std::string message = e["error"]["message"].GetString();
       int status = e["error"]["status"].GetInt();
       int attempts = e["attempts"].GetInt();
       if (message == "cancelled") {
         ++cancelled;
         if (state != "cancelled" || status != 0 || attempts < 0 || attempts > kMaxAttempts) {
-          g_problems.Add("failure entries are well-formed", where + ": key " + key + ": a cancelled entry with status " +
-                                                              std::to_string(status) + ", attempts " +
-                                                              std::to_string(attempts));
+          g_problems.Add("failure entries are well-formed",
+                         where + ": key " + key + ": a cancelled entry with status " +
+                             std::to_string(status) + ", attempts " + std::to_string(attempts));
         }
       } else {
         ++failures;
         // Every injected fault is retryable, so a failure used every attempt.
-        bool status_ok = status == 0 || status == 200 || status == 429 || status == 500 || status == 503;
+        bool status_ok =
+            status == 0 || status == 200 || status == 429 || status == 500 || status == 503;
         if (!status_ok || attempts != kMaxAttempts) {
           g_problems.Add("failure entries are well-formed",
                          where + ": key " + key + ": status " + std::to_string(status) + " after " +
@@ -835,24 +871,27 @@ void Verify(const JobRecord& job, const std::string& output, bool ndjson, const 
     if (!seen[i] && missing++ == 0) first_missing = job.keys[i];
   }
   if (missing > 0) {
-    g_problems.Add(entries_category, where + ": " + std::to_string(missing) + " of " + std::to_string(accepted) +
-                                         " inputs have no entry, e.g. " + first_missing);
+    g_problems.Add(entries_category, where + ": " + std::to_string(missing) + " of " +
+                                         std::to_string(accepted) + " inputs have no entry, e.g. " +
+                                         first_missing);
   }
   if (entries.size() != accepted) {
-    g_problems.Add(entries_category, where + ": " + std::to_string(entries.size()) + " entries for " +
-                                         std::to_string(accepted) + " inputs");
+    g_problems.Add(entries_category, where + ": " + std::to_string(entries.size()) +
+                                         " entries for " + std::to_string(accepted) + " inputs");
   }
   // The job's counters agree with the entries.
   if (Field(job_json, "inputs") != accepted || Field(job_json, "outputs") != accepted ||
-      Field(job_json, "succeeded") != successes || Field(job_json, "failed") != failures + cancelled ||
-      Field(job_json, "pending") != 0 || Field(job_json, "in_flight") != 0) {
+      Field(job_json, "succeeded") != successes ||
+      Field(job_json, "failed") != failures + cancelled || Field(job_json, "pending") != 0 ||
+      Field(job_json, "in_flight") != 0) {
     rapidjson::StringBuffer buf;
     rapidjson::Writer<rapidjson::StringBuffer> w(buf);
     job_json.Accept(w);
     g_problems.Add("job counters match the entries",
-                   where + ": sent " + std::to_string(accepted) + ", read " + std::to_string(successes) + " successes, " +
-                       std::to_string(failures) + " failures, " + std::to_string(cancelled) +
-                       " cancelled; the job says " + buf.GetString());
+                   where + ": sent " + std::to_string(accepted) + ", read " +
+                       std::to_string(successes) + " successes, " + std::to_string(failures) +
+                       " failures, " + std::to_string(cancelled) + " cancelled; the job says " +
+                       buf.GetString());
   }
   g_stats.outputs_checked += entries.size();
   g_stats.successes += successes;
@@ -864,21 +903,25 @@ void Verify(const JobRecord& job, const std::string& output, bool ndjson, const 
 void CheckPaged(const JobRecord& job, std::mt19937_64& rng) {
   Reply full = Api("GET", "/job/" + job.id + "/output?wait=false&format=ndjson", "", 30);
   if (full.status != 200) {
-    g_problems.Add("api: unexpected reply", Describe("GET /job/" + job.id + "/output?wait=false&format=ndjson", full));
+    g_problems.Add("api: unexpected reply",
+                   Describe("GET /job/" + job.id + "/output?wait=false&format=ndjson", full));
     return;
   }
   size_t total = static_cast<size_t>(std::count(full.body.begin(), full.body.end(), '\n'));
   size_t page = 1 + rng() % 700;
   std::string joined;
-  for (size_t offset = 0, i = 0; offset < total + page && i < total / page + 3; offset += page, ++i) {
-    std::string path = "/job/" + job.id + "/output?wait=false&format=ndjson&offset=" + std::to_string(offset) +
+  for (size_t offset = 0, i = 0; offset < total + page && i < total / page + 3;
+       offset += page, ++i) {
+    std::string path = "/job/" + job.id +
+                       "/output?wait=false&format=ndjson&offset=" + std::to_string(offset) +
                        "&limit=" + std::to_string(page);
     Reply r = Api("GET", path, "", 30);
     if (r.status != 200) {
       Reply again = Api("GET", path, "", 30);
-      g_problems.Add("api: unexpected reply", Describe("GET " + path, r) + "; again: " + Describe("", again).substr(0, 60) +
-                                                  " bytes " + std::to_string(again.body.size()) + " of full " +
-                                                  std::to_string(full.body.size()));
+      g_problems.Add("api: unexpected reply", Describe("GET " + path, r) +
+                                                  "; again: " + Describe("", again).substr(0, 60) +
+                                                  " bytes " + std::to_string(again.body.size()) +
+                                                  " of full " + std::to_string(full.body.size()));
       return;
     }
     joined += r.body;
@@ -886,8 +929,9 @@ void CheckPaged(const JobRecord& job, std::mt19937_64& rng) {
   ++g_stats.paged_reads;
   if (joined != full.body) {
     g_problems.Add("paged output equals the whole output",
-                   "job " + job.id + ": pages of " + std::to_string(page) + " give " + std::to_string(joined.size()) +
-                       " bytes, the whole output " + std::to_string(full.body.size()));
+                   "job " + job.id + ": pages of " + std::to_string(page) + " give " +
+                       std::to_string(joined.size()) + " bytes, the whole output " +
+                       std::to_string(full.body.size()));
   }
 }
 
@@ -927,8 +971,10 @@ std::string CancelJob(const std::string& id) {
 
 // Reads the output of an ended job and checks it.
 void ReadAndVerify(const JobRecord& job, bool ndjson, const Reply* already_read) {
-  Reply out = already_read != nullptr ? *already_read
-                                      : Api("GET", "/job/" + job.id + "/output" + (ndjson ? "?format=ndjson" : ""), "", 30);
+  Reply out =
+      already_read != nullptr
+          ? *already_read
+          : Api("GET", "/job/" + job.id + "/output" + (ndjson ? "?format=ndjson" : ""), "", 30);
   if (out.status != 200) {
     g_problems.Add("api: unexpected reply", Describe("GET /job/" + job.id + "/output", out));
     return;
@@ -937,7 +983,8 @@ void ReadAndVerify(const JobRecord& job, bool ndjson, const Reply* already_read)
   if (!GetJobJson(job.id, &doc)) return;
   std::string state = doc["state"].GetString();
   if (state != "done" && state != "cancelled") {
-    g_problems.Add("api: unexpected reply", "job " + job.id + " is " + state + " after its output was read");
+    g_problems.Add("api: unexpected reply",
+                   "job " + job.id + " is " + state + " after its output was read");
     return;
   }
   Verify(job, out.body, ndjson, state, doc);
@@ -954,23 +1001,29 @@ void ReadAndVerify(const JobRecord& job, bool ndjson, const Reply* already_read)
 
 // One job, start to end, with one of three fates.
 void RunJob(std::mt19937_64& rng) {
-  auto uniform = [&rng](int lo, int hi) { return lo + static_cast<int>(rng() % static_cast<uint64_t>(hi - lo + 1)); };
+  auto uniform = [&rng](int lo, int hi) {
+    return lo + static_cast<int>(rng() % static_cast<uint64_t>(hi - lo + 1));
+  };
   JobRecord job;
   job.seq = g_job_seq++;
   job.concurrency = uniform(1, 16);
   job.maxsize = uniform(5, 200);
   job.secret = rng() % 2 == 0;
   const double budget_ms = g_opt.seconds * 1000.0 / 4;
-  const int n_max = std::max(100, std::min(2000, static_cast<int>(budget_ms * job.concurrency / kEstimatedMsPerInput)));
+  const int n_max = std::max(
+      100, std::min(2000, static_cast<int>(budget_ms * job.concurrency / kEstimatedMsPerInput)));
   const int n = uniform(100, n_max);
   enum { kComplete, kCancel, kDelete } fate;
   int f = uniform(0, 99);
   fate = f < 55 ? kComplete : f < 80 ? kCancel : kDelete;
 
-  std::string body = "{\"url\": " + JsonString(g_hook_url) + ", \"concurrency\": " + std::to_string(job.concurrency) +
-                     ", \"maxsize\": " + std::to_string(job.maxsize) + ", \"timeout_ms\": " + std::to_string(kTimeoutMs) +
-                     ", \"max_attempts\": " + std::to_string(kMaxAttempts) + ", \"backoff_ms\": " +
-                     std::to_string(kBackoffMs) + ", \"max_backoff_ms\": " + std::to_string(kMaxBackoffMs) +
+  std::string body = "{\"url\": " + JsonString(g_hook_url) +
+                     ", \"concurrency\": " + std::to_string(job.concurrency) +
+                     ", \"maxsize\": " + std::to_string(job.maxsize) +
+                     ", \"timeout_ms\": " + std::to_string(kTimeoutMs) +
+                     ", \"max_attempts\": " + std::to_string(kMaxAttempts) +
+                     ", \"backoff_ms\": " + std::to_string(kBackoffMs) +
+                     ", \"max_backoff_ms\": " + std::to_string(kMaxBackoffMs) +
                      (job.secret ? std::string(", \"secret\": \"") + kSecret + "\"" : "") + "}";
   Reply created = Api("POST", "/job", body);
   rapidjson::Document doc;
@@ -1002,7 +1055,8 @@ void RunJob(std::mt19937_64& rng) {
     bool ended = false;
     if (filled && !job.ambiguous) {
       Reply r = Api("POST", "/job/" + job.id + "/complete");
-      if (r.status != 200) g_problems.Add("api: unexpected reply", Describe("POST /job/" + job.id + "/complete", r));
+      if (r.status != 200)
+        g_problems.Add("api: unexpected reply", Describe("POST /job/" + job.id + "/complete", r));
       Reply out = Api("GET", "/job/" + job.id + "/output" + (ndjson ? "?format=ndjson" : ""), "",
                       std::max(1.0, SecondsUntil(g_job_deadline)));
       if (out.status == 200) {
@@ -1019,7 +1073,8 @@ void RunJob(std::mt19937_64& rng) {
       ++g_stats.jobs_cancelled_at_deadline;
       CancelJob(job.id);
       if (!WaitFlag(job.filler_done, Clock::now() + std::chrono::seconds(10))) {
-        g_problems.Add("cancel releases a blocked PUT", "job " + job.id + ": a PUT still blocked 10 s after cancel");
+        g_problems.Add("cancel releases a blocked PUT",
+                       "job " + job.id + ": a PUT still blocked 10 s after cancel");
       }
       filler.join();
       ReadAndVerify(job, ndjson, nullptr);
@@ -1034,13 +1089,15 @@ void RunJob(std::mt19937_64& rng) {
     reader = std::make_unique<WaitingReader>();
     reader->Start(job.id, ndjson);
   }
-  Clock::time_point act_at = std::min(g_job_deadline, Clock::now() + Ms(static_cast<int64_t>(est_ms * (rng() % 1000) / 1000.0)));
+  Clock::time_point act_at = std::min(
+      g_job_deadline, Clock::now() + Ms(static_cast<int64_t>(est_ms * (rng() % 1000) / 1000.0)));
   bool completed = false;
   while (Clock::now() < act_at && !g_abort) {
     if (complete_first && !completed && job.filler_done && !job.ambiguous) {
       completed = true;
       Reply r = Api("POST", "/job/" + job.id + "/complete");
-      if (r.status != 200) g_problems.Add("api: unexpected reply", Describe("POST /job/" + job.id + "/complete", r));
+      if (r.status != 200)
+        g_problems.Add("api: unexpected reply", Describe("POST /job/" + job.id + "/complete", r));
     }
     std::this_thread::sleep_for(Ms(10));
   }
@@ -1048,13 +1105,15 @@ void RunJob(std::mt19937_64& rng) {
   if (fate == kCancel) {
     CancelJob(job.id);
     if (!WaitFlag(job.filler_done, Clock::now() + std::chrono::seconds(10))) {
-      g_problems.Add("cancel releases a blocked PUT", "job " + job.id + ": a PUT still blocked 10 s after cancel");
+      g_problems.Add("cancel releases a blocked PUT",
+                     "job " + job.id + ": a PUT still blocked 10 s after cancel");
     }
     filler.join();
     if (reader) {
       if (!WaitFlag(reader->done, Clock::now() + std::chrono::seconds(10))) {
-        g_problems.Add("cancel answers a waiting GET /output",
-                       "job " + job.id + ": a waiting GET /output still unanswered 10 s after cancel");
+        g_problems.Add(
+            "cancel answers a waiting GET /output",
+            "job " + job.id + ": a waiting GET /output still unanswered 10 s after cancel");
       }
       reader->thread.join();
       ReadAndVerify(job, ndjson, &reader->reply);
@@ -1066,7 +1125,8 @@ void RunJob(std::mt19937_64& rng) {
 
   // Delete.
   Reply r = Api("DELETE", "/job/" + job.id);
-  if (r.status != 200) g_problems.Add("api: unexpected reply", Describe("DELETE /job/" + job.id, r));
+  if (r.status != 200)
+    g_problems.Add("api: unexpected reply", Describe("DELETE /job/" + job.id, r));
   {
     std::lock_guard<std::mutex> lock(g_jobs_mutex);
     g_deleted_jobs.insert(job.id);
@@ -1074,27 +1134,34 @@ void RunJob(std::mt19937_64& rng) {
   ++g_stats.jobs_deleted;
   struct stat st;
   if (stat((g_data_dir + "/" + job.id + ".ndjson").c_str(), &st) == 0) {
-    g_problems.Add("deleted jobs leave nothing behind", "job " + job.id + ": its file is still there after DELETE");
+    g_problems.Add("deleted jobs leave nothing behind",
+                   "job " + job.id + ": its file is still there after DELETE");
   }
   Reply after = Api("GET", "/job/" + job.id);
-  if (after.status != 404) g_problems.Add("deleted jobs leave nothing behind", Describe("GET /job/" + job.id + " after DELETE", after));
+  if (after.status != 404)
+    g_problems.Add("deleted jobs leave nothing behind",
+                   Describe("GET /job/" + job.id + " after DELETE", after));
   after = Api("GET", "/job/" + job.id + "/output?wait=false");
   if (after.status != 404) {
-    g_problems.Add("deleted jobs leave nothing behind", Describe("GET /job/" + job.id + "/output after DELETE", after));
+    g_problems.Add("deleted jobs leave nothing behind",
+                   Describe("GET /job/" + job.id + "/output after DELETE", after));
   }
   if (!WaitFlag(job.filler_done, Clock::now() + std::chrono::seconds(10))) {
-    g_problems.Add("delete releases a blocked PUT", "job " + job.id + ": a PUT still blocked 10 s after DELETE");
+    g_problems.Add("delete releases a blocked PUT",
+                   "job " + job.id + ": a PUT still blocked 10 s after DELETE");
   }
   filler.join();
   if (reader) {
     if (!WaitFlag(reader->done, Clock::now() + std::chrono::seconds(10))) {
-      g_problems.Add("delete answers a waiting GET /output",
-                     "job " + job.id + ": a waiting GET /output still unanswered 10 s after DELETE");
+      g_problems.Add(
+          "delete answers a waiting GET /output",
+          "job " + job.id + ": a waiting GET /output still unanswered 10 s after DELETE");
     }
     reader->thread.join();
     // 404, or 200 if the job had ended (and the output was sent) before the DELETE.
     if (reader->reply.status != 404 && reader->reply.status != 200) {
-      g_problems.Add("delete answers a waiting GET /output", Describe("waiting GET /job/" + job.id + "/output", reader->reply));
+      g_problems.Add("delete answers a waiting GET /output",
+                     Describe("waiting GET /job/" + job.id + "/output", reader->reply));
     }
   }
 }
@@ -1141,7 +1208,8 @@ CpuShares CpuShare(double from_s, double to_s) {
   const double scale = 100.0 / static_cast<double>(sysconf(_SC_CLK_TCK)) / (b->at_s - a->at_s);
   out.pmmap = scale * static_cast<double>(b->pmmap_ticks - a->pmmap_ticks);
   out.soak = scale * static_cast<double>(b->soak_ticks - a->soak_ticks);
-  out.others = scale * static_cast<double>(b->machine_ticks - a->machine_ticks) - out.pmmap - out.soak;
+  out.others =
+      scale * static_cast<double>(b->machine_ticks - a->machine_ticks) - out.pmmap - out.soak;
   return out;
 }
 
@@ -1169,7 +1237,8 @@ void ProbeLoop(pid_t pid) {
     CpuSample cpu{0, -1, -1, -1};
     if (i % 5 == 0) {
       now = ReadResources(pid);
-      cpu = {SecondsSince(g_t0), CpuTicks(std::to_string(pid)), CpuTicks("self"), MachineBusyTicks()};
+      cpu = {SecondsSince(g_t0), CpuTicks(std::to_string(pid)), CpuTicks("self"),
+             MachineBusyTicks()};
     }
     {
       std::lock_guard<std::mutex> lock(g_probe_mutex);
@@ -1209,7 +1278,8 @@ std::string g_root;
 void Watchdog() {
   std::unique_lock<std::mutex> lock(g_watchdog_mutex);
   if (g_watchdog_cv.wait_until(lock, g_hard_deadline, [] { return g_watchdog_done; })) return;
-  fprintf(stderr, "\nsoak: FAIL: the hard deadline passed during phase \"%s\"; killing pmmap and exiting\n",
+  fprintf(stderr,
+          "\nsoak: FAIL: the hard deadline passed during phase \"%s\"; killing pmmap and exiting\n",
           g_phase.load());
   pid_t pid = g_pmmap_pid;
   if (pid > 0) {
@@ -1252,8 +1322,8 @@ bool ParseArgs(int argc, char** argv) {
       return false;
     }
   }
-  return !g_opt.pmmap.empty() && g_opt.seconds >= 5 && g_opt.seconds <= 3600 && g_opt.clients >= 1 &&
-         g_opt.clients <= 64;
+  return !g_opt.pmmap.empty() && g_opt.seconds >= 5 && g_opt.seconds <= 3600 &&
+         g_opt.clients >= 1 && g_opt.clients <= 64;
 }
 
 std::string Mib(long kb) {
@@ -1276,10 +1346,12 @@ int main(int argc, char** argv) {
   g_create_end = g_t0 + run * 7 / 10;
   g_job_deadline = g_t0 + run;
   g_hard_deadline = g_t0 + run + std::chrono::seconds(90);
-  printf("soak: %d s of faults against %s, %d clients, seed %" PRIu64 "\n", g_opt.seconds, g_opt.pmmap.c_str(),
-         g_opt.clients, g_opt.seed);
-  printf("soak: jobs: timeout_ms %d, max_attempts %d, backoff_ms %d, max_backoff_ms %d; webhook faults:", kTimeoutMs,
-         kMaxAttempts, kBackoffMs, kMaxBackoffMs);
+  printf("soak: %d s of faults against %s, %d clients, seed %" PRIu64 "\n", g_opt.seconds,
+         g_opt.pmmap.c_str(), g_opt.clients, g_opt.seed);
+  printf(
+      "soak: jobs: timeout_ms %d, max_attempts %d, backoff_ms %d, max_backoff_ms %d; webhook "
+      "faults:",
+      kTimeoutMs, kMaxAttempts, kBackoffMs, kMaxBackoffMs);
   for (const auto& f : kFaults) printf(" %s %d%%;", f.name, f.percent);
   printf("\n");
 
@@ -1299,7 +1371,8 @@ int main(int argc, char** argv) {
   PmmapProcess pmmap;
   std::string error;
   if (hook_port <= 0 || !pmmap.Start(g_opt.pmmap, g_data_dir, g_root + "/pmmap.log", &error)) {
-    fprintf(stderr, "soak: cannot start: %s\n", hook_port <= 0 ? "the webhook cannot listen" : error.c_str());
+    fprintf(stderr, "soak: cannot start: %s\n",
+            hook_port <= 0 ? "the webhook cannot listen" : error.c_str());
     {
       std::lock_guard<std::mutex> lock(g_watchdog_mutex);
       g_watchdog_done = true;
@@ -1317,10 +1390,10 @@ int main(int argc, char** argv) {
   std::this_thread::sleep_for(Ms(200));
   g_res_start = ReadResources(pmmap.pid());
   g_res_peak = g_res_start;
-  printf("soak: pmmap pid %d on port %d (data in %s), webhook on port %d\n", pmmap.pid(), g_api_port,
-         g_data_dir.c_str(), hook_port);
-  printf("soak: pmmap at start: RSS %s, %ld fds, %ld threads\n", Mib(g_res_start.rss_kb).c_str(), g_res_start.fds,
-         g_res_start.threads);
+  printf("soak: pmmap pid %d on port %d (data in %s), webhook on port %d\n", pmmap.pid(),
+         g_api_port, g_data_dir.c_str(), hook_port);
+  printf("soak: pmmap at start: RSS %s, %ld fds, %ld threads\n", Mib(g_res_start.rss_kb).c_str(),
+         g_res_start.fds, g_res_start.threads);
 
   // The run.
   g_phase = "run";
@@ -1343,8 +1416,9 @@ int main(int argc, char** argv) {
       server_died = true;
       g_abort = true;
       g_problems.Add("pmmap stays up and exits cleanly",
-                     "pmmap exited during the run with status " + std::to_string(pmmap.exit_status()) +
-                         " after " + std::to_string(SecondsSince(g_t0)) + " s");
+                     "pmmap exited during the run with status " +
+                         std::to_string(pmmap.exit_status()) + " after " +
+                         std::to_string(SecondsSince(g_t0)) + " s");
     }
     if (!restarted && Clock::now() >= restart_at) {
       restarted = true;
@@ -1360,10 +1434,13 @@ int main(int argc, char** argv) {
       }
       if (port == hook_port) {
         ++g_stats.webhook_restarts;
-        printf("soak: [%5.1f s] webhook restarted on port %d (stop took %.0f ms, rebind after %d tries)\n",
-               SecondsSince(g_t0), port, stop_ms, tries);
+        printf(
+            "soak: [%5.1f s] webhook restarted on port %d (stop took %.0f ms, rebind after %d "
+            "tries)\n",
+            SecondsSince(g_t0), port, stop_ms, tries);
       } else {
-        g_problems.Add("webhook restarts on its port", "cannot bind port " + std::to_string(hook_port) + " again");
+        g_problems.Add("webhook restarts on its port",
+                       "cannot bind port " + std::to_string(hook_port) + " again");
       }
     }
     if (Clock::now() >= next_progress) {
@@ -1378,12 +1455,14 @@ int main(int argc, char** argv) {
           if (p.ms < 0 || p.ms > kHealthzLimitMs) ++slow;
         }
       }
-      printf("soak: [%5.1f s] jobs %" PRIu64 " created, %" PRIu64 " done, %" PRIu64 " cancelled, %" PRIu64
-             " deleted; %" PRIu64 " inputs; %" PRIu64 " webhook calls; healthz max %.1f ms (%zu over %.0f ms); "
+      printf("soak: [%5.1f s] jobs %" PRIu64 " created, %" PRIu64 " done, %" PRIu64
+             " cancelled, %" PRIu64 " deleted; %" PRIu64 " inputs; %" PRIu64
+             " webhook calls; healthz max %.1f ms (%zu over %.0f ms); "
              "RSS %s, %ld fds, %ld threads\n",
-             SecondsSince(g_t0), g_stats.jobs_created.load(), g_stats.jobs_done.load(), g_stats.jobs_cancelled.load(),
-             g_stats.jobs_deleted.load(), g_stats.inputs_accepted.load(), webhook.total_calls(), max_ms, slow,
-             kHealthzLimitMs, Mib(r.rss_kb).c_str(), r.fds, r.threads);
+             SecondsSince(g_t0), g_stats.jobs_created.load(), g_stats.jobs_done.load(),
+             g_stats.jobs_cancelled.load(), g_stats.jobs_deleted.load(),
+             g_stats.inputs_accepted.load(), webhook.total_calls(), max_ms, slow, kHealthzLimitMs,
+             Mib(r.rss_kb).c_str(), r.fds, r.threads);
     }
   }
   g_phase = "joining clients";
@@ -1394,8 +1473,8 @@ int main(int argc, char** argv) {
   g_phase = "final checks";
   if (!server_died && pmmap.Exited()) {
     server_died = true;
-    g_problems.Add("pmmap stays up and exits cleanly",
-                   "pmmap exited during the run with status " + std::to_string(pmmap.exit_status()));
+    g_problems.Add("pmmap stays up and exits cleanly", "pmmap exited during the run with status " +
+                                                           std::to_string(pmmap.exit_status()));
   }
   std::string metrics;
   size_t files_before_final_delete = 0;
@@ -1414,17 +1493,21 @@ int main(int argc, char** argv) {
         std::string state = j["state"].GetString();
         held.push_back(id);
         if (g_deleted_jobs.count(id)) {
-          g_problems.Add("deleted jobs leave nothing behind", "GET /jobs still lists deleted job " + id);
+          g_problems.Add("deleted jobs leave nothing behind",
+                         "GET /jobs still lists deleted job " + id);
         } else if (!kept.count(id)) {
-          g_problems.Add("GET /jobs lists the jobs kept", "GET /jobs lists job " + id + ", unknown to the clients");
+          g_problems.Add("GET /jobs lists the jobs kept",
+                         "GET /jobs lists job " + id + ", unknown to the clients");
         }
         if (state != "done" && state != "cancelled") {
-          g_problems.Add("GET /jobs lists the jobs kept", "job " + id + " is still " + state + " at the end");
+          g_problems.Add("GET /jobs lists the jobs kept",
+                         "job " + id + " is still " + state + " at the end");
         }
       }
       for (const auto& id : kept) {
         if (std::find(held.begin(), held.end(), id) == held.end()) {
-          g_problems.Add("GET /jobs lists the jobs kept", "job " + id + " is missing from GET /jobs");
+          g_problems.Add("GET /jobs lists the jobs kept",
+                         "job " + id + " is missing from GET /jobs");
         }
       }
     }
@@ -1432,29 +1515,35 @@ int main(int argc, char** argv) {
     std::vector<std::string> files = ListDir(g_data_dir);
     files_before_final_delete = files.size();
     for (const auto& name : files) {
-      std::string id = name.size() > 7 && name.compare(name.size() - 7, 7, ".ndjson") == 0 ? name.substr(0, name.size() - 7) : "";
+      std::string id = name.size() > 7 && name.compare(name.size() - 7, 7, ".ndjson") == 0
+                           ? name.substr(0, name.size() - 7)
+                           : "";
       if (!kept.count(id)) {
         g_problems.Add("deleted jobs leave nothing behind",
-                       "data directory holds " + name + (g_deleted_jobs.count(id) ? " of a deleted job" : ", of no kept job"));
+                       "data directory holds " + name +
+                           (g_deleted_jobs.count(id) ? " of a deleted job" : ", of no kept job"));
       }
     }
     for (const auto& id : kept) {
       if (!std::binary_search(files.begin(), files.end(), id + ".ndjson")) {
-        g_problems.Add("kept jobs keep their file", "job " + id + " has no file in the data directory");
+        g_problems.Add("kept jobs keep their file",
+                       "job " + id + " has no file in the data directory");
       }
     }
     Reply m = Api("GET", "/metrics");
     metrics = m.body;
     for (const auto& id : held) {
       Reply r = Api("DELETE", "/job/" + id);
-      if (r.status != 200) g_problems.Add("api: unexpected reply", Describe("DELETE /job/" + id, r));
+      if (r.status != 200)
+        g_problems.Add("api: unexpected reply", Describe("DELETE /job/" + id, r));
     }
     for (const auto& name : ListDir(g_data_dir)) {
       g_problems.Add("data directory empty after deleting every job", "still there: " + name);
     }
     Reply list_after = Api("GET", "/jobs");
     if (list_after.status != 200 || list_after.body.find("[]") != 0) {
-      g_problems.Add("data directory empty after deleting every job", Describe("GET /jobs after deleting every job", list_after));
+      g_problems.Add("data directory empty after deleting every job",
+                     Describe("GET /jobs after deleting every job", list_after));
     }
   }
 
@@ -1484,8 +1573,9 @@ int main(int argc, char** argv) {
         ssize_t n = readlink((fd_dir + "/" + name).c_str(), target, sizeof(target) - 1);
         listing += " " + name + "->" + (n > 0 ? std::string(target, static_cast<size_t>(n)) : "?");
       }
-      g_problems.Add("fds back near their start", std::to_string(g_res_end.fds) + " fds at the end, " +
-                                                      std::to_string(g_res_start.fds) + " at the start:" + listing);
+      g_problems.Add("fds back near their start",
+                     std::to_string(g_res_end.fds) + " fds at the end, " +
+                         std::to_string(g_res_start.fds) + " at the start:" + listing);
     }
   }
 
@@ -1495,13 +1585,16 @@ int main(int argc, char** argv) {
   int exit_status = server_died ? pmmap.exit_status() : pmmap.Stop(Ms(15000));
   if (!server_died && exit_status != 0) {
     g_problems.Add("pmmap stays up and exits cleanly",
-                   exit_status < 0 ? "pmmap did not exit within 15 s of SIGTERM (killed)"
-                                   : "pmmap exited with status " + std::to_string(exit_status) + " on SIGTERM");
+                   exit_status < 0
+                       ? "pmmap did not exit within 15 s of SIGTERM (killed)"
+                       : "pmmap exited with status " + std::to_string(exit_status) + " on SIGTERM");
   }
   std::string log = pmmap.log();
-  if (log.find("Sanitizer") != std::string::npos || log.find("runtime error:") != std::string::npos ||
+  if (log.find("Sanitizer") != std::string::npos ||
+      log.find("runtime error:") != std::string::npos ||
       log.find("terminate called") != std::string::npos) {
-    g_problems.Add("pmmap stays up and exits cleanly", "pmmap's log has a crash or sanitizer report");
+    g_problems.Add("pmmap stays up and exits cleanly",
+                   "pmmap's log has a crash or sanitizer report");
   }
   {
     std::lock_guard<std::mutex> lock(g_watchdog_mutex);
@@ -1525,23 +1618,30 @@ int main(int argc, char** argv) {
   }
   std::sort(latencies.begin(), latencies.end());
   auto pct = [&](double q) {
-    return latencies.empty() ? 0.0 : latencies[std::min(latencies.size() - 1, static_cast<size_t>(q * latencies.size()))];
+    return latencies.empty() ? 0.0
+                             : latencies[std::min(latencies.size() - 1,
+                                                  static_cast<size_t>(q * latencies.size()))];
   };
   double max_latency = latencies.empty() ? 0 : latencies.back();
   if (probes_failed > 0 || probes_slow > 0) {
     std::string when;
-    std::sort(worst.begin(), worst.end(), [](const Probe& a, const Probe& b) { return (a.ms < 0 ? 1e9 : a.ms) > (b.ms < 0 ? 1e9 : b.ms); });
+    std::sort(worst.begin(), worst.end(), [](const Probe& a, const Probe& b) {
+      return (a.ms < 0 ? 1e9 : a.ms) > (b.ms < 0 ? 1e9 : b.ms);
+    });
     for (size_t i = 0; i < worst.size() && i < 8; ++i) {
       char buf[160];
       CpuShares cpu = CpuShare(worst[i].at_s - 1, worst[i].at_s + 0.5);
-      snprintf(buf, sizeof(buf), " %s at %.1f s (CPU around it: pmmap %.0f%%, soak %.0f%%, others %.0f%%);",
-               worst[i].ms < 0 ? "failed" : (std::to_string(static_cast<int>(worst[i].ms)) + " ms").c_str(),
+      snprintf(buf, sizeof(buf),
+               " %s at %.1f s (CPU around it: pmmap %.0f%%, soak %.0f%%, others %.0f%%);",
+               worst[i].ms < 0 ? "failed"
+                               : (std::to_string(static_cast<int>(worst[i].ms)) + " ms").c_str(),
                worst[i].at_s, cpu.pmmap, cpu.soak, cpu.others);
       when += buf;
     }
-    g_problems.Add("GET /healthz within 100 ms", std::to_string(probes_slow) + " probe(s) over 100 ms and " +
-                                                     std::to_string(probes_failed) + " failed, of " +
-                                                     std::to_string(g_probes.size()) + ":" + when);
+    g_problems.Add("GET /healthz within 100 ms",
+                   std::to_string(probes_slow) + " probe(s) over 100 ms and " +
+                       std::to_string(probes_failed) + " failed, of " +
+                       std::to_string(g_probes.size()) + ":" + when);
   }
 
   // The summary.
@@ -1550,39 +1650,45 @@ int main(int argc, char** argv) {
     std::istringstream in(metrics);
     std::string line;
     while (std::getline(in, line)) {
-      if (line.compare(0, name.size(), name) == 0) out += (out.empty() ? "" : ", ") + line.substr(name.size());
+      if (line.compare(0, name.size(), name) == 0)
+        out += (out.empty() ? "" : ", ") + line.substr(name.size());
     }
     return out.empty() ? std::string("-") : out;
   };
-  printf("\n==================== pmmap soak: %.1f s (jobs created for %.0f s) ====================\n", run_seconds,
-         g_opt.seconds * 0.7);
+  printf(
+      "\n==================== pmmap soak: %.1f s (jobs created for %.0f s) ====================\n",
+      run_seconds, g_opt.seconds * 0.7);
   printf("%-44s %" PRIu64 "\n", "jobs created", g_stats.jobs_created.load());
   printf("%-44s %" PRIu64 "\n", "  done (output checked)", g_stats.jobs_done.load());
-  printf("%-44s %" PRIu64 " (%" PRIu64 " of them because not done by the deadline)\n", "  cancelled (output checked)",
-         g_stats.jobs_cancelled.load(), g_stats.jobs_cancelled_at_deadline.load());
+  printf("%-44s %" PRIu64 " (%" PRIu64 " of them because not done by the deadline)\n",
+         "  cancelled (output checked)", g_stats.jobs_cancelled.load(),
+         g_stats.jobs_cancelled_at_deadline.load());
   printf("%-44s %" PRIu64 "\n", "  deleted mid-way", g_stats.jobs_deleted.load());
-  printf("%-44s %" PRIu64 " (%" PRIu64 " cut by a cancel, %" PRIu64 " refused after cancel, %" PRIu64 " 404 after delete)\n",
-         "PUT batches", g_stats.puts.load(), g_stats.puts_cut_by_cancel.load(), g_stats.puts_refused_after_cancel.load(),
-         g_stats.puts_404_after_delete.load());
+  printf("%-44s %" PRIu64 " (%" PRIu64 " cut by a cancel, %" PRIu64
+         " refused after cancel, %" PRIu64 " 404 after delete)\n",
+         "PUT batches", g_stats.puts.load(), g_stats.puts_cut_by_cancel.load(),
+         g_stats.puts_refused_after_cancel.load(), g_stats.puts_404_after_delete.load());
   printf("%-44s %" PRIu64 "\n", "inputs accepted (all jobs)", g_stats.inputs_accepted.load());
   printf("%-44s %" PRIu64 "\n", "inputs of checked jobs", g_stats.inputs_in_checked_jobs.load());
   printf("%-44s %" PRIu64 "\n", "output entries checked", g_stats.outputs_checked.load());
-  printf("%-44s %" PRIu64 " (%" PRIu64 " of them garbage kept as a string)\n", "  successes", g_stats.successes.load(),
-         g_stats.successes_garbage.load());
+  printf("%-44s %" PRIu64 " (%" PRIu64 " of them garbage kept as a string)\n", "  successes",
+         g_stats.successes.load(), g_stats.successes_garbage.load());
   printf("%-44s %" PRIu64 "\n", "  failures (attempts exhausted)", g_stats.failures.load());
   printf("%-44s %" PRIu64 "\n", "  cancelled entries", g_stats.cancelled_entries.load());
-  printf("%-44s %" PRIu64 " paged re-reads, %" PRIu64 " waiting readers\n", "other reads", g_stats.paged_reads.load(),
-         g_stats.waiting_readers.load());
+  printf("%-44s %" PRIu64 " paged re-reads, %" PRIu64 " waiting readers\n", "other reads",
+         g_stats.paged_reads.load(), g_stats.waiting_readers.load());
   printf("%-44s %" PRIu64 "\n", "webhook calls", webhook.total_calls());
-  for (int f = 0; f < kFaultCount; ++f) printf("  %-42s %" PRIu64 "\n", kFaults[f].name, webhook.calls(f));
+  for (int f = 0; f < kFaultCount; ++f)
+    printf("  %-42s %" PRIu64 "\n", kFaults[f].name, webhook.calls(f));
   printf("%-44s %" PRIu64 "\n", "webhook restarts", g_stats.webhook_restarts.load());
-  printf("%-44s %s\n", "pmmap webhook calls by outcome", metric("pmmap_webhook_calls_total").c_str());
+  printf("%-44s %s\n", "pmmap webhook calls by outcome",
+         metric("pmmap_webhook_calls_total").c_str());
   printf("%-44s %s\n", "pmmap retries", metric("pmmap_retries_total").c_str());
   printf("%-44s %s\n", "pmmap outputs", metric("pmmap_outputs_total").c_str());
-  printf("%-44s %zu probes, %zu failed, %zu over %.0f ms\n", "healthz probes", g_probes.size(), probes_failed, probes_slow,
-         kHealthzLimitMs);
-  printf("%-44s max %.1f ms; p50 %.1f, p90 %.1f, p99 %.1f, p99.9 %.1f ms\n", "healthz latency", max_latency, pct(0.5),
-         pct(0.9), pct(0.99), pct(0.999));
+  printf("%-44s %zu probes, %zu failed, %zu over %.0f ms\n", "healthz probes", g_probes.size(),
+         probes_failed, probes_slow, kHealthzLimitMs);
+  printf("%-44s max %.1f ms; p50 %.1f, p90 %.1f, p99 %.1f, p99.9 %.1f ms\n", "healthz latency",
+         max_latency, pct(0.5), pct(0.9), pct(0.99), pct(0.999));
   {
     const double edges[] = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1e9};
     size_t counts[10] = {0};
@@ -1605,8 +1711,8 @@ int main(int argc, char** argv) {
     }
     printf("%-44s %s (ms:count)\n", "healthz latency distribution", dist.c_str());
   }
-  printf("%-44s max %.1f ms, at %.1f s (the machine's scheduling delay)\n", "prober's own timer lateness",
-         g_prober_late_max_ms, g_prober_late_at_s);
+  printf("%-44s max %.1f ms, at %.1f s (the machine's scheduling delay)\n",
+         "prober's own timer lateness", g_prober_late_max_ms, g_prober_late_at_s);
   {
     // CPU use: on average, and the busiest second of pmmap and of the others.
     CpuShares avg = CpuShare(0, run_seconds);
@@ -1623,25 +1729,29 @@ int main(int argc, char** argv) {
         others_max_at = t;
       }
     }
-    printf("%-44s average: pmmap %.0f%%, soak %.0f%%, other processes %.0f%%\n", "CPU (100% = one core)", avg.pmmap,
-           avg.soak, avg.others);
-    printf("%-44s pmmap %.0f%% at %.1f s (soak %.0f%%, others %.0f%%); others %.0f%% at %.1f s (pmmap %.0f%%)\n",
-           "  busiest second", pmmap_max.pmmap, pmmap_max_at, pmmap_max.soak, pmmap_max.others, others_max.others,
-           others_max_at, others_max.pmmap);
+    printf("%-44s average: pmmap %.0f%%, soak %.0f%%, other processes %.0f%%\n",
+           "CPU (100% = one core)", avg.pmmap, avg.soak, avg.others);
+    printf(
+        "%-44s pmmap %.0f%% at %.1f s (soak %.0f%%, others %.0f%%); others %.0f%% at %.1f s (pmmap "
+        "%.0f%%)\n",
+        "  busiest second", pmmap_max.pmmap, pmmap_max_at, pmmap_max.soak, pmmap_max.others,
+        others_max.others, others_max_at, others_max.pmmap);
   }
-  printf("%-44s start %s, peak %s, end %s\n", "pmmap RSS", Mib(g_res_start.rss_kb).c_str(), Mib(g_res_peak.rss_kb).c_str(),
-         Mib(g_res_end.rss_kb).c_str());
-  printf("%-44s start %ld, peak %ld, end %ld\n", "pmmap open fds", g_res_start.fds, g_res_peak.fds, g_res_end.fds);
-  printf("%-44s start %ld, peak %ld, end %ld\n", "pmmap threads", g_res_start.threads, g_res_peak.threads,
-         g_res_end.threads);
-  printf("%-44s %zu before the final deletes, %zu after\n", "files in the data directory", files_before_final_delete,
-         ListDir(g_data_dir).size());
+  printf("%-44s start %s, peak %s, end %s\n", "pmmap RSS", Mib(g_res_start.rss_kb).c_str(),
+         Mib(g_res_peak.rss_kb).c_str(), Mib(g_res_end.rss_kb).c_str());
+  printf("%-44s start %ld, peak %ld, end %ld\n", "pmmap open fds", g_res_start.fds, g_res_peak.fds,
+         g_res_end.fds);
+  printf("%-44s start %ld, peak %ld, end %ld\n", "pmmap threads", g_res_start.threads,
+         g_res_peak.threads, g_res_end.threads);
+  printf("%-44s %zu before the final deletes, %zu after\n", "files in the data directory",
+         files_before_final_delete, ListDir(g_data_dir).size());
   printf("%-44s %d\n", "pmmap exit status on SIGTERM", exit_status);
   {
     std::ifstream load("/proc/loadavg");
     std::string l;
     std::getline(load, l);
-    printf("%-44s %s (%u cores)\n", "load average at the end", l.c_str(), std::thread::hardware_concurrency());
+    printf("%-44s %s (%u cores)\n", "load average at the end", l.c_str(),
+           std::thread::hardware_concurrency());
   }
 
   const char* const kChecks[] = {
@@ -1671,12 +1781,15 @@ int main(int argc, char** argv) {
     g_problems.Add("webhook restarts on its port", "the run ended before the restart");
   }
   // Checks of the end state cannot run once the server is gone.
-  const std::set<std::string> kEndChecks = {"kept jobs keep their file", "GET /jobs lists the jobs kept",
+  const std::set<std::string> kEndChecks = {"kept jobs keep their file",
+                                            "GET /jobs lists the jobs kept",
                                             "data directory empty after deleting every job",
                                             "RSS back near its start", "fds back near their start"};
   printf("\nchecks:\n");
   for (const char* c : kChecks) {
-    const char* verdict = g_problems.Count(c) > 0 ? "FAIL" : server_died && kEndChecks.count(c) ? "n/a" : "ok";
+    const char* verdict = g_problems.Count(c) > 0              ? "FAIL"
+                          : server_died && kEndChecks.count(c) ? "n/a"
+                                                               : "ok";
     printf("  %-4s %s\n", verdict, c);
   }
   const bool passed = g_problems.Total() == 0;
