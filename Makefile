@@ -39,7 +39,9 @@ UBSAN_FLAGS := -fsanitize=undefined -fno-sanitize=pointer-overflow -fno-sanitize
 # when sanitizers instrument it: a known false positive, and only there.
 SANITIZER_WARNINGS := -Wno-maybe-uninitialized
 
-LIB_SOURCES := job.cpp dispatcher.cpp json.cpp request.cpp http_pool.cpp caller.cpp log.cpp metrics.cpp
+# main's own: the server and its flags; the rest is shared with the tests.
+SERVER_SOURCES := pmmap.cpp server.cpp flags.cpp
+LIB_SOURCES := job.cpp job_table.cpp dispatcher.cpp json.cpp request.cpp http_pool.cpp caller.cpp log.cpp metrics.cpp
 TEST_SOURCES := test/main.cpp test/harness.cpp test/json_test.cpp test/request_test.cpp \
                 test/job_test.cpp test/dispatcher_test.cpp test/api_test.cpp test/delivery_test.cpp \
                 test/ops_test.cpp test/https_test.cpp
@@ -69,7 +71,7 @@ $(BUILD)/%.o: %.cpp
 	@mkdir -p $(dir $@)
 	$(CXX) $(ALL_CXXFLAGS) -I. -c $< -o $@
 
-$(PMMAP): $(BUILD)/pmmap.o $(LIB_OBJECTS)
+$(PMMAP): $(SERVER_SOURCES:%.cpp=$(BUILD)/%.o) $(LIB_OBJECTS)
 	$(CXX) $(ALL_CXXFLAGS) $^ -o $@ $(LDFLAGS) $(LIBS)
 
 $(PMMAP_TEST): $(TEST_OBJECTS) $(LIB_OBJECTS)
@@ -118,7 +120,7 @@ fuzz: deps
 # the build's own warnings as errors, then clang-format's verdict on every
 # file against .clang-format. Changes nothing; `make format` rewrites.
 LINT_PACKAGES := clang-14 clang-format-14
-LINT_SOURCES := pmmap.cpp $(LIB_SOURCES) $(TEST_SOURCES) test/soak.cpp test/fuzz_main.cpp bench/bare_loop.cpp
+LINT_SOURCES := $(SERVER_SOURCES) $(LIB_SOURCES) $(TEST_SOURCES) test/soak.cpp test/fuzz_main.cpp bench/bare_loop.cpp
 FORMAT_FILES = $(wildcard *.cpp *.hpp test/*.cpp test/*.hpp bench/*.cpp)
 lint: deps
 	$(call install,$(LINT_PACKAGES))

@@ -1,0 +1,524 @@
+#include "server.hpp"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <thread>
+
+#include "caller.hpp"
+#include "http_pool.hpp"
+#include "json.hpp"
+#include "log.hpp"
+#include "metrics.hpp"
+#include "request.hpp"
+
+namespace {
+
+// How often ended jobs are checked for expiry.
+constexpr std::chrono::seconds kExpiryInterval{1};
+// On a stop signal, how long calls in flight may take to finish before they
+// are aborted.
+constexpr std::chrono::seconds kShutdownGrace{5};
+// Then, how long API connections may take to finish.
+constexpr std::chrono::seconds kDrainTimeout{2};
+// A kept-alive API connection holds an HTTP thread while it idles, and
+// shutdown waits for it: keep the idle time short.
+constexpr time_t kKeepAliveSeconds = 3;
+constexpr size_t kKeepAliveRequests = 10000;
+// A caller reading a large output may pause; give it time before dropping it.
+constexpr time_t kWriteTimeoutSeconds = 60;
+
+// The one place a Status becomes an HTTP status.
+int HttpStatus(const Status& s) {
+  switch (s.code()) {
+    case Status::kOk:
+      return 200;
+    case Status::kInvalid:
+      return 400;
+    case Status::kNotFound:
+      return 404;
+    case Status::kConflict:
+      return 409;
+    case Status::kTooLarge:
+      return 413;
+    case Status::kTooMany:
+      return 429;
+    case Status::kUnavailable:
+      return 503;
+    case Status::kInternal:
+      return 500;
+  }
+  return 500;
+}
+
+void Reply(httplib::Response& res, int status, std::string json) {
+  res.status = status;
+  json.push_back('\n');  // so that curl's output ends its line
+  res.set_content(json, "application/json");
+}
+
+void ReplyError(httplib::Response& res, const Status& s) {
+  Reply(res, HttpStatus(s), ErrorJson(s.message()));
+}
+
+// Reads the whole request body, whatever its Content-Type says, into *body.
+Status ReadBody(const httplib::Request& req, const httplib::ContentReader& reader, size_t max_body,
+                std::string* body) {
+  // A request with neither header has no body; asking cpp-httplib to read
+  // one would wait for the caller to close the connection.
+  if (!req.has_header("Content-Length") && !req.has_header("Transfer-Encoding")) {
+    return Status::OK();
+  }
+  bool too_large = false;
+  bool ok = reader([&](const char* data, size_t n) {
+    if (body->size() + n > max_body) {
+      too_large = true;
+      return false;
+    }
+    body->append(data, n);
+    return true;
+  });
+  // cpp-httplib refuses (and skips) a declared length over the limit itself.
+  if (!ok && strtoull(req.get_header_value("Content-Length").c_str(), nullptr, 10) > max_body) {
+    too_large = true;
+  }
+  if (too_large) {
+    return Status::TooLarge("the body is larger than " + std::to_string(max_body) +
+                            " bytes (--max-body)");
+  }
+  if (!ok) return Status::Invalid("the body could not be read whole");
+  return Status::OK();
+}
+
+// Returns whether any environment variable through which libcurl would
+// send calls through a proxy is set.
+bool ProxyInEnvironment() {
+  static const char* const kNames[] = {"http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY",
+                                       "all_proxy",  "ALL_PROXY",  "no_proxy",    "NO_PROXY"};
+  for (const char* name : kNames) {
+    if (getenv(name) != nullptr) return true;
+  }
+  return false;
+}
+
+// Returns the CA bundle for https webhooks: libcurl's built-in one if it
+// exists, else the first of the usual places that does (a static binary
+// may run on a system whose bundle lives elsewhere), else "".
+std::string FindCaBundle() {
+  static const char* const kBundles[] = {
+      "/etc/ssl/certs/ca-certificates.crt",                 // Debian, Ubuntu, Alpine
+      "/etc/pki/tls/certs/ca-bundle.crt",                   // Fedora, RHEL
+      "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",  // RHEL 7+
+      "/etc/ssl/ca-bundle.pem",                             // openSUSE
+      "/etc/ssl/cert.pem",                                  // Alpine, macOS
+  };
+  const curl_version_info_data* info = curl_version_info(CURLVERSION_NOW);
+  if (info->cainfo != nullptr && access(info->cainfo, R_OK) == 0) return info->cainfo;
+  for (const char* bundle : kBundles) {
+    if (access(bundle, R_OK) == 0) return bundle;
+  }
+  return "";
+}
+
+Dispatcher::Options DispatcherOptions(const Flags& flags) {
+  Dispatcher::Options options;
+  options.ca_file = flags.ca_file.empty() ? FindCaBundle() : flags.ca_file;
+  if (options.ca_file.empty()) {
+    LogMessage("warning: no CA bundle found; https webhooks will fail (see --ca-file)");
+  }
+  options.max_reply_bytes = flags.max_body;
+  options.proxy_from_env = ProxyInEnvironment();
+  return options;
+}
+
+// SIGINT and SIGTERM are taken by one thread with sigwait, so they are
+// blocked in every thread; SIGPIPE is blocked so that a vanished peer is an
+// error, not death. Threads inherit the mask of the thread that starts them.
+sigset_t BlockSignals() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  sigdelset(&signals, SIGPIPE);
+  return signals;
+}
+
+}  // namespace
+
+// Routes
+
+const Server::Route Server::kRoutes[] = {
+    {"POST", R"(/job)", &Server::CreateJob},
+    {"GET", R"(/jobs)", &Server::ListJobs},
+    {"GET", R"(/job/([^/]+))", &Server::ShowJob},
+    {"DELETE", R"(/job/([^/]+))", &Server::DeleteJob},
+    {"PUT", R"(/job/([^/]+)/input)", &Server::AddInputs},
+    {"POST", R"(/job/([^/]+)/complete)", &Server::CompleteJob},
+    {"POST", R"(/job/([^/]+)/cancel)", &Server::CancelJob},
+    {"GET", R"(/job/([^/]+)/output)", &Server::StreamOutput},
+    {"GET", R"(/healthz)", &Server::Health},
+    {"GET", R"(/metrics)", &Server::ShowMetrics},
+};
+
+void Server::InstallRoutes() {
+  using httplib::ContentReader;
+  using httplib::Request;
+  using httplib::Response;
+  std::map<std::string, std::string> methods_by_pattern;
+  for (const Route& route : kRoutes) {
+    std::string& methods = methods_by_pattern[route.pattern];
+    methods.append(methods.empty() ? "" : ", ").append(route.method);
+    Handler handler = route.handler;
+    if (std::string(route.method) == "GET") {
+      http_.Get(route.pattern, [this, handler](const Request& req, Response& res) {
+        (this->*handler)(req, std::string(), res);
+      });
+      continue;
+    }
+    // Every other method reads its body itself, whatever its Content-Type,
+    // and answers 413 past --max-body.
+    auto with_body = [this, handler](const Request& req, Response& res,
+                                     const ContentReader& reader) {
+      std::string body;
+      Status s = ReadBody(req, reader, flags_.max_body, &body);
+      if (!s.ok()) return ReplyError(res, s);
+      (this->*handler)(req, std::move(body), res);
+    };
+    std::string method = route.method;
+    if (method == "POST") http_.Post(route.pattern, with_body);
+    if (method == "PUT") http_.Put(route.pattern, with_body);
+    if (method == "DELETE") http_.Delete(route.pattern, with_body);
+  }
+  for (const auto& entry : methods_by_pattern) {
+    allowed_methods_.emplace_back(std::regex(entry.first), entry.second);
+  }
+
+  // Without these, a POST, PUT, PATCH or DELETE that no route takes would
+  // have its body read by cpp-httplib, which waits for the caller to close
+  // the connection when the request has no Content-Length.
+  auto unrouted = [this](const Request& req, Response& res, const ContentReader& reader) {
+    std::string body;
+    ReadBody(req, reader, flags_.max_body, &body);
+    res.status = 404;  // AnswerUnrouted says more
+  };
+  http_.Post(".*", unrouted);
+  http_.Put(".*", unrouted);
+  http_.Patch(".*", unrouted);
+  http_.Delete(".*", unrouted);
+  http_.set_error_handler(httplib::Server::HandlerWithResponse(
+      [this](const Request& req, Response& res) -> httplib::Server::HandlerResponse {
+        if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+        AnswerUnrouted(req, res);
+        return httplib::Server::HandlerResponse::Handled;
+      }));
+  http_.set_exception_handler([](const Request&, Response& res, std::exception_ptr) {
+    Reply(res, 500, ErrorJson("internal error"));
+  });
+}
+
+void Server::AnswerUnrouted(const httplib::Request& req, httplib::Response& res) {
+  std::string message = "HTTP " + std::to_string(res.status);
+  if (res.status == 404) {
+    message = "no route " + req.method + " " + req.path;
+    for (const auto& entry : allowed_methods_) {
+      if (std::regex_match(req.path, entry.first)) {
+        res.status = 405;
+        res.set_header("Allow", entry.second);
+        message =
+            req.method + " is not allowed on " + req.path + " (allowed: " + entry.second + ")";
+        break;
+      }
+    }
+  } else if (res.status == 413) {
+    message = "the body is too large";
+  }
+  res.set_content(ErrorJson(message) + "\n", "application/json");
+}
+
+std::shared_ptr<Job> Server::FindJob(const httplib::Request& req, httplib::Response& res) {
+  std::shared_ptr<Job> job = table_->Find(req.matches[1]);
+  if (!job) ReplyError(res, Status::NotFound("no job with id \"" + req.matches[1].str() + "\""));
+  return job;
+}
+
+void Server::CreateJob(const httplib::Request&, std::string body, httplib::Response& res) {
+  JobOptions options;
+  std::shared_ptr<Job> job;
+  Status s = ParseJobOptions(body, &options);
+  if (s.ok()) s = table_->Create(std::move(options), &job);
+  if (!s.ok()) return ReplyError(res, s);
+  LogJobEvent(job->id(), "created", job->options().url);
+  res.set_header("Location", "/job/" + job->id());
+  Reply(res, 201, job->ToJson());
+}
+
+void Server::ListJobs(const httplib::Request&, std::string, httplib::Response& res) {
+  std::string out = "[";
+  for (const auto& job : table_->List()) {
+    if (out.size() > 1) out.push_back(',');
+    out.append(job->ToJson());
+  }
+  out.push_back(']');
+  Reply(res, 200, out);
+}
+
+void Server::ShowJob(const httplib::Request& req, std::string, httplib::Response& res) {
+  if (auto job = FindJob(req, res)) Reply(res, 200, job->ToJson());
+}
+
+void Server::DeleteJob(const httplib::Request& req, std::string, httplib::Response& res) {
+  std::shared_ptr<Job> job = table_->Detach(req.matches[1]);
+  if (!job) {
+    return ReplyError(res, Status::NotFound("no job with id \"" + req.matches[1].str() + "\""));
+  }
+  std::string json = job->ToJson();
+  job->Remove(Job::StopReason::kDeleted);
+  LogJobEvent(job->id(), "deleted");
+  Reply(res, 200, json);
+}
+
+void Server::AddInputs(const httplib::Request& req, std::string body, httplib::Response& res) {
+  std::shared_ptr<Job> job = FindJob(req, res);
+  if (!job) return;
+  std::vector<Input> inputs;
+  Status s = ParseInputs(body, &inputs);
+  body = std::string();  // the inputs hold their own copies now, and Add may wait long
+  if (s.ok()) s = job->Add(std::move(inputs));
+  if (!s.ok()) return ReplyError(res, s);
+  Reply(res, 201, job->ToJson());
+}
+
+void Server::CompleteJob(const httplib::Request& req, std::string, httplib::Response& res) {
+  std::shared_ptr<Job> job = FindJob(req, res);
+  if (!job) return;
+  Status s = job->Complete();
+  if (!s.ok()) return ReplyError(res, s);
+  Reply(res, 200, job->ToJson());
+}
+
+void Server::CancelJob(const httplib::Request& req, std::string, httplib::Response& res) {
+  std::shared_ptr<Job> job = FindJob(req, res);
+  if (!job) return;
+  Status s = job->Cancel();
+  if (!s.ok()) return ReplyError(res, s);
+  Reply(res, 200, job->ToJson());
+}
+
+void Server::StreamOutput(const httplib::Request& req, std::string, httplib::Response& res) {
+  OutputQuery query;
+  Status s = ParseOutputQuery(req.params, req.get_header_value("Accept"), &query);
+  if (!s.ok()) return ReplyError(res, s);
+  std::shared_ptr<Job> job = FindJob(req, res);
+  if (!job) return;
+  if (query.wait) {
+    // A caller who hangs up before the job ends gives this thread back.
+    // Its socket is looked for only once a wait lasts, not on every GET.
+    std::unique_ptr<CallerSocket> caller;
+    s = job->WaitDone([&] {
+      if (!caller) {
+        caller.reset(
+            new CallerSocket(req.local_addr, req.local_port, req.remote_addr, req.remote_port));
+      }
+      return caller->HungUp();
+    });
+  }
+  // Read before the entries are counted, so that "done" is never shown
+  // over an output that misses some.
+  const char* state = JobStateName(job->state());
+  std::unique_ptr<OutputReader> opened;
+  if (s.ok()) s = job->OpenOutput(query.offset, query.limit, query.format, &opened);
+  if (!s.ok()) return ReplyError(res, s);
+  std::shared_ptr<OutputReader> reader(std::move(opened));
+  auto chunk = std::make_shared<std::string>();
+  res.set_header("PMMAP-state", state);
+  res.set_chunked_content_provider(
+      query.format == OutputReader::kArray ? "application/json" : "application/x-ndjson",
+      [reader, chunk](size_t, httplib::DataSink& sink) {
+        bool failed = false;
+        while (reader->Next(chunk.get(), &failed)) {
+          // cpp-httplib takes an empty write for the end of the body.
+          if (!chunk->empty()) return sink.write(chunk->data(), chunk->size());
+        }
+        if (failed) return false;
+        sink.done();
+        return true;
+      });
+}
+
+void Server::Health(const httplib::Request&, std::string, httplib::Response& res) {
+  Reply(res, 200, "{\"status\":\"ok\"}");
+}
+
+void Server::ShowMetrics(const httplib::Request&, std::string, httplib::Response& res) {
+  std::map<std::string, uint64_t> jobs_by_state = {
+      {"open", 0}, {"closing", 0}, {"done", 0}, {"cancelled", 0}};
+  for (const auto& job : table_->List()) ++jobs_by_state[JobStateName(job->state())];
+  res.set_content(Metrics::Global().Render(jobs_by_state), "text/plain; version=0.0.4");
+}
+
+// Life
+
+Server::Server(Flags flags) : flags_(std::move(flags)) {}
+
+Server::~Server() {
+  // Jobs, and with them their files, are gone once the table is and every
+  // webhook thread has been joined; only then is the data dir empty.
+  table_.reset();
+  dispatcher_.reset();
+  if (own_data_dir_) rmdir(flags_.data_dir.c_str());
+  LogMessage("stopped");
+}
+
+bool Server::Start(std::string* error) {
+  stop_signals_ = BlockSignals();
+  if (!PrepareDataDir(error)) return false;
+  dispatcher_.reset(new Dispatcher(DispatcherOptions(flags_)));
+  Dispatcher* dispatcher = dispatcher_.get();
+  table_.reset(new JobTable(
+      flags_.data_dir, flags_.max_jobs,
+      [dispatcher](std::shared_ptr<Job> job) { return dispatcher->StartWorker(std::move(job)); },
+      [dispatcher](std::shared_ptr<Job> job) {
+        return dispatcher->StartCallback(std::move(job));
+      }));
+  const size_t http_threads = flags_.http_threads;
+  http_.new_task_queue = [http_threads] { return new HttpPool(http_threads); };
+  http_.set_keep_alive_timeout(kKeepAliveSeconds);
+  http_.set_keep_alive_max_count(kKeepAliveRequests);
+  http_.set_write_timeout(kWriteTimeoutSeconds, 0);
+  http_.set_payload_max_length(flags_.max_body);
+  InstallRoutes();
+  return Bind(error);
+}
+
+bool Server::PrepareDataDir(std::string* error) {
+  if (flags_.data_dir.empty()) {
+    const char* tmp = getenv("TMPDIR");
+    std::string templ = std::string(tmp != nullptr && *tmp ? tmp : "/tmp") + "/pmmap.XXXXXX";
+    if (mkdtemp(&templ[0]) == nullptr) {
+      *error = "cannot create " + templ + ": " + strerror(errno);
+      return false;
+    }
+    flags_.data_dir = templ;
+    own_data_dir_ = true;
+  } else if (mkdir(flags_.data_dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    *error = "cannot create " + flags_.data_dir + ": " + strerror(errno);
+    return false;
+  }
+  return true;
+}
+
+bool Server::Bind(std::string* error) {
+  // cpp-httplib listens with a backlog of 5, so a burst of connections
+  // would be dropped: keep the socket and raise the backlog after binding.
+  // Its default SO_REUSEPORT would also let a second pmmap share the port
+  // unnoticed; SO_REUSEADDR only allows a quick restart. Accepted sockets
+  // inherit TCP_NODELAY: cpp-httplib writes a reply's headers and body
+  // separately, and Nagle's algorithm would hold the body for the
+  // client's delayed ACK, 40 ms a request on a kept-alive connection.
+  int listen_fd = -1;
+  http_.set_socket_options([&listen_fd](int fd) {
+    int yes = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &yes, sizeof(yes));
+    listen_fd = fd;
+  });
+  // Port 0 picks a free port; Run's log line tells which.
+  bound_port_ = flags_.port == 0
+                    ? http_.bind_to_any_port(flags_.host)
+                    : (http_.bind_to_port(flags_.host, flags_.port) ? flags_.port : -1);
+  if (bound_port_ <= 0) {
+    *error = "cannot listen on " + flags_.listen + ": " + strerror(errno);
+    return false;
+  }
+  if (listen_fd >= 0) listen(listen_fd, SOMAXCONN);
+  return true;
+}
+
+int Server::Run() {
+  // Blocked in sigwait until the process ends.
+  std::thread(&Server::WaitForStopSignal, this).detach();
+  std::thread housekeeper([this] {
+    ExpireJobsUntilStopping();
+    StopJobsAndListening();
+    FinishCallsInFlight();
+    DrainConnections();
+  });
+  const std::string& host = flags_.host;
+  std::string shown_host = host.find(':') != std::string::npos ? "[" + host + "]" : host;
+  LogMessage("listening on http://" + shown_host + ":" + std::to_string(bound_port_) +
+             " with data in " + flags_.data_dir);
+  http_.listen_after_bind();
+  {
+    MutexLock lock(&stop_mutex_);
+    stopping_ = true;  // in case the server stopped by itself
+    http_done_ = true;
+    stop_cv_.SignalAll();
+  }
+  housekeeper.join();
+  return 0;
+}
+
+void Server::WaitForStopSignal() {
+  int sig = 0;
+  sigwait(&stop_signals_, &sig);
+  LogMessage(std::string("stopping on ") + strsignal(sig));
+  {
+    // Signalled under the lock: once Run can take it, this thread is done
+    // with stop_cv_, which the Server's destructor destroys.
+    MutexLock lock(&stop_mutex_);
+    stopping_ = true;
+    stop_cv_.SignalAll();
+  }
+  // A second signal means now.
+  sigwait(&stop_signals_, &sig);
+  _exit(1);
+}
+
+void Server::ExpireJobsUntilStopping() {
+  MutexLock lock(&stop_mutex_);
+  while (!stopping_) {
+    stop_cv_.WaitFor(kExpiryInterval);
+    if (stopping_) break;
+    stop_mutex_.Unlock();
+    table_->ExpireEndedBefore(std::chrono::system_clock::now() -
+                              std::chrono::seconds(flags_.job_ttl_seconds));
+    stop_mutex_.Lock();
+  }
+}
+
+void Server::StopJobsAndListening() {
+  table_->StopAll();  // answers every waiting caller, removes the files
+  http_.stop();
+}
+
+void Server::FinishCallsInFlight() {
+  if (!dispatcher_->WaitForExit(kShutdownGrace)) {
+    LogMessage("aborting webhook calls still in flight");
+    table_->AbortCallsInFlight();
+  }
+}
+
+void Server::DrainConnections() {
+  // An API caller that stopped reading holds its connection's thread until
+  // the write timeout; its job is gone, so do not wait for it.
+  auto deadline = std::chrono::steady_clock::now() + kDrainTimeout;
+  MutexLock lock(&stop_mutex_);
+  while (!http_done_) {
+    if (!stop_cv_.WaitUntil(deadline) && !http_done_) {
+      dispatcher_->JoinExited();
+      if (own_data_dir_) rmdir(flags_.data_dir.c_str());
+      LogMessage("stopped, dropping API connections still open");
+      _exit(0);
+    }
+  }
+}

@@ -1,0 +1,104 @@
+// Server is pmmap's HTTP API and its life: it owns the Dispatcher (the
+// webhook threads), the JobTable and the cpp-httplib server, serves the
+// routes of one table (kRoutes in server.cpp, which drives both their
+// registration and the 404/405 answers), expires old jobs, and runs the
+// shutdown when SIGINT or SIGTERM comes.
+//
+// main calls Start, then Run, from one thread; everything else runs on the
+// server's own threads: the HTTP pool's (handlers), a signal thread and a
+// housekeeper, which expires jobs and then runs the shutdown's steps.
+
+#ifndef PMMAP_SERVER_HPP_
+#define PMMAP_SERVER_HPP_
+
+#include <httplib.h>
+#include <signal.h>
+
+#include <memory>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "dispatcher.hpp"
+#include "flags.hpp"
+#include "job_table.hpp"
+#include "mutex.hpp"
+#include "status.hpp"
+
+class Server {
+ public:
+  explicit Server(Flags flags);
+  // Removes the data dir if the server made it.
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Blocks the stop signals in every thread to come, prepares the data dir
+  // and binds the listening socket. Returns false with *error if it could
+  // not; then the process should exit 1.
+  bool Start(std::string* error);
+  // Serves until a stop signal, then shuts down: stops every job (waking
+  // their waiters), lets calls in flight finish for a grace period, aborts
+  // the rest, and lets API connections drain. Returns the exit code.
+  int Run();
+
+  // A route handler. body is the request's whole body, read before the
+  // handler runs whatever its Content-Type, and empty for a GET.
+  using Handler = void (Server::*)(const httplib::Request& req, std::string body,
+                                   httplib::Response& res);
+  struct Route {
+    const char* method;
+    const char* pattern;  // a regex over the path; its groups are the handler's
+    Handler handler;
+  };
+
+ private:
+  // Every route of the API.
+  static const Route kRoutes[];
+
+  // The routes' handlers, one a route.
+  void CreateJob(const httplib::Request& req, std::string body, httplib::Response& res);
+  void ListJobs(const httplib::Request& req, std::string body, httplib::Response& res);
+  void ShowJob(const httplib::Request& req, std::string body, httplib::Response& res);
+  void DeleteJob(const httplib::Request& req, std::string body, httplib::Response& res);
+  void AddInputs(const httplib::Request& req, std::string body, httplib::Response& res);
+  void CompleteJob(const httplib::Request& req, std::string body, httplib::Response& res);
+  void CancelJob(const httplib::Request& req, std::string body, httplib::Response& res);
+  void StreamOutput(const httplib::Request& req, std::string body, httplib::Response& res);
+  void Health(const httplib::Request& req, std::string body, httplib::Response& res);
+  void ShowMetrics(const httplib::Request& req, std::string body, httplib::Response& res);
+
+  // The job named by the path's first group, or null after answering 404.
+  std::shared_ptr<Job> FindJob(const httplib::Request& req, httplib::Response& res);
+  // Registers every route of kRoutes, and the answers to what none takes.
+  void InstallRoutes();
+  // Answers a request no route took: 405 with Allow if a route has its
+  // path, else 404, as JSON.
+  void AnswerUnrouted(const httplib::Request& req, httplib::Response& res);
+  bool PrepareDataDir(std::string* error);
+  bool Bind(std::string* error);
+
+  // The shutdown's steps, in order.
+  void WaitForStopSignal();
+  void ExpireJobsUntilStopping();
+  void StopJobsAndListening();
+  void FinishCallsInFlight();
+  void DrainConnections();
+
+  Flags flags_;
+  sigset_t stop_signals_;      // SIGINT and SIGTERM, blocked by Start
+  bool own_data_dir_ = false;  // made by Start, removed by the destructor
+  int bound_port_ = 0;
+  std::unique_ptr<Dispatcher> dispatcher_;
+  std::unique_ptr<JobTable> table_;  // after dispatcher_: destroyed first
+  httplib::Server http_;
+  // Each path pattern of kRoutes, compiled, with the methods it allows ("GET, DELETE").
+  std::vector<std::pair<std::regex, std::string>> allowed_methods_;
+
+  Mutex stop_mutex_;
+  CondVar stop_cv_{&stop_mutex_};
+  bool stopping_ GUARDED_BY(stop_mutex_) = false;   // a stop signal came
+  bool http_done_ GUARDED_BY(stop_mutex_) = false;  // listen_after_bind returned
+};
+
+#endif  // PMMAP_SERVER_HPP_
