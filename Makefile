@@ -130,7 +130,7 @@ lint: deps
 build/lint/%.ok: %.cpp
 	@mkdir -p $(dir $@)
 	clang++-14 -std=c++17 -fsyntax-only $(WARNINGS) -Wthread-safety -Wthread-safety-beta \
-	  $(HTTPLIB_CFLAGS) -MMD -MP -MT $@ -I. $< && touch $@
+	  $(HTTPLIB_CFLAGS) -MMD -MP -MT $@ -MF $(@:.ok=.d) -I. $< && touch $@
 
 format:
 	clang-format-14 -i $(FORMAT_FILES)
