@@ -34,6 +34,7 @@ QUIET_PERCENT = 10  # the machine counts as idle when under this busy for a seco
 PUT_RATE_JOB = {"maxsize": 1000000, "rate_per_sec": 0.001}  # room for all; one call out
 CPUS = os.cpu_count()
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"  # /usr/sbin may not be on PATH
 
 
 def log(message):
@@ -79,7 +80,7 @@ def read_settings(env):
         sys.exit("bench: BENCH_PIN=1 needs 2 CPUs")
     if not os.access(settings.pmmap, os.X_OK):
         sys.exit(f"bench: {settings.pmmap} is missing: run 'make pmmap' (or 'make bench')")
-    for tool in ("nginx", "wrk", "curl", "g++"):
+    for tool in (NGINX, "wrk", "curl", "g++"):
         if shutil.which(tool) is None:
             sys.exit(f"bench: {tool} is missing: 'make bench' installs it")
     return settings
@@ -333,7 +334,7 @@ def start_nginx(rig):
         conf = f.read().replace("@PREFIX@", prefix).replace("@PORT@", str(port))
     with open(os.path.join(prefix, "nginx.conf"), "w") as f:
         f.write(conf)
-    proc = rig.procs.start("nginx", ["nginx", "-p", prefix, "-c", f"{prefix}/nginx.conf",
+    proc = rig.procs.start("nginx", [NGINX, "-p", prefix, "-c", f"{prefix}/nginx.conf",
                                      "-e", f"{prefix}/error.log"], f"{prefix}/stdout.log")
     for _ in range(100):
         try:
@@ -677,7 +678,7 @@ def describe_setup(settings):
         f"machine: {CPUS} CPUs, {cpu}, {mem_gb:.1f} GB RAM, kernel {os.uname().sysname} "
         f"{os.uname().release}",
         f"tools:   {first_line(settings.pmmap, '--version')}, "
-        f"{first_line('nginx', '-v').replace('nginx version: ', '')}, "
+        f"{first_line(NGINX, '-v').replace('nginx version: ', '')}, "
         f"{' '.join(curl[0:2] + curl[3:4])}, wrk {first_line('wrk', '--version').split()[1]}",
         f"load:    {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1, 5, 15 min)"
         + (": the machine is busy, which skews the results" if load[0] > 0.5 else ""),
@@ -698,7 +699,7 @@ def print_tables(settings, cpu, rows, put_inputs_per_s, big):
         print(" ".join(f"{cell:{'<' if width < 0 else '>'}{abs(width)}}"
                        for cell, (_, width, _) in zip(line, COLUMNS)))
     print(f"\nMarkdown:\n\nMachine: {CPUS} CPUs ({cpu}), kernel {os.uname().release}. Webhook: "
-          f"nginx {first_line('nginx', '-v').rsplit('/', 1)[-1]}, 1 worker, loopback. "
+          f"nginx {first_line(NGINX, '-v').rsplit('/', 1)[-1]}, 1 worker, loopback. "
           f"{settings.n} inputs of {VALUE_BYTES}-byte values, PUT batches of {settings.batch} "
           f"over one kept-alive connection, maxsize {settings.maxsize}.\n")
     print("| " + " | ".join(markdown for _, _, markdown in COLUMNS) + " |")
