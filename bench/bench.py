@@ -274,8 +274,8 @@ def get_output(port, job):
 
 
 def stream_output(rig, port, job):
-    """Times one more GET of a done job's output, with curl: Python's reading of chunked
-    replies would be the bottleneck."""
+    """Times one more GET of a done job's output with curl writing to /dev/null, so that
+    what is timed is pmmap's streaming, not Python's reading of a chunked reply."""
     done = subprocess.run(["curl", "-sS", "--max-time", "1800", "-o", "/dev/null", "-w",
                            "%{http_code} %{size_download} %{time_total}",
                            f"http://127.0.0.1:{port}/job/{job}/output"],
