@@ -150,9 +150,11 @@ demo: deps
 	test/demo.sh
 
 # The benchmark: nginx and wrk on loopback; never part of `make test`.
+BENCH_PACKAGES := nginx-light wrk
 bench: deps
+	$(call install,$(BENCH_PACKAGES))
 	$(MAKE) $(PMMAP)
-	bench/run.sh
+	python3 bench/bench.py
 
 clean:
 	rm -rf build pmmap pmmap_test pmmap-static

@@ -1,4 +1,4 @@
-// bare_loop: the design's ceiling for pmmap's benchmark (bench/run.sh).
+// bare_loop: the design's ceiling for pmmap's benchmark (bench/bench.py).
 //
 // Starts `threads` threads; each reuses one libcurl easy handle (so one
 // kept-alive connection) and POSTs ~80-byte JSON bodies to {url}/{key},
@@ -37,7 +37,7 @@ size_t OnBody(char* data, size_t size, size_t n, void* out) {
   return size * n;
 }
 
-// The same value as bench/run.sh's inputs: {"id":N,"payload":"xx...x"}, padded to 80 bytes.
+// The same value as bench/bench.py's inputs: {"id":N,"payload":"xx...x"}, padded to 80 bytes.
 std::string Body(long id) {
   std::string body = "{\"id\":" + std::to_string(id) + ",\"payload\":\"";
   body.append(body.size() + 2 < 80 ? 80 - 2 - body.size() : 8, 'x');

@@ -1,0 +1,763 @@
+#!/usr/bin/env python3
+"""pmmap's benchmark; `make bench` builds ./pmmap and runs it. README.md, Performance,
+says what it measures and why, and which environment variables change it.
+
+Over loopback, against nginx as the webhook, at each concurrency: wrk's rate (the
+loopback's limit), then BENCH_REPEAT rounds of bench/bare_loop.cpp with and without
+pmmap's headers (the design's limit) and of a fresh pmmap on one job, timed from
+POST /job to the last byte of GET /output, every output entry checked. Then the PUT
+rate and a memory run. Everything it starts is stopped and its temp dir removed on
+exit; it exits 1 if any check failed.
+"""
+
+import collections
+import concurrent.futures
+import dataclasses
+import datetime
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VALUE_BYTES = 80
+BIG_CONCURRENCY = 32  # the memory run's
+QUIET_PERCENT = 10  # the machine counts as idle when under this busy for a second
+PUT_RATE_JOB = {"maxsize": 1000000, "rate_per_sec": 0.001}  # room for all; one call out
+CPUS = os.cpu_count()
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"  # /usr/sbin may not be on PATH
+
+
+def log(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    n: int  # inputs per measurement
+    big_n: int  # inputs of the memory run; 0 skips it
+    concurrencies: list
+    wrk_seconds: int
+    repeat: int  # rounds per concurrency
+    batch: int  # inputs per PUT
+    maxsize: int  # the job's queue bound
+    pin: bool  # nginx's worker on CPU 0, everything else on CPU 1
+    quiet_wait: int  # most seconds to wait for an idle machine before a measurement
+    pmmap: str
+
+
+def read_settings(env):
+    """The settings from the environment; exits with a message if one is wrong."""
+    quick = env.get("BENCH_QUICK") == "1"
+
+    def whole(name, default, least=0):
+        text = env.get(name, str(default))
+        if not text.isdigit() or int(text) < least:
+            sys.exit(f"bench: {name} must be a whole number of at least {least}, not '{text}'")
+        return int(text)
+
+    n = whole("BENCH_N", 5000 if quick else 50000, 1)
+    concurrencies = env.get("BENCH_CONCURRENCY", "1 32" if quick else "1 8 32 128").split()
+    if not all(c.isdigit() and 1 <= int(c) <= n for c in concurrencies):
+        sys.exit(f"bench: BENCH_CONCURRENCY must be numbers from 1 to BENCH_N ({n})")
+    settings = Settings(
+        n=n, big_n=whole("BENCH_BIG_N", 50000 if quick else 1000000),
+        concurrencies=[int(c) for c in concurrencies],
+        wrk_seconds=whole("BENCH_WRK_SECONDS", 3, 1), repeat=whole("BENCH_REPEAT", 5, 1),
+        batch=whole("BENCH_BATCH", 1000, 1), maxsize=whole("BENCH_MAXSIZE", 1000, 1),
+        pin=env.get("BENCH_PIN") == "1", quiet_wait=whole("BENCH_QUIET_WAIT", 60),
+        pmmap=env.get("PMMAP_BIN", os.path.join(ROOT, "pmmap")))
+    if settings.pin and CPUS < 2:
+        sys.exit("bench: BENCH_PIN=1 needs 2 CPUs")
+    if not os.access(settings.pmmap, os.X_OK):
+        sys.exit(f"bench: {settings.pmmap} is missing: run 'make pmmap' (or 'make bench')")
+    for tool in (NGINX, "wrk", "curl", "g++"):
+        if shutil.which(tool) is None:
+            sys.exit(f"bench: {tool} is missing: 'make bench' installs it")
+    return settings
+
+
+class Processes:
+    """Everything the bench starts; whatever still runs is stopped on leaving the `with`."""
+
+    def __init__(self):
+        self.running = {}  # Popen -> what it is
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for proc in list(self.running):
+            self.stop(proc, grace=5)
+
+    def start(self, what, args, log_path):
+        with open(log_path, "wb") as out:
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT)
+        self.running[proc] = what
+        return proc
+
+    def run(self, what, args, log_path, timeout):
+        """Runs a command to its end: its exit code (None if it timed out) and output."""
+        proc = self.start(what, args, log_path)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        self.stop(proc)
+        with open(log_path) as f:
+            return proc.returncode, f.read()
+
+    def stop(self, proc, grace=10):
+        """SIGTERM, then SIGKILL if it still runs after `grace` seconds."""
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                log(f"bench: {self.running[proc]} {proc.pid} ignored SIGTERM; killing it")
+                proc.kill()
+                proc.wait()
+        self.running.pop(proc, None)
+
+
+@dataclasses.dataclass
+class Rig:
+    """What every measurement uses; `failures` and `noisy` are reported at the end."""
+    settings: Settings
+    procs: Processes
+    tmp: str
+    hook: str = ""  # the webhook's URL, without the key
+    nginx_worker: int = 0
+    bare_loop: str = ""
+    wrk_script: str = ""
+    batches: list = None  # the PUT bodies of BENCH_N inputs
+    failures: list = dataclasses.field(default_factory=list)
+    noisy: int = 0  # measurements started on a busy machine
+
+    def fail(self, message):
+        log(f"bench: FAIL: {message}")
+        self.failures.append(message)
+
+
+# --- what /proc tells ------------------------------------------------------------------
+
+
+def cpu_seconds(pid, task=None):
+    """User + system CPU seconds of a process (or of one of its threads), None if gone."""
+    path = f"/proc/{pid}/task/{task}/stat" if task else f"/proc/{pid}/stat"
+    try:
+        with open(path) as f:
+            fields = f.read().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # stat's fields 14 and 15
+
+
+def live_threads_cpu_seconds(pid):
+    """CPU seconds of pid's threads still running. Once a job is done its workers have
+    exited (one still exiting would count here), so for pmmap this is what its other
+    threads used, and cpu_seconds minus it what the workers used."""
+    return sum(cpu_seconds(pid, task) or 0 for task in os.listdir(f"/proc/{pid}/task"))
+
+
+def machine_busy_seconds():
+    """CPU seconds the whole machine spent busy, all CPUs (idle and iowait left out)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / CLK_TCK
+
+
+def peak_rss_mb(pid):
+    """VmHWM of a live process in MB."""
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmHWM:\s*(\d+)", f.read()).group(1)) / 1024
+
+
+def wait_quiet(rig, what):
+    """Waits up to BENCH_QUIET_WAIT seconds for the machine to be idle for a second, so
+    that a measurement does not share the CPUs with others' work."""
+    start = time.monotonic()
+    while rig.settings.quiet_wait > 0:
+        busy0 = machine_busy_seconds()
+        time.sleep(1)
+        busy = (machine_busy_seconds() - busy0) * 100 / CPUS
+        waited = time.monotonic() - start
+        if busy < QUIET_PERCENT:
+            return
+        if waited >= rig.settings.quiet_wait:
+            log(f"bench: the machine is still {busy:.0f}% busy after "
+                f"{rig.settings.quiet_wait}s: measuring {what} anyway")
+            rig.noisy += 1
+            return
+        if int(waited) % 10 == 0:
+            log(f"bench: waiting for the machine to be idle ({busy:.0f}% busy)")
+
+
+# --- inputs, HTTP and the output's check -----------------------------------------------
+
+
+def value_of(i):
+    """The ~80-byte value of input i: {"id":i,"payload":"xx...x"}."""
+    return '{"id":%d,"payload":"%s"}' % (i, "x" * max(8, VALUE_BYTES - 20 - len(str(i))))
+
+
+def make_batches(n, batch):
+    """The PUT bodies of n inputs: JSON arrays of {"key":"k<i>","value":value_of(i)}."""
+    return [("[" + ",\n".join('{"key":"k%d","value":%s}' % (i, value_of(i))
+                              for i in range(first, min(n, first + batch))) + "]").encode()
+            for first in range(0, n, batch)]
+
+
+def request(port, method, path, body=None, timeout=30):
+    """One request on a connection of its own: (status, reply body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body, {"Content-Type": "application/json"})
+        reply = conn.getresponse()
+        return reply.status, reply.read()
+    finally:
+        conn.close()
+
+
+@dataclasses.dataclass
+class Feed:
+    statuses: collections.Counter
+    put_seconds: list
+    connects: int = 0  # connections opened
+    complete: str = "not sent"  # POST /complete's status, or what went wrong
+    cpu: float = 0.0  # the feeding thread's CPU seconds
+
+
+def feed(port, job, batches, complete):
+    """PUTs the batches in order over one kept-alive connection, as a client would (a PUT
+    blocks while the job's queue is full), then POST /complete if `complete`."""
+    cpu0 = time.thread_time()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=900)
+    fed = Feed(collections.Counter(), [])
+    try:
+        for body in batches:
+            fed.connects += conn.sock is None
+            t0 = time.perf_counter()
+            conn.request("PUT", f"/job/{job}/input", body, {"Content-Type": "application/json"})
+            reply = conn.getresponse()
+            reply.read()
+            fed.put_seconds.append(time.perf_counter() - t0)
+            fed.statuses[reply.status] += 1
+        if complete:
+            conn.request("POST", f"/job/{job}/complete")
+            fed.complete = str(conn.getresponse().status)
+    except (OSError, http.client.HTTPException) as e:
+        fed.statuses[repr(e)] += 1
+    conn.close()
+    fed.cpu = time.thread_time() - cpu0
+    return fed
+
+
+def get_output(port, job):
+    """GET /output, which waits for the job's end: (status, body, this thread's CPU)."""
+    cpu0 = time.thread_time()
+    try:
+        status, body = request(port, "GET", f"/job/{job}/output", timeout=1800)
+    except (OSError, http.client.HTTPException) as e:
+        status, body = repr(e), b""
+    return status, body, time.thread_time() - cpu0
+
+
+def stream_output(rig, port, job):
+    """Times one more GET of a done job's output with curl writing to /dev/null, so that
+    what is timed is pmmap's streaming, not Python's reading of a chunked reply."""
+    done = subprocess.run(["curl", "-sS", "--max-time", "1800", "-o", "/dev/null", "-w",
+                           "%{http_code} %{size_download} %{time_total}",
+                           f"http://127.0.0.1:{port}/job/{job}/output"],
+                          capture_output=True, text=True)
+    status, size, seconds = (done.stdout.split() + ["", "", ""])[:3]
+    if status != "200":
+        rig.fail(f"the second GET /output: {done.stdout} {done.stderr}")
+        return "FAIL"
+    mb = int(size) / 1048576
+    return f"{mb:.1f} MB in {float(seconds):.3f} s = {mb / float(seconds):.0f} MB/s"
+
+
+def check_output(data, n):
+    """Checks a GET /output body: a JSON array of exactly n entries, keys k0 .. k<n-1>
+    each once, every value {"ok":true,"key":<its key>}. Returns (ok, verdict)."""
+    try:
+        entries = json.loads(data)
+    except ValueError as e:
+        return False, f"the output is not JSON: {e}"
+    if not isinstance(entries, list):
+        return False, "the output is not a JSON array"
+    seen = bytearray(n)
+    problems = [] if len(entries) == n else [f"{len(entries)} entries, expected {n}"]
+    for entry in entries:
+        key = entry.get("key") if isinstance(entry, dict) else None
+        value = entry.get("value") if isinstance(entry, dict) else None
+        index = int(key[1:]) if isinstance(key, str) and re.fullmatch(r"k\d+", key) else -1
+        if not 0 <= index < n:
+            problems.append(f"unexpected key {key!r}")
+        elif seen[index]:
+            problems.append(f"key {key!r} twice")
+        else:
+            seen[index] = 1
+        if not (isinstance(value, dict) and value.get("ok") is True and value.get("key") == key):
+            problems.append('entry without {"ok":true,"key":...}: %.200s' % json.dumps(entry))
+    if problems:
+        return False, f"{len(problems)} problems; first: " + "; ".join(problems[:3])
+    return True, f"ok: {n} entries, each key once, every value ok:true"
+
+
+def describe_statuses(statuses):
+    return " ".join(f"{count}x{status}" for status, count in sorted(statuses.items(), key=str))
+
+
+# --- the webhook and the ceilings ------------------------------------------------------
+
+
+def start_nginx(rig):
+    """Starts nginx with bench/nginx.conf on a free port, once it answers; sets rig.hook."""
+    prefix = os.path.join(rig.tmp, "nginx")
+    os.makedirs(prefix)
+    with socket.socket() as s:  # a free port: nginx would not say which one 0 gave it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with open(os.path.join(ROOT, "bench", "nginx.conf")) as f:
+        conf = f.read().replace("@PREFIX@", prefix).replace("@PORT@", str(port))
+    with open(os.path.join(prefix, "nginx.conf"), "w") as f:
+        f.write(conf)
+    proc = rig.procs.start("nginx", [NGINX, "-p", prefix, "-c", f"{prefix}/nginx.conf",
+                                     "-e", f"{prefix}/error.log"], f"{prefix}/stdout.log")
+    for _ in range(100):
+        try:
+            request(port, "POST", "/hook/probe", b"{}", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                sys.exit(f"bench: nginx did not start; see {prefix}/error.log")
+            time.sleep(0.05)
+    with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+        rig.nginx_worker = int(f.read().split()[0])
+    rig.hook = f"http://127.0.0.1:{port}/hook"
+    check_webhook(port)
+
+
+def check_webhook(port):
+    """The webhook answers as pmmap's contract says, twice on one kept-alive connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    replies = []
+    for i in (1, 2):
+        conn.request("POST", f"/hook/k{i}", value_of(i), {"Content-Type": "application/json"})
+        replies.append(conn.getresponse().read())
+    kept = conn.sock is not None
+    conn.close()
+    if replies != [b'{"ok":true,"key":"k1"}', b'{"ok":true,"key":"k2"}'] or not kept:
+        sys.exit(f"bench: the webhook misbehaved: {replies}, connection kept: {kept}")
+
+
+def build_tools(rig):
+    """Builds bare_loop and writes wrk's script, into the temp dir."""
+    rig.bare_loop = os.path.join(rig.tmp, "bare_loop")
+    subprocess.run(["g++", "-O2", "-std=c++17", "-Wall", "-Wextra",
+                    os.path.join(ROOT, "bench", "bare_loop.cpp"), "-o", rig.bare_loop,
+                    "-lcurl", "-pthread"], check=True)
+    rig.wrk_script = os.path.join(rig.tmp, "post.lua")
+    with open(rig.wrk_script, "w") as f:
+        f.write(f'wrk.method = "POST"\nwrk.body = \'{value_of(12345)}\'\n'
+                'wrk.headers["Content-Type"] = "application/json"\n')
+
+
+def wrk_rps(rig, c):
+    """The loopback's limit at c connections: wrk's req/s, or None."""
+    seconds = rig.settings.wrk_seconds
+    rc, text = rig.procs.run("wrk", ["wrk", "-t1", f"-c{c}", f"-d{seconds}s", "-s",
+                                     rig.wrk_script, f"{rig.hook}/k12345"],
+                             os.path.join(rig.tmp, "wrk.out"), timeout=seconds + 60)
+    errors = re.findall(r"^\s*(?:Non-2xx|Socket errors).*$", text, re.M)
+    rps = re.search(r"^Requests/sec:\s*([0-9.]+)", text, re.M)
+    if rc != 0 or errors or not rps:
+        rig.fail(f"wrk -c{c} exited with {rc}: {' '.join(errors) or text[:500]}")
+    return round(float(rps.group(1))) if rc == 0 and rps else None
+
+
+@dataclasses.dataclass
+class Bare:
+    rps: int = None
+    cpu: float = None  # its own CPU seconds
+    detail: str = ""
+
+
+def bare_rps(rig, c, headers):
+    """The design's limit at c threads, with pmmap's headers ("contract") or without
+    ("plain"): bare_loop's req/s and CPU."""
+    busy0, t0 = machine_busy_seconds(), time.perf_counter()
+    rc, text = rig.procs.run("bare_loop", [rig.bare_loop, rig.hook, str(c), str(rig.settings.n),
+                                           headers],
+                             os.path.join(rig.tmp, "bare.out"), timeout=900)
+    busy, wall = machine_busy_seconds() - busy0, time.perf_counter() - t0
+    fields = dict(re.findall(r"(\w+)=([0-9.]+)", text))
+    if rc != 0 or "rps" not in fields or "cpu" not in fields:
+        rig.fail(f"bare_loop -c{c} exited with {rc}: {text[:500]}")
+        return Bare()
+    return Bare(int(fields["rps"]), float(fields["cpu"]),
+                f"its CPU {fields['cpu']} s, machine busy {busy:.2f} of {wall * CPUS:.2f} CPU s")
+
+
+# --- one pmmap run ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Run:
+    """One pmmap run's results; ips is None if the run or its output failed."""
+    ips: int = None
+    rss: float = None  # peak, MB
+    cpu: float = None
+    cpu_per_k: float = None
+    put_ms: float = None  # the mean PUT's
+    stream: str = ""
+    detail: str = ""
+
+
+def start_pmmap(rig, run_dir):
+    """A fresh pmmap on a free port with its data in run_dir: (process, port) or None."""
+    os.makedirs(run_dir)
+    log_path = os.path.join(run_dir, "pmmap.log")
+    proc = rig.procs.start("pmmap", [rig.settings.pmmap, "--listen", "127.0.0.1:0",
+                                     "--data-dir", os.path.join(run_dir, "data")], log_path)
+    for _ in range(200):
+        with open(log_path) as f:
+            text = f.read()
+        port = re.search(r"listening on http://127\.0\.0\.1:(\d+)", text)
+        if port:
+            return proc, int(port.group(1))
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    rig.fail(f"pmmap did not start: {text}")
+    rig.procs.stop(proc)
+    return None
+
+
+def post_job(rig, port, fields):
+    """POST /job to the webhook with these fields: the new job's id, or None."""
+    body = json.dumps(dict(url=rig.hook, **fields), separators=(",", ":")).encode()
+    try:
+        status, reply = request(port, "POST", "/job", body)
+        return json.loads(reply)["id"] if status == 201 else None
+    except (OSError, http.client.HTTPException, ValueError, KeyError):
+        return None
+
+
+def timed_job(rig, port, c, batches):
+    """The timed part, from POST /job to the last byte of GET /output, while one thread
+    PUTs the batches and says complete and another waits for the output:
+    (seconds, job, Feed, (status, output, CPU)), or None if POST /job failed."""
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        t0 = time.perf_counter()
+        job = post_job(rig, port, {"concurrency": c, "maxsize": rig.settings.maxsize})
+        if job is None:
+            return None
+        feeding = pool.submit(feed, port, job, batches, True)
+        output = pool.submit(get_output, port, job)
+        fed, got = feeding.result(), output.result()
+        return time.perf_counter() - t0, job, fed, got
+
+
+def run_pmmap(rig, label, c, n, batches, stream=False):
+    """A fresh pmmap, one job of n inputs at concurrency c, checked; where the CPU went.
+    With `stream`, also times one more GET /output of the done job."""
+    run_dir = os.path.join(rig.tmp, f"run-{label}")
+    started = start_pmmap(rig, run_dir)
+    if started is None:
+        return Run()
+    proc, port = started
+    nginx_cpu0, busy0 = cpu_seconds(rig.nginx_worker), machine_busy_seconds()
+    timed = timed_job(rig, port, c, batches)
+    if timed is None:
+        rig.fail(f"POST /job ({label}) failed")
+        rig.procs.stop(proc)
+        return Run()
+    seconds, job, fed, (get_status, output, get_cpu) = timed
+    if fed.statuses != {201: len(batches)} or fed.complete != "200" or get_status != 200:
+        rig.fail(f"pmmap ({label}): PUTs {describe_statuses(fed.statuses)}, complete "
+                 f"{fed.complete}, GET /output {get_status} {output[:300]}")
+    run = Run(put_ms=statistics.mean(fed.put_seconds) * 1000 if fed.put_seconds else None)
+    if stream:
+        run.stream = stream_output(rig, port, job)
+    run.rss, run.cpu, cpu_rest = last_readings(rig, proc, run_dir)
+    nginx_cpu = (cpu_seconds(rig.nginx_worker) or 0) - (nginx_cpu0 or 0)
+    busy = machine_busy_seconds() - busy0
+    rig.procs.stop(proc)
+    shutil.rmtree(run_dir)
+    ok, verdict = check_output(output, n)
+    if not ok:
+        rig.fail(f"pmmap's output ({label}): {verdict}")
+    run.ips = round(n / seconds) if ok else None
+    cpu = run.cpu or 0
+    run.cpu_per_k = cpu / n * 1000 if run.cpu is not None else None
+    run.detail = (
+        f"{n} inputs in {seconds:.3f} s; pmmap CPU {cpu:.2f} s ({cpu / seconds:.0%} of a core;"
+        f" workers {cpu - cpu_rest:.2f} s, other threads {cpu_rest:.2f} s), clients (PUT and"
+        f" GET threads) CPU {fed.cpu + get_cpu:.2f} s, nginx worker CPU {nginx_cpu:.2f} s,"
+        f" machine busy {busy:.2f} of {seconds * CPUS:.2f} CPU s; {len(batches)} PUTs"
+        f" ({describe_statuses(fed.statuses)}, mean {run.put_ms or 0:.1f} ms, max"
+        f" {max(fed.put_seconds, default=0) * 1000:.1f} ms), {fed.connects} new connection(s);"
+        f" output {len(output) / 1048576:.1f} MB; {verdict}")
+    return run
+
+
+def last_readings(rig, proc, run_dir):
+    """pmmap's peak RSS, CPU and its live threads' CPU, read just before it is stopped;
+    Nones and a failure if it already exited."""
+    if proc.poll() is None:
+        return peak_rss_mb(proc.pid), cpu_seconds(proc.pid), live_threads_cpu_seconds(proc.pid)
+    with open(os.path.join(run_dir, "pmmap.log")) as f:
+        rig.fail(f"pmmap exited before the end: {f.read()[-500:]}")
+    return None, None, 0
+
+
+# --- the measurements ------------------------------------------------------------------
+
+
+def fmt(value, spec="", none="NA"):
+    return none if value is None else format(value, spec)
+
+
+def median(values):
+    """The median (the lower of the middle two) of the values that are not None."""
+    values = [v for v in values if v is not None]
+    return statistics.median_low(values) if values else None
+
+
+def ratio(a, b):
+    """a / b to three places, or None if either is missing or b is zero."""
+    return round(a / b, 3) if a is not None and b else None
+
+
+@dataclasses.dataclass
+class Row:
+    """One concurrency's line of the table, in its order."""
+    c: int
+    wrk: int
+    bare: int
+    plain: int
+    ips: int
+    ratio_bare: float
+    ratio_plain: float
+    ratio_wrk: float
+    ratio_cpu: float
+    rss: float
+    cpu_per_k: float
+    put_ms: float
+
+
+def measure_round(rig, c, round_number):
+    """One round at concurrency c: the bare loop, the plain bare loop, pmmap."""
+    log(f"bench: concurrency {c}, round {round_number} of {rig.settings.repeat}: bare loop, "
+        "bare loop without pmmap's headers, pmmap")
+    wait_quiet(rig, f"bare_loop -c{c}")
+    bare = bare_rps(rig, c, "contract")
+    wait_quiet(rig, f"bare_loop -c{c} plain")
+    plain = bare_rps(rig, c, "plain")
+    wait_quiet(rig, f"pmmap -c{c}")
+    run = run_pmmap(rig, f"c{c}-{round_number}", c, rig.settings.n, rig.batches)
+    print(f"concurrency {c}, round {round_number}: bare loop {fmt(bare.rps)} req/s "
+          f"({fmt(plain.rps)} without pmmap's headers), pmmap {fmt(run.ips, '', 'FAIL')} inputs/s")
+    print(f"  bare loop: {bare.detail}\n  pmmap: {run.detail}", flush=True)
+    return bare, plain, run
+
+
+def measure_concurrency(rig, c):
+    """wrk once, then BENCH_REPEAT rounds. Rates are medians; ratios are the medians of
+    the rounds' own ratios, since a round's runs follow each other within seconds while
+    a shared machine's speed drifts between rounds. pmmap's CPU over the bare loop's is
+    what pmmap adds around the same calls, whatever the clients beside it cost."""
+    log(f"bench: concurrency {c}: wrk")
+    wait_quiet(rig, f"wrk -c{c}")
+    wrk = wrk_rps(rig, c)
+    rounds = [measure_round(rig, c, r) for r in range(1, rig.settings.repeat + 1)]
+    bares, plains, runs = zip(*rounds)
+    by_bare = [ratio(run.ips, bare.rps) for bare, _, run in rounds]
+    by_cpu = [ratio(run.cpu, bare.cpu) for bare, _, run in rounds]
+    ips = median(run.ips for run in runs)
+    row = Row(c, wrk, median(b.rps for b in bares), median(p.rps for p in plains), ips,
+              median(by_bare), median(ratio(run.ips, p.rps) for _, p, run in rounds),
+              ratio(ips, wrk), median(by_cpu), max((r.rss for r in runs if r.rss), default=None),
+              median(run.cpu_per_k for run in runs), median(run.put_ms for run in runs))
+
+    def listed(values, spec=""):
+        return " ".join(fmt(v, spec) for v in values)
+
+    print(f"concurrency {c}, medians of {rig.settings.repeat}: wrk {fmt(wrk)} req/s, bare loop "
+          f"{fmt(row.bare)} req/s ({fmt(row.plain)} without pmmap's headers), pmmap "
+          f"{fmt(ips)} inputs/s")
+    print(f"  bare loop: {listed(b.rps for b in bares)}; plain: {listed(p.rps for p in plains)};"
+          f" pmmap: {listed(run.ips for run in runs)}")
+    print(f"  pmmap/bare by round: {listed(by_bare, '.3f')} (median {fmt(row.ratio_bare, '.2f')};"
+          f" the ratio of the medians: {fmt(ratio(ips, row.bare), '.2f')})")
+    print(f"  pmmap's CPU / the bare loop's CPU by round: {listed(by_cpu, '.3f')} "
+          f"(median {fmt(row.ratio_cpu, '.2f')})", flush=True)
+    return row
+
+
+def put_rate(rig):
+    """PUT /input alone: N inputs into a job whose queue never fills and whose rate limit
+    lets one call out, so what is timed is reading, parsing, validating and queuing, over
+    one connection. Inputs/s, or None."""
+    wait_quiet(rig, "the PUT rate")
+    proc, port = start_pmmap(rig, os.path.join(rig.tmp, "run-put")) or (None, None)
+    job = post_job(rig, port, PUT_RATE_JOB) if proc else None
+    if job is None:
+        rig.fail("PUT rate: pmmap did not start or refused POST /job")
+        return None
+    t0 = time.perf_counter()
+    fed = feed(port, job, rig.batches, complete=False)
+    seconds = time.perf_counter() - t0
+    rig.procs.stop(proc)
+    if fed.statuses != {201: len(rig.batches)}:
+        rig.fail(f"PUT rate: statuses {describe_statuses(fed.statuses)}")
+        return None
+    rate = round(rig.settings.n / seconds)
+    print(f"PUT /input with room in the queue: {rig.settings.n} inputs in {seconds:.3f} s = "
+          f"{rate} inputs/s ({describe_statuses(fed.statuses)})", flush=True)
+    return rate
+
+
+def memory_run(rig):
+    """BENCH_BIG_N inputs at concurrency 32: the peak RSS, and how fast the done job's
+    whole output streams."""
+    n = rig.settings.big_n
+    log(f"bench: memory run: {n} inputs at concurrency {BIG_CONCURRENCY}")
+    batches = make_batches(n, rig.settings.batch)
+    wait_quiet(rig, "the memory run")
+    run = run_pmmap(rig, "big", BIG_CONCURRENCY, n, batches, stream=True)
+    print(f"memory run: {n} inputs at concurrency {BIG_CONCURRENCY}: {fmt(run.ips, '', 'FAIL')}"
+          f" inputs/s, peak RSS {fmt(run.rss, '.1f')} MB, CPU {fmt(run.cpu_per_k, '.3f')} s per"
+          f" 1000 inputs\n  pmmap: {run.detail}\n"
+          f"  streaming the whole output of the done job once: {run.stream}", flush=True)
+    return run
+
+
+# --- the report ------------------------------------------------------------------------
+
+COLUMNS = [  # the terminal's heading and width (negative: to the left), the markdown's
+    ("concurrency", -11, "concurrency"), ("wrk req/s", 10, "wrk req/s"),
+    ("bare req/s", 10, "bare loop req/s"), ("plain req/s", 11, "bare loop without pmmap headers"),
+    ("pmmap in/s", 10, "pmmap inputs/s"), ("pmmap/bare", 11, "pmmap/bare"),
+    ("pmmap/plain", 12, "pmmap/plain bare"), ("pmmap/wrk", 10, "pmmap/wrk"),
+    ("CPU/bare CPU", 12, "pmmap CPU / bare loop CPU"), ("peak RSS (MB)", 14, "pmmap peak RSS (MB)"),
+    ("CPU s/1000 in", 14, "pmmap CPU s per 1000 inputs"), ("PUT mean ms", 12, "mean PUT (ms)"),
+]
+ROW_FORMATS = ["", "", "", "", "", ".2f", ".2f", ".2f", ".2f", ".1f", ".3f", ".1f"]
+
+
+def first_line(*command):
+    """The first line a command prints, on stdout or stderr."""
+    done = subprocess.run(command, capture_output=True, text=True)
+    return (done.stdout or done.stderr).splitlines()[0]
+
+
+def describe_setup(settings):
+    """The report's first lines: when, the machine, the tools, the load, the settings."""
+    with open("/proc/cpuinfo") as f:
+        cpu = re.search(r"^model name\s*: (.*)$", f.read(), re.M).group(1)
+    with open("/proc/meminfo") as f:
+        mem_gb = int(re.search(r"MemTotal:\s*(\d+)", f.read()).group(1)) / 1048576
+    curl = first_line("curl", "--version").split()
+    load = os.getloadavg()
+    return "\n".join([
+        f"pmmap benchmark, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"machine: {CPUS} CPUs, {cpu}, {mem_gb:.1f} GB RAM, kernel {os.uname().sysname} "
+        f"{os.uname().release}",
+        f"tools:   {first_line(settings.pmmap, '--version')}, "
+        f"{first_line(NGINX, '-v').replace('nginx version: ', '')}, "
+        f"{' '.join(curl[0:2] + curl[3:4])}, wrk {first_line('wrk', '--version').split()[1]}",
+        f"load:    {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1, 5, 15 min)"
+        + (": the machine is busy, which skews the results" if load[0] > 0.5 else ""),
+        "pinning: " + ("nginx worker on CPU 0, clients and pmmap on CPU 1" if settings.pin
+                       else "none (the scheduler places every process)"),
+        f"setup:   N={settings.n} inputs of {VALUE_BYTES}-byte values, PUT batches of "
+        f"{settings.batch} over one connection, maxsize {settings.maxsize}; wrk "
+        f"{settings.wrk_seconds}s; memory run: {settings.big_n} inputs at concurrency "
+        f"{BIG_CONCURRENCY}"]), cpu
+
+
+def print_tables(settings, cpu, rows, put_inputs_per_s, big):
+    """The table, then the same in markdown with the PUT rate and the memory run."""
+    cells = [[fmt(value, spec) for value, spec in zip(dataclasses.astuple(row), ROW_FORMATS)]
+             for row in rows]
+    print()
+    for line in [[heading for heading, _, _ in COLUMNS]] + cells:
+        print(" ".join(f"{cell:{'<' if width < 0 else '>'}{abs(width)}}"
+                       for cell, (_, width, _) in zip(line, COLUMNS)))
+    print(f"\nMarkdown:\n\nMachine: {CPUS} CPUs ({cpu}), kernel {os.uname().release}. Webhook: "
+          f"nginx {first_line(NGINX, '-v').rsplit('/', 1)[-1]}, 1 worker, loopback. "
+          f"{settings.n} inputs of {VALUE_BYTES}-byte values, PUT batches of {settings.batch} "
+          f"over one kept-alive connection, maxsize {settings.maxsize}.\n")
+    print("| " + " | ".join(markdown for _, _, markdown in COLUMNS) + " |")
+    print("|" + "---:|" * len(COLUMNS))
+    for line in cells:
+        print("| " + " | ".join(line) + " |")
+    print(f"\nPUT /input with room in the queue (parse, validate, enqueue): "
+          f"{fmt(put_inputs_per_s)} inputs/s.")
+    if big is not None:
+        print("\n| memory run | pmmap inputs/s | pmmap peak RSS | CPU s per 1000 inputs | "
+              "streaming the done output (one GET) |\n|---|---:|---:|---:|---|")
+        print(f"| {settings.big_n} inputs, concurrency {BIG_CONCURRENCY} | "
+              f"{fmt(big.ips, '', 'FAIL')} inputs/s | {fmt(big.rss, '.1f')} MB | "
+              f"{fmt(big.cpu_per_k, '.3f')} | {big.stream} |")
+
+
+# --- main ------------------------------------------------------------------------------
+
+
+def bench(rig):
+    """The whole run, in the report's order; the exit code."""
+    settings = rig.settings
+    setup, cpu = describe_setup(settings)
+    print(setup + "\n", flush=True)
+    log("bench: building bare_loop")
+    build_tools(rig)
+    rig.batches = make_batches(settings.n, settings.batch)
+    start_nginx(rig)
+    log(f"bench: webhook {rig.hook} (nginx worker pid {rig.nginx_worker})")
+    if settings.pin:  # the bench, and all it starts from now on, on CPU 1
+        os.sched_setaffinity(rig.nginx_worker, {0})
+        os.sched_setaffinity(0, {1})
+    rows = [measure_concurrency(rig, c) for c in settings.concurrencies]
+    put_inputs_per_s = put_rate(rig)
+    big = memory_run(rig) if settings.big_n > 0 else None
+    print_tables(settings, cpu, rows, put_inputs_per_s, big)
+    with open(os.path.join(rig.tmp, "nginx", "error.log")) as f:
+        errors = [line for line in f if re.search(r"\[(error|crit|alert)\]", line)]
+    if errors:
+        rig.fail(f"nginx logged errors: {''.join(errors[:3])}")
+    print("\nload average at the end: %.2f %.2f %.2f" % os.getloadavg())
+    if rig.noisy:
+        print(f"warning: {rig.noisy} measurement(s) started while the machine was busy with "
+              "other work")
+    if rig.failures:
+        log("bench: some checks FAILED (see above)")
+    return 1 if rig.failures else 0
+
+
+def main():
+    settings = read_settings(os.environ)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the cleanup runs
+    try:
+        with tempfile.TemporaryDirectory(prefix="pmmap-bench.") as tmp, Processes() as procs:
+            return bench(Rig(settings, procs, tmp))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
