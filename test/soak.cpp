@@ -414,6 +414,8 @@ class FaultyWebhook {
     g_problems.Add("webhook: bad request from pmmap", what);
   }
 
+  // Checks the call against pmmap's contract, then answers it with a fault
+  // drawn at random.
   void Handle(const httplib::Request& req, httplib::Response& res) {
     thread_local std::mt19937_64 rng(std::random_device{}() ^
                                      std::hash<std::thread::id>()(std::this_thread::get_id()));
@@ -425,7 +427,17 @@ class FaultyWebhook {
       res.status = 400;
       return;
     }
-    // The headers of the contract, and the signature when there is a secret.
+    CheckHeaders(req, key);
+    rapidjson::Document body;
+    body.Parse(req.body.c_str(), req.body.size());
+    if (body.HasParseError()) Bad("body of " + key + " is not JSON: " + req.body.substr(0, 200));
+    const Fault fault = PickFault(rng);
+    ++calls_[fault];
+    Answer(fault, key, req.body, rng, &res);
+  }
+
+  // The headers of the contract, and the signature when there is a secret.
+  void CheckHeaders(const httplib::Request& req, const std::string& key) {
     std::string auth = req.get_header_value("PMMAP-auth");
     int attempt = atoi(req.get_header_value("PMMAP-attempt").c_str());
     if (req.get_header_value("PMMAP-job").size() != 16 || attempt < 1 || attempt > kMaxAttempts ||
@@ -433,67 +445,73 @@ class FaultyWebhook {
       Bad("headers of " + key + ": job=" + req.get_header_value("PMMAP-job") +
           " attempt=" + req.get_header_value("PMMAP-attempt") + " auth=" + auth);
     }
-    if (!auth.empty()) {
-      std::string sig = req.get_header_value("PMMAP-signature");
-      size_t comma = sig.find(",v1=");
-      bool good = sig.compare(0, 2, "t=") == 0 && comma != std::string::npos;
-      if (good) {
-        std::string t = sig.substr(2, comma - 2);
-        good = HexHmacSha256(auth, t + "." + req.body) == sig.substr(comma + 4) &&
-               std::llabs(atoll(t.c_str()) - static_cast<long long>(time(nullptr))) <= 300;
-      }
-      if (!good) Bad("signature of " + key + ": " + sig);
+    if (auth.empty()) return;
+    std::string sig = req.get_header_value("PMMAP-signature");
+    size_t comma = sig.find(",v1=");
+    bool good = sig.compare(0, 2, "t=") == 0 && comma != std::string::npos;
+    if (good) {
+      std::string t = sig.substr(2, comma - 2);
+      good = HexHmacSha256(auth, t + "." + req.body) == sig.substr(comma + 4) &&
+             std::llabs(atoll(t.c_str()) - static_cast<long long>(time(nullptr))) <= 300;
     }
-    rapidjson::Document body;
-    body.Parse(req.body.c_str(), req.body.size());
-    if (body.HasParseError()) Bad("body of " + key + " is not JSON: " + req.body.substr(0, 200));
+    if (!good) Bad("signature of " + key + ": " + sig);
+  }
 
+  // One of kFaults, each with its percent's chance.
+  static Fault PickFault(std::mt19937_64& rng) {
     int pick = static_cast<int>(rng() % 100);
     int fault = 0;
     while (fault < kFaultCount - 1 && pick >= kFaults[fault].percent)
       pick -= kFaults[fault++].percent;
-    ++calls_[fault];
-    std::string reply = GoodReply(key, req.body);
+    return static_cast<Fault>(fault);
+  }
+
+  // Answers the call to key, whose body was body, as fault says.
+  static void Answer(Fault fault, const std::string& key, const std::string& body,
+                     std::mt19937_64& rng, httplib::Response* res) {
+    std::string reply = GoodReply(key, body);
     switch (fault) {
       case kOk:
-        res.set_content(reply, "application/json");
+        res->set_content(reply, "application/json");
         break;
       case kSlow:
         std::this_thread::sleep_for(Ms(50 + rng() % 101));
-        res.set_content(reply, "application/json");
+        res->set_content(reply, "application/json");
         break;
       case kGarbage:
-        res.set_content(GarbageReply(key), "text/html");
+        res->set_content(GarbageReply(key), "text/html");
         break;
       case k5xx:
-        res.status = rng() % 10 < 7 ? 500 : 503;
-        res.set_content("{\"error\":\"injected\"}", "application/json");
+        res->status = rng() % 10 < 7 ? 500 : 503;
+        res->set_content("{\"error\":\"injected\"}", "application/json");
         break;
       case k429:
-        res.status = 429;
-        res.set_header("Retry-After", rng() % 2 ? "1" : "0");
-        res.set_content("{\"error\":\"slow down\"}", "application/json");
+        res->status = 429;
+        res->set_header("Retry-After", rng() % 2 ? "1" : "0");
+        res->set_content("{\"error\":\"slow down\"}", "application/json");
         break;
       case kHang:
         std::this_thread::sleep_for(Ms(kTimeoutMs + 200));
-        res.set_content(reply, "application/json");
+        res->set_content(reply, "application/json");
         break;
       case kCutChunked:
         // Half of the reply in one chunk, then the connection closes
         // without the last chunk.
-        res.set_chunked_content_provider("application/json",
-                                         [reply](size_t, httplib::DataSink& sink) {
-                                           sink.write(reply.data(), reply.size() / 2);
-                                           return false;
-                                         });
+        res->set_chunked_content_provider("application/json",
+                                          [reply](size_t, httplib::DataSink& sink) {
+                                            sink.write(reply.data(), reply.size() / 2);
+                                            return false;
+                                          });
         break;
       case kCutLength:
         // Content-Length promises more than is sent before the connection closes.
-        res.set_content_provider(reply.size() + 100, "application/json",
-                                 [reply](size_t, size_t, httplib::DataSink& sink) {
-                                   sink.write(reply.data(), reply.size());
-                                   return false;
-                                 });
+        res->set_content_provider(reply.size() + 100, "application/json",
+                                  [reply](size_t, size_t, httplib::DataSink& sink) {
+                                    sink.write(reply.data(), reply.size());
+                                    return false;
+                                  });
+        break;
+      case kFaultCount:  // a count, never drawn
         break;
     }
   }
