@@ -801,120 +801,162 @@ bool ParseEntries(const std::string& text, bool ndjson, std::vector<rapidjson::D
   return true;
 }
 
+// The check of one ended job's output, entry by entry, against what was sent.
+struct OutputCheck {
+  OutputCheck(const JobRecord& job, const std::string& state)
+      : job(job),
+        state(state),
+        where("job " + job.id + " (" + state + ")"),
+        entries_category(state == "done" ? "done jobs: one entry per input"
+                                         : "cancelled jobs: one entry per input"),
+        accepted(job.accepted),
+        seen(job.keys.size(), 0) {
+    for (size_t i = 0; i < job.keys.size(); ++i) index.emplace(job.keys[i], i);
+  }
+
+  const JobRecord& job;
+  const std::string state;  // what pmmap says the job is: "done" or "cancelled"
+  const std::string where;  // how a problem names the job
+  const std::string entries_category;
+  const size_t accepted;                          // inputs pmmap holds: keys[0, accepted)
+  std::unordered_map<std::string, size_t> index;  // key -> its index in job.keys
+  std::vector<char> seen;                         // by index: has an entry
+  uint64_t successes = 0, failures = 0, cancelled = 0;
+};
+
+// A success entry holds the webhook's good reply, or its garbage as a string.
+void CheckSuccess(const OutputCheck& c, const std::string& key, size_t i,
+                  const rapidjson::Value& got) {
+  rapidjson::Document good;
+  good.Parse(GoodReply(key, c.job.values[i]).c_str());
+  bool garbage =
+      got.IsString() && std::string(got.GetString(), got.GetStringLength()) == GarbageKept(key);
+  if (garbage) ++g_stats.successes_garbage;
+  if (good.HasParseError() || !(got == good || garbage)) {
+    rapidjson::StringBuffer buf;
+    rapidjson::Writer<rapidjson::StringBuffer> w(buf);
+    got.Accept(w);
+    g_problems.Add("success entries carry the webhook's reply",
+                   c.where + ": key " + key + ": got " + buf.GetString() + ", want " +
+                       GoodReply(key, c.job.values[i]) + " or the garbage string");
+  }
+}
+
+bool IsFailureEntry(const rapidjson::Value& e) {
+  return e.HasMember("error") && e["error"].IsObject() && e["error"].HasMember("status") &&
+         e["error"]["status"].IsInt() && e["error"].HasMember("message") &&
+         e["error"]["message"].IsString() && e.HasMember("attempts") && e["attempts"].IsInt();
+}
+
+// A failure entry: cancelled (only in a cancelled job), or a retryable
+// status after every attempt.
+void CheckFailure(OutputCheck* c, const std::string& key, const rapidjson::Value& e) {
+  std::string message = e["error"]["message"].GetString();
+  int status = e["error"]["status"].GetInt();
+  int attempts = e["attempts"].GetInt();
+  if (message == "cancelled") {
+    ++c->cancelled;
+    if (c->state != "cancelled" || status != 0 || attempts < 0 || attempts > kMaxAttempts) {
+      g_problems.Add("failure entries are well-formed",
+                     c->where + ": key " + key + ": a cancelled entry with status " +
+                         std::to_string(status) + ", attempts " + std::to_string(attempts));
+    }
+    return;
+  }
+  ++c->failures;
+  // Every injected fault is retryable, so a failure used every attempt.
+  bool status_ok = status == 0 || status == 200 || status == 429 || status == 500 || status == 503;
+  if (!status_ok || attempts != kMaxAttempts) {
+    g_problems.Add("failure entries are well-formed",
+                   c->where + ": key " + key + ": status " + std::to_string(status) + " after " +
+                       std::to_string(attempts) + " attempts: " + message);
+  }
+}
+
+// One entry: of an accepted key, its only one, a success or a failure.
+void CheckEntry(OutputCheck* c, const rapidjson::Value& e) {
+  if (!e.IsObject() || !e.HasMember("key") || !e["key"].IsString()) {
+    g_problems.Add(c->entries_category, c->where + ": an entry without a key");
+    return;
+  }
+  std::string key(e["key"].GetString(), e["key"].GetStringLength());
+  auto it = c->index.find(key);
+  if (it == c->index.end() || it->second >= c->accepted) {
+    g_problems.Add(c->entries_category, c->where + ": an entry for a key never accepted: " + key);
+    return;
+  }
+  size_t i = it->second;
+  if (c->seen[i]++) {
+    g_problems.Add(c->entries_category, c->where + ": key " + key + " has more than one entry");
+    return;
+  }
+  if (e.HasMember("value")) {
+    ++c->successes;
+    CheckSuccess(*c, key, i, e["value"]);
+  } else if (IsFailureEntry(e)) {
+    CheckFailure(c, key, e);
+  } else {
+    g_problems.Add(c->entries_category, c->where + ": a malformed entry for key " + key);
+  }
+}
+
+// Every accepted input has an entry, and there are no others.
+void CheckEveryInputHasOne(const OutputCheck& c, size_t entries) {
+  size_t missing = 0;
+  std::string first_missing;
+  for (size_t i = 0; i < c.accepted; ++i) {
+    if (!c.seen[i] && missing++ == 0) first_missing = c.job.keys[i];
+  }
+  if (missing > 0) {
+    g_problems.Add(c.entries_category, c.where + ": " + std::to_string(missing) + " of " +
+                                           std::to_string(c.accepted) +
+                                           " inputs have no entry, e.g. " + first_missing);
+  }
+  if (entries != c.accepted) {
+    g_problems.Add(c.entries_category, c.where + ": " + std::to_string(entries) + " entries for " +
+                                           std::to_string(c.accepted) + " inputs");
+  }
+}
+
+// The job's counters agree with the entries.
+void CheckCounters(const OutputCheck& c, const rapidjson::Document& job_json) {
+  if (Field(job_json, "inputs") == c.accepted && Field(job_json, "outputs") == c.accepted &&
+      Field(job_json, "succeeded") == c.successes &&
+      Field(job_json, "failed") == c.failures + c.cancelled && Field(job_json, "pending") == 0 &&
+      Field(job_json, "in_flight") == 0) {
+    return;
+  }
+  rapidjson::StringBuffer buf;
+  rapidjson::Writer<rapidjson::StringBuffer> w(buf);
+  job_json.Accept(w);
+  g_problems.Add("job counters match the entries",
+                 c.where + ": sent " + std::to_string(c.accepted) + ", read " +
+                     std::to_string(c.successes) + " successes, " + std::to_string(c.failures) +
+                     " failures, " + std::to_string(c.cancelled) + " cancelled; the job says " +
+                     buf.GetString());
+}
+
 // Checks the output of an ended job against what was sent. state: what
 // pmmap says the job is, "done" or "cancelled".
 void Verify(const JobRecord& job, const std::string& output, bool ndjson, const std::string& state,
             const rapidjson::Document& job_json) {
-  const std::string where = "job " + job.id + " (" + state + ")";
-  const std::string entries_category =
-      state == "done" ? "done jobs: one entry per input" : "cancelled jobs: one entry per input";
   if (job.ambiguous) return;  // already reported
-  const size_t accepted = job.accepted;
-  g_stats.inputs_in_checked_jobs += accepted;
+  OutputCheck check(job, state);
+  g_stats.inputs_in_checked_jobs += check.accepted;
   std::vector<rapidjson::Document> entries;
   if (!ParseEntries(output, ndjson, &entries)) {
-    g_problems.Add(entries_category, where + ": the output is not valid " +
-                                         (ndjson ? "NDJSON" : "JSON array") + ": " +
-                                         output.substr(0, 300));
+    g_problems.Add(check.entries_category, check.where + ": the output is not valid " +
+                                               (ndjson ? "NDJSON" : "JSON array") + ": " +
+                                               output.substr(0, 300));
     return;
   }
-  std::unordered_map<std::string, size_t> index;
-  for (size_t i = 0; i < job.keys.size(); ++i) index.emplace(job.keys[i], i);
-  std::vector<char> seen(job.keys.size(), 0);
-  uint64_t successes = 0, failures = 0, cancelled = 0;
-  for (const auto& e : entries) {
-    if (!e.IsObject() || !e.HasMember("key") || !e["key"].IsString()) {
-      g_problems.Add(entries_category, where + ": an entry without a key");
-      continue;
-    }
-    std::string key(e["key"].GetString(), e["key"].GetStringLength());
-    auto it = index.find(key);
-    if (it == index.end() || it->second >= accepted) {
-      g_problems.Add(entries_category, where + ": an entry for a key never accepted: " + key);
-      continue;
-    }
-    size_t i = it->second;
-    if (seen[i]++) {
-      g_problems.Add(entries_category, where + ": key " + key + " has more than one entry");
-      continue;
-    }
-    if (e.HasMember("value")) {
-      ++successes;
-      const rapidjson::Value& got = e["value"];
-      rapidjson::Document good;
-      good.Parse(GoodReply(key, job.values[i]).c_str());
-      bool garbage =
-          got.IsString() && std::string(got.GetString(), got.GetStringLength()) == GarbageKept(key);
-      if (garbage) ++g_stats.successes_garbage;
-      if (good.HasParseError() || !(got == good || garbage)) {
-        rapidjson::StringBuffer buf;
-        rapidjson::Writer<rapidjson::StringBuffer> w(buf);
-        got.Accept(w);
-        g_problems.Add("success entries carry the webhook's reply",
-                       where + ": key " + key + ": got " + buf.GetString() + ", want " +
-                           GoodReply(key, job.values[i]) + " or the garbage string");
-      }
-    } else if (e.HasMember("error") && e["error"].IsObject() && e["error"].HasMember("status") &&
-               e["error"]["status"].IsInt() && e["error"].HasMember("message") &&
-               e["error"]["message"].IsString() && e.HasMember("attempts") &&
-               e["attempts"].IsInt()) {
-      std::string message = e["error"]["message"].GetString();
-      int status = e["error"]["status"].GetInt();
-      int attempts = e["attempts"].GetInt();
-      if (message == "cancelled") {
-        ++cancelled;
-        if (state != "cancelled" || status != 0 || attempts < 0 || attempts > kMaxAttempts) {
-          g_problems.Add("failure entries are well-formed",
-                         where + ": key " + key + ": a cancelled entry with status " +
-                             std::to_string(status) + ", attempts " + std::to_string(attempts));
-        }
-      } else {
-        ++failures;
-        // Every injected fault is retryable, so a failure used every attempt.
-        bool status_ok =
-            status == 0 || status == 200 || status == 429 || status == 500 || status == 503;
-        if (!status_ok || attempts != kMaxAttempts) {
-          g_problems.Add("failure entries are well-formed",
-                         where + ": key " + key + ": status " + std::to_string(status) + " after " +
-                             std::to_string(attempts) + " attempts: " + message);
-        }
-      }
-    } else {
-      g_problems.Add(entries_category, where + ": a malformed entry for key " + key);
-    }
-  }
-  size_t missing = 0;
-  std::string first_missing;
-  for (size_t i = 0; i < accepted; ++i) {
-    if (!seen[i] && missing++ == 0) first_missing = job.keys[i];
-  }
-  if (missing > 0) {
-    g_problems.Add(entries_category, where + ": " + std::to_string(missing) + " of " +
-                                         std::to_string(accepted) + " inputs have no entry, e.g. " +
-                                         first_missing);
-  }
-  if (entries.size() != accepted) {
-    g_problems.Add(entries_category, where + ": " + std::to_string(entries.size()) +
-                                         " entries for " + std::to_string(accepted) + " inputs");
-  }
-  // The job's counters agree with the entries.
-  if (Field(job_json, "inputs") != accepted || Field(job_json, "outputs") != accepted ||
-      Field(job_json, "succeeded") != successes ||
-      Field(job_json, "failed") != failures + cancelled || Field(job_json, "pending") != 0 ||
-      Field(job_json, "in_flight") != 0) {
-    rapidjson::StringBuffer buf;
-    rapidjson::Writer<rapidjson::StringBuffer> w(buf);
-    job_json.Accept(w);
-    g_problems.Add("job counters match the entries",
-                   where + ": sent " + std::to_string(accepted) + ", read " +
-                       std::to_string(successes) + " successes, " + std::to_string(failures) +
-                       " failures, " + std::to_string(cancelled) + " cancelled; the job says " +
-                       buf.GetString());
-  }
+  for (const auto& e : entries) CheckEntry(&check, e);
+  CheckEveryInputHasOne(check, entries.size());
+  CheckCounters(check, job_json);
   g_stats.outputs_checked += entries.size();
-  g_stats.successes += successes;
-  g_stats.failures += failures;
-  g_stats.cancelled_entries += cancelled;
+  g_stats.successes += check.successes;
+  g_stats.failures += check.failures;
+  g_stats.cancelled_entries += check.cancelled;
 }
 
 // Reads the whole output again in pages and checks they add up to it.
