@@ -1059,32 +1059,38 @@ void ReadAndVerify(const JobRecord& job, bool ndjson, const Reply* already_read)
   }
 }
 
-// One job, start to end, with one of three fates.
-void RunJob(std::mt19937_64& rng) {
-  auto uniform = [&rng](int lo, int hi) {
-    return lo + static_cast<int>(rng() % static_cast<uint64_t>(hi - lo + 1));
-  };
-  JobRecord job;
-  job.seq = g_job_seq++;
-  job.concurrency = uniform(1, 16);
-  job.maxsize = uniform(5, 200);
-  job.secret = rng() % 2 == 0;
+int Uniform(std::mt19937_64& rng, int lo, int hi) {
+  return lo + static_cast<int>(rng() % static_cast<uint64_t>(hi - lo + 1));
+}
+
+// How a job ends: completed and read, or cancelled or deleted at a random moment.
+enum Fate { kComplete, kCancel, kDelete };
+
+// Draws the job's settings, returns how many inputs it gets, and sets fate.
+int PlanJob(std::mt19937_64& rng, JobRecord* job, Fate* fate) {
+  job->seq = g_job_seq++;
+  job->concurrency = Uniform(rng, 1, 16);
+  job->maxsize = Uniform(rng, 5, 200);
+  job->secret = rng() % 2 == 0;
   const double budget_ms = g_opt.seconds * 1000.0 / 4;
   const int n_max = std::max(
-      100, std::min(2000, static_cast<int>(budget_ms * job.concurrency / kEstimatedMsPerInput)));
-  const int n = uniform(100, n_max);
-  enum { kComplete, kCancel, kDelete } fate;
-  int f = uniform(0, 99);
-  fate = f < 55 ? kComplete : f < 80 ? kCancel : kDelete;
+      100, std::min(2000, static_cast<int>(budget_ms * job->concurrency / kEstimatedMsPerInput)));
+  const int n = Uniform(rng, 100, n_max);
+  int f = Uniform(rng, 0, 99);
+  *fate = f < 55 ? kComplete : f < 80 ? kCancel : kDelete;
+  return n;
+}
 
+// POST /job with the job's settings; sets job->id. False if refused.
+bool CreateJob(JobRecord* job) {
   std::string body = "{\"url\": " + JsonString(g_hook_url) +
-                     ", \"concurrency\": " + std::to_string(job.concurrency) +
-                     ", \"maxsize\": " + std::to_string(job.maxsize) +
+                     ", \"concurrency\": " + std::to_string(job->concurrency) +
+                     ", \"maxsize\": " + std::to_string(job->maxsize) +
                      ", \"timeout_ms\": " + std::to_string(kTimeoutMs) +
                      ", \"max_attempts\": " + std::to_string(kMaxAttempts) +
                      ", \"backoff_ms\": " + std::to_string(kBackoffMs) +
                      ", \"max_backoff_ms\": " + std::to_string(kMaxBackoffMs) +
-                     (job.secret ? std::string(", \"secret\": \"") + kSecret + "\"" : "") + "}";
+                     (job->secret ? std::string(", \"secret\": \"") + kSecret + "\"" : "") + "}";
   Reply created = Api("POST", "/job", body);
   rapidjson::Document doc;
   if (created.status == 201) doc.Parse(created.body.c_str(), created.body.size());
@@ -1092,57 +1098,136 @@ void RunJob(std::mt19937_64& rng) {
     ++g_stats.jobs_create_refused;
     if (!g_abort) g_problems.Add("api: unexpected reply", Describe("POST /job", created));
     std::this_thread::sleep_for(Ms(200));
-    return;
+    return false;
   }
-  job.id = doc["id"].GetString();
+  job->id = doc["id"].GetString();
   ++g_stats.jobs_created;
+  return true;
+}
 
+// n keys and values, cut into batches of random sizes (now and then one batch).
+void MakeInputs(std::mt19937_64& rng, int n, JobRecord* job) {
   for (int i = 0; i < n; ++i) {
-    job.keys.push_back(MakeKey(job.seq, i));
-    job.values.push_back(MakeValue(rng, i));
+    job->keys.push_back(MakeKey(job->seq, i));
+    job->values.push_back(MakeValue(rng, i));
   }
   for (int at = 0; at < n;) {
-    int size = rng() % 8 == 0 ? n - at : std::min(n - at, uniform(1, 600));
+    int size = rng() % 8 == 0 ? n - at : std::min(n - at, Uniform(rng, 1, 600));
     at += size;
-    job.batch_ends.push_back(static_cast<size_t>(at));
+    job->batch_ends.push_back(static_cast<size_t>(at));
   }
-  const bool ndjson = rng() % 2 == 0;
-  const double est_ms = static_cast<double>(n) * kEstimatedMsPerInput / job.concurrency;
-  std::thread filler([&job] { Fill(&job); });
+}
 
-  if (fate == kComplete) {
-    bool filled = WaitFlag(job.filler_done, g_job_deadline);
-    bool ended = false;
-    if (filled && !job.ambiguous) {
-      Reply r = Api("POST", "/job/" + job.id + "/complete");
-      if (r.status != 200)
-        g_problems.Add("api: unexpected reply", Describe("POST /job/" + job.id + "/complete", r));
-      Reply out = Api("GET", "/job/" + job.id + "/output" + (ndjson ? "?format=ndjson" : ""), "",
-                      std::max(1.0, SecondsUntil(g_job_deadline)));
-      if (out.status == 200) {
-        ended = true;
-        filler.join();
-        ReadAndVerify(job, ndjson, &out);
-        if (rng() % 4 != 0) CheckPaged(job, rng);
-      } else if (out.status != 0) {
-        g_problems.Add("api: unexpected reply", Describe("GET /job/" + job.id + "/output", out));
-      }
+void Complete(const JobRecord& job) {
+  Reply r = Api("POST", "/job/" + job.id + "/complete");
+  if (r.status != 200)
+    g_problems.Add("api: unexpected reply", Describe("POST /job/" + job.id + "/complete", r));
+}
+
+// Joins the filler once a cancel or DELETE has released its PUT. verb names
+// the check ("cancel" or "delete"); after, the call in the problem's detail.
+void JoinFiller(const JobRecord& job, std::thread* filler, const std::string& verb,
+                const std::string& after) {
+  if (!WaitFlag(job.filler_done, Clock::now() + std::chrono::seconds(10))) {
+    g_problems.Add(verb + " releases a blocked PUT",
+                   "job " + job.id + ": a PUT still blocked 10 s after " + after);
+  }
+  filler->join();
+}
+
+// Joins a waiting reader once a cancel or DELETE has answered it; verb and
+// after as for JoinFiller.
+void JoinReader(const JobRecord& job, WaitingReader* reader, const std::string& verb,
+                const std::string& after) {
+  if (!WaitFlag(reader->done, Clock::now() + std::chrono::seconds(10))) {
+    g_problems.Add(
+        verb + " answers a waiting GET /output",
+        "job " + job.id + ": a waiting GET /output still unanswered 10 s after " + after);
+  }
+  reader->thread.join();
+}
+
+// Completes the filled job and reads its output; cancels it instead if it
+// is not done by the deadline (or a PUT went wrong). Checks the output.
+void CompleteJob(const JobRecord& job, bool ndjson, std::thread* filler, std::mt19937_64& rng) {
+  bool filled = WaitFlag(job.filler_done, g_job_deadline);
+  if (filled && !job.ambiguous) {
+    Complete(job);
+    Reply out = Api("GET", "/job/" + job.id + "/output" + (ndjson ? "?format=ndjson" : ""), "",
+                    std::max(1.0, SecondsUntil(g_job_deadline)));
+    if (out.status == 200) {
+      filler->join();
+      ReadAndVerify(job, ndjson, &out);
+      if (rng() % 4 != 0) CheckPaged(job, rng);
+      return;
     }
-    if (!ended) {
-      // Not done by the deadline (or a PUT went wrong): cancel it instead.
-      ++g_stats.jobs_cancelled_at_deadline;
-      CancelJob(job.id);
-      if (!WaitFlag(job.filler_done, Clock::now() + std::chrono::seconds(10))) {
-        g_problems.Add("cancel releases a blocked PUT",
-                       "job " + job.id + ": a PUT still blocked 10 s after cancel");
-      }
-      filler.join();
-      ReadAndVerify(job, ndjson, nullptr);
-    }
+    if (out.status != 0)
+      g_problems.Add("api: unexpected reply", Describe("GET /job/" + job.id + "/output", out));
+  }
+  ++g_stats.jobs_cancelled_at_deadline;
+  CancelJob(job.id);
+  JoinFiller(job, filler, "cancel", "cancel");
+  ReadAndVerify(job, ndjson, nullptr);
+}
+
+// Cancels the job; checks that it answers the waiting reader, if any, and
+// the output.
+void CancelMidway(const JobRecord& job, bool ndjson, std::thread* filler, WaitingReader* reader) {
+  CancelJob(job.id);
+  JoinFiller(job, filler, "cancel", "cancel");
+  if (reader == nullptr) {
+    ReadAndVerify(job, ndjson, nullptr);
     return;
   }
+  JoinReader(job, reader, "cancel", "cancel");
+  ReadAndVerify(job, ndjson, &reader->reply);
+}
 
-  // Cancel or delete at a random moment: while filling, while working, or after.
+// After a DELETE: no file, and 404 for the job and its output.
+void CheckDeletedLeavesNothing(const std::string& id) {
+  struct stat st;
+  if (stat((g_data_dir + "/" + id + ".ndjson").c_str(), &st) == 0) {
+    g_problems.Add("deleted jobs leave nothing behind",
+                   "job " + id + ": its file is still there after DELETE");
+  }
+  Reply after = Api("GET", "/job/" + id);
+  if (after.status != 404)
+    g_problems.Add("deleted jobs leave nothing behind",
+                   Describe("GET /job/" + id + " after DELETE", after));
+  after = Api("GET", "/job/" + id + "/output?wait=false");
+  if (after.status != 404) {
+    g_problems.Add("deleted jobs leave nothing behind",
+                   Describe("GET /job/" + id + "/output after DELETE", after));
+  }
+}
+
+// Deletes the job; checks that it leaves nothing and answers the filler and
+// the waiting reader, if any.
+void DeleteMidway(const JobRecord& job, std::thread* filler, WaitingReader* reader) {
+  Reply r = Api("DELETE", "/job/" + job.id);
+  if (r.status != 200)
+    g_problems.Add("api: unexpected reply", Describe("DELETE /job/" + job.id, r));
+  {
+    std::lock_guard<std::mutex> lock(g_jobs_mutex);
+    g_deleted_jobs.insert(job.id);
+  }
+  ++g_stats.jobs_deleted;
+  CheckDeletedLeavesNothing(job.id);
+  JoinFiller(job, filler, "delete", "DELETE");
+  if (reader == nullptr) return;
+  JoinReader(job, reader, "delete", "DELETE");
+  // 404, or 200 if the job had ended (and the output was sent) before the DELETE.
+  if (reader->reply.status != 404 && reader->reply.status != 200) {
+    g_problems.Add("delete answers a waiting GET /output",
+                   Describe("waiting GET /job/" + job.id + "/output", reader->reply));
+  }
+}
+
+// Cancels or deletes the job at a random moment: while filling, while
+// working, or after; half the time completes it first once filled, and half
+// the time a reader waits on its output meanwhile.
+void EndMidway(const JobRecord& job, Fate fate, bool ndjson, double est_ms, std::thread* filler,
+               std::mt19937_64& rng) {
   const bool complete_first = rng() % 2 == 0;
   std::unique_ptr<WaitingReader> reader;
   if (rng() % 2 == 0) {
@@ -1155,74 +1240,31 @@ void RunJob(std::mt19937_64& rng) {
   while (Clock::now() < act_at && !g_abort) {
     if (complete_first && !completed && job.filler_done && !job.ambiguous) {
       completed = true;
-      Reply r = Api("POST", "/job/" + job.id + "/complete");
-      if (r.status != 200)
-        g_problems.Add("api: unexpected reply", Describe("POST /job/" + job.id + "/complete", r));
+      Complete(job);
     }
     std::this_thread::sleep_for(Ms(10));
   }
-
   if (fate == kCancel) {
-    CancelJob(job.id);
-    if (!WaitFlag(job.filler_done, Clock::now() + std::chrono::seconds(10))) {
-      g_problems.Add("cancel releases a blocked PUT",
-                     "job " + job.id + ": a PUT still blocked 10 s after cancel");
-    }
-    filler.join();
-    if (reader) {
-      if (!WaitFlag(reader->done, Clock::now() + std::chrono::seconds(10))) {
-        g_problems.Add(
-            "cancel answers a waiting GET /output",
-            "job " + job.id + ": a waiting GET /output still unanswered 10 s after cancel");
-      }
-      reader->thread.join();
-      ReadAndVerify(job, ndjson, &reader->reply);
-    } else {
-      ReadAndVerify(job, ndjson, nullptr);
-    }
-    return;
+    CancelMidway(job, ndjson, filler, reader.get());
+  } else {
+    DeleteMidway(job, filler, reader.get());
   }
+}
 
-  // Delete.
-  Reply r = Api("DELETE", "/job/" + job.id);
-  if (r.status != 200)
-    g_problems.Add("api: unexpected reply", Describe("DELETE /job/" + job.id, r));
-  {
-    std::lock_guard<std::mutex> lock(g_jobs_mutex);
-    g_deleted_jobs.insert(job.id);
-  }
-  ++g_stats.jobs_deleted;
-  struct stat st;
-  if (stat((g_data_dir + "/" + job.id + ".ndjson").c_str(), &st) == 0) {
-    g_problems.Add("deleted jobs leave nothing behind",
-                   "job " + job.id + ": its file is still there after DELETE");
-  }
-  Reply after = Api("GET", "/job/" + job.id);
-  if (after.status != 404)
-    g_problems.Add("deleted jobs leave nothing behind",
-                   Describe("GET /job/" + job.id + " after DELETE", after));
-  after = Api("GET", "/job/" + job.id + "/output?wait=false");
-  if (after.status != 404) {
-    g_problems.Add("deleted jobs leave nothing behind",
-                   Describe("GET /job/" + job.id + "/output after DELETE", after));
-  }
-  if (!WaitFlag(job.filler_done, Clock::now() + std::chrono::seconds(10))) {
-    g_problems.Add("delete releases a blocked PUT",
-                   "job " + job.id + ": a PUT still blocked 10 s after DELETE");
-  }
-  filler.join();
-  if (reader) {
-    if (!WaitFlag(reader->done, Clock::now() + std::chrono::seconds(10))) {
-      g_problems.Add(
-          "delete answers a waiting GET /output",
-          "job " + job.id + ": a waiting GET /output still unanswered 10 s after DELETE");
-    }
-    reader->thread.join();
-    // 404, or 200 if the job had ended (and the output was sent) before the DELETE.
-    if (reader->reply.status != 404 && reader->reply.status != 200) {
-      g_problems.Add("delete answers a waiting GET /output",
-                     Describe("waiting GET /job/" + job.id + "/output", reader->reply));
-    }
+// One job, start to end, with one of three fates.
+void RunJob(std::mt19937_64& rng) {
+  JobRecord job;
+  Fate fate;
+  const int n = PlanJob(rng, &job, &fate);
+  if (!CreateJob(&job)) return;
+  MakeInputs(rng, n, &job);
+  const bool ndjson = rng() % 2 == 0;
+  const double est_ms = static_cast<double>(n) * kEstimatedMsPerInput / job.concurrency;
+  std::thread filler([&job] { Fill(&job); });
+  if (fate == kComplete) {
+    CompleteJob(job, ndjson, &filler, rng);
+  } else {
+    EndMidway(job, fate, ndjson, est_ms, &filler, rng);
   }
 }
 
