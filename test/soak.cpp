@@ -1434,20 +1434,37 @@ std::string Mib(long kb) {
   return buf;
 }
 
-}  // namespace
+// ---------------------------------------------------------------------------
+// The run, start to end.
 
-int main(int argc, char** argv) {
-  if (!ParseArgs(argc, argv)) {
-    Usage();
-    return 2;
-  }
-  signal(SIGPIPE, SIG_IGN);
-  setvbuf(stdout, nullptr, _IOLBF, 0);
+// The webhook in this process and the pmmap process, both under test.
+struct Servers {
+  FaultyWebhook webhook;
+  PmmapProcess pmmap;
+  int hook_port = -1;
+};
+
+// What the run and the checks at its end found, for the report.
+struct Outcome {
+  bool server_died = false;
+  double run_seconds = 0;
+  std::string metrics;  // GET /metrics before the final deletes
+  size_t files_before_final_delete = 0;
+  int exit_status = -1;  // on SIGTERM, or when it died
+  std::string log;       // pmmap's, once stopped
+};
+
+// Jobs are created for 70% of the run and must end by its end; the
+// watchdog kills everything 90 s after that.
+void SetDeadlines() {
   g_t0 = Clock::now();
   const auto run = std::chrono::seconds(g_opt.seconds);
   g_create_end = g_t0 + run * 7 / 10;
   g_job_deadline = g_t0 + run;
   g_hard_deadline = g_t0 + run + std::chrono::seconds(90);
+}
+
+void PrintSettings() {
   printf("soak: %d s of faults against %s, %d clients, seed %" PRIu64 "\n", g_opt.seconds,
          g_opt.pmmap.c_str(), g_opt.clients, g_opt.seed);
   printf(
@@ -1456,50 +1473,129 @@ int main(int argc, char** argv) {
       kTimeoutMs, kMaxAttempts, kBackoffMs, kMaxBackoffMs);
   for (const auto& f : kFaults) printf(" %s %d%%;", f.name, f.percent);
   printf("\n");
+}
 
+// The temporary directory (g_root) and the data directory in it.
+bool MakeDirectories() {
   char templ[] = "/tmp/pmmap-soak.XXXXXX";
   if (mkdtemp(templ) == nullptr) {
     perror("soak: mkdtemp");
-    return 2;
+    return false;
   }
   g_root = templ;
   g_data_dir = g_root + "/data";
   mkdir(g_data_dir.c_str(), 0700);
-  std::thread watchdog(Watchdog);
+  return true;
+}
 
-  // The webhook, then the server.
-  FaultyWebhook webhook;
-  int hook_port = webhook.Start(0);
-  PmmapProcess pmmap;
-  std::string error;
-  if (hook_port <= 0 || !pmmap.Start(g_opt.pmmap, g_data_dir, g_root + "/pmmap.log", &error)) {
-    fprintf(stderr, "soak: cannot start: %s\n",
-            hook_port <= 0 ? "the webhook cannot listen" : error.c_str());
-    {
-      std::lock_guard<std::mutex> lock(g_watchdog_mutex);
-      g_watchdog_done = true;
-    }
-    g_watchdog_cv.notify_all();
-    watchdog.join();
-    webhook.Stop();
-    pmmap.Stop(Ms(5000));
-    if (!g_opt.keep) RemoveTree(g_root);
-    return 2;
+void StopWatchdog(std::thread* watchdog) {
+  {
+    std::lock_guard<std::mutex> lock(g_watchdog_mutex);
+    g_watchdog_done = true;
   }
-  g_pmmap_pid = pmmap.pid();
-  g_api_port = pmmap.port();
-  g_hook_url = "http://127.0.0.1:" + std::to_string(hook_port) + "/hook";
+  g_watchdog_cv.notify_all();
+  watchdog->join();
+}
+
+// The webhook, then the server; then notes where they listen and what the
+// server holds at rest.
+bool StartServers(Servers* s) {
+  s->hook_port = s->webhook.Start(0);
+  std::string error;
+  if (s->hook_port <= 0 ||
+      !s->pmmap.Start(g_opt.pmmap, g_data_dir, g_root + "/pmmap.log", &error)) {
+    fprintf(stderr, "soak: cannot start: %s\n",
+            s->hook_port <= 0 ? "the webhook cannot listen" : error.c_str());
+    return false;
+  }
+  g_pmmap_pid = s->pmmap.pid();
+  g_api_port = s->pmmap.port();
+  g_hook_url = "http://127.0.0.1:" + std::to_string(s->hook_port) + "/hook";
   std::this_thread::sleep_for(Ms(200));
-  g_res_start = ReadResources(pmmap.pid());
+  g_res_start = ReadResources(s->pmmap.pid());
   g_res_peak = g_res_start;
-  printf("soak: pmmap pid %d on port %d (data in %s), webhook on port %d\n", pmmap.pid(),
-         g_api_port, g_data_dir.c_str(), hook_port);
+  printf("soak: pmmap pid %d on port %d (data in %s), webhook on port %d\n", s->pmmap.pid(),
+         g_api_port, g_data_dir.c_str(), s->hook_port);
   printf("soak: pmmap at start: RSS %s, %ld fds, %ld threads\n", Mib(g_res_start.rss_kb).c_str(),
          g_res_start.fds, g_res_start.threads);
+  return true;
+}
 
-  // The run.
-  g_phase = "run";
-  std::thread prober(ProbeLoop, pmmap.pid());
+// Stops the webhook and starts it again on its port, as pmmap's calls go on.
+void RestartWebhook(Servers* s) {
+  Clock::time_point stop_start = Clock::now();
+  s->webhook.Stop();
+  double stop_ms = MsBetween(stop_start, Clock::now());
+  std::this_thread::sleep_for(Ms(1000));
+  int port = -1;
+  int tries = 0;
+  for (; tries < 50 && port <= 0; ++tries) {
+    port = s->webhook.Start(s->hook_port);
+    if (port <= 0) std::this_thread::sleep_for(Ms(100));
+  }
+  if (port == s->hook_port) {
+    ++g_stats.webhook_restarts;
+    printf(
+        "soak: [%5.1f s] webhook restarted on port %d (stop took %.0f ms, rebind after %d "
+        "tries)\n",
+        SecondsSince(g_t0), port, stop_ms, tries);
+  } else {
+    g_problems.Add("webhook restarts on its port",
+                   "cannot bind port " + std::to_string(s->hook_port) + " again");
+  }
+}
+
+// One line of figures so far, every 10 s of the run.
+void PrintProgress(const Servers& s) {
+  Resources r = ReadResources(s.pmmap.pid());
+  double max_ms = 0;
+  size_t slow = 0;
+  {
+    std::lock_guard<std::mutex> lock(g_probe_mutex);
+    for (const auto& p : g_probes) {
+      max_ms = std::max(max_ms, p.ms);
+      if (p.ms < 0 || p.ms > kHealthzLimitMs) ++slow;
+    }
+  }
+  printf("soak: [%5.1f s] jobs %" PRIu64 " created, %" PRIu64 " done, %" PRIu64
+         " cancelled, %" PRIu64 " deleted; %" PRIu64 " inputs; %" PRIu64
+         " webhook calls; healthz max %.1f ms (%zu over %.0f ms); "
+         "RSS %s, %ld fds, %ld threads\n",
+         SecondsSince(g_t0), g_stats.jobs_created.load(), g_stats.jobs_done.load(),
+         g_stats.jobs_cancelled.load(), g_stats.jobs_deleted.load(), g_stats.inputs_accepted.load(),
+         s.webhook.total_calls(), max_ms, slow, kHealthzLimitMs, Mib(r.rss_kb).c_str(), r.fds,
+         r.threads);
+}
+
+// Until the clients are done: notes if the server dies (and stops the
+// clients' calls), restarts the webhook half-way, and prints progress.
+void WatchRun(Servers* s, const std::atomic<int>& clients_running, Outcome* outcome) {
+  const Clock::time_point restart_at = g_t0 + std::chrono::seconds(g_opt.seconds) / 2;
+  bool restarted = false;
+  Clock::time_point next_progress = g_t0 + std::chrono::seconds(10);
+  while (clients_running > 0 && Clock::now() < g_hard_deadline) {
+    std::this_thread::sleep_for(Ms(50));
+    if (!outcome->server_died && s->pmmap.Exited()) {
+      outcome->server_died = true;
+      g_abort = true;
+      g_problems.Add("pmmap stays up and exits cleanly",
+                     "pmmap exited during the run with status " +
+                         std::to_string(s->pmmap.exit_status()) + " after " +
+                         std::to_string(SecondsSince(g_t0)) + " s");
+    }
+    if (!restarted && Clock::now() >= restart_at) {
+      restarted = true;
+      RestartWebhook(s);
+    }
+    if (Clock::now() >= next_progress) {
+      next_progress += std::chrono::seconds(10);
+      PrintProgress(*s);
+    }
+  }
+}
+
+// The client threads, for the run, while the main thread watches.
+void RunClients(Servers* s, Outcome* outcome) {
   std::atomic<int> clients_running{g_opt.clients};
   std::vector<std::thread> clients;
   for (int i = 0; i < g_opt.clients; ++i) {
@@ -1508,258 +1604,229 @@ int main(int argc, char** argv) {
       --clients_running;
     });
   }
-  const Clock::time_point restart_at = g_t0 + run / 2;
-  bool restarted = false;
-  bool server_died = false;
-  Clock::time_point next_progress = g_t0 + std::chrono::seconds(10);
-  while (clients_running > 0 && Clock::now() < g_hard_deadline) {
-    std::this_thread::sleep_for(Ms(50));
-    if (!server_died && pmmap.Exited()) {
-      server_died = true;
-      g_abort = true;
-      g_problems.Add("pmmap stays up and exits cleanly",
-                     "pmmap exited during the run with status " +
-                         std::to_string(pmmap.exit_status()) + " after " +
-                         std::to_string(SecondsSince(g_t0)) + " s");
-    }
-    if (!restarted && Clock::now() >= restart_at) {
-      restarted = true;
-      Clock::time_point stop_start = Clock::now();
-      webhook.Stop();
-      double stop_ms = MsBetween(stop_start, Clock::now());
-      std::this_thread::sleep_for(Ms(1000));
-      int port = -1;
-      int tries = 0;
-      for (; tries < 50 && port <= 0; ++tries) {
-        port = webhook.Start(hook_port);
-        if (port <= 0) std::this_thread::sleep_for(Ms(100));
-      }
-      if (port == hook_port) {
-        ++g_stats.webhook_restarts;
-        printf(
-            "soak: [%5.1f s] webhook restarted on port %d (stop took %.0f ms, rebind after %d "
-            "tries)\n",
-            SecondsSince(g_t0), port, stop_ms, tries);
-      } else {
-        g_problems.Add("webhook restarts on its port",
-                       "cannot bind port " + std::to_string(hook_port) + " again");
-      }
-    }
-    if (Clock::now() >= next_progress) {
-      next_progress += std::chrono::seconds(10);
-      Resources r = ReadResources(pmmap.pid());
-      double max_ms = 0;
-      size_t slow = 0;
-      {
-        std::lock_guard<std::mutex> lock(g_probe_mutex);
-        for (const auto& p : g_probes) {
-          max_ms = std::max(max_ms, p.ms);
-          if (p.ms < 0 || p.ms > kHealthzLimitMs) ++slow;
-        }
-      }
-      printf("soak: [%5.1f s] jobs %" PRIu64 " created, %" PRIu64 " done, %" PRIu64
-             " cancelled, %" PRIu64 " deleted; %" PRIu64 " inputs; %" PRIu64
-             " webhook calls; healthz max %.1f ms (%zu over %.0f ms); "
-             "RSS %s, %ld fds, %ld threads\n",
-             SecondsSince(g_t0), g_stats.jobs_created.load(), g_stats.jobs_done.load(),
-             g_stats.jobs_cancelled.load(), g_stats.jobs_deleted.load(),
-             g_stats.inputs_accepted.load(), webhook.total_calls(), max_ms, slow, kHealthzLimitMs,
-             Mib(r.rss_kb).c_str(), r.fds, r.threads);
-    }
-  }
+  WatchRun(s, clients_running, outcome);
   g_phase = "joining clients";
   for (auto& t : clients) t.join();
-  const double run_seconds = SecondsSince(g_t0);
+  outcome->run_seconds = SecondsSince(g_t0);
+}
 
-  // The end: what the server still holds, then delete it all.
-  g_phase = "final checks";
-  if (!server_died && pmmap.Exited()) {
-    server_died = true;
-    g_problems.Add("pmmap stays up and exits cleanly", "pmmap exited during the run with status " +
-                                                           std::to_string(pmmap.exit_status()));
+// GET /jobs lists every kept job, ended, and no other; returns the ids it lists.
+std::vector<std::string> CheckJobList(const std::set<std::string>& kept) {
+  std::vector<std::string> held;
+  Reply list = Api("GET", "/jobs", "", 30);
+  rapidjson::Document jobs;
+  if (list.status == 200) jobs.Parse(list.body.c_str(), list.body.size());
+  if (list.status != 200 || jobs.HasParseError() || !jobs.IsArray()) {
+    g_problems.Add("api: unexpected reply", Describe("GET /jobs", list));
+    return held;
   }
-  std::string metrics;
-  size_t files_before_final_delete = 0;
+  for (const auto& j : jobs.GetArray()) {
+    std::string id = j["id"].GetString();
+    std::string state = j["state"].GetString();
+    held.push_back(id);
+    if (g_deleted_jobs.count(id)) {
+      g_problems.Add("deleted jobs leave nothing behind",
+                     "GET /jobs still lists deleted job " + id);
+    } else if (!kept.count(id)) {
+      g_problems.Add("GET /jobs lists the jobs kept",
+                     "GET /jobs lists job " + id + ", unknown to the clients");
+    }
+    if (state != "done" && state != "cancelled") {
+      g_problems.Add("GET /jobs lists the jobs kept",
+                     "job " + id + " is still " + state + " at the end");
+    }
+  }
+  for (const auto& id : kept) {
+    if (std::find(held.begin(), held.end(), id) == held.end()) {
+      g_problems.Add("GET /jobs lists the jobs kept", "job " + id + " is missing from GET /jobs");
+    }
+  }
+  return held;
+}
+
+// Only the files of jobs not deleted may be in the data directory, and each
+// kept job has its file. Returns how many files there are.
+size_t CheckDataDir(const std::set<std::string>& kept) {
+  std::vector<std::string> files = ListDir(g_data_dir);
+  for (const auto& name : files) {
+    std::string id = name.size() > 7 && name.compare(name.size() - 7, 7, ".ndjson") == 0
+                         ? name.substr(0, name.size() - 7)
+                         : "";
+    if (!kept.count(id)) {
+      g_problems.Add("deleted jobs leave nothing behind",
+                     "data directory holds " + name +
+                         (g_deleted_jobs.count(id) ? " of a deleted job" : ", of no kept job"));
+    }
+  }
+  for (const auto& id : kept) {
+    if (!std::binary_search(files.begin(), files.end(), id + ".ndjson")) {
+      g_problems.Add("kept jobs keep their file",
+                     "job " + id + " has no file in the data directory");
+    }
+  }
+  return files.size();
+}
+
+// Deletes every job the server holds; then nothing may be left of them.
+void DeleteEveryJob(const std::vector<std::string>& held) {
+  for (const auto& id : held) {
+    Reply r = Api("DELETE", "/job/" + id);
+    if (r.status != 200) g_problems.Add("api: unexpected reply", Describe("DELETE /job/" + id, r));
+  }
+  for (const auto& name : ListDir(g_data_dir)) {
+    g_problems.Add("data directory empty after deleting every job", "still there: " + name);
+  }
+  Reply list_after = Api("GET", "/jobs");
+  if (list_after.status != 200 || list_after.body.find("[]") != 0) {
+    g_problems.Add("data directory empty after deleting every job",
+                   Describe("GET /jobs after deleting every job", list_after));
+  }
+}
+
+// The end: what the server still holds, then delete it all.
+void CheckWhatIsLeft(PmmapProcess* pmmap, Outcome* outcome) {
+  g_phase = "final checks";
+  if (!outcome->server_died && pmmap->Exited()) {
+    outcome->server_died = true;
+    g_problems.Add("pmmap stays up and exits cleanly", "pmmap exited during the run with status " +
+                                                           std::to_string(pmmap->exit_status()));
+  }
+  if (outcome->server_died) return;
   std::set<std::string> kept;
   for (const auto& j : g_kept_jobs) kept.insert(j.id);
-  if (!server_died) {
-    Reply list = Api("GET", "/jobs", "", 30);
-    rapidjson::Document jobs;
-    if (list.status == 200) jobs.Parse(list.body.c_str(), list.body.size());
-    std::vector<std::string> held;
-    if (list.status != 200 || jobs.HasParseError() || !jobs.IsArray()) {
-      g_problems.Add("api: unexpected reply", Describe("GET /jobs", list));
-    } else {
-      for (const auto& j : jobs.GetArray()) {
-        std::string id = j["id"].GetString();
-        std::string state = j["state"].GetString();
-        held.push_back(id);
-        if (g_deleted_jobs.count(id)) {
-          g_problems.Add("deleted jobs leave nothing behind",
-                         "GET /jobs still lists deleted job " + id);
-        } else if (!kept.count(id)) {
-          g_problems.Add("GET /jobs lists the jobs kept",
-                         "GET /jobs lists job " + id + ", unknown to the clients");
-        }
-        if (state != "done" && state != "cancelled") {
-          g_problems.Add("GET /jobs lists the jobs kept",
-                         "job " + id + " is still " + state + " at the end");
-        }
-      }
-      for (const auto& id : kept) {
-        if (std::find(held.begin(), held.end(), id) == held.end()) {
-          g_problems.Add("GET /jobs lists the jobs kept",
-                         "job " + id + " is missing from GET /jobs");
-        }
-      }
-    }
-    // Only the files of jobs not deleted may be in the data directory.
-    std::vector<std::string> files = ListDir(g_data_dir);
-    files_before_final_delete = files.size();
-    for (const auto& name : files) {
-      std::string id = name.size() > 7 && name.compare(name.size() - 7, 7, ".ndjson") == 0
-                           ? name.substr(0, name.size() - 7)
-                           : "";
-      if (!kept.count(id)) {
-        g_problems.Add("deleted jobs leave nothing behind",
-                       "data directory holds " + name +
-                           (g_deleted_jobs.count(id) ? " of a deleted job" : ", of no kept job"));
-      }
-    }
-    for (const auto& id : kept) {
-      if (!std::binary_search(files.begin(), files.end(), id + ".ndjson")) {
-        g_problems.Add("kept jobs keep their file",
-                       "job " + id + " has no file in the data directory");
-      }
-    }
-    Reply m = Api("GET", "/metrics");
-    metrics = m.body;
-    for (const auto& id : held) {
-      Reply r = Api("DELETE", "/job/" + id);
-      if (r.status != 200)
-        g_problems.Add("api: unexpected reply", Describe("DELETE /job/" + id, r));
-    }
-    for (const auto& name : ListDir(g_data_dir)) {
-      g_problems.Add("data directory empty after deleting every job", "still there: " + name);
-    }
-    Reply list_after = Api("GET", "/jobs");
-    if (list_after.status != 200 || list_after.body.find("[]") != 0) {
-      g_problems.Add("data directory empty after deleting every job",
-                     Describe("GET /jobs after deleting every job", list_after));
-    }
-  }
+  std::vector<std::string> held = CheckJobList(kept);
+  outcome->files_before_final_delete = CheckDataDir(kept);
+  outcome->metrics = Api("GET", "/metrics").body;
+  DeleteEveryJob(held);
+}
 
-  // Memory and descriptors back near where they started; idle API
-  // connections close after 3 s, so poll for up to 5 s.
-  g_phase = "measuring the end";
-  g_probe_stop = true;
-  prober.join();
-  if (!server_died) {
-    Clock::time_point until = Clock::now() + Ms(5000);
-    do {
-      std::this_thread::sleep_for(Ms(100));
-      g_res_end = ReadResources(pmmap.pid());
-    } while (g_res_end.fds > g_res_start.fds + kFdSlack && Clock::now() < until);
-    g_res_peak.rss_kb = std::max(g_res_peak.rss_kb, g_res_end.rss_kb);
-    g_res_peak.fds = std::max(g_res_peak.fds, g_res_end.fds);
-    g_res_peak.threads = std::max(g_res_peak.threads, g_res_end.threads);
-    if (g_res_end.rss_kb > g_res_start.rss_kb + kRssSlackKb) {
-      g_problems.Add("RSS back near its start", "RSS " + Mib(g_res_end.rss_kb) + " at the end, " +
-                                                    Mib(g_res_start.rss_kb) + " at the start");
-    }
-    if (g_res_end.fds > g_res_start.fds + kFdSlack) {
-      std::string listing;
-      std::string fd_dir = "/proc/" + std::to_string(pmmap.pid()) + "/fd";
-      for (const auto& name : ListDir(fd_dir)) {
-        char target[512] = {0};
-        ssize_t n = readlink((fd_dir + "/" + name).c_str(), target, sizeof(target) - 1);
-        listing += " " + name + "->" + (n > 0 ? std::string(target, static_cast<size_t>(n)) : "?");
-      }
-      g_problems.Add("fds back near their start",
-                     std::to_string(g_res_end.fds) + " fds at the end, " +
-                         std::to_string(g_res_start.fds) + " at the start:" + listing);
-    }
+// What pmmap's descriptors point to, for the problem's detail.
+std::string ListFds(pid_t pid) {
+  std::string listing;
+  std::string fd_dir = "/proc/" + std::to_string(pid) + "/fd";
+  for (const auto& name : ListDir(fd_dir)) {
+    char target[512] = {0};
+    ssize_t n = readlink((fd_dir + "/" + name).c_str(), target, sizeof(target) - 1);
+    listing += " " + name + "->" + (n > 0 ? std::string(target, static_cast<size_t>(n)) : "?");
   }
+  return listing;
+}
 
-  // Stop everything.
+// Memory and descriptors back near where they started; idle API
+// connections close after 3 s, so polls for up to 5 s.
+void MeasureEnd(pid_t pid) {
+  Clock::time_point until = Clock::now() + Ms(5000);
+  do {
+    std::this_thread::sleep_for(Ms(100));
+    g_res_end = ReadResources(pid);
+  } while (g_res_end.fds > g_res_start.fds + kFdSlack && Clock::now() < until);
+  g_res_peak.rss_kb = std::max(g_res_peak.rss_kb, g_res_end.rss_kb);
+  g_res_peak.fds = std::max(g_res_peak.fds, g_res_end.fds);
+  g_res_peak.threads = std::max(g_res_peak.threads, g_res_end.threads);
+  if (g_res_end.rss_kb > g_res_start.rss_kb + kRssSlackKb) {
+    g_problems.Add("RSS back near its start", "RSS " + Mib(g_res_end.rss_kb) + " at the end, " +
+                                                  Mib(g_res_start.rss_kb) + " at the start");
+  }
+  if (g_res_end.fds > g_res_start.fds + kFdSlack) {
+    g_problems.Add("fds back near their start",
+                   std::to_string(g_res_end.fds) + " fds at the end, " +
+                       std::to_string(g_res_start.fds) + " at the start:" + ListFds(pid));
+  }
+}
+
+// Stops the webhook, then pmmap with SIGTERM: it must exit 0, and its log
+// must hold no crash.
+void StopServers(Servers* s, Outcome* outcome) {
   g_phase = "stopping";
-  webhook.Stop();
-  int exit_status = server_died ? pmmap.exit_status() : pmmap.Stop(Ms(15000));
-  if (!server_died && exit_status != 0) {
+  s->webhook.Stop();
+  outcome->exit_status = outcome->server_died ? s->pmmap.exit_status() : s->pmmap.Stop(Ms(15000));
+  const int exit_status = outcome->exit_status;
+  if (!outcome->server_died && exit_status != 0) {
     g_problems.Add("pmmap stays up and exits cleanly",
                    exit_status < 0
                        ? "pmmap did not exit within 15 s of SIGTERM (killed)"
                        : "pmmap exited with status " + std::to_string(exit_status) + " on SIGTERM");
   }
-  std::string log = pmmap.log();
+  outcome->log = s->pmmap.log();
+  const std::string& log = outcome->log;
   if (log.find("Sanitizer") != std::string::npos ||
       log.find("runtime error:") != std::string::npos ||
       log.find("terminate called") != std::string::npos) {
     g_problems.Add("pmmap stays up and exits cleanly",
                    "pmmap's log has a crash or sanitizer report");
   }
-  {
-    std::lock_guard<std::mutex> lock(g_watchdog_mutex);
-    g_watchdog_done = true;
-  }
-  g_watchdog_cv.notify_all();
-  watchdog.join();
+}
 
-  // The health figures.
+// The healthz probes' latencies, sorted, and how many failed or were slow.
+struct Health {
   std::vector<double> latencies;
-  size_t probes_failed = 0, probes_slow = 0;
+  size_t failed = 0, slow = 0;
+};
+
+// The worst of the failed or slow probes, with the CPU use around each.
+std::string DescribeWorst(std::vector<Probe> worst) {
+  std::string when;
+  std::sort(worst.begin(), worst.end(), [](const Probe& a, const Probe& b) {
+    return (a.ms < 0 ? 1e9 : a.ms) > (b.ms < 0 ? 1e9 : b.ms);
+  });
+  for (size_t i = 0; i < worst.size() && i < 8; ++i) {
+    char buf[160];
+    CpuShares cpu = CpuShare(worst[i].at_s - 1, worst[i].at_s + 0.5);
+    snprintf(buf, sizeof(buf),
+             " %s at %.1f s (CPU around it: pmmap %.0f%%, soak %.0f%%, others %.0f%%);",
+             worst[i].ms < 0 ? "failed"
+                             : (std::to_string(static_cast<int>(worst[i].ms)) + " ms").c_str(),
+             worst[i].at_s, cpu.pmmap, cpu.soak, cpu.others);
+    when += buf;
+  }
+  return when;
+}
+
+// Every probe answered within kHealthzLimitMs; returns the figures.
+Health CheckHealth() {
+  Health h;
   std::vector<Probe> worst;
   for (const auto& p : g_probes) {
     if (p.ms < 0) {
-      ++probes_failed;
+      ++h.failed;
     } else {
-      latencies.push_back(p.ms);
-      if (p.ms > kHealthzLimitMs) ++probes_slow;
+      h.latencies.push_back(p.ms);
+      if (p.ms > kHealthzLimitMs) ++h.slow;
     }
     if (p.ms < 0 || p.ms > kHealthzLimitMs) worst.push_back(p);
   }
-  std::sort(latencies.begin(), latencies.end());
-  auto pct = [&](double q) {
-    return latencies.empty() ? 0.0
-                             : latencies[std::min(latencies.size() - 1,
-                                                  static_cast<size_t>(q * latencies.size()))];
-  };
-  double max_latency = latencies.empty() ? 0 : latencies.back();
-  if (probes_failed > 0 || probes_slow > 0) {
-    std::string when;
-    std::sort(worst.begin(), worst.end(), [](const Probe& a, const Probe& b) {
-      return (a.ms < 0 ? 1e9 : a.ms) > (b.ms < 0 ? 1e9 : b.ms);
-    });
-    for (size_t i = 0; i < worst.size() && i < 8; ++i) {
-      char buf[160];
-      CpuShares cpu = CpuShare(worst[i].at_s - 1, worst[i].at_s + 0.5);
-      snprintf(buf, sizeof(buf),
-               " %s at %.1f s (CPU around it: pmmap %.0f%%, soak %.0f%%, others %.0f%%);",
-               worst[i].ms < 0 ? "failed"
-                               : (std::to_string(static_cast<int>(worst[i].ms)) + " ms").c_str(),
-               worst[i].at_s, cpu.pmmap, cpu.soak, cpu.others);
-      when += buf;
-    }
+  std::sort(h.latencies.begin(), h.latencies.end());
+  if (h.failed > 0 || h.slow > 0) {
     g_problems.Add("GET /healthz within 100 ms",
-                   std::to_string(probes_slow) + " probe(s) over 100 ms and " +
-                       std::to_string(probes_failed) + " failed, of " +
-                       std::to_string(g_probes.size()) + ":" + when);
+                   std::to_string(h.slow) + " probe(s) over 100 ms and " +
+                       std::to_string(h.failed) + " failed, of " + std::to_string(g_probes.size()) +
+                       ":" + DescribeWorst(worst));
   }
+  return h;
+}
 
-  // The summary.
-  auto metric = [&](const std::string& name) {
-    std::string out;
-    std::istringstream in(metrics);
-    std::string line;
-    while (std::getline(in, line)) {
-      if (line.compare(0, name.size(), name) == 0)
-        out += (out.empty() ? "" : ", ") + line.substr(name.size());
-    }
-    return out.empty() ? std::string("-") : out;
-  };
-  printf(
-      "\n==================== pmmap soak: %.1f s (jobs created for %.0f s) ====================\n",
-      run_seconds, g_opt.seconds * 0.7);
+// ---------------------------------------------------------------------------
+// The report.
+
+double Percentile(const std::vector<double>& sorted, double q) {
+  return sorted.empty()
+             ? 0.0
+             : sorted[std::min(sorted.size() - 1, static_cast<size_t>(q * sorted.size()))];
+}
+
+// The values of every line of metrics that starts with name, or "-".
+std::string MetricValues(const std::string& metrics, const std::string& name) {
+  std::string out;
+  std::istringstream in(metrics);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.compare(0, name.size(), name) == 0)
+      out += (out.empty() ? "" : ", ") + line.substr(name.size());
+  }
+  return out.empty() ? std::string("-") : out;
+}
+
+void PrintJobFigures() {
   printf("%-44s %" PRIu64 "\n", "jobs created", g_stats.jobs_created.load());
   printf("%-44s %" PRIu64 "\n", "  done (output checked)", g_stats.jobs_done.load());
   printf("%-44s %" PRIu64 " (%" PRIu64 " of them because not done by the deadline)\n",
@@ -1779,66 +1846,81 @@ int main(int argc, char** argv) {
   printf("%-44s %" PRIu64 "\n", "  cancelled entries", g_stats.cancelled_entries.load());
   printf("%-44s %" PRIu64 " paged re-reads, %" PRIu64 " waiting readers\n", "other reads",
          g_stats.paged_reads.load(), g_stats.waiting_readers.load());
+}
+
+// The webhook's calls by fault, and pmmap's own count of them.
+void PrintWebhookFigures(const FaultyWebhook& webhook, const std::string& metrics) {
   printf("%-44s %" PRIu64 "\n", "webhook calls", webhook.total_calls());
   for (int f = 0; f < kFaultCount; ++f)
     printf("  %-42s %" PRIu64 "\n", kFaults[f].name, webhook.calls(f));
   printf("%-44s %" PRIu64 "\n", "webhook restarts", g_stats.webhook_restarts.load());
   printf("%-44s %s\n", "pmmap webhook calls by outcome",
-         metric("pmmap_webhook_calls_total").c_str());
-  printf("%-44s %s\n", "pmmap retries", metric("pmmap_retries_total").c_str());
-  printf("%-44s %s\n", "pmmap outputs", metric("pmmap_outputs_total").c_str());
-  printf("%-44s %zu probes, %zu failed, %zu over %.0f ms\n", "healthz probes", g_probes.size(),
-         probes_failed, probes_slow, kHealthzLimitMs);
-  printf("%-44s max %.1f ms; p50 %.1f, p90 %.1f, p99 %.1f, p99.9 %.1f ms\n", "healthz latency",
-         max_latency, pct(0.5), pct(0.9), pct(0.99), pct(0.999));
-  {
-    const double edges[] = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1e9};
-    size_t counts[10] = {0};
-    for (double l : latencies) {
-      size_t b = 0;
-      while (l >= edges[b] && b < 9) ++b;
-      ++counts[b];
-    }
-    std::string dist;
-    double lo = 0;
-    for (size_t b = 0; b < 10; ++b) {
-      char buf[64];
-      if (b == 9) {
-        snprintf(buf, sizeof(buf), ">=%.0f:%zu", lo, counts[b]);
-      } else {
-        snprintf(buf, sizeof(buf), "<%.0f:%zu ", edges[b], counts[b]);
-      }
-      dist += buf;
-      lo = edges[b];
-    }
-    printf("%-44s %s (ms:count)\n", "healthz latency distribution", dist.c_str());
+         MetricValues(metrics, "pmmap_webhook_calls_total").c_str());
+  printf("%-44s %s\n", "pmmap retries", MetricValues(metrics, "pmmap_retries_total").c_str());
+  printf("%-44s %s\n", "pmmap outputs", MetricValues(metrics, "pmmap_outputs_total").c_str());
+}
+
+void PrintLatencyDistribution(const std::vector<double>& latencies) {
+  const double edges[] = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1e9};
+  size_t counts[10] = {0};
+  for (double l : latencies) {
+    size_t b = 0;
+    while (l >= edges[b] && b < 9) ++b;
+    ++counts[b];
   }
+  std::string dist;
+  double lo = 0;
+  for (size_t b = 0; b < 10; ++b) {
+    char buf[64];
+    if (b == 9) {
+      snprintf(buf, sizeof(buf), ">=%.0f:%zu", lo, counts[b]);
+    } else {
+      snprintf(buf, sizeof(buf), "<%.0f:%zu ", edges[b], counts[b]);
+    }
+    dist += buf;
+    lo = edges[b];
+  }
+  printf("%-44s %s (ms:count)\n", "healthz latency distribution", dist.c_str());
+}
+
+void PrintHealthFigures(const Health& h) {
+  const std::vector<double>& l = h.latencies;
+  printf("%-44s %zu probes, %zu failed, %zu over %.0f ms\n", "healthz probes", g_probes.size(),
+         h.failed, h.slow, kHealthzLimitMs);
+  printf("%-44s max %.1f ms; p50 %.1f, p90 %.1f, p99 %.1f, p99.9 %.1f ms\n", "healthz latency",
+         l.empty() ? 0 : l.back(), Percentile(l, 0.5), Percentile(l, 0.9), Percentile(l, 0.99),
+         Percentile(l, 0.999));
+  PrintLatencyDistribution(l);
   printf("%-44s max %.1f ms, at %.1f s (the machine's scheduling delay)\n",
          "prober's own timer lateness", g_prober_late_max_ms, g_prober_late_at_s);
-  {
-    // CPU use: on average, and the busiest second of pmmap and of the others.
-    CpuShares avg = CpuShare(0, run_seconds);
-    CpuShares pmmap_max, others_max;
-    double pmmap_max_at = 0, others_max_at = 0;
-    for (double t = 0; t + 1 <= run_seconds; t += 0.5) {
-      CpuShares c = CpuShare(t, t + 1);
-      if (c.pmmap > pmmap_max.pmmap) {
-        pmmap_max = c;
-        pmmap_max_at = t;
-      }
-      if (c.others > others_max.others) {
-        others_max = c;
-        others_max_at = t;
-      }
+}
+
+// CPU use: on average, and the busiest second of pmmap and of the others.
+void PrintCpuFigures(double run_seconds) {
+  CpuShares avg = CpuShare(0, run_seconds);
+  CpuShares pmmap_max, others_max;
+  double pmmap_max_at = 0, others_max_at = 0;
+  for (double t = 0; t + 1 <= run_seconds; t += 0.5) {
+    CpuShares c = CpuShare(t, t + 1);
+    if (c.pmmap > pmmap_max.pmmap) {
+      pmmap_max = c;
+      pmmap_max_at = t;
     }
-    printf("%-44s average: pmmap %.0f%%, soak %.0f%%, other processes %.0f%%\n",
-           "CPU (100% = one core)", avg.pmmap, avg.soak, avg.others);
-    printf(
-        "%-44s pmmap %.0f%% at %.1f s (soak %.0f%%, others %.0f%%); others %.0f%% at %.1f s (pmmap "
-        "%.0f%%)\n",
-        "  busiest second", pmmap_max.pmmap, pmmap_max_at, pmmap_max.soak, pmmap_max.others,
-        others_max.others, others_max_at, others_max.pmmap);
+    if (c.others > others_max.others) {
+      others_max = c;
+      others_max_at = t;
+    }
   }
+  printf("%-44s average: pmmap %.0f%%, soak %.0f%%, other processes %.0f%%\n",
+         "CPU (100% = one core)", avg.pmmap, avg.soak, avg.others);
+  printf(
+      "%-44s pmmap %.0f%% at %.1f s (soak %.0f%%, others %.0f%%); others %.0f%% at %.1f s (pmmap "
+      "%.0f%%)\n",
+      "  busiest second", pmmap_max.pmmap, pmmap_max_at, pmmap_max.soak, pmmap_max.others,
+      others_max.others, others_max_at, others_max.pmmap);
+}
+
+void PrintServerFigures(const Outcome& outcome) {
   printf("%-44s start %s, peak %s, end %s\n", "pmmap RSS", Mib(g_res_start.rss_kb).c_str(),
          Mib(g_res_peak.rss_kb).c_str(), Mib(g_res_end.rss_kb).c_str());
   printf("%-44s start %ld, peak %ld, end %ld\n", "pmmap open fds", g_res_start.fds, g_res_peak.fds,
@@ -1846,39 +1928,54 @@ int main(int argc, char** argv) {
   printf("%-44s start %ld, peak %ld, end %ld\n", "pmmap threads", g_res_start.threads,
          g_res_peak.threads, g_res_end.threads);
   printf("%-44s %zu before the final deletes, %zu after\n", "files in the data directory",
-         files_before_final_delete, ListDir(g_data_dir).size());
-  printf("%-44s %d\n", "pmmap exit status on SIGTERM", exit_status);
-  {
-    std::ifstream load("/proc/loadavg");
-    std::string l;
-    std::getline(load, l);
-    printf("%-44s %s (%u cores)\n", "load average at the end", l.c_str(),
-           std::thread::hardware_concurrency());
-  }
+         outcome.files_before_final_delete, ListDir(g_data_dir).size());
+  printf("%-44s %d\n", "pmmap exit status on SIGTERM", outcome.exit_status);
+  std::ifstream load("/proc/loadavg");
+  std::string l;
+  std::getline(load, l);
+  printf("%-44s %s (%u cores)\n", "load average at the end", l.c_str(),
+         std::thread::hardware_concurrency());
+}
 
-  const char* const kChecks[] = {
-      "done jobs: one entry per input",
-      "success entries carry the webhook's reply",
-      "failure entries are well-formed",
-      "job counters match the entries",
-      "paged output equals the whole output",
-      "cancelled jobs: one entry per input",
-      "cancel releases a blocked PUT",
-      "cancel answers a waiting GET /output",
-      "deleted jobs leave nothing behind",
-      "delete releases a blocked PUT",
-      "delete answers a waiting GET /output",
-      "kept jobs keep their file",
-      "GET /jobs lists the jobs kept",
-      "data directory empty after deleting every job",
-      "RSS back near its start",
-      "fds back near their start",
-      "GET /healthz within 100 ms",
-      "pmmap stays up and exits cleanly",
-      "webhook restarts on its port",
-      "webhook: bad request from pmmap",
-      "api: unexpected reply",
-  };
+void PrintFigures(const FaultyWebhook& webhook, const Outcome& outcome, const Health& health) {
+  printf(
+      "\n==================== pmmap soak: %.1f s (jobs created for %.0f s) ====================\n",
+      outcome.run_seconds, g_opt.seconds * 0.7);
+  PrintJobFigures();
+  PrintWebhookFigures(webhook, outcome.metrics);
+  PrintHealthFigures(health);
+  PrintCpuFigures(outcome.run_seconds);
+  PrintServerFigures(outcome);
+}
+
+// Every check, in the order the report lists them; each is a category of Problems.
+const char* const kChecks[] = {
+    "done jobs: one entry per input",
+    "success entries carry the webhook's reply",
+    "failure entries are well-formed",
+    "job counters match the entries",
+    "paged output equals the whole output",
+    "cancelled jobs: one entry per input",
+    "cancel releases a blocked PUT",
+    "cancel answers a waiting GET /output",
+    "deleted jobs leave nothing behind",
+    "delete releases a blocked PUT",
+    "delete answers a waiting GET /output",
+    "kept jobs keep their file",
+    "GET /jobs lists the jobs kept",
+    "data directory empty after deleting every job",
+    "RSS back near its start",
+    "fds back near their start",
+    "GET /healthz within 100 ms",
+    "pmmap stays up and exits cleanly",
+    "webhook restarts on its port",
+    "webhook: bad request from pmmap",
+    "api: unexpected reply",
+};
+
+// Each check's verdict: FAIL, ok, or n/a for the end state's when the
+// server is gone.
+void PrintChecks(bool server_died) {
   if (g_stats.webhook_restarts == 0 && g_problems.Count("webhook restarts on its port") == 0) {
     g_problems.Add("webhook restarts on its port", "the run ended before the restart");
   }
@@ -1894,10 +1991,16 @@ int main(int argc, char** argv) {
                                                                : "ok";
     printf("  %-4s %s\n", verdict, c);
   }
+}
+
+// The problems and the end of pmmap's log if any check failed; removes the
+// temporary directory unless kept. Returns main's exit code.
+int Conclude(const Outcome& outcome) {
   const bool passed = g_problems.Total() == 0;
   if (!passed) {
     printf("\nproblems:\n");
     g_problems.Print();
+    const std::string& log = outcome.log;
     std::string tail = log.size() > 3000 ? log.substr(log.size() - 3000) : log;
     printf("\nthe end of pmmap's log:\n%s\n", tail.c_str());
   }
@@ -1908,4 +2011,45 @@ int main(int argc, char** argv) {
   }
   printf("\nsoak: %s\n", passed ? "PASSED" : "FAILED");
   return passed ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (!ParseArgs(argc, argv)) {
+    Usage();
+    return 2;
+  }
+  signal(SIGPIPE, SIG_IGN);
+  setvbuf(stdout, nullptr, _IOLBF, 0);
+  SetDeadlines();
+  PrintSettings();
+  if (!MakeDirectories()) return 2;
+  std::thread watchdog(Watchdog);
+
+  Servers servers;
+  if (!StartServers(&servers)) {
+    StopWatchdog(&watchdog);
+    servers.webhook.Stop();
+    servers.pmmap.Stop(Ms(5000));
+    if (!g_opt.keep) RemoveTree(g_root);
+    return 2;
+  }
+
+  g_phase = "run";
+  std::thread prober(ProbeLoop, servers.pmmap.pid());
+  Outcome outcome;
+  RunClients(&servers, &outcome);
+  CheckWhatIsLeft(&servers.pmmap, &outcome);
+  g_phase = "measuring the end";
+  g_probe_stop = true;
+  prober.join();
+  if (!outcome.server_died) MeasureEnd(servers.pmmap.pid());
+  StopServers(&servers, &outcome);
+  StopWatchdog(&watchdog);
+
+  const Health health = CheckHealth();
+  PrintFigures(servers.webhook, outcome, health);
+  PrintChecks(outcome.server_died);
+  return Conclude(outcome);
 }
