@@ -1170,8 +1170,8 @@ void CompleteJob(const JobRecord& job, bool ndjson, std::thread* filler, std::mt
   ReadAndVerify(job, ndjson, nullptr);
 }
 
-// Cancels the job; checks that it answers the waiting reader, if any, and
-// the output.
+// Cancels the job; checks that this releases the filler and answers the
+// waiting reader, if any, then checks the output.
 void CancelMidway(const JobRecord& job, bool ndjson, std::thread* filler, WaitingReader* reader) {
   CancelJob(job.id);
   JoinFiller(job, filler, "cancel", "cancel");
@@ -1201,8 +1201,8 @@ void CheckDeletedLeavesNothing(const std::string& id) {
   }
 }
 
-// Deletes the job; checks that it leaves nothing and answers the filler and
-// the waiting reader, if any.
+// Deletes the job; checks that it leaves nothing behind, releases the
+// filler and answers the waiting reader, if any.
 void DeleteMidway(const JobRecord& job, std::thread* filler, WaitingReader* reader) {
   Reply r = Api("DELETE", "/job/" + job.id);
   if (r.status != 200)
