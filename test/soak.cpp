@@ -1592,6 +1592,8 @@ void WatchRun(Servers* s, const std::atomic<int>& clients_running, Outcome* outc
       PrintProgress(*s);
     }
   }
+  if (!restarted)
+    g_problems.Add("webhook restarts on its port", "the run ended before the restart");
 }
 
 // The client threads, for the run, while the main thread watches.
@@ -1976,9 +1978,6 @@ const char* const kChecks[] = {
 // Each check's verdict: FAIL, ok, or n/a for the end state's when the
 // server is gone.
 void PrintChecks(bool server_died) {
-  if (g_stats.webhook_restarts == 0 && g_problems.Count("webhook restarts on its port") == 0) {
-    g_problems.Add("webhook restarts on its port", "the run ended before the restart");
-  }
   // Checks of the end state cannot run once the server is gone.
   const std::set<std::string> kEndChecks = {"kept jobs keep their file",
                                             "GET /jobs lists the jobs kept",
