@@ -414,6 +414,8 @@ class FaultyWebhook {
     g_problems.Add("webhook: bad request from pmmap", what);
   }
 
+  // Checks the call against pmmap's contract, then answers it with a fault
+  // drawn at random.
   void Handle(const httplib::Request& req, httplib::Response& res) {
     thread_local std::mt19937_64 rng(std::random_device{}() ^
                                      std::hash<std::thread::id>()(std::this_thread::get_id()));
@@ -425,7 +427,17 @@ class FaultyWebhook {
       res.status = 400;
       return;
     }
-    // The headers of the contract, and the signature when there is a secret.
+    CheckHeaders(req, key);
+    rapidjson::Document body;
+    body.Parse(req.body.c_str(), req.body.size());
+    if (body.HasParseError()) Bad("body of " + key + " is not JSON: " + req.body.substr(0, 200));
+    const Fault fault = PickFault(rng);
+    ++calls_[fault];
+    Answer(fault, key, req.body, rng, &res);
+  }
+
+  // The headers of the contract, and the signature when there is a secret.
+  void CheckHeaders(const httplib::Request& req, const std::string& key) {
     std::string auth = req.get_header_value("PMMAP-auth");
     int attempt = atoi(req.get_header_value("PMMAP-attempt").c_str());
     if (req.get_header_value("PMMAP-job").size() != 16 || attempt < 1 || attempt > kMaxAttempts ||
@@ -433,67 +445,73 @@ class FaultyWebhook {
       Bad("headers of " + key + ": job=" + req.get_header_value("PMMAP-job") +
           " attempt=" + req.get_header_value("PMMAP-attempt") + " auth=" + auth);
     }
-    if (!auth.empty()) {
-      std::string sig = req.get_header_value("PMMAP-signature");
-      size_t comma = sig.find(",v1=");
-      bool good = sig.compare(0, 2, "t=") == 0 && comma != std::string::npos;
-      if (good) {
-        std::string t = sig.substr(2, comma - 2);
-        good = HexHmacSha256(auth, t + "." + req.body) == sig.substr(comma + 4) &&
-               std::llabs(atoll(t.c_str()) - static_cast<long long>(time(nullptr))) <= 300;
-      }
-      if (!good) Bad("signature of " + key + ": " + sig);
+    if (auth.empty()) return;
+    std::string sig = req.get_header_value("PMMAP-signature");
+    size_t comma = sig.find(",v1=");
+    bool good = sig.compare(0, 2, "t=") == 0 && comma != std::string::npos;
+    if (good) {
+      std::string t = sig.substr(2, comma - 2);
+      good = HexHmacSha256(auth, t + "." + req.body) == sig.substr(comma + 4) &&
+             std::llabs(atoll(t.c_str()) - static_cast<long long>(time(nullptr))) <= 300;
     }
-    rapidjson::Document body;
-    body.Parse(req.body.c_str(), req.body.size());
-    if (body.HasParseError()) Bad("body of " + key + " is not JSON: " + req.body.substr(0, 200));
+    if (!good) Bad("signature of " + key + ": " + sig);
+  }
 
+  // One of kFaults, each with its percent's chance.
+  static Fault PickFault(std::mt19937_64& rng) {
     int pick = static_cast<int>(rng() % 100);
     int fault = 0;
     while (fault < kFaultCount - 1 && pick >= kFaults[fault].percent)
       pick -= kFaults[fault++].percent;
-    ++calls_[fault];
-    std::string reply = GoodReply(key, req.body);
+    return static_cast<Fault>(fault);
+  }
+
+  // Answers the call to key, whose body was body, as fault says.
+  static void Answer(Fault fault, const std::string& key, const std::string& body,
+                     std::mt19937_64& rng, httplib::Response* res) {
+    std::string reply = GoodReply(key, body);
     switch (fault) {
       case kOk:
-        res.set_content(reply, "application/json");
+        res->set_content(reply, "application/json");
         break;
       case kSlow:
         std::this_thread::sleep_for(Ms(50 + rng() % 101));
-        res.set_content(reply, "application/json");
+        res->set_content(reply, "application/json");
         break;
       case kGarbage:
-        res.set_content(GarbageReply(key), "text/html");
+        res->set_content(GarbageReply(key), "text/html");
         break;
       case k5xx:
-        res.status = rng() % 10 < 7 ? 500 : 503;
-        res.set_content("{\"error\":\"injected\"}", "application/json");
+        res->status = rng() % 10 < 7 ? 500 : 503;
+        res->set_content("{\"error\":\"injected\"}", "application/json");
         break;
       case k429:
-        res.status = 429;
-        res.set_header("Retry-After", rng() % 2 ? "1" : "0");
-        res.set_content("{\"error\":\"slow down\"}", "application/json");
+        res->status = 429;
+        res->set_header("Retry-After", rng() % 2 ? "1" : "0");
+        res->set_content("{\"error\":\"slow down\"}", "application/json");
         break;
       case kHang:
         std::this_thread::sleep_for(Ms(kTimeoutMs + 200));
-        res.set_content(reply, "application/json");
+        res->set_content(reply, "application/json");
         break;
       case kCutChunked:
         // Half of the reply in one chunk, then the connection closes
         // without the last chunk.
-        res.set_chunked_content_provider("application/json",
-                                         [reply](size_t, httplib::DataSink& sink) {
-                                           sink.write(reply.data(), reply.size() / 2);
-                                           return false;
-                                         });
+        res->set_chunked_content_provider("application/json",
+                                          [reply](size_t, httplib::DataSink& sink) {
+                                            sink.write(reply.data(), reply.size() / 2);
+                                            return false;
+                                          });
         break;
       case kCutLength:
         // Content-Length promises more than is sent before the connection closes.
-        res.set_content_provider(reply.size() + 100, "application/json",
-                                 [reply](size_t, size_t, httplib::DataSink& sink) {
-                                   sink.write(reply.data(), reply.size());
-                                   return false;
-                                 });
+        res->set_content_provider(reply.size() + 100, "application/json",
+                                  [reply](size_t, size_t, httplib::DataSink& sink) {
+                                    sink.write(reply.data(), reply.size());
+                                    return false;
+                                  });
+        break;
+      case kFaultCount:  // a count, never drawn
         break;
     }
   }
@@ -783,120 +801,162 @@ bool ParseEntries(const std::string& text, bool ndjson, std::vector<rapidjson::D
   return true;
 }
 
+// The check of one ended job's output, entry by entry, against what was sent.
+struct OutputCheck {
+  OutputCheck(const JobRecord& job, const std::string& state)
+      : job(job),
+        state(state),
+        where("job " + job.id + " (" + state + ")"),
+        entries_category(state == "done" ? "done jobs: one entry per input"
+                                         : "cancelled jobs: one entry per input"),
+        accepted(job.accepted),
+        seen(job.keys.size(), 0) {
+    for (size_t i = 0; i < job.keys.size(); ++i) index.emplace(job.keys[i], i);
+  }
+
+  const JobRecord& job;
+  const std::string state;  // what pmmap says the job is: "done" or "cancelled"
+  const std::string where;  // how a problem names the job
+  const std::string entries_category;
+  const size_t accepted;                          // inputs pmmap holds: keys[0, accepted)
+  std::unordered_map<std::string, size_t> index;  // key -> its index in job.keys
+  std::vector<char> seen;                         // by index: has an entry
+  uint64_t successes = 0, failures = 0, cancelled = 0;
+};
+
+// A success entry holds the webhook's good reply, or its garbage as a string.
+void CheckSuccess(const OutputCheck& c, const std::string& key, size_t i,
+                  const rapidjson::Value& got) {
+  rapidjson::Document good;
+  good.Parse(GoodReply(key, c.job.values[i]).c_str());
+  bool garbage =
+      got.IsString() && std::string(got.GetString(), got.GetStringLength()) == GarbageKept(key);
+  if (garbage) ++g_stats.successes_garbage;
+  if (good.HasParseError() || !(got == good || garbage)) {
+    rapidjson::StringBuffer buf;
+    rapidjson::Writer<rapidjson::StringBuffer> w(buf);
+    got.Accept(w);
+    g_problems.Add("success entries carry the webhook's reply",
+                   c.where + ": key " + key + ": got " + buf.GetString() + ", want " +
+                       GoodReply(key, c.job.values[i]) + " or the garbage string");
+  }
+}
+
+bool IsFailureEntry(const rapidjson::Value& e) {
+  return e.HasMember("error") && e["error"].IsObject() && e["error"].HasMember("status") &&
+         e["error"]["status"].IsInt() && e["error"].HasMember("message") &&
+         e["error"]["message"].IsString() && e.HasMember("attempts") && e["attempts"].IsInt();
+}
+
+// A failure entry: cancelled (only in a cancelled job), or a retryable
+// status after every attempt.
+void CheckFailure(OutputCheck* c, const std::string& key, const rapidjson::Value& e) {
+  std::string message = e["error"]["message"].GetString();
+  int status = e["error"]["status"].GetInt();
+  int attempts = e["attempts"].GetInt();
+  if (message == "cancelled") {
+    ++c->cancelled;
+    if (c->state != "cancelled" || status != 0 || attempts < 0 || attempts > kMaxAttempts) {
+      g_problems.Add("failure entries are well-formed",
+                     c->where + ": key " + key + ": a cancelled entry with status " +
+                         std::to_string(status) + ", attempts " + std::to_string(attempts));
+    }
+    return;
+  }
+  ++c->failures;
+  // Every injected fault is retryable, so a failure used every attempt.
+  bool status_ok = status == 0 || status == 200 || status == 429 || status == 500 || status == 503;
+  if (!status_ok || attempts != kMaxAttempts) {
+    g_problems.Add("failure entries are well-formed",
+                   c->where + ": key " + key + ": status " + std::to_string(status) + " after " +
+                       std::to_string(attempts) + " attempts: " + message);
+  }
+}
+
+// One entry: of an accepted key, its only one, a success or a failure.
+void CheckEntry(OutputCheck* c, const rapidjson::Value& e) {
+  if (!e.IsObject() || !e.HasMember("key") || !e["key"].IsString()) {
+    g_problems.Add(c->entries_category, c->where + ": an entry without a key");
+    return;
+  }
+  std::string key(e["key"].GetString(), e["key"].GetStringLength());
+  auto it = c->index.find(key);
+  if (it == c->index.end() || it->second >= c->accepted) {
+    g_problems.Add(c->entries_category, c->where + ": an entry for a key never accepted: " + key);
+    return;
+  }
+  size_t i = it->second;
+  if (c->seen[i]++) {
+    g_problems.Add(c->entries_category, c->where + ": key " + key + " has more than one entry");
+    return;
+  }
+  if (e.HasMember("value")) {
+    ++c->successes;
+    CheckSuccess(*c, key, i, e["value"]);
+  } else if (IsFailureEntry(e)) {
+    CheckFailure(c, key, e);
+  } else {
+    g_problems.Add(c->entries_category, c->where + ": a malformed entry for key " + key);
+  }
+}
+
+// Every accepted input has an entry, and there are no others.
+void CheckEveryInputHasOne(const OutputCheck& c, size_t entries) {
+  size_t missing = 0;
+  std::string first_missing;
+  for (size_t i = 0; i < c.accepted; ++i) {
+    if (!c.seen[i] && missing++ == 0) first_missing = c.job.keys[i];
+  }
+  if (missing > 0) {
+    g_problems.Add(c.entries_category, c.where + ": " + std::to_string(missing) + " of " +
+                                           std::to_string(c.accepted) +
+                                           " inputs have no entry, e.g. " + first_missing);
+  }
+  if (entries != c.accepted) {
+    g_problems.Add(c.entries_category, c.where + ": " + std::to_string(entries) + " entries for " +
+                                           std::to_string(c.accepted) + " inputs");
+  }
+}
+
+// The job's counters agree with the entries.
+void CheckCounters(const OutputCheck& c, const rapidjson::Document& job_json) {
+  if (Field(job_json, "inputs") == c.accepted && Field(job_json, "outputs") == c.accepted &&
+      Field(job_json, "succeeded") == c.successes &&
+      Field(job_json, "failed") == c.failures + c.cancelled && Field(job_json, "pending") == 0 &&
+      Field(job_json, "in_flight") == 0) {
+    return;
+  }
+  rapidjson::StringBuffer buf;
+  rapidjson::Writer<rapidjson::StringBuffer> w(buf);
+  job_json.Accept(w);
+  g_problems.Add("job counters match the entries",
+                 c.where + ": sent " + std::to_string(c.accepted) + ", read " +
+                     std::to_string(c.successes) + " successes, " + std::to_string(c.failures) +
+                     " failures, " + std::to_string(c.cancelled) + " cancelled; the job says " +
+                     buf.GetString());
+}
+
 // Checks the output of an ended job against what was sent. state: what
 // pmmap says the job is, "done" or "cancelled".
 void Verify(const JobRecord& job, const std::string& output, bool ndjson, const std::string& state,
             const rapidjson::Document& job_json) {
-  const std::string where = "job " + job.id + " (" + state + ")";
-  const std::string entries_category =
-      state == "done" ? "done jobs: one entry per input" : "cancelled jobs: one entry per input";
   if (job.ambiguous) return;  // already reported
-  const size_t accepted = job.accepted;
-  g_stats.inputs_in_checked_jobs += accepted;
+  OutputCheck check(job, state);
+  g_stats.inputs_in_checked_jobs += check.accepted;
   std::vector<rapidjson::Document> entries;
   if (!ParseEntries(output, ndjson, &entries)) {
-    g_problems.Add(entries_category, where + ": the output is not valid " +
-                                         (ndjson ? "NDJSON" : "JSON array") + ": " +
-                                         output.substr(0, 300));
+    g_problems.Add(check.entries_category, check.where + ": the output is not valid " +
+                                               (ndjson ? "NDJSON" : "JSON array") + ": " +
+                                               output.substr(0, 300));
     return;
   }
-  std::unordered_map<std::string, size_t> index;
-  for (size_t i = 0; i < job.keys.size(); ++i) index.emplace(job.keys[i], i);
-  std::vector<char> seen(job.keys.size(), 0);
-  uint64_t successes = 0, failures = 0, cancelled = 0;
-  for (const auto& e : entries) {
-    if (!e.IsObject() || !e.HasMember("key") || !e["key"].IsString()) {
-      g_problems.Add(entries_category, where + ": an entry without a key");
-      continue;
-    }
-    std::string key(e["key"].GetString(), e["key"].GetStringLength());
-    auto it = index.find(key);
-    if (it == index.end() || it->second >= accepted) {
-      g_problems.Add(entries_category, where + ": an entry for a key never accepted: " + key);
-      continue;
-    }
-    size_t i = it->second;
-    if (seen[i]++) {
-      g_problems.Add(entries_category, where + ": key " + key + " has more than one entry");
-      continue;
-    }
-    if (e.HasMember("value")) {
-      ++successes;
-      const rapidjson::Value& got = e["value"];
-      rapidjson::Document good;
-      good.Parse(GoodReply(key, job.values[i]).c_str());
-      bool garbage =
-          got.IsString() && std::string(got.GetString(), got.GetStringLength()) == GarbageKept(key);
-      if (garbage) ++g_stats.successes_garbage;
-      if (good.HasParseError() || !(got == good || garbage)) {
-        rapidjson::StringBuffer buf;
-        rapidjson::Writer<rapidjson::StringBuffer> w(buf);
-        got.Accept(w);
-        g_problems.Add("success entries carry the webhook's reply",
-                       where + ": key " + key + ": got " + buf.GetString() + ", want " +
-                           GoodReply(key, job.values[i]) + " or the garbage string");
-      }
-    } else if (e.HasMember("error") && e["error"].IsObject() && e["error"].HasMember("status") &&
-               e["error"]["status"].IsInt() && e["error"].HasMember("message") &&
-               e["error"]["message"].IsString() && e.HasMember("attempts") &&
-               e["attempts"].IsInt()) {
-      std::string message = e["error"]["message"].GetString();
-      int status = e["error"]["status"].GetInt();
-      int attempts = e["attempts"].GetInt();
-      if (message == "cancelled") {
-        ++cancelled;
-        if (state != "cancelled" || status != 0 || attempts < 0 || attempts > kMaxAttempts) {
-          g_problems.Add("failure entries are well-formed",
-                         where + ": key " + key + ": a cancelled entry with status " +
-                             std::to_string(status) + ", attempts " + std::to_string(attempts));
-        }
-      } else {
-        ++failures;
-        // Every injected fault is retryable, so a failure used every attempt.
-        bool status_ok =
-            status == 0 || status == 200 || status == 429 || status == 500 || status == 503;
-        if (!status_ok || attempts != kMaxAttempts) {
-          g_problems.Add("failure entries are well-formed",
-                         where + ": key " + key + ": status " + std::to_string(status) + " after " +
-                             std::to_string(attempts) + " attempts: " + message);
-        }
-      }
-    } else {
-      g_problems.Add(entries_category, where + ": a malformed entry for key " + key);
-    }
-  }
-  size_t missing = 0;
-  std::string first_missing;
-  for (size_t i = 0; i < accepted; ++i) {
-    if (!seen[i] && missing++ == 0) first_missing = job.keys[i];
-  }
-  if (missing > 0) {
-    g_problems.Add(entries_category, where + ": " + std::to_string(missing) + " of " +
-                                         std::to_string(accepted) + " inputs have no entry, e.g. " +
-                                         first_missing);
-  }
-  if (entries.size() != accepted) {
-    g_problems.Add(entries_category, where + ": " + std::to_string(entries.size()) +
-                                         " entries for " + std::to_string(accepted) + " inputs");
-  }
-  // The job's counters agree with the entries.
-  if (Field(job_json, "inputs") != accepted || Field(job_json, "outputs") != accepted ||
-      Field(job_json, "succeeded") != successes ||
-      Field(job_json, "failed") != failures + cancelled || Field(job_json, "pending") != 0 ||
-      Field(job_json, "in_flight") != 0) {
-    rapidjson::StringBuffer buf;
-    rapidjson::Writer<rapidjson::StringBuffer> w(buf);
-    job_json.Accept(w);
-    g_problems.Add("job counters match the entries",
-                   where + ": sent " + std::to_string(accepted) + ", read " +
-                       std::to_string(successes) + " successes, " + std::to_string(failures) +
-                       " failures, " + std::to_string(cancelled) + " cancelled; the job says " +
-                       buf.GetString());
-  }
+  for (const auto& e : entries) CheckEntry(&check, e);
+  CheckEveryInputHasOne(check, entries.size());
+  CheckCounters(check, job_json);
   g_stats.outputs_checked += entries.size();
-  g_stats.successes += successes;
-  g_stats.failures += failures;
-  g_stats.cancelled_entries += cancelled;
+  g_stats.successes += check.successes;
+  g_stats.failures += check.failures;
+  g_stats.cancelled_entries += check.cancelled;
 }
 
 // Reads the whole output again in pages and checks they add up to it.
@@ -999,32 +1059,38 @@ void ReadAndVerify(const JobRecord& job, bool ndjson, const Reply* already_read)
   }
 }
 
-// One job, start to end, with one of three fates.
-void RunJob(std::mt19937_64& rng) {
-  auto uniform = [&rng](int lo, int hi) {
-    return lo + static_cast<int>(rng() % static_cast<uint64_t>(hi - lo + 1));
-  };
-  JobRecord job;
-  job.seq = g_job_seq++;
-  job.concurrency = uniform(1, 16);
-  job.maxsize = uniform(5, 200);
-  job.secret = rng() % 2 == 0;
+int Uniform(std::mt19937_64& rng, int lo, int hi) {
+  return lo + static_cast<int>(rng() % static_cast<uint64_t>(hi - lo + 1));
+}
+
+// How a job ends: completed and read, or cancelled or deleted at a random moment.
+enum Fate { kComplete, kCancel, kDelete };
+
+// Draws the job's settings, returns how many inputs it gets, and sets fate.
+int PlanJob(std::mt19937_64& rng, JobRecord* job, Fate* fate) {
+  job->seq = g_job_seq++;
+  job->concurrency = Uniform(rng, 1, 16);
+  job->maxsize = Uniform(rng, 5, 200);
+  job->secret = rng() % 2 == 0;
   const double budget_ms = g_opt.seconds * 1000.0 / 4;
   const int n_max = std::max(
-      100, std::min(2000, static_cast<int>(budget_ms * job.concurrency / kEstimatedMsPerInput)));
-  const int n = uniform(100, n_max);
-  enum { kComplete, kCancel, kDelete } fate;
-  int f = uniform(0, 99);
-  fate = f < 55 ? kComplete : f < 80 ? kCancel : kDelete;
+      100, std::min(2000, static_cast<int>(budget_ms * job->concurrency / kEstimatedMsPerInput)));
+  const int n = Uniform(rng, 100, n_max);
+  int f = Uniform(rng, 0, 99);
+  *fate = f < 55 ? kComplete : f < 80 ? kCancel : kDelete;
+  return n;
+}
 
+// POST /job with the job's settings; sets job->id. False if refused.
+bool CreateJob(JobRecord* job) {
   std::string body = "{\"url\": " + JsonString(g_hook_url) +
-                     ", \"concurrency\": " + std::to_string(job.concurrency) +
-                     ", \"maxsize\": " + std::to_string(job.maxsize) +
+                     ", \"concurrency\": " + std::to_string(job->concurrency) +
+                     ", \"maxsize\": " + std::to_string(job->maxsize) +
                      ", \"timeout_ms\": " + std::to_string(kTimeoutMs) +
                      ", \"max_attempts\": " + std::to_string(kMaxAttempts) +
                      ", \"backoff_ms\": " + std::to_string(kBackoffMs) +
                      ", \"max_backoff_ms\": " + std::to_string(kMaxBackoffMs) +
-                     (job.secret ? std::string(", \"secret\": \"") + kSecret + "\"" : "") + "}";
+                     (job->secret ? std::string(", \"secret\": \"") + kSecret + "\"" : "") + "}";
   Reply created = Api("POST", "/job", body);
   rapidjson::Document doc;
   if (created.status == 201) doc.Parse(created.body.c_str(), created.body.size());
@@ -1032,57 +1098,136 @@ void RunJob(std::mt19937_64& rng) {
     ++g_stats.jobs_create_refused;
     if (!g_abort) g_problems.Add("api: unexpected reply", Describe("POST /job", created));
     std::this_thread::sleep_for(Ms(200));
-    return;
+    return false;
   }
-  job.id = doc["id"].GetString();
+  job->id = doc["id"].GetString();
   ++g_stats.jobs_created;
+  return true;
+}
 
+// n keys and values, cut into batches of random sizes (now and then one batch).
+void MakeInputs(std::mt19937_64& rng, int n, JobRecord* job) {
   for (int i = 0; i < n; ++i) {
-    job.keys.push_back(MakeKey(job.seq, i));
-    job.values.push_back(MakeValue(rng, i));
+    job->keys.push_back(MakeKey(job->seq, i));
+    job->values.push_back(MakeValue(rng, i));
   }
   for (int at = 0; at < n;) {
-    int size = rng() % 8 == 0 ? n - at : std::min(n - at, uniform(1, 600));
+    int size = rng() % 8 == 0 ? n - at : std::min(n - at, Uniform(rng, 1, 600));
     at += size;
-    job.batch_ends.push_back(static_cast<size_t>(at));
+    job->batch_ends.push_back(static_cast<size_t>(at));
   }
-  const bool ndjson = rng() % 2 == 0;
-  const double est_ms = static_cast<double>(n) * kEstimatedMsPerInput / job.concurrency;
-  std::thread filler([&job] { Fill(&job); });
+}
 
-  if (fate == kComplete) {
-    bool filled = WaitFlag(job.filler_done, g_job_deadline);
-    bool ended = false;
-    if (filled && !job.ambiguous) {
-      Reply r = Api("POST", "/job/" + job.id + "/complete");
-      if (r.status != 200)
-        g_problems.Add("api: unexpected reply", Describe("POST /job/" + job.id + "/complete", r));
-      Reply out = Api("GET", "/job/" + job.id + "/output" + (ndjson ? "?format=ndjson" : ""), "",
-                      std::max(1.0, SecondsUntil(g_job_deadline)));
-      if (out.status == 200) {
-        ended = true;
-        filler.join();
-        ReadAndVerify(job, ndjson, &out);
-        if (rng() % 4 != 0) CheckPaged(job, rng);
-      } else if (out.status != 0) {
-        g_problems.Add("api: unexpected reply", Describe("GET /job/" + job.id + "/output", out));
-      }
+void Complete(const JobRecord& job) {
+  Reply r = Api("POST", "/job/" + job.id + "/complete");
+  if (r.status != 200)
+    g_problems.Add("api: unexpected reply", Describe("POST /job/" + job.id + "/complete", r));
+}
+
+// Joins the filler once a cancel or DELETE has released its PUT. verb names
+// the check ("cancel" or "delete"); after, the call in the problem's detail.
+void JoinFiller(const JobRecord& job, std::thread* filler, const std::string& verb,
+                const std::string& after) {
+  if (!WaitFlag(job.filler_done, Clock::now() + std::chrono::seconds(10))) {
+    g_problems.Add(verb + " releases a blocked PUT",
+                   "job " + job.id + ": a PUT still blocked 10 s after " + after);
+  }
+  filler->join();
+}
+
+// Joins a waiting reader once a cancel or DELETE has answered it; verb and
+// after as for JoinFiller.
+void JoinReader(const JobRecord& job, WaitingReader* reader, const std::string& verb,
+                const std::string& after) {
+  if (!WaitFlag(reader->done, Clock::now() + std::chrono::seconds(10))) {
+    g_problems.Add(
+        verb + " answers a waiting GET /output",
+        "job " + job.id + ": a waiting GET /output still unanswered 10 s after " + after);
+  }
+  reader->thread.join();
+}
+
+// Completes the filled job and reads its output; cancels it instead if it
+// is not done by the deadline (or a PUT went wrong). Checks the output.
+void CompleteJob(const JobRecord& job, bool ndjson, std::thread* filler, std::mt19937_64& rng) {
+  bool filled = WaitFlag(job.filler_done, g_job_deadline);
+  if (filled && !job.ambiguous) {
+    Complete(job);
+    Reply out = Api("GET", "/job/" + job.id + "/output" + (ndjson ? "?format=ndjson" : ""), "",
+                    std::max(1.0, SecondsUntil(g_job_deadline)));
+    if (out.status == 200) {
+      filler->join();
+      ReadAndVerify(job, ndjson, &out);
+      if (rng() % 4 != 0) CheckPaged(job, rng);
+      return;
     }
-    if (!ended) {
-      // Not done by the deadline (or a PUT went wrong): cancel it instead.
-      ++g_stats.jobs_cancelled_at_deadline;
-      CancelJob(job.id);
-      if (!WaitFlag(job.filler_done, Clock::now() + std::chrono::seconds(10))) {
-        g_problems.Add("cancel releases a blocked PUT",
-                       "job " + job.id + ": a PUT still blocked 10 s after cancel");
-      }
-      filler.join();
-      ReadAndVerify(job, ndjson, nullptr);
-    }
+    if (out.status != 0)
+      g_problems.Add("api: unexpected reply", Describe("GET /job/" + job.id + "/output", out));
+  }
+  ++g_stats.jobs_cancelled_at_deadline;
+  CancelJob(job.id);
+  JoinFiller(job, filler, "cancel", "cancel");
+  ReadAndVerify(job, ndjson, nullptr);
+}
+
+// Cancels the job; checks that this releases the filler and answers the
+// waiting reader, if any, then checks the output.
+void CancelMidway(const JobRecord& job, bool ndjson, std::thread* filler, WaitingReader* reader) {
+  CancelJob(job.id);
+  JoinFiller(job, filler, "cancel", "cancel");
+  if (reader == nullptr) {
+    ReadAndVerify(job, ndjson, nullptr);
     return;
   }
+  JoinReader(job, reader, "cancel", "cancel");
+  ReadAndVerify(job, ndjson, &reader->reply);
+}
 
-  // Cancel or delete at a random moment: while filling, while working, or after.
+// After a DELETE: no file, and 404 for the job and its output.
+void CheckDeletedLeavesNothing(const std::string& id) {
+  struct stat st;
+  if (stat((g_data_dir + "/" + id + ".ndjson").c_str(), &st) == 0) {
+    g_problems.Add("deleted jobs leave nothing behind",
+                   "job " + id + ": its file is still there after DELETE");
+  }
+  Reply after = Api("GET", "/job/" + id);
+  if (after.status != 404)
+    g_problems.Add("deleted jobs leave nothing behind",
+                   Describe("GET /job/" + id + " after DELETE", after));
+  after = Api("GET", "/job/" + id + "/output?wait=false");
+  if (after.status != 404) {
+    g_problems.Add("deleted jobs leave nothing behind",
+                   Describe("GET /job/" + id + "/output after DELETE", after));
+  }
+}
+
+// Deletes the job; checks that it leaves nothing behind, releases the
+// filler and answers the waiting reader, if any.
+void DeleteMidway(const JobRecord& job, std::thread* filler, WaitingReader* reader) {
+  Reply r = Api("DELETE", "/job/" + job.id);
+  if (r.status != 200)
+    g_problems.Add("api: unexpected reply", Describe("DELETE /job/" + job.id, r));
+  {
+    std::lock_guard<std::mutex> lock(g_jobs_mutex);
+    g_deleted_jobs.insert(job.id);
+  }
+  ++g_stats.jobs_deleted;
+  CheckDeletedLeavesNothing(job.id);
+  JoinFiller(job, filler, "delete", "DELETE");
+  if (reader == nullptr) return;
+  JoinReader(job, reader, "delete", "DELETE");
+  // 404, or 200 if the job had ended (and the output was sent) before the DELETE.
+  if (reader->reply.status != 404 && reader->reply.status != 200) {
+    g_problems.Add("delete answers a waiting GET /output",
+                   Describe("waiting GET /job/" + job.id + "/output", reader->reply));
+  }
+}
+
+// Cancels or deletes the job at a random moment: while filling, while
+// working, or after; half the time completes it first once filled, and half
+// the time a reader waits on its output meanwhile.
+void EndMidway(const JobRecord& job, Fate fate, bool ndjson, double est_ms, std::thread* filler,
+               std::mt19937_64& rng) {
   const bool complete_first = rng() % 2 == 0;
   std::unique_ptr<WaitingReader> reader;
   if (rng() % 2 == 0) {
@@ -1095,74 +1240,31 @@ void RunJob(std::mt19937_64& rng) {
   while (Clock::now() < act_at && !g_abort) {
     if (complete_first && !completed && job.filler_done && !job.ambiguous) {
       completed = true;
-      Reply r = Api("POST", "/job/" + job.id + "/complete");
-      if (r.status != 200)
-        g_problems.Add("api: unexpected reply", Describe("POST /job/" + job.id + "/complete", r));
+      Complete(job);
     }
     std::this_thread::sleep_for(Ms(10));
   }
-
   if (fate == kCancel) {
-    CancelJob(job.id);
-    if (!WaitFlag(job.filler_done, Clock::now() + std::chrono::seconds(10))) {
-      g_problems.Add("cancel releases a blocked PUT",
-                     "job " + job.id + ": a PUT still blocked 10 s after cancel");
-    }
-    filler.join();
-    if (reader) {
-      if (!WaitFlag(reader->done, Clock::now() + std::chrono::seconds(10))) {
-        g_problems.Add(
-            "cancel answers a waiting GET /output",
-            "job " + job.id + ": a waiting GET /output still unanswered 10 s after cancel");
-      }
-      reader->thread.join();
-      ReadAndVerify(job, ndjson, &reader->reply);
-    } else {
-      ReadAndVerify(job, ndjson, nullptr);
-    }
-    return;
+    CancelMidway(job, ndjson, filler, reader.get());
+  } else {
+    DeleteMidway(job, filler, reader.get());
   }
+}
 
-  // Delete.
-  Reply r = Api("DELETE", "/job/" + job.id);
-  if (r.status != 200)
-    g_problems.Add("api: unexpected reply", Describe("DELETE /job/" + job.id, r));
-  {
-    std::lock_guard<std::mutex> lock(g_jobs_mutex);
-    g_deleted_jobs.insert(job.id);
-  }
-  ++g_stats.jobs_deleted;
-  struct stat st;
-  if (stat((g_data_dir + "/" + job.id + ".ndjson").c_str(), &st) == 0) {
-    g_problems.Add("deleted jobs leave nothing behind",
-                   "job " + job.id + ": its file is still there after DELETE");
-  }
-  Reply after = Api("GET", "/job/" + job.id);
-  if (after.status != 404)
-    g_problems.Add("deleted jobs leave nothing behind",
-                   Describe("GET /job/" + job.id + " after DELETE", after));
-  after = Api("GET", "/job/" + job.id + "/output?wait=false");
-  if (after.status != 404) {
-    g_problems.Add("deleted jobs leave nothing behind",
-                   Describe("GET /job/" + job.id + "/output after DELETE", after));
-  }
-  if (!WaitFlag(job.filler_done, Clock::now() + std::chrono::seconds(10))) {
-    g_problems.Add("delete releases a blocked PUT",
-                   "job " + job.id + ": a PUT still blocked 10 s after DELETE");
-  }
-  filler.join();
-  if (reader) {
-    if (!WaitFlag(reader->done, Clock::now() + std::chrono::seconds(10))) {
-      g_problems.Add(
-          "delete answers a waiting GET /output",
-          "job " + job.id + ": a waiting GET /output still unanswered 10 s after DELETE");
-    }
-    reader->thread.join();
-    // 404, or 200 if the job had ended (and the output was sent) before the DELETE.
-    if (reader->reply.status != 404 && reader->reply.status != 200) {
-      g_problems.Add("delete answers a waiting GET /output",
-                     Describe("waiting GET /job/" + job.id + "/output", reader->reply));
-    }
+// One job, start to end, with one of three fates.
+void RunJob(std::mt19937_64& rng) {
+  JobRecord job;
+  Fate fate;
+  const int n = PlanJob(rng, &job, &fate);
+  if (!CreateJob(&job)) return;
+  MakeInputs(rng, n, &job);
+  const bool ndjson = rng() % 2 == 0;
+  const double est_ms = static_cast<double>(n) * kEstimatedMsPerInput / job.concurrency;
+  std::thread filler([&job] { Fill(&job); });
+  if (fate == kComplete) {
+    CompleteJob(job, ndjson, &filler, rng);
+  } else {
+    EndMidway(job, fate, ndjson, est_ms, &filler, rng);
   }
 }
 
@@ -1332,20 +1434,37 @@ std::string Mib(long kb) {
   return buf;
 }
 
-}  // namespace
+// ---------------------------------------------------------------------------
+// The run, start to end.
 
-int main(int argc, char** argv) {
-  if (!ParseArgs(argc, argv)) {
-    Usage();
-    return 2;
-  }
-  signal(SIGPIPE, SIG_IGN);
-  setvbuf(stdout, nullptr, _IOLBF, 0);
+// The webhook in this process and the pmmap process, both under test.
+struct Servers {
+  FaultyWebhook webhook;
+  PmmapProcess pmmap;
+  int hook_port = -1;
+};
+
+// What the run and the checks at its end found, for the report.
+struct Outcome {
+  bool server_died = false;
+  double run_seconds = 0;
+  std::string metrics;  // GET /metrics before the final deletes
+  size_t files_before_final_delete = 0;
+  int exit_status = -1;  // on SIGTERM, or when it died
+  std::string log;       // pmmap's, once stopped
+};
+
+// Jobs are created for 70% of the run and must end by its end; the
+// watchdog kills everything 90 s after that.
+void SetDeadlines() {
   g_t0 = Clock::now();
   const auto run = std::chrono::seconds(g_opt.seconds);
   g_create_end = g_t0 + run * 7 / 10;
   g_job_deadline = g_t0 + run;
   g_hard_deadline = g_t0 + run + std::chrono::seconds(90);
+}
+
+void PrintSettings() {
   printf("soak: %d s of faults against %s, %d clients, seed %" PRIu64 "\n", g_opt.seconds,
          g_opt.pmmap.c_str(), g_opt.clients, g_opt.seed);
   printf(
@@ -1354,50 +1473,131 @@ int main(int argc, char** argv) {
       kTimeoutMs, kMaxAttempts, kBackoffMs, kMaxBackoffMs);
   for (const auto& f : kFaults) printf(" %s %d%%;", f.name, f.percent);
   printf("\n");
+}
 
+// The temporary directory (g_root) and the data directory in it.
+bool MakeDirectories() {
   char templ[] = "/tmp/pmmap-soak.XXXXXX";
   if (mkdtemp(templ) == nullptr) {
     perror("soak: mkdtemp");
-    return 2;
+    return false;
   }
   g_root = templ;
   g_data_dir = g_root + "/data";
   mkdir(g_data_dir.c_str(), 0700);
-  std::thread watchdog(Watchdog);
+  return true;
+}
 
-  // The webhook, then the server.
-  FaultyWebhook webhook;
-  int hook_port = webhook.Start(0);
-  PmmapProcess pmmap;
-  std::string error;
-  if (hook_port <= 0 || !pmmap.Start(g_opt.pmmap, g_data_dir, g_root + "/pmmap.log", &error)) {
-    fprintf(stderr, "soak: cannot start: %s\n",
-            hook_port <= 0 ? "the webhook cannot listen" : error.c_str());
-    {
-      std::lock_guard<std::mutex> lock(g_watchdog_mutex);
-      g_watchdog_done = true;
-    }
-    g_watchdog_cv.notify_all();
-    watchdog.join();
-    webhook.Stop();
-    pmmap.Stop(Ms(5000));
-    if (!g_opt.keep) RemoveTree(g_root);
-    return 2;
+void StopWatchdog(std::thread* watchdog) {
+  {
+    std::lock_guard<std::mutex> lock(g_watchdog_mutex);
+    g_watchdog_done = true;
   }
-  g_pmmap_pid = pmmap.pid();
-  g_api_port = pmmap.port();
-  g_hook_url = "http://127.0.0.1:" + std::to_string(hook_port) + "/hook";
+  g_watchdog_cv.notify_all();
+  watchdog->join();
+}
+
+// The webhook, then the server; then notes where they listen and what the
+// server holds at rest.
+bool StartServers(Servers* s) {
+  s->hook_port = s->webhook.Start(0);
+  std::string error;
+  if (s->hook_port <= 0 ||
+      !s->pmmap.Start(g_opt.pmmap, g_data_dir, g_root + "/pmmap.log", &error)) {
+    fprintf(stderr, "soak: cannot start: %s\n",
+            s->hook_port <= 0 ? "the webhook cannot listen" : error.c_str());
+    return false;
+  }
+  g_pmmap_pid = s->pmmap.pid();
+  g_api_port = s->pmmap.port();
+  g_hook_url = "http://127.0.0.1:" + std::to_string(s->hook_port) + "/hook";
   std::this_thread::sleep_for(Ms(200));
-  g_res_start = ReadResources(pmmap.pid());
+  g_res_start = ReadResources(s->pmmap.pid());
   g_res_peak = g_res_start;
-  printf("soak: pmmap pid %d on port %d (data in %s), webhook on port %d\n", pmmap.pid(),
-         g_api_port, g_data_dir.c_str(), hook_port);
+  printf("soak: pmmap pid %d on port %d (data in %s), webhook on port %d\n", s->pmmap.pid(),
+         g_api_port, g_data_dir.c_str(), s->hook_port);
   printf("soak: pmmap at start: RSS %s, %ld fds, %ld threads\n", Mib(g_res_start.rss_kb).c_str(),
          g_res_start.fds, g_res_start.threads);
+  return true;
+}
 
-  // The run.
-  g_phase = "run";
-  std::thread prober(ProbeLoop, pmmap.pid());
+// Stops the webhook and starts it again on its port, as pmmap's calls go on.
+void RestartWebhook(Servers* s) {
+  Clock::time_point stop_start = Clock::now();
+  s->webhook.Stop();
+  double stop_ms = MsBetween(stop_start, Clock::now());
+  std::this_thread::sleep_for(Ms(1000));
+  int port = -1;
+  int tries = 0;
+  for (; tries < 50 && port <= 0; ++tries) {
+    port = s->webhook.Start(s->hook_port);
+    if (port <= 0) std::this_thread::sleep_for(Ms(100));
+  }
+  if (port == s->hook_port) {
+    ++g_stats.webhook_restarts;
+    printf(
+        "soak: [%5.1f s] webhook restarted on port %d (stop took %.0f ms, rebind after %d "
+        "tries)\n",
+        SecondsSince(g_t0), port, stop_ms, tries);
+  } else {
+    g_problems.Add("webhook restarts on its port",
+                   "cannot bind port " + std::to_string(s->hook_port) + " again");
+  }
+}
+
+// One line of figures so far, every 10 s of the run.
+void PrintProgress(const Servers& s) {
+  Resources r = ReadResources(s.pmmap.pid());
+  double max_ms = 0;
+  size_t slow = 0;
+  {
+    std::lock_guard<std::mutex> lock(g_probe_mutex);
+    for (const auto& p : g_probes) {
+      max_ms = std::max(max_ms, p.ms);
+      if (p.ms < 0 || p.ms > kHealthzLimitMs) ++slow;
+    }
+  }
+  printf("soak: [%5.1f s] jobs %" PRIu64 " created, %" PRIu64 " done, %" PRIu64
+         " cancelled, %" PRIu64 " deleted; %" PRIu64 " inputs; %" PRIu64
+         " webhook calls; healthz max %.1f ms (%zu over %.0f ms); "
+         "RSS %s, %ld fds, %ld threads\n",
+         SecondsSince(g_t0), g_stats.jobs_created.load(), g_stats.jobs_done.load(),
+         g_stats.jobs_cancelled.load(), g_stats.jobs_deleted.load(), g_stats.inputs_accepted.load(),
+         s.webhook.total_calls(), max_ms, slow, kHealthzLimitMs, Mib(r.rss_kb).c_str(), r.fds,
+         r.threads);
+}
+
+// Until the clients are done: notes if the server dies (and stops the
+// clients' calls), restarts the webhook half-way, and prints progress.
+void WatchRun(Servers* s, const std::atomic<int>& clients_running, Outcome* outcome) {
+  const Clock::time_point restart_at = g_t0 + std::chrono::seconds(g_opt.seconds) / 2;
+  bool restarted = false;
+  Clock::time_point next_progress = g_t0 + std::chrono::seconds(10);
+  while (clients_running > 0 && Clock::now() < g_hard_deadline) {
+    std::this_thread::sleep_for(Ms(50));
+    if (!outcome->server_died && s->pmmap.Exited()) {
+      outcome->server_died = true;
+      g_abort = true;
+      g_problems.Add("pmmap stays up and exits cleanly",
+                     "pmmap exited during the run with status " +
+                         std::to_string(s->pmmap.exit_status()) + " after " +
+                         std::to_string(SecondsSince(g_t0)) + " s");
+    }
+    if (!restarted && Clock::now() >= restart_at) {
+      restarted = true;
+      RestartWebhook(s);
+    }
+    if (Clock::now() >= next_progress) {
+      next_progress += std::chrono::seconds(10);
+      PrintProgress(*s);
+    }
+  }
+  if (!restarted)
+    g_problems.Add("webhook restarts on its port", "the run ended before the restart");
+}
+
+// The client threads, for the run, while the main thread watches.
+void RunClients(Servers* s, Outcome* outcome) {
   std::atomic<int> clients_running{g_opt.clients};
   std::vector<std::thread> clients;
   for (int i = 0; i < g_opt.clients; ++i) {
@@ -1406,258 +1606,229 @@ int main(int argc, char** argv) {
       --clients_running;
     });
   }
-  const Clock::time_point restart_at = g_t0 + run / 2;
-  bool restarted = false;
-  bool server_died = false;
-  Clock::time_point next_progress = g_t0 + std::chrono::seconds(10);
-  while (clients_running > 0 && Clock::now() < g_hard_deadline) {
-    std::this_thread::sleep_for(Ms(50));
-    if (!server_died && pmmap.Exited()) {
-      server_died = true;
-      g_abort = true;
-      g_problems.Add("pmmap stays up and exits cleanly",
-                     "pmmap exited during the run with status " +
-                         std::to_string(pmmap.exit_status()) + " after " +
-                         std::to_string(SecondsSince(g_t0)) + " s");
-    }
-    if (!restarted && Clock::now() >= restart_at) {
-      restarted = true;
-      Clock::time_point stop_start = Clock::now();
-      webhook.Stop();
-      double stop_ms = MsBetween(stop_start, Clock::now());
-      std::this_thread::sleep_for(Ms(1000));
-      int port = -1;
-      int tries = 0;
-      for (; tries < 50 && port <= 0; ++tries) {
-        port = webhook.Start(hook_port);
-        if (port <= 0) std::this_thread::sleep_for(Ms(100));
-      }
-      if (port == hook_port) {
-        ++g_stats.webhook_restarts;
-        printf(
-            "soak: [%5.1f s] webhook restarted on port %d (stop took %.0f ms, rebind after %d "
-            "tries)\n",
-            SecondsSince(g_t0), port, stop_ms, tries);
-      } else {
-        g_problems.Add("webhook restarts on its port",
-                       "cannot bind port " + std::to_string(hook_port) + " again");
-      }
-    }
-    if (Clock::now() >= next_progress) {
-      next_progress += std::chrono::seconds(10);
-      Resources r = ReadResources(pmmap.pid());
-      double max_ms = 0;
-      size_t slow = 0;
-      {
-        std::lock_guard<std::mutex> lock(g_probe_mutex);
-        for (const auto& p : g_probes) {
-          max_ms = std::max(max_ms, p.ms);
-          if (p.ms < 0 || p.ms > kHealthzLimitMs) ++slow;
-        }
-      }
-      printf("soak: [%5.1f s] jobs %" PRIu64 " created, %" PRIu64 " done, %" PRIu64
-             " cancelled, %" PRIu64 " deleted; %" PRIu64 " inputs; %" PRIu64
-             " webhook calls; healthz max %.1f ms (%zu over %.0f ms); "
-             "RSS %s, %ld fds, %ld threads\n",
-             SecondsSince(g_t0), g_stats.jobs_created.load(), g_stats.jobs_done.load(),
-             g_stats.jobs_cancelled.load(), g_stats.jobs_deleted.load(),
-             g_stats.inputs_accepted.load(), webhook.total_calls(), max_ms, slow, kHealthzLimitMs,
-             Mib(r.rss_kb).c_str(), r.fds, r.threads);
-    }
-  }
+  WatchRun(s, clients_running, outcome);
   g_phase = "joining clients";
   for (auto& t : clients) t.join();
-  const double run_seconds = SecondsSince(g_t0);
+  outcome->run_seconds = SecondsSince(g_t0);
+}
 
-  // The end: what the server still holds, then delete it all.
-  g_phase = "final checks";
-  if (!server_died && pmmap.Exited()) {
-    server_died = true;
-    g_problems.Add("pmmap stays up and exits cleanly", "pmmap exited during the run with status " +
-                                                           std::to_string(pmmap.exit_status()));
+// GET /jobs lists every kept job, ended, and no other; returns the ids it lists.
+std::vector<std::string> CheckJobList(const std::set<std::string>& kept) {
+  std::vector<std::string> held;
+  Reply list = Api("GET", "/jobs", "", 30);
+  rapidjson::Document jobs;
+  if (list.status == 200) jobs.Parse(list.body.c_str(), list.body.size());
+  if (list.status != 200 || jobs.HasParseError() || !jobs.IsArray()) {
+    g_problems.Add("api: unexpected reply", Describe("GET /jobs", list));
+    return held;
   }
-  std::string metrics;
-  size_t files_before_final_delete = 0;
+  for (const auto& j : jobs.GetArray()) {
+    std::string id = j["id"].GetString();
+    std::string state = j["state"].GetString();
+    held.push_back(id);
+    if (g_deleted_jobs.count(id)) {
+      g_problems.Add("deleted jobs leave nothing behind",
+                     "GET /jobs still lists deleted job " + id);
+    } else if (!kept.count(id)) {
+      g_problems.Add("GET /jobs lists the jobs kept",
+                     "GET /jobs lists job " + id + ", unknown to the clients");
+    }
+    if (state != "done" && state != "cancelled") {
+      g_problems.Add("GET /jobs lists the jobs kept",
+                     "job " + id + " is still " + state + " at the end");
+    }
+  }
+  for (const auto& id : kept) {
+    if (std::find(held.begin(), held.end(), id) == held.end()) {
+      g_problems.Add("GET /jobs lists the jobs kept", "job " + id + " is missing from GET /jobs");
+    }
+  }
+  return held;
+}
+
+// Only the files of jobs not deleted may be in the data directory, and each
+// kept job has its file. Returns how many files there are.
+size_t CheckDataDir(const std::set<std::string>& kept) {
+  std::vector<std::string> files = ListDir(g_data_dir);
+  for (const auto& name : files) {
+    std::string id = name.size() > 7 && name.compare(name.size() - 7, 7, ".ndjson") == 0
+                         ? name.substr(0, name.size() - 7)
+                         : "";
+    if (!kept.count(id)) {
+      g_problems.Add("deleted jobs leave nothing behind",
+                     "data directory holds " + name +
+                         (g_deleted_jobs.count(id) ? " of a deleted job" : ", of no kept job"));
+    }
+  }
+  for (const auto& id : kept) {
+    if (!std::binary_search(files.begin(), files.end(), id + ".ndjson")) {
+      g_problems.Add("kept jobs keep their file",
+                     "job " + id + " has no file in the data directory");
+    }
+  }
+  return files.size();
+}
+
+// Deletes every job the server holds; then nothing may be left of them.
+void DeleteEveryJob(const std::vector<std::string>& held) {
+  for (const auto& id : held) {
+    Reply r = Api("DELETE", "/job/" + id);
+    if (r.status != 200) g_problems.Add("api: unexpected reply", Describe("DELETE /job/" + id, r));
+  }
+  for (const auto& name : ListDir(g_data_dir)) {
+    g_problems.Add("data directory empty after deleting every job", "still there: " + name);
+  }
+  Reply list_after = Api("GET", "/jobs");
+  if (list_after.status != 200 || list_after.body.find("[]") != 0) {
+    g_problems.Add("data directory empty after deleting every job",
+                   Describe("GET /jobs after deleting every job", list_after));
+  }
+}
+
+// The end: what the server still holds, then delete it all.
+void CheckWhatIsLeft(PmmapProcess* pmmap, Outcome* outcome) {
+  g_phase = "final checks";
+  if (!outcome->server_died && pmmap->Exited()) {
+    outcome->server_died = true;
+    g_problems.Add("pmmap stays up and exits cleanly", "pmmap exited during the run with status " +
+                                                           std::to_string(pmmap->exit_status()));
+  }
+  if (outcome->server_died) return;
   std::set<std::string> kept;
   for (const auto& j : g_kept_jobs) kept.insert(j.id);
-  if (!server_died) {
-    Reply list = Api("GET", "/jobs", "", 30);
-    rapidjson::Document jobs;
-    if (list.status == 200) jobs.Parse(list.body.c_str(), list.body.size());
-    std::vector<std::string> held;
-    if (list.status != 200 || jobs.HasParseError() || !jobs.IsArray()) {
-      g_problems.Add("api: unexpected reply", Describe("GET /jobs", list));
-    } else {
-      for (const auto& j : jobs.GetArray()) {
-        std::string id = j["id"].GetString();
-        std::string state = j["state"].GetString();
-        held.push_back(id);
-        if (g_deleted_jobs.count(id)) {
-          g_problems.Add("deleted jobs leave nothing behind",
-                         "GET /jobs still lists deleted job " + id);
-        } else if (!kept.count(id)) {
-          g_problems.Add("GET /jobs lists the jobs kept",
-                         "GET /jobs lists job " + id + ", unknown to the clients");
-        }
-        if (state != "done" && state != "cancelled") {
-          g_problems.Add("GET /jobs lists the jobs kept",
-                         "job " + id + " is still " + state + " at the end");
-        }
-      }
-      for (const auto& id : kept) {
-        if (std::find(held.begin(), held.end(), id) == held.end()) {
-          g_problems.Add("GET /jobs lists the jobs kept",
-                         "job " + id + " is missing from GET /jobs");
-        }
-      }
-    }
-    // Only the files of jobs not deleted may be in the data directory.
-    std::vector<std::string> files = ListDir(g_data_dir);
-    files_before_final_delete = files.size();
-    for (const auto& name : files) {
-      std::string id = name.size() > 7 && name.compare(name.size() - 7, 7, ".ndjson") == 0
-                           ? name.substr(0, name.size() - 7)
-                           : "";
-      if (!kept.count(id)) {
-        g_problems.Add("deleted jobs leave nothing behind",
-                       "data directory holds " + name +
-                           (g_deleted_jobs.count(id) ? " of a deleted job" : ", of no kept job"));
-      }
-    }
-    for (const auto& id : kept) {
-      if (!std::binary_search(files.begin(), files.end(), id + ".ndjson")) {
-        g_problems.Add("kept jobs keep their file",
-                       "job " + id + " has no file in the data directory");
-      }
-    }
-    Reply m = Api("GET", "/metrics");
-    metrics = m.body;
-    for (const auto& id : held) {
-      Reply r = Api("DELETE", "/job/" + id);
-      if (r.status != 200)
-        g_problems.Add("api: unexpected reply", Describe("DELETE /job/" + id, r));
-    }
-    for (const auto& name : ListDir(g_data_dir)) {
-      g_problems.Add("data directory empty after deleting every job", "still there: " + name);
-    }
-    Reply list_after = Api("GET", "/jobs");
-    if (list_after.status != 200 || list_after.body.find("[]") != 0) {
-      g_problems.Add("data directory empty after deleting every job",
-                     Describe("GET /jobs after deleting every job", list_after));
-    }
-  }
+  std::vector<std::string> held = CheckJobList(kept);
+  outcome->files_before_final_delete = CheckDataDir(kept);
+  outcome->metrics = Api("GET", "/metrics").body;
+  DeleteEveryJob(held);
+}
 
-  // Memory and descriptors back near where they started; idle API
-  // connections close after 3 s, so poll for up to 5 s.
-  g_phase = "measuring the end";
-  g_probe_stop = true;
-  prober.join();
-  if (!server_died) {
-    Clock::time_point until = Clock::now() + Ms(5000);
-    do {
-      std::this_thread::sleep_for(Ms(100));
-      g_res_end = ReadResources(pmmap.pid());
-    } while (g_res_end.fds > g_res_start.fds + kFdSlack && Clock::now() < until);
-    g_res_peak.rss_kb = std::max(g_res_peak.rss_kb, g_res_end.rss_kb);
-    g_res_peak.fds = std::max(g_res_peak.fds, g_res_end.fds);
-    g_res_peak.threads = std::max(g_res_peak.threads, g_res_end.threads);
-    if (g_res_end.rss_kb > g_res_start.rss_kb + kRssSlackKb) {
-      g_problems.Add("RSS back near its start", "RSS " + Mib(g_res_end.rss_kb) + " at the end, " +
-                                                    Mib(g_res_start.rss_kb) + " at the start");
-    }
-    if (g_res_end.fds > g_res_start.fds + kFdSlack) {
-      std::string listing;
-      std::string fd_dir = "/proc/" + std::to_string(pmmap.pid()) + "/fd";
-      for (const auto& name : ListDir(fd_dir)) {
-        char target[512] = {0};
-        ssize_t n = readlink((fd_dir + "/" + name).c_str(), target, sizeof(target) - 1);
-        listing += " " + name + "->" + (n > 0 ? std::string(target, static_cast<size_t>(n)) : "?");
-      }
-      g_problems.Add("fds back near their start",
-                     std::to_string(g_res_end.fds) + " fds at the end, " +
-                         std::to_string(g_res_start.fds) + " at the start:" + listing);
-    }
+// What pmmap's descriptors point to, for the problem's detail.
+std::string ListFds(pid_t pid) {
+  std::string listing;
+  std::string fd_dir = "/proc/" + std::to_string(pid) + "/fd";
+  for (const auto& name : ListDir(fd_dir)) {
+    char target[512] = {0};
+    ssize_t n = readlink((fd_dir + "/" + name).c_str(), target, sizeof(target) - 1);
+    listing += " " + name + "->" + (n > 0 ? std::string(target, static_cast<size_t>(n)) : "?");
   }
+  return listing;
+}
 
-  // Stop everything.
+// Memory and descriptors back near where they started; idle API
+// connections close after 3 s, so polls for up to 5 s.
+void MeasureEnd(pid_t pid) {
+  Clock::time_point until = Clock::now() + Ms(5000);
+  do {
+    std::this_thread::sleep_for(Ms(100));
+    g_res_end = ReadResources(pid);
+  } while (g_res_end.fds > g_res_start.fds + kFdSlack && Clock::now() < until);
+  g_res_peak.rss_kb = std::max(g_res_peak.rss_kb, g_res_end.rss_kb);
+  g_res_peak.fds = std::max(g_res_peak.fds, g_res_end.fds);
+  g_res_peak.threads = std::max(g_res_peak.threads, g_res_end.threads);
+  if (g_res_end.rss_kb > g_res_start.rss_kb + kRssSlackKb) {
+    g_problems.Add("RSS back near its start", "RSS " + Mib(g_res_end.rss_kb) + " at the end, " +
+                                                  Mib(g_res_start.rss_kb) + " at the start");
+  }
+  if (g_res_end.fds > g_res_start.fds + kFdSlack) {
+    g_problems.Add("fds back near their start",
+                   std::to_string(g_res_end.fds) + " fds at the end, " +
+                       std::to_string(g_res_start.fds) + " at the start:" + ListFds(pid));
+  }
+}
+
+// Stops the webhook, then pmmap with SIGTERM: it must exit 0, and its log
+// must hold no crash.
+void StopServers(Servers* s, Outcome* outcome) {
   g_phase = "stopping";
-  webhook.Stop();
-  int exit_status = server_died ? pmmap.exit_status() : pmmap.Stop(Ms(15000));
-  if (!server_died && exit_status != 0) {
+  s->webhook.Stop();
+  outcome->exit_status = outcome->server_died ? s->pmmap.exit_status() : s->pmmap.Stop(Ms(15000));
+  const int exit_status = outcome->exit_status;
+  if (!outcome->server_died && exit_status != 0) {
     g_problems.Add("pmmap stays up and exits cleanly",
                    exit_status < 0
                        ? "pmmap did not exit within 15 s of SIGTERM (killed)"
                        : "pmmap exited with status " + std::to_string(exit_status) + " on SIGTERM");
   }
-  std::string log = pmmap.log();
+  outcome->log = s->pmmap.log();
+  const std::string& log = outcome->log;
   if (log.find("Sanitizer") != std::string::npos ||
       log.find("runtime error:") != std::string::npos ||
       log.find("terminate called") != std::string::npos) {
     g_problems.Add("pmmap stays up and exits cleanly",
                    "pmmap's log has a crash or sanitizer report");
   }
-  {
-    std::lock_guard<std::mutex> lock(g_watchdog_mutex);
-    g_watchdog_done = true;
-  }
-  g_watchdog_cv.notify_all();
-  watchdog.join();
+}
 
-  // The health figures.
+// The healthz probes' latencies, sorted, and how many failed or were slow.
+struct Health {
   std::vector<double> latencies;
-  size_t probes_failed = 0, probes_slow = 0;
+  size_t failed = 0, slow = 0;
+};
+
+// The worst of the failed or slow probes, with the CPU use around each.
+std::string DescribeWorst(std::vector<Probe> worst) {
+  std::string when;
+  std::sort(worst.begin(), worst.end(), [](const Probe& a, const Probe& b) {
+    return (a.ms < 0 ? 1e9 : a.ms) > (b.ms < 0 ? 1e9 : b.ms);
+  });
+  for (size_t i = 0; i < worst.size() && i < 8; ++i) {
+    char buf[160];
+    CpuShares cpu = CpuShare(worst[i].at_s - 1, worst[i].at_s + 0.5);
+    snprintf(buf, sizeof(buf),
+             " %s at %.1f s (CPU around it: pmmap %.0f%%, soak %.0f%%, others %.0f%%);",
+             worst[i].ms < 0 ? "failed"
+                             : (std::to_string(static_cast<int>(worst[i].ms)) + " ms").c_str(),
+             worst[i].at_s, cpu.pmmap, cpu.soak, cpu.others);
+    when += buf;
+  }
+  return when;
+}
+
+// Every probe answered within kHealthzLimitMs; returns the figures.
+Health CheckHealth() {
+  Health h;
   std::vector<Probe> worst;
   for (const auto& p : g_probes) {
     if (p.ms < 0) {
-      ++probes_failed;
+      ++h.failed;
     } else {
-      latencies.push_back(p.ms);
-      if (p.ms > kHealthzLimitMs) ++probes_slow;
+      h.latencies.push_back(p.ms);
+      if (p.ms > kHealthzLimitMs) ++h.slow;
     }
     if (p.ms < 0 || p.ms > kHealthzLimitMs) worst.push_back(p);
   }
-  std::sort(latencies.begin(), latencies.end());
-  auto pct = [&](double q) {
-    return latencies.empty() ? 0.0
-                             : latencies[std::min(latencies.size() - 1,
-                                                  static_cast<size_t>(q * latencies.size()))];
-  };
-  double max_latency = latencies.empty() ? 0 : latencies.back();
-  if (probes_failed > 0 || probes_slow > 0) {
-    std::string when;
-    std::sort(worst.begin(), worst.end(), [](const Probe& a, const Probe& b) {
-      return (a.ms < 0 ? 1e9 : a.ms) > (b.ms < 0 ? 1e9 : b.ms);
-    });
-    for (size_t i = 0; i < worst.size() && i < 8; ++i) {
-      char buf[160];
-      CpuShares cpu = CpuShare(worst[i].at_s - 1, worst[i].at_s + 0.5);
-      snprintf(buf, sizeof(buf),
-               " %s at %.1f s (CPU around it: pmmap %.0f%%, soak %.0f%%, others %.0f%%);",
-               worst[i].ms < 0 ? "failed"
-                               : (std::to_string(static_cast<int>(worst[i].ms)) + " ms").c_str(),
-               worst[i].at_s, cpu.pmmap, cpu.soak, cpu.others);
-      when += buf;
-    }
+  std::sort(h.latencies.begin(), h.latencies.end());
+  if (h.failed > 0 || h.slow > 0) {
     g_problems.Add("GET /healthz within 100 ms",
-                   std::to_string(probes_slow) + " probe(s) over 100 ms and " +
-                       std::to_string(probes_failed) + " failed, of " +
-                       std::to_string(g_probes.size()) + ":" + when);
+                   std::to_string(h.slow) + " probe(s) over 100 ms and " +
+                       std::to_string(h.failed) + " failed, of " + std::to_string(g_probes.size()) +
+                       ":" + DescribeWorst(worst));
   }
+  return h;
+}
 
-  // The summary.
-  auto metric = [&](const std::string& name) {
-    std::string out;
-    std::istringstream in(metrics);
-    std::string line;
-    while (std::getline(in, line)) {
-      if (line.compare(0, name.size(), name) == 0)
-        out += (out.empty() ? "" : ", ") + line.substr(name.size());
-    }
-    return out.empty() ? std::string("-") : out;
-  };
-  printf(
-      "\n==================== pmmap soak: %.1f s (jobs created for %.0f s) ====================\n",
-      run_seconds, g_opt.seconds * 0.7);
+// ---------------------------------------------------------------------------
+// The report.
+
+double Percentile(const std::vector<double>& sorted, double q) {
+  return sorted.empty()
+             ? 0.0
+             : sorted[std::min(sorted.size() - 1, static_cast<size_t>(q * sorted.size()))];
+}
+
+// The values of every line of metrics that starts with name, or "-".
+std::string MetricValues(const std::string& metrics, const std::string& name) {
+  std::string out;
+  std::istringstream in(metrics);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.compare(0, name.size(), name) == 0)
+      out += (out.empty() ? "" : ", ") + line.substr(name.size());
+  }
+  return out.empty() ? std::string("-") : out;
+}
+
+void PrintJobFigures() {
   printf("%-44s %" PRIu64 "\n", "jobs created", g_stats.jobs_created.load());
   printf("%-44s %" PRIu64 "\n", "  done (output checked)", g_stats.jobs_done.load());
   printf("%-44s %" PRIu64 " (%" PRIu64 " of them because not done by the deadline)\n",
@@ -1677,66 +1848,81 @@ int main(int argc, char** argv) {
   printf("%-44s %" PRIu64 "\n", "  cancelled entries", g_stats.cancelled_entries.load());
   printf("%-44s %" PRIu64 " paged re-reads, %" PRIu64 " waiting readers\n", "other reads",
          g_stats.paged_reads.load(), g_stats.waiting_readers.load());
+}
+
+// The webhook's calls by fault, and pmmap's own count of them.
+void PrintWebhookFigures(const FaultyWebhook& webhook, const std::string& metrics) {
   printf("%-44s %" PRIu64 "\n", "webhook calls", webhook.total_calls());
   for (int f = 0; f < kFaultCount; ++f)
     printf("  %-42s %" PRIu64 "\n", kFaults[f].name, webhook.calls(f));
   printf("%-44s %" PRIu64 "\n", "webhook restarts", g_stats.webhook_restarts.load());
   printf("%-44s %s\n", "pmmap webhook calls by outcome",
-         metric("pmmap_webhook_calls_total").c_str());
-  printf("%-44s %s\n", "pmmap retries", metric("pmmap_retries_total").c_str());
-  printf("%-44s %s\n", "pmmap outputs", metric("pmmap_outputs_total").c_str());
-  printf("%-44s %zu probes, %zu failed, %zu over %.0f ms\n", "healthz probes", g_probes.size(),
-         probes_failed, probes_slow, kHealthzLimitMs);
-  printf("%-44s max %.1f ms; p50 %.1f, p90 %.1f, p99 %.1f, p99.9 %.1f ms\n", "healthz latency",
-         max_latency, pct(0.5), pct(0.9), pct(0.99), pct(0.999));
-  {
-    const double edges[] = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1e9};
-    size_t counts[10] = {0};
-    for (double l : latencies) {
-      size_t b = 0;
-      while (l >= edges[b] && b < 9) ++b;
-      ++counts[b];
-    }
-    std::string dist;
-    double lo = 0;
-    for (size_t b = 0; b < 10; ++b) {
-      char buf[64];
-      if (b == 9) {
-        snprintf(buf, sizeof(buf), ">=%.0f:%zu", lo, counts[b]);
-      } else {
-        snprintf(buf, sizeof(buf), "<%.0f:%zu ", edges[b], counts[b]);
-      }
-      dist += buf;
-      lo = edges[b];
-    }
-    printf("%-44s %s (ms:count)\n", "healthz latency distribution", dist.c_str());
+         MetricValues(metrics, "pmmap_webhook_calls_total").c_str());
+  printf("%-44s %s\n", "pmmap retries", MetricValues(metrics, "pmmap_retries_total").c_str());
+  printf("%-44s %s\n", "pmmap outputs", MetricValues(metrics, "pmmap_outputs_total").c_str());
+}
+
+void PrintLatencyDistribution(const std::vector<double>& latencies) {
+  const double edges[] = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1e9};
+  size_t counts[10] = {0};
+  for (double l : latencies) {
+    size_t b = 0;
+    while (l >= edges[b] && b < 9) ++b;
+    ++counts[b];
   }
+  std::string dist;
+  double lo = 0;
+  for (size_t b = 0; b < 10; ++b) {
+    char buf[64];
+    if (b == 9) {
+      snprintf(buf, sizeof(buf), ">=%.0f:%zu", lo, counts[b]);
+    } else {
+      snprintf(buf, sizeof(buf), "<%.0f:%zu ", edges[b], counts[b]);
+    }
+    dist += buf;
+    lo = edges[b];
+  }
+  printf("%-44s %s (ms:count)\n", "healthz latency distribution", dist.c_str());
+}
+
+void PrintHealthFigures(const Health& h) {
+  const std::vector<double>& l = h.latencies;
+  printf("%-44s %zu probes, %zu failed, %zu over %.0f ms\n", "healthz probes", g_probes.size(),
+         h.failed, h.slow, kHealthzLimitMs);
+  printf("%-44s max %.1f ms; p50 %.1f, p90 %.1f, p99 %.1f, p99.9 %.1f ms\n", "healthz latency",
+         l.empty() ? 0 : l.back(), Percentile(l, 0.5), Percentile(l, 0.9), Percentile(l, 0.99),
+         Percentile(l, 0.999));
+  PrintLatencyDistribution(l);
   printf("%-44s max %.1f ms, at %.1f s (the machine's scheduling delay)\n",
          "prober's own timer lateness", g_prober_late_max_ms, g_prober_late_at_s);
-  {
-    // CPU use: on average, and the busiest second of pmmap and of the others.
-    CpuShares avg = CpuShare(0, run_seconds);
-    CpuShares pmmap_max, others_max;
-    double pmmap_max_at = 0, others_max_at = 0;
-    for (double t = 0; t + 1 <= run_seconds; t += 0.5) {
-      CpuShares c = CpuShare(t, t + 1);
-      if (c.pmmap > pmmap_max.pmmap) {
-        pmmap_max = c;
-        pmmap_max_at = t;
-      }
-      if (c.others > others_max.others) {
-        others_max = c;
-        others_max_at = t;
-      }
+}
+
+// CPU use: on average, and the busiest second of pmmap and of the others.
+void PrintCpuFigures(double run_seconds) {
+  CpuShares avg = CpuShare(0, run_seconds);
+  CpuShares pmmap_max, others_max;
+  double pmmap_max_at = 0, others_max_at = 0;
+  for (double t = 0; t + 1 <= run_seconds; t += 0.5) {
+    CpuShares c = CpuShare(t, t + 1);
+    if (c.pmmap > pmmap_max.pmmap) {
+      pmmap_max = c;
+      pmmap_max_at = t;
     }
-    printf("%-44s average: pmmap %.0f%%, soak %.0f%%, other processes %.0f%%\n",
-           "CPU (100% = one core)", avg.pmmap, avg.soak, avg.others);
-    printf(
-        "%-44s pmmap %.0f%% at %.1f s (soak %.0f%%, others %.0f%%); others %.0f%% at %.1f s (pmmap "
-        "%.0f%%)\n",
-        "  busiest second", pmmap_max.pmmap, pmmap_max_at, pmmap_max.soak, pmmap_max.others,
-        others_max.others, others_max_at, others_max.pmmap);
+    if (c.others > others_max.others) {
+      others_max = c;
+      others_max_at = t;
+    }
   }
+  printf("%-44s average: pmmap %.0f%%, soak %.0f%%, other processes %.0f%%\n",
+         "CPU (100% = one core)", avg.pmmap, avg.soak, avg.others);
+  printf(
+      "%-44s pmmap %.0f%% at %.1f s (soak %.0f%%, others %.0f%%); others %.0f%% at %.1f s (pmmap "
+      "%.0f%%)\n",
+      "  busiest second", pmmap_max.pmmap, pmmap_max_at, pmmap_max.soak, pmmap_max.others,
+      others_max.others, others_max_at, others_max.pmmap);
+}
+
+void PrintServerFigures(const Outcome& outcome) {
   printf("%-44s start %s, peak %s, end %s\n", "pmmap RSS", Mib(g_res_start.rss_kb).c_str(),
          Mib(g_res_peak.rss_kb).c_str(), Mib(g_res_end.rss_kb).c_str());
   printf("%-44s start %ld, peak %ld, end %ld\n", "pmmap open fds", g_res_start.fds, g_res_peak.fds,
@@ -1744,42 +1930,54 @@ int main(int argc, char** argv) {
   printf("%-44s start %ld, peak %ld, end %ld\n", "pmmap threads", g_res_start.threads,
          g_res_peak.threads, g_res_end.threads);
   printf("%-44s %zu before the final deletes, %zu after\n", "files in the data directory",
-         files_before_final_delete, ListDir(g_data_dir).size());
-  printf("%-44s %d\n", "pmmap exit status on SIGTERM", exit_status);
-  {
-    std::ifstream load("/proc/loadavg");
-    std::string l;
-    std::getline(load, l);
-    printf("%-44s %s (%u cores)\n", "load average at the end", l.c_str(),
-           std::thread::hardware_concurrency());
-  }
+         outcome.files_before_final_delete, ListDir(g_data_dir).size());
+  printf("%-44s %d\n", "pmmap exit status on SIGTERM", outcome.exit_status);
+  std::ifstream load("/proc/loadavg");
+  std::string l;
+  std::getline(load, l);
+  printf("%-44s %s (%u cores)\n", "load average at the end", l.c_str(),
+         std::thread::hardware_concurrency());
+}
 
-  const char* const kChecks[] = {
-      "done jobs: one entry per input",
-      "success entries carry the webhook's reply",
-      "failure entries are well-formed",
-      "job counters match the entries",
-      "paged output equals the whole output",
-      "cancelled jobs: one entry per input",
-      "cancel releases a blocked PUT",
-      "cancel answers a waiting GET /output",
-      "deleted jobs leave nothing behind",
-      "delete releases a blocked PUT",
-      "delete answers a waiting GET /output",
-      "kept jobs keep their file",
-      "GET /jobs lists the jobs kept",
-      "data directory empty after deleting every job",
-      "RSS back near its start",
-      "fds back near their start",
-      "GET /healthz within 100 ms",
-      "pmmap stays up and exits cleanly",
-      "webhook restarts on its port",
-      "webhook: bad request from pmmap",
-      "api: unexpected reply",
-  };
-  if (g_stats.webhook_restarts == 0 && g_problems.Count("webhook restarts on its port") == 0) {
-    g_problems.Add("webhook restarts on its port", "the run ended before the restart");
-  }
+void PrintFigures(const FaultyWebhook& webhook, const Outcome& outcome, const Health& health) {
+  printf(
+      "\n==================== pmmap soak: %.1f s (jobs created for %.0f s) ====================\n",
+      outcome.run_seconds, g_opt.seconds * 0.7);
+  PrintJobFigures();
+  PrintWebhookFigures(webhook, outcome.metrics);
+  PrintHealthFigures(health);
+  PrintCpuFigures(outcome.run_seconds);
+  PrintServerFigures(outcome);
+}
+
+// Every check, in the order the report lists them; each is a category of Problems.
+const char* const kChecks[] = {
+    "done jobs: one entry per input",
+    "success entries carry the webhook's reply",
+    "failure entries are well-formed",
+    "job counters match the entries",
+    "paged output equals the whole output",
+    "cancelled jobs: one entry per input",
+    "cancel releases a blocked PUT",
+    "cancel answers a waiting GET /output",
+    "deleted jobs leave nothing behind",
+    "delete releases a blocked PUT",
+    "delete answers a waiting GET /output",
+    "kept jobs keep their file",
+    "GET /jobs lists the jobs kept",
+    "data directory empty after deleting every job",
+    "RSS back near its start",
+    "fds back near their start",
+    "GET /healthz within 100 ms",
+    "pmmap stays up and exits cleanly",
+    "webhook restarts on its port",
+    "webhook: bad request from pmmap",
+    "api: unexpected reply",
+};
+
+// Each check's verdict: FAIL, ok, or n/a for the end state's when the
+// server is gone.
+void PrintChecks(bool server_died) {
   // Checks of the end state cannot run once the server is gone.
   const std::set<std::string> kEndChecks = {"kept jobs keep their file",
                                             "GET /jobs lists the jobs kept",
@@ -1792,10 +1990,16 @@ int main(int argc, char** argv) {
                                                                : "ok";
     printf("  %-4s %s\n", verdict, c);
   }
+}
+
+// The problems and the end of pmmap's log if any check failed; removes the
+// temporary directory unless kept. Returns main's exit code.
+int Conclude(const Outcome& outcome) {
   const bool passed = g_problems.Total() == 0;
   if (!passed) {
     printf("\nproblems:\n");
     g_problems.Print();
+    const std::string& log = outcome.log;
     std::string tail = log.size() > 3000 ? log.substr(log.size() - 3000) : log;
     printf("\nthe end of pmmap's log:\n%s\n", tail.c_str());
   }
@@ -1806,4 +2010,45 @@ int main(int argc, char** argv) {
   }
   printf("\nsoak: %s\n", passed ? "PASSED" : "FAILED");
   return passed ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (!ParseArgs(argc, argv)) {
+    Usage();
+    return 2;
+  }
+  signal(SIGPIPE, SIG_IGN);
+  setvbuf(stdout, nullptr, _IOLBF, 0);
+  SetDeadlines();
+  PrintSettings();
+  if (!MakeDirectories()) return 2;
+  std::thread watchdog(Watchdog);
+
+  Servers servers;
+  if (!StartServers(&servers)) {
+    StopWatchdog(&watchdog);
+    servers.webhook.Stop();
+    servers.pmmap.Stop(Ms(5000));
+    if (!g_opt.keep) RemoveTree(g_root);
+    return 2;
+  }
+
+  g_phase = "run";
+  std::thread prober(ProbeLoop, servers.pmmap.pid());
+  Outcome outcome;
+  RunClients(&servers, &outcome);
+  CheckWhatIsLeft(&servers.pmmap, &outcome);
+  g_phase = "measuring the end";
+  g_probe_stop = true;
+  prober.join();
+  if (!outcome.server_died) MeasureEnd(servers.pmmap.pid());
+  StopServers(&servers, &outcome);
+  StopWatchdog(&watchdog);
+
+  const Health health = CheckHealth();
+  PrintFigures(servers.webhook, outcome, health);
+  PrintChecks(outcome.server_died);
+  return Conclude(outcome);
 }
