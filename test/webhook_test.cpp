@@ -39,6 +39,22 @@ int64_t MaxBackoff(int attempts, int64_t base_ms, int64_t cap_ms, int64_t ceilin
 // 2015-10-21 07:28:00 UTC, the date of the HTTP-date examples below.
 constexpr time_t kOct21 = 1445412480;
 
+// A reply with the given status and Retry-After value ("" if none).
+CallResult Reply(long status, const std::string& retry_after) {
+  CallResult result;
+  result.status = status;
+  result.retry_after = retry_after;
+  return result;
+}
+
+// A job's options with the given backoff_ms and max_backoff_ms.
+JobOptions Backoff(int64_t base_ms, int64_t cap_ms) {
+  JobOptions options;
+  options.backoff_ms = base_ms;
+  options.max_backoff_ms = cap_ms;
+  return options;
+}
+
 }  // namespace
 
 // EscapeKey
@@ -198,6 +214,77 @@ TEST_CASE("BackoffDelay with a zero base or cap is zero", "[unit][webhook]") {
   for (int attempts = 1; attempts <= 100; ++attempts) {
     REQUIRE(BackoffDelay(attempts, 0, 30000, &rng) == Clock::duration::zero());
     REQUIRE(BackoffDelay(attempts, 100, 0, &rng) == Clock::duration::zero());
+  }
+}
+
+// RetryDelay
+
+// With backoff_ms 100, the backoff after at most four attempts is at most
+// 800 ms, so a wait of exactly the 2 s that Retry-After asks can only be the
+// header's.
+
+TEST_CASE("RetryDelay waits as long as a 429's Retry-After asks", "[unit][webhook]") {
+  std::mt19937_64 rng(3);
+  for (int attempts : {1, 2, 4}) {
+    INFO("attempts " << attempts);
+    CHECK(Ms(RetryDelay(Reply(429, "2"), attempts, Backoff(100, 30000), &rng)) == 2000);
+  }
+  CHECK(Ms(RetryDelay(Reply(429, "0"), 1, Backoff(100, 30000), &rng)) == 0);
+}
+
+TEST_CASE("RetryDelay waits as long as a 503's Retry-After asks", "[unit][webhook]") {
+  std::mt19937_64 rng(4);
+  for (int attempts : {1, 2, 4}) {
+    INFO("attempts " << attempts);
+    CHECK(Ms(RetryDelay(Reply(503, "2"), attempts, Backoff(100, 30000), &rng)) == 2000);
+  }
+  CHECK(Ms(RetryDelay(Reply(503, "0"), 1, Backoff(100, 30000), &rng)) == 0);
+}
+
+TEST_CASE("RetryDelay waits no longer than max_backoff_ms whatever Retry-After asks",
+          "[unit][webhook]") {
+  std::mt19937_64 rng(5);
+  for (long status : {429L, 503L}) {
+    INFO("status " << status);
+    CHECK(Ms(RetryDelay(Reply(status, "120"), 1, Backoff(100, 5000), &rng)) == 5000);
+    CHECK(Ms(RetryDelay(Reply(status, "99999999999999999999"), 1, Backoff(100, 5000), &rng)) ==
+          5000);
+    CHECK(Ms(RetryDelay(Reply(status, "Fri, 01 Jan 2100 00:00:00 GMT"), 1, Backoff(100, 5000),
+                        &rng)) == 5000);
+    CHECK(Ms(RetryDelay(Reply(status, "2"), 1, Backoff(100, 0), &rng)) == 0);
+  }
+}
+
+TEST_CASE("RetryDelay backs off after a 500 or a 408, even with a Retry-After", "[unit][webhook]") {
+  std::mt19937_64 rng(6);
+  for (long status : {500L, 502L, 408L, 0L}) {
+    for (int i = 0; i < 200; ++i) {
+      INFO("status " << status);
+      REQUIRE(Ms(RetryDelay(Reply(status, "2"), 1, Backoff(100, 30000), &rng)) <= 100);
+    }
+  }
+}
+
+TEST_CASE("RetryDelay backs off within [0, min(cap, base * 2^(attempts-1))] without a Retry-After",
+          "[unit][webhook]") {
+  std::mt19937_64 rng(8);
+  // An unreadable Retry-After counts as none.
+  for (const char* retry_after : {"", "soon"}) {
+    for (long status : {429L, 503L, 500L}) {
+      for (int attempts = 1; attempts <= 8; ++attempts) {
+        int64_t ceiling = std::min<int64_t>(100LL << (attempts - 1), 3000);
+        int64_t max = -1;
+        for (int i = 0; i < 500; ++i) {
+          INFO("Retry-After '" << retry_after << "' status " << status << " attempts " << attempts);
+          int64_t ms =
+              Ms(RetryDelay(Reply(status, retry_after), attempts, Backoff(100, 3000), &rng));
+          REQUIRE(ms >= 0);
+          REQUIRE(ms <= ceiling);
+          max = std::max(max, ms);
+        }
+        CHECK(max > ceiling / 2);  // full jitter reaches the upper half
+      }
+    }
   }
 }
 
