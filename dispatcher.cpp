@@ -16,14 +16,14 @@ constexpr size_t kErrorBodyBytes = 256;
 
 }  // namespace
 
-Dispatcher::Dispatcher(Options options) : options_(std::move(options)) {}
+Dispatcher::Dispatcher(Options options) : options_(std::move(options)), exit_cv_(&mutex_) {}
 
 Dispatcher::~Dispatcher() {
   // Join outside mutex_: an exiting thread takes it to announce its exit.
   for (;;) {
     ThreadList threads;
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      MutexLock lock(&mutex_);
       if (threads_.empty()) break;
       threads.swap(threads_);
       finished_.clear();
@@ -41,7 +41,7 @@ bool Dispatcher::StartCallback(std::shared_ptr<Job> job) {
 }
 
 bool Dispatcher::StartThread(std::function<void()> body) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   JoinFinished();
   ThreadList::iterator self = threads_.emplace(threads_.end());
   try {
@@ -51,9 +51,9 @@ bool Dispatcher::StartThread(std::function<void()> body) {
         [this, self](std::function<void()> run) {
           run();
           run = nullptr;  // a job may be destroyed here, before this thread is joined
-          std::lock_guard<std::mutex> lock(mutex_);
+          MutexLock lock(&mutex_);
           finished_.push_back(self);
-          exit_cv_.notify_all();
+          exit_cv_.SignalAll();
         },
         std::move(body));
   } catch (const std::system_error&) {
@@ -64,12 +64,16 @@ bool Dispatcher::StartThread(std::function<void()> body) {
 }
 
 bool Dispatcher::WaitForExit(Clock::duration timeout) {
-  std::unique_lock<std::mutex> lock(mutex_);
-  return exit_cv_.wait_for(lock, timeout, [this] { return finished_.size() == threads_.size(); });
+  const Clock::time_point deadline = Clock::now() + timeout;
+  MutexLock lock(&mutex_);
+  while (finished_.size() != threads_.size()) {
+    if (!exit_cv_.WaitUntil(deadline)) return finished_.size() == threads_.size();
+  }
+  return true;
 }
 
 void Dispatcher::JoinExited() {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   JoinFinished();
 }
 

@@ -14,15 +14,15 @@
 #ifndef PMMAP_DISPATCHER_HPP_
 #define PMMAP_DISPATCHER_HPP_
 
-#include <condition_variable>
 #include <functional>
 #include <list>
 #include <memory>
-#include <mutex>
 #include <thread>
 #include <vector>
 
 #include "job.hpp"
+#include "mutex.hpp"
+#include "thread_annotations.hpp"
 #include "webhook.hpp"
 
 class Dispatcher {
@@ -53,16 +53,15 @@ class Dispatcher {
   bool StartThread(std::function<void()> body);
   void RunWorker(const std::shared_ptr<Job>& job);
   void RunCallback(const std::shared_ptr<Job>& job);
-  // REQUIRES: mutex_ held.
-  void JoinFinished();
+  void JoinFinished() REQUIRES(mutex_);
 
   const Options options_;
 
-  std::mutex mutex_;
+  Mutex mutex_;
   // State below is protected by mutex_.
-  std::condition_variable exit_cv_;  // a thread announced its exit
-  ThreadList threads_;
-  std::vector<ThreadList::iterator> finished_;  // exited, not yet joined
+  CondVar exit_cv_ GUARDED_BY(mutex_);  // a thread announced its exit
+  ThreadList threads_ GUARDED_BY(mutex_);
+  std::vector<ThreadList::iterator> finished_ GUARDED_BY(mutex_);  // exited, not yet joined
 };
 
 #endif  // PMMAP_DISPATCHER_HPP_
