@@ -3,15 +3,16 @@
 #include <system_error>
 #include <thread>
 
-HttpPool::HttpPool(size_t max_threads) : max_threads_(max_threads) {}
+HttpPool::HttpPool(size_t max_threads)
+    : max_threads_(max_threads), task_cv_(&mutex_), exit_cv_(&mutex_) {}
 
 HttpPool::~HttpPool() { shutdown(); }
 
 void HttpPool::enqueue(std::function<void()> task) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   tasks_.push_back(std::move(task));
   if (idle_ >= tasks_.size() || threads_ >= max_threads_) {
-    task_cv_.notify_one();
+    task_cv_.Signal();
     return;
   }
   try {
@@ -21,32 +22,40 @@ void HttpPool::enqueue(std::function<void()> task) {
     ++threads_;
   } catch (const std::system_error&) {
     // Out of threads: an existing one will run the task when it is free.
-    task_cv_.notify_one();
+    task_cv_.Signal();
   }
 }
 
 void HttpPool::shutdown() {
-  std::unique_lock<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   shutdown_ = true;
-  task_cv_.notify_all();
-  exit_cv_.wait(lock, [this] { return threads_ == 0; });
+  task_cv_.SignalAll();
+  while (threads_ != 0) exit_cv_.Wait();
 }
 
 void HttpPool::Work() {
-  std::unique_lock<std::mutex> lock(mutex_);
   for (;;) {
-    ++idle_;
-    bool woken =
-        task_cv_.wait_for(lock, kIdleExit, [this] { return !tasks_.empty() || shutdown_; });
-    --idle_;
-    if (tasks_.empty() && (shutdown_ || !woken)) break;
-    std::function<void()> task = std::move(tasks_.front());
-    tasks_.pop_front();
-    lock.unlock();
+    // Destroyed at the end of each turn, so what it holds is released before
+    // this thread is counted out.
+    std::function<void()> task;
+    {
+      MutexLock lock(&mutex_);
+      ++idle_;
+      const auto idle_until = std::chrono::steady_clock::now() + kIdleExit;
+      bool timed_out = false;
+      while (tasks_.empty() && !shutdown_ && !timed_out) {
+        timed_out = !task_cv_.WaitUntil(idle_until);
+      }
+      --idle_;
+      // Shut down, or idle for kIdleExit; queued tasks are run first.
+      if (tasks_.empty()) {
+        --threads_;
+        exit_cv_.SignalAll();
+        return;
+      }
+      task = std::move(tasks_.front());
+      tasks_.pop_front();
+    }
     task();
-    task = nullptr;  // release what the task holds before counting this thread out
-    lock.lock();
   }
-  --threads_;
-  exit_cv_.notify_all();
 }

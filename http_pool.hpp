@@ -14,10 +14,11 @@
 #include <httplib.h>
 
 #include <chrono>
-#include <condition_variable>
 #include <deque>
 #include <functional>
-#include <mutex>
+
+#include "mutex.hpp"
+#include "thread_annotations.hpp"
 
 class HttpPool : public httplib::TaskQueue {
  public:
@@ -38,14 +39,14 @@ class HttpPool : public httplib::TaskQueue {
 
   const size_t max_threads_;
 
-  std::mutex mutex_;
+  Mutex mutex_;
   // State below is protected by mutex_.
-  std::condition_variable task_cv_;  // a task was queued, or shutdown
-  std::condition_variable exit_cv_;  // a thread exited
-  std::deque<std::function<void()>> tasks_;
-  size_t threads_ = 0;
-  size_t idle_ = 0;
-  bool shutdown_ = false;
+  CondVar task_cv_ GUARDED_BY(mutex_);  // a task was queued, or shutdown
+  CondVar exit_cv_ GUARDED_BY(mutex_);  // a thread exited
+  std::deque<std::function<void()>> tasks_ GUARDED_BY(mutex_);
+  size_t threads_ GUARDED_BY(mutex_) = 0;
+  size_t idle_ GUARDED_BY(mutex_) = 0;
+  bool shutdown_ GUARDED_BY(mutex_) = false;
 };
 
 #endif  // PMMAP_HTTP_POOL_HPP_

@@ -197,10 +197,10 @@ for flag in $("$PREFIX/bin/curl-config" --static-libs); do
   case $flag in -lcurl | -Wl,-Bstatic | -Wl,-Bdynamic) ;; *) CURL_LIBS+=" $flag" ;; esac
 done
 
-# 3. pmmap: its LIB_SOURCES come from the Makefile, so the lists agree.
+# 3. pmmap: its SERVER_SOURCES and LIB_SOURCES come from the Makefile, so the lists agree.
 SOURCES=$(make -s --no-print-directory -C "$ROOT" -f Makefile -f - pmmap-static-print-sources <<'EOF'
 pmmap-static-print-sources:
-	@echo pmmap.cpp $(LIB_SOURCES)
+	@echo $(SERVER_SOURCES) $(LIB_SOURCES)
 EOF
 ) || die "cannot read LIB_SOURCES from the Makefile"
 for src in $SOURCES; do

@@ -1,8 +1,9 @@
-// Unit tests of the webhook contract's pure decisions (dispatcher.hpp): how
-// a key becomes a URL, which results succeed, retry or fail, how long to
-// back off, and how Retry-After is read. No network is used.
+// Unit tests of the webhook contract's pure decisions (webhook.hpp): how a
+// key becomes a URL, which results succeed, retry or fail, how long to wait
+// before the next attempt, how Retry-After is read, and how a call is
+// signed. No network is used.
 
-#include "dispatcher.hpp"
+#include "webhook.hpp"
 
 #include <curl/curl.h>
 
@@ -38,18 +39,34 @@ int64_t MaxBackoff(int attempts, int64_t base_ms, int64_t cap_ms, int64_t ceilin
 // 2015-10-21 07:28:00 UTC, the date of the HTTP-date examples below.
 constexpr time_t kOct21 = 1445412480;
 
+// A reply with the given status and Retry-After value ("" if none).
+CallResult Reply(long status, const std::string& retry_after) {
+  CallResult result;
+  result.status = status;
+  result.retry_after = retry_after;
+  return result;
+}
+
+// A job's options with the given backoff_ms and max_backoff_ms.
+JobOptions Backoff(int64_t base_ms, int64_t cap_ms) {
+  JobOptions options;
+  options.backoff_ms = base_ms;
+  options.max_backoff_ms = cap_ms;
+  return options;
+}
+
 }  // namespace
 
 // EscapeKey
 
-TEST_CASE("EscapeKey keeps the unreserved characters", "[unit][dispatcher]") {
+TEST_CASE("EscapeKey keeps the unreserved characters", "[unit][webhook]") {
   const std::string unreserved =
       "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~";
   CHECK(EscapeKey(unreserved) == unreserved);
   CHECK(EscapeKey("") == "");
 }
 
-TEST_CASE("EscapeKey encodes every other byte as lowercase %xx", "[unit][dispatcher]") {
+TEST_CASE("EscapeKey encodes every other byte as lowercase %xx", "[unit][webhook]") {
   CHECK(EscapeKey("a b") == "a%20b");
   CHECK(EscapeKey("#") == "%23");
   CHECK(EscapeKey("?") == "%3f");
@@ -62,7 +79,7 @@ TEST_CASE("EscapeKey encodes every other byte as lowercase %xx", "[unit][dispatc
 }
 
 TEST_CASE("EscapeKey leaves only unreserved characters and %xx for every byte value",
-          "[unit][dispatcher]") {
+          "[unit][webhook]") {
   for (int c = 0; c < 256; ++c) {
     std::string escaped = EscapeKey(std::string(1, static_cast<char>(c)));
     INFO("byte " << c << " -> " << escaped);
@@ -80,25 +97,25 @@ TEST_CASE("EscapeKey leaves only unreserved characters and %xx for every byte va
 
 // WebhookUrl
 
-TEST_CASE("WebhookUrl adds the escaped key as a path segment", "[unit][dispatcher]") {
+TEST_CASE("WebhookUrl adds the escaped key as a path segment", "[unit][webhook]") {
   CHECK(WebhookUrl("http://h:8080/hook", "k1") == "http://h:8080/hook/k1");
   CHECK(WebhookUrl("http://h/hook", "a b/c") == "http://h/hook/a%20b%2fc");
   CHECK(WebhookUrl("http://h", "k") == "http://h/k");
 }
 
-TEST_CASE("WebhookUrl adds no double slash when the url ends with one", "[unit][dispatcher]") {
+TEST_CASE("WebhookUrl adds no double slash when the url ends with one", "[unit][webhook]") {
   CHECK(WebhookUrl("http://h/hook/", "k") == "http://h/hook/k");
   CHECK(WebhookUrl("http://h/", "k") == "http://h/k");
 }
 
-TEST_CASE("WebhookUrl keeps the query after the new path", "[unit][dispatcher]") {
+TEST_CASE("WebhookUrl keeps the query after the new path", "[unit][webhook]") {
   CHECK(WebhookUrl("http://h/hook?x=1&y=2", "k") == "http://h/hook/k?x=1&y=2");
   CHECK(WebhookUrl("http://h/hook/?x=1", "k") == "http://h/hook/k?x=1");
   CHECK(WebhookUrl("http://h?x=1", "k") == "http://h/k?x=1");
   CHECK(WebhookUrl("http://h/hook?path=/a/b", "k") == "http://h/hook/k?path=/a/b");
 }
 
-TEST_CASE("WebhookUrl drops the fragment", "[unit][dispatcher]") {
+TEST_CASE("WebhookUrl drops the fragment", "[unit][webhook]") {
   CHECK(WebhookUrl("http://h/hook#frag", "k") == "http://h/hook/k");
   CHECK(WebhookUrl("http://h/hook?x=1#frag", "k") == "http://h/hook/k?x=1");
   CHECK(WebhookUrl("http://h/hook#frag?notquery", "k") == "http://h/hook/k");
@@ -107,28 +124,28 @@ TEST_CASE("WebhookUrl drops the fragment", "[unit][dispatcher]") {
 
 // Judge
 
-TEST_CASE("Judge calls a 2xx reply a success", "[unit][dispatcher]") {
+TEST_CASE("Judge calls a 2xx reply a success", "[unit][webhook]") {
   for (long status : {200L, 201L, 202L, 204L, 299L}) {
     INFO("status " << status);
     CHECK(Judge(CURLE_OK, status) == Verdict::kSuccess);
   }
 }
 
-TEST_CASE("Judge retries 408, 429 and 5xx replies", "[unit][dispatcher]") {
+TEST_CASE("Judge retries 408, 429 and 5xx replies", "[unit][webhook]") {
   for (long status : {408L, 429L, 500L, 502L, 503L, 504L, 599L}) {
     INFO("status " << status);
     CHECK(Judge(CURLE_OK, status) == Verdict::kRetry);
   }
 }
 
-TEST_CASE("Judge fails other 4xx and 3xx replies for good", "[unit][dispatcher]") {
+TEST_CASE("Judge fails other 4xx and 3xx replies for good", "[unit][webhook]") {
   for (long status : {400L, 401L, 403L, 404L, 409L, 413L, 422L, 499L, 300L, 301L, 302L, 304L}) {
     INFO("status " << status);
     CHECK(Judge(CURLE_OK, status) == Verdict::kFail);
   }
 }
 
-TEST_CASE("Judge retries connection errors and timeouts", "[unit][dispatcher]") {
+TEST_CASE("Judge retries connection errors and timeouts", "[unit][webhook]") {
   for (CURLcode code : {CURLE_COULDNT_CONNECT, CURLE_OPERATION_TIMEDOUT, CURLE_COULDNT_RESOLVE_HOST,
                         CURLE_RECV_ERROR, CURLE_SEND_ERROR, CURLE_GOT_NOTHING}) {
     INFO("code " << code);
@@ -136,7 +153,7 @@ TEST_CASE("Judge retries connection errors and timeouts", "[unit][dispatcher]") 
   }
 }
 
-TEST_CASE("Judge fails errors that a new attempt cannot mend", "[unit][dispatcher]") {
+TEST_CASE("Judge fails errors that a new attempt cannot mend", "[unit][webhook]") {
   for (CURLcode code : {CURLE_WRITE_ERROR, CURLE_URL_MALFORMAT, CURLE_UNSUPPORTED_PROTOCOL,
                         CURLE_ABORTED_BY_CALLBACK, CURLE_PEER_FAILED_VERIFICATION}) {
     INFO("code " << code);
@@ -148,7 +165,7 @@ TEST_CASE("Judge fails errors that a new attempt cannot mend", "[unit][dispatche
 
 // SlowsJob
 
-TEST_CASE("SlowsJob is true for 429 and 503 only", "[unit][dispatcher]") {
+TEST_CASE("SlowsJob is true for 429 and 503 only", "[unit][webhook]") {
   CHECK(SlowsJob(429));
   CHECK(SlowsJob(503));
   for (long status : {0L, 200L, 408L, 500L, 502L, 504L}) {
@@ -160,7 +177,7 @@ TEST_CASE("SlowsJob is true for 429 and 503 only", "[unit][dispatcher]") {
 // BackoffDelay
 
 TEST_CASE("BackoffDelay stays within [0, base * 2^(attempts-1)] and spreads over it",
-          "[unit][dispatcher]") {
+          "[unit][webhook]") {
   std::mt19937_64 rng(12345);
   for (int attempts = 1; attempts <= 6; ++attempts) {
     int64_t ceiling = 100LL << (attempts - 1);
@@ -170,7 +187,7 @@ TEST_CASE("BackoffDelay stays within [0, base * 2^(attempts-1)] and spreads over
   }
 }
 
-TEST_CASE("BackoffDelay is not always the same value", "[unit][dispatcher]") {
+TEST_CASE("BackoffDelay is not always the same value", "[unit][webhook]") {
   std::mt19937_64 rng(7);
   Clock::duration first = BackoffDelay(3, 100, 30000, &rng);
   bool differs = false;
@@ -178,7 +195,7 @@ TEST_CASE("BackoffDelay is not always the same value", "[unit][dispatcher]") {
   CHECK(differs);
 }
 
-TEST_CASE("BackoffDelay respects the cap however many attempts were made", "[unit][dispatcher]") {
+TEST_CASE("BackoffDelay respects the cap however many attempts were made", "[unit][webhook]") {
   std::mt19937_64 rng(99);
   // 100 * 2^9 is past the 30000 cap from the tenth attempt on.
   for (int attempts : {10, 11, 12, 31, 32, 33, 63, 64, 65, 100, 1000, INT_MAX}) {
@@ -192,7 +209,7 @@ TEST_CASE("BackoffDelay respects the cap however many attempts were made", "[uni
   MaxBackoff(1, 5000, 300, 300, &rng, 100);
 }
 
-TEST_CASE("BackoffDelay with a zero base or cap is zero", "[unit][dispatcher]") {
+TEST_CASE("BackoffDelay with a zero base or cap is zero", "[unit][webhook]") {
   std::mt19937_64 rng(1);
   for (int attempts = 1; attempts <= 100; ++attempts) {
     REQUIRE(BackoffDelay(attempts, 0, 30000, &rng) == Clock::duration::zero());
@@ -200,9 +217,80 @@ TEST_CASE("BackoffDelay with a zero base or cap is zero", "[unit][dispatcher]") 
   }
 }
 
+// RetryDelay
+
+// With backoff_ms 100, the backoff after at most four attempts is at most
+// 800 ms, so a wait of exactly the 2 s that Retry-After asks can only be the
+// header's.
+
+TEST_CASE("RetryDelay waits as long as a 429's Retry-After asks", "[unit][webhook]") {
+  std::mt19937_64 rng(3);
+  for (int attempts : {1, 2, 4}) {
+    INFO("attempts " << attempts);
+    CHECK(Ms(RetryDelay(Reply(429, "2"), attempts, Backoff(100, 30000), &rng)) == 2000);
+  }
+  CHECK(Ms(RetryDelay(Reply(429, "0"), 1, Backoff(100, 30000), &rng)) == 0);
+}
+
+TEST_CASE("RetryDelay waits as long as a 503's Retry-After asks", "[unit][webhook]") {
+  std::mt19937_64 rng(4);
+  for (int attempts : {1, 2, 4}) {
+    INFO("attempts " << attempts);
+    CHECK(Ms(RetryDelay(Reply(503, "2"), attempts, Backoff(100, 30000), &rng)) == 2000);
+  }
+  CHECK(Ms(RetryDelay(Reply(503, "0"), 1, Backoff(100, 30000), &rng)) == 0);
+}
+
+TEST_CASE("RetryDelay waits no longer than max_backoff_ms whatever Retry-After asks",
+          "[unit][webhook]") {
+  std::mt19937_64 rng(5);
+  for (long status : {429L, 503L}) {
+    INFO("status " << status);
+    CHECK(Ms(RetryDelay(Reply(status, "120"), 1, Backoff(100, 5000), &rng)) == 5000);
+    CHECK(Ms(RetryDelay(Reply(status, "99999999999999999999"), 1, Backoff(100, 5000), &rng)) ==
+          5000);
+    CHECK(Ms(RetryDelay(Reply(status, "Fri, 01 Jan 2100 00:00:00 GMT"), 1, Backoff(100, 5000),
+                        &rng)) == 5000);
+    CHECK(Ms(RetryDelay(Reply(status, "2"), 1, Backoff(100, 0), &rng)) == 0);
+  }
+}
+
+TEST_CASE("RetryDelay backs off after a 500 or a 408, even with a Retry-After", "[unit][webhook]") {
+  std::mt19937_64 rng(6);
+  for (long status : {500L, 502L, 408L, 0L}) {
+    for (int i = 0; i < 200; ++i) {
+      INFO("status " << status);
+      REQUIRE(Ms(RetryDelay(Reply(status, "2"), 1, Backoff(100, 30000), &rng)) <= 100);
+    }
+  }
+}
+
+TEST_CASE("RetryDelay backs off within [0, min(cap, base * 2^(attempts-1))] without a Retry-After",
+          "[unit][webhook]") {
+  std::mt19937_64 rng(8);
+  // An unreadable Retry-After counts as none.
+  for (const char* retry_after : {"", "soon"}) {
+    for (long status : {429L, 503L, 500L}) {
+      for (int attempts = 1; attempts <= 8; ++attempts) {
+        int64_t ceiling = std::min<int64_t>(100LL << (attempts - 1), 3000);
+        int64_t max = -1;
+        for (int i = 0; i < 500; ++i) {
+          INFO("Retry-After '" << retry_after << "' status " << status << " attempts " << attempts);
+          int64_t ms =
+              Ms(RetryDelay(Reply(status, retry_after), attempts, Backoff(100, 3000), &rng));
+          REQUIRE(ms >= 0);
+          REQUIRE(ms <= ceiling);
+          max = std::max(max, ms);
+        }
+        CHECK(max > ceiling / 2);  // full jitter reaches the upper half
+      }
+    }
+  }
+}
+
 // ParseRetryAfter
 
-TEST_CASE("ParseRetryAfter reads delay-seconds as milliseconds", "[unit][dispatcher]") {
+TEST_CASE("ParseRetryAfter reads delay-seconds as milliseconds", "[unit][webhook]") {
   int64_t ms = -1;
   REQUIRE(ParseRetryAfter("120", kOct21, &ms));
   CHECK(ms == 120000);
@@ -213,13 +301,13 @@ TEST_CASE("ParseRetryAfter reads delay-seconds as milliseconds", "[unit][dispatc
 }
 
 TEST_CASE("ParseRetryAfter turns an absurdly long delay into a huge one without overflow",
-          "[unit][dispatcher]") {
+          "[unit][webhook]") {
   int64_t ms = -1;
   REQUIRE(ParseRetryAfter("99999999999999999999999", kOct21, &ms));
   CHECK(ms >= 1000LL * 1000000000LL);
 }
 
-TEST_CASE("ParseRetryAfter reads an HTTP-date relative to the given now", "[unit][dispatcher]") {
+TEST_CASE("ParseRetryAfter reads an HTTP-date relative to the given now", "[unit][webhook]") {
   int64_t ms = -1;
   REQUIRE(ParseRetryAfter("Wed, 21 Oct 2015 07:28:30 GMT", kOct21, &ms));
   CHECK(ms == 30000);
@@ -230,8 +318,7 @@ TEST_CASE("ParseRetryAfter reads an HTTP-date relative to the given now", "[unit
   CHECK(ms == 0);
 }
 
-TEST_CASE("ParseRetryAfter refuses a value that is neither seconds nor a date",
-          "[unit][dispatcher]") {
+TEST_CASE("ParseRetryAfter refuses a value that is neither seconds nor a date", "[unit][webhook]") {
   for (const char* value : {"", "soon", "-5", "1.5", "+5", "12abc", " 5", "5 "}) {
     INFO("value '" << value << "'");
     int64_t ms = -7;
@@ -242,7 +329,7 @@ TEST_CASE("ParseRetryAfter refuses a value that is neither seconds nor a date",
 // Signature
 
 TEST_CASE("Signature is the time and the hex HMAC-SHA256 of time.body keyed with the secret",
-          "[unit][dispatcher]") {
+          "[unit][webhook]") {
   // Expected values from `printf '%s' '<t>.<body>' | openssl dgst -sha256 -hmac <secret>`.
   CHECK(Signature("s3cr3t", 1700000000, "{\"a\":1}") ==
         "t=1700000000,v1=8dbbbbf4523b10bbb793e74d854144c45acccc2d233667b1c06b805b6ded8a84");
