@@ -8,8 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 IMAGE=docker.io/library/debian:bookworm
-PULL_SECONDS=300           # a pull that takes longer is treated as impossible
-RUN_SECONDS=${FRESH_SECONDS:-3600}  # apt, build and tests on a slow shared machine
+PULL_SECONDS=300                    # a pull that takes longer is treated as impossible
+DEBOOTSTRAP_SECONDS=1800            # three minutes on a shared two-core machine
+RUN_SECONDS=${FRESH_SECONDS:-3600}  # apt, build and tests: ten minutes there
 as_root=$([ "$(id -u)" = 0 ] || echo sudo)
 
 # Docker when its engine answers; otherwise podman (a docker client alone is not enough).
@@ -26,7 +27,8 @@ name=pmmap-fresh-$$
 tmp=$(mktemp -d)
 cleanup() {
   "$engine" rm -f "$name" >/dev/null 2>&1 || true
-  $as_root rm -rf "$tmp"
+  # Only a half-built base image's root-owned files need root to go.
+  rm -rf "$tmp" 2>/dev/null || $as_root rm -rf "$tmp"
 }
 trap cleanup EXIT
 
@@ -52,7 +54,8 @@ build_base() {
   # The host's first Debian mirror (grep fails on a missing sources.list: no matter).
   mirror=$({ grep -shE '^(URIs:|deb )' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list ||
     true; } | grep -oE 'https?://[^ ]+' | head -1)
-  $as_root debootstrap --variant=minbase bookworm "$tmp/rootfs" "${mirror:-http://deb.debian.org/debian}"
+  $as_root timeout "$DEBOOTSTRAP_SECONDS" debootstrap --variant=minbase bookworm "$tmp/rootfs" \
+    "${mirror:-http://deb.debian.org/debian}"
   # The official image lists bookworm, -updates and -security in debian.sources; so does
   # the host, through the mirrors this machine can reach.
   if [ -f /etc/apt/sources.list.d/debian.sources ]; then
@@ -69,10 +72,10 @@ if ! "$engine" image inspect "$IMAGE" >/dev/null 2>&1 &&
 fi
 
 echo "fresh-test: in a bare $IMAGE with $engine, as root, running the README's set-up:"
-sed 's/^/  /' <<<"$setup"
+echo "$setup"
 
 # Tracked files as they are in the working tree; a tracked file deleted there stays out.
-git ls-files -z | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done |
+git ls-files -z | while IFS= read -r -d '' f; do if [ -e "$f" ]; then printf '%s\0' "$f"; fi; done |
   tar -c --null -T - >"$tmp/src.tar"
 
 # Podman as root sets the container's open-file and process limits to 1048576, which a
@@ -89,6 +92,7 @@ limits=(--ulimit "nproc=$nproc:$nproc")
 # Host networking: apt reaches the mirror as the host does, and the tests use 127.0.0.1.
 start=$(date +%s)
 rc=0
+# shellcheck disable=SC2016 # $1, the set-up, expands inside the container's bash
 timeout "$RUN_SECONDS" "$engine" run -i --rm --name "$name" --network host "${limits[@]}" "$IMAGE" \
   bash -c 'mkdir /root/pmmap && cd /root/pmmap && tar -x --no-same-owner && bash -ec "$1"' \
   _ "$setup" <"$tmp/src.tar" 2>&1 | tee "$tmp/log" || rc=$?
