@@ -51,7 +51,7 @@ FUZZ_SOURCES := test/fuzz_main.cpp json.cpp request.cpp job.cpp log.cpp metrics.
 LIB_OBJECTS := $(LIB_SOURCES:%.cpp=$(BUILD)/%.o)
 TEST_OBJECTS := $(TEST_SOURCES:%.cpp=$(BUILD)/%.o)
 
-.PHONY: all deps run test asan tsan fuzz soak demo bench clean lint format
+.PHONY: all deps run test asan tsan fuzz soak demo bench clean lint format fresh-test
 
 all: $(PMMAP) $(PMMAP_TEST)
 
@@ -149,6 +149,11 @@ $(BUILD)/soak: $(BUILD)/test/soak.o
 demo: deps
 	$(MAKE) $(PMMAP)
 	test/demo.sh
+
+# The README's set-up block and `make test` in a bare debian:bookworm container
+# (docker or podman), so that a missing install step shows; minutes, not in CI.
+fresh-test:
+	test/fresh_test.sh
 
 # The benchmark: nginx and wrk on loopback; never part of `make test`.
 BENCH_PACKAGES := nginx-light wrk
