@@ -1,6 +1,9 @@
 // Test harness: starts the real pmmap binary and a real HTTP webhook on
 // loopback, and talks to both over HTTP. Everything started is stopped by a
-// destructor; every wait is bounded.
+// destructor; every wait is bounded. Every helper more than one test file
+// uses is here, once; a test file keeps only what it alone needs.
+// Assertions (REQUIRE, FAIL) run on the calling thread, so call these from
+// the test's own thread, except where a comment says a handler may.
 
 #ifndef PMMAP_TEST_HARNESS_HPP_
 #define PMMAP_TEST_HARNESS_HPP_
