@@ -51,7 +51,7 @@ FUZZ_SOURCES := test/fuzz_main.cpp json.cpp request.cpp job.cpp log.cpp metrics.
 LIB_OBJECTS := $(LIB_SOURCES:%.cpp=$(BUILD)/%.o)
 TEST_OBJECTS := $(TEST_SOURCES:%.cpp=$(BUILD)/%.o)
 
-.PHONY: all deps run test asan tsan fuzz soak demo bench clean lint format fresh-test
+.PHONY: all deps run test asan tsan fuzz soak demo bench clean lint format fresh-test mutants
 
 all: $(PMMAP) $(PMMAP_TEST)
 
@@ -135,6 +135,12 @@ build/lint/%.ok: %.cpp
 
 format:
 	clang-format-14 -i $(FORMAT_FILES)
+
+# Every planted bug of test/mutants.txt, each alone in a scratch copy of the
+# tree: fails unless the tests it names catch it. MUTANTS="name ..." picks
+# some. Slow (a build, then a rebuild per mutant); not part of CI.
+mutants: deps
+	test/mutants.sh $(MUTANTS)
 
 # A few minutes of faults against a running server; prints what it found.
 # Not part of CI.

@@ -65,23 +65,11 @@ using std::chrono::milliseconds;
 using std::chrono::seconds;
 
 // Retries quickly, so that failure outcomes take milliseconds.
-const char kFastRetry[] = ",\"backoff_ms\":5,\"max_backoff_ms\":20";
+const char kFastRetry[] = "\"backoff_ms\":5,\"max_backoff_ms\":20";
 
 std::string Str(const rapidjson::Value& v) {
   REQUIRE(v.IsString());
   return std::string(v.GetString(), v.GetStringLength());
-}
-
-// s as a JSON string literal.
-std::string Quote(const std::string& s) {
-  rapidjson::StringBuffer buf;
-  rapidjson::Writer<rapidjson::StringBuffer> w(buf);
-  w.String(s.c_str(), static_cast<rapidjson::SizeType>(s.size()));
-  return std::string(buf.GetString(), buf.GetSize());
-}
-
-std::string JobBody(const std::string& url, const std::string& extra = "") {
-  return "{\"url\":" + Quote(url) + extra + "}";
 }
 
 std::string OneInput(const std::string& key, const std::string& value_json) {
@@ -90,25 +78,6 @@ std::string OneInput(const std::string& key, const std::string& value_json) {
 
 std::string JobPath(const std::string& id, const std::string& rest = "") {
   return "/job/" + id + rest;
-}
-
-// The echo the harness webhook gives, written here so that gated handlers
-// can give it too.
-void Echo(const Webhook::Call& call, httplib::Response& res) {
-  res.set_content("{\"key\":" + Quote(call.key) + ",\"value\":" + call.body + "}",
-                  "application/json");
-}
-
-// Asserts an error reply: the status, and a JSON object with a non-empty
-// string "error".
-void RequireError(const HttpResult& r, int status) {
-  INFO("reply " << r.status << ": " << r.body);
-  REQUIRE(r.status == status);
-  rapidjson::Document doc = ParseJson(r.body);
-  REQUIRE(doc.IsObject());
-  REQUIRE(doc.HasMember("error"));
-  REQUIRE(doc["error"].IsString());
-  REQUIRE(doc["error"].GetStringLength() > 0);
 }
 
 std::string ErrorMessage(const HttpResult& r) {
@@ -150,13 +119,6 @@ size_t JobCount(const PmmapProcess& pmmap) {
   return doc.Size();
 }
 
-uint64_t Field(const rapidjson::Document& job, const char* name) {
-  INFO("field " << name);
-  REQUIRE(job.HasMember(name));
-  REQUIRE(job[name].IsUint64());
-  return job[name].GetUint64();
-}
-
 std::future<HttpResult> Async(const std::string& base, const std::string& method,
                               const std::string& path, const std::string& body = "",
                               seconds timeout = seconds(20)) {
@@ -166,71 +128,6 @@ std::future<HttpResult> Async(const std::string& base, const std::string& method
 
 bool Ready(std::future<HttpResult>& f, milliseconds wait) {
   return f.wait_for(wait) == std::future_status::ready;
-}
-
-std::string HeaderOf(const httplib::Headers& headers, const std::string& name) {
-  for (const auto& h : headers) {
-    if (strcasecmp(h.first.c_str(), name.c_str()) == 0) return h.second;
-  }
-  return "";
-}
-
-size_t HeaderCount(const httplib::Headers& headers, const std::string& name) {
-  size_t n = 0;
-  for (const auto& h : headers) n += strcasecmp(h.first.c_str(), name.c_str()) == 0;
-  return n;
-}
-
-// A loopback port that refuses connections: bound, never listening, held
-// for the object's life so that nothing else takes it.
-class RefusingPort {
- public:
-  RefusingPort() {
-    fd_ = socket(AF_INET, SOCK_STREAM, 0);
-    REQUIRE(fd_ >= 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    addr.sin_port = 0;
-    REQUIRE(bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
-    socklen_t len = sizeof(addr);
-    REQUIRE(getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-    port_ = ntohs(addr.sin_port);
-  }
-  ~RefusingPort() { close(fd_); }
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_) + "/hook"; }
-
- private:
-  int fd_ = -1;
-  int port_ = 0;
-};
-
-// Sends request whole on a new connection to 127.0.0.1:port, then reads
-// until the server closes it (at most 10 s). Returns what was read.
-std::string RawExchange(int port, const std::string& request) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(fd >= 0);
-  timeval timeout{10, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  std::string reply;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
-          static_cast<ssize_t>(request.size())) {
-    char buf[4096];
-    auto deadline = Clk::now() + seconds(10);
-    while (Clk::now() < deadline) {
-      ssize_t n = recv(fd, buf, sizeof(buf), 0);
-      if (n <= 0) break;  // closed, reset or timed out
-      reply.append(buf, static_cast<size_t>(n));
-    }
-  }
-  close(fd);
-  return reply;
 }
 
 // A webhook that records the raw request target (the harness's Webhook
@@ -292,39 +189,6 @@ bool StrictPercentDecode(const std::string& s, std::string* out) {
   return true;
 }
 
-// A directory under /tmp, removed with whatever it holds at the end.
-class TempDir {
- public:
-  TempDir() {
-    char templ[] = "/tmp/pmmap-api-data.XXXXXX";
-    REQUIRE(mkdtemp(templ) != nullptr);
-    path_ = templ;
-  }
-  ~TempDir() {
-    for (const std::string& name : Files()) unlink((path_ + "/" + name).c_str());
-    rmdir(path_.c_str());
-  }
-  const std::string& path() const { return path_; }
-  std::vector<std::string> Files() const {
-    std::vector<std::string> names;
-    DIR* dir = opendir(path_.c_str());
-    if (dir == nullptr) return names;
-    while (dirent* e = readdir(dir)) {
-      std::string name = e->d_name;
-      if (name != "." && name != "..") names.push_back(name);
-    }
-    closedir(dir);
-    return names;
-  }
-  bool Exists() const {
-    struct stat st;
-    return stat(path_.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-  }
-
- private:
-  std::string path_;
-};
-
 }  // namespace
 
 // ---------------------------------------------------------------------------
@@ -339,7 +203,7 @@ TEST_CASE("every route answers its happy path", "[api]") {
   REQUIRE(health.status == 200);
 
   // POST /job with the defaults.
-  HttpResult created = Http(base, "POST", "/job", JobBody(hook.url(), ",\"secret\":\"s\""));
+  HttpResult created = Http(base, "POST", "/job", JobBody(hook.url(), "\"secret\":\"s\""));
   INFO(created.body);
   REQUIRE(created.status == 201);
   rapidjson::Document job = ParseJson(created.body);
@@ -348,18 +212,18 @@ TEST_CASE("every route answers its happy path", "[api]") {
   REQUIRE_FALSE(id.empty());
   REQUIRE(Str(job["url"]) == hook.url());
   REQUIRE(Str(job["state"]) == "open");
-  REQUIRE(Field(job, "inputs") == 0);
-  REQUIRE(Field(job, "outputs") == 0);
-  REQUIRE(Field(job, "concurrency") == 1);
-  REQUIRE(Field(job, "maxsize") == 1000);
+  REQUIRE(U64(job, "inputs") == 0);
+  REQUIRE(U64(job, "outputs") == 0);
+  REQUIRE(U64(job, "concurrency") == 1);
+  REQUIRE(U64(job, "maxsize") == 1000);
   REQUIRE_FALSE(job.HasMember("secret"));
 
   // POST /job with explicit settings.
-  std::string id2 = CreateJob(pmmap, JobBody(hook.url(), ",\"concurrency\":3,\"maxsize\":7"));
+  std::string id2 = CreateJob(pmmap, JobBody(hook.url(), "\"concurrency\":3,\"maxsize\":7"));
   REQUIRE(id2 != id);
   rapidjson::Document job2 = GetJob(pmmap, id2);
-  REQUIRE(Field(job2, "concurrency") == 3);
-  REQUIRE(Field(job2, "maxsize") == 7);
+  REQUIRE(U64(job2, "concurrency") == 3);
+  REQUIRE(U64(job2, "maxsize") == 7);
 
   // GET /job/{id}
   rapidjson::Document got = GetJob(pmmap, id);
@@ -375,10 +239,10 @@ TEST_CASE("every route answers its happy path", "[api]") {
   REQUIRE(put.status == 201);
   rapidjson::Document after_put = ParseJson(put.body);
   REQUIRE(Str(after_put["id"]) == id);
-  REQUIRE(Field(after_put, "inputs") == 3);
+  REQUIRE(U64(after_put, "inputs") == 3);
   put = Http(base, "PUT", JobPath(id, "/input"), MakeInputs(2, "b"));
   REQUIRE(put.status == 201);
-  REQUIRE(Field(ParseJson(put.body), "inputs") == 5);
+  REQUIRE(U64(ParseJson(put.body), "inputs") == 5);
 
   // POST /job/{id}/complete, twice.
   HttpResult complete = Http(base, "POST", JobPath(id, "/complete"));
@@ -405,8 +269,8 @@ TEST_CASE("every route answers its happy path", "[api]") {
   }
   rapidjson::Document done = GetJob(pmmap, id);
   REQUIRE(Str(done["state"]) == "done");
-  REQUIRE(Field(done, "inputs") == 5);
-  REQUIRE(Field(done, "outputs") == 5);
+  REQUIRE(U64(done, "inputs") == 5);
+  REQUIRE(U64(done, "outputs") == 5);
   REQUIRE(Http(base, "POST", JobPath(id, "/complete")).status == 200);  // still harmless
   REQUIRE(hook.call_count() == 5);
 
@@ -420,32 +284,6 @@ TEST_CASE("every route answers its happy path", "[api]") {
   REQUIRE(JobCount(pmmap) == 1);
   REQUIRE(Http(base, "DELETE", JobPath(id2)).status == 200);
   REQUIRE(JobCount(pmmap) == 0);
-}
-
-TEST_CASE("POST /job/{id}/cancel ends an open job with an entry for every input", "[api]") {
-  Gate gate;
-  Webhook hook;
-  hook.SetHandler([&gate](const Webhook::Call& call, httplib::Response& res) {
-    gate.Wait();
-    Echo(call, res);
-  });
-  PmmapProcess pmmap;
-  OpenAtExit open_at_exit(gate);
-  const std::string base = pmmap.base_url();
-  std::string id = CreateJob(pmmap, JobBody(hook.url()));
-  REQUIRE(Http(base, "PUT", JobPath(id, "/input"), MakeInputs(4)).status == 201);
-  REQUIRE(WaitUntil([&] { return hook.call_count() == 1; }));
-  HttpResult cancel = Http(base, "POST", JobPath(id, "/cancel"));
-  INFO(cancel.body);
-  REQUIRE(cancel.status == 200);
-  REQUIRE(Str(ParseJson(cancel.body)["state"]) == "cancelled");
-  rapidjson::Document out = Output(pmmap, id);
-  REQUIRE(out.Size() == 4);
-  auto entries = ByKey(out);
-  for (const auto& e : entries) REQUIRE(e.second->HasMember("error"));
-  rapidjson::Document job = GetJob(pmmap, id);
-  REQUIRE(Field(job, "outputs") == Field(job, "inputs"));
-  RequireError(Http(base, "PUT", JobPath(id, "/input"), MakeInputs(1, "late")), 409);
 }
 
 // ---------------------------------------------------------------------------
@@ -505,8 +343,8 @@ TEST_CASE("each kind of webhook reply ends as the right entry", "[api]") {
   OpenAtExit open_at_exit(gate);
   const int max_attempts = 3;
   std::string id = CreateJob(
-      pmmap, JobBody(hook.url(), ",\"concurrency\":4,\"timeout_ms\":300,\"max_attempts\":" +
-                                     std::to_string(max_attempts) + kFastRetry));
+      pmmap, JobBody(hook.url(), "\"concurrency\":4,\"timeout_ms\":300,\"max_attempts\":" +
+                                     std::to_string(max_attempts) + "," + kFastRetry));
   std::vector<std::string> keys = {"json",  "empty",     "nocontent", "text", "notfound",
                                    "flaky", "throttled", "down",      "slow"};
   std::string inputs = "[";
@@ -579,7 +417,7 @@ TEST_CASE("each kind of webhook reply ends as the right entry", "[api]") {
     REQUIRE(Str((*e["throttled"])["value"]) == "finally");
     REQUIRE(calls["throttled"] == 3);
     rapidjson::Document job = GetJob(pmmap, id);
-    REQUIRE(Field(job, "retries") >= 1 + 2 + 2 * (max_attempts - 1));
+    REQUIRE(U64(job, "retries") >= 1 + 2 + 2 * (max_attempts - 1));
   }
   {
     INFO("a webhook that always fails ends as an error after max_attempts");
@@ -603,10 +441,10 @@ TEST_CASE("each kind of webhook reply ends as the right entry", "[api]") {
     INFO("the counters add up");
     rapidjson::Document job = GetJob(pmmap, id);
     REQUIRE(Str(job["state"]) == "done");
-    REQUIRE(Field(job, "inputs") == keys.size());
-    REQUIRE(Field(job, "outputs") == keys.size());
-    REQUIRE(Field(job, "succeeded") == 6);
-    REQUIRE(Field(job, "failed") == 3);
+    REQUIRE(U64(job, "inputs") == keys.size());
+    REQUIRE(U64(job, "outputs") == keys.size());
+    REQUIRE(U64(job, "succeeded") == 6);
+    REQUIRE(U64(job, "failed") == 3);
   }
 }
 
@@ -615,7 +453,7 @@ TEST_CASE("an unreachable webhook ends as an error with status 0 after max_attem
   PmmapProcess pmmap;
   std::string id = CreateJob(
       pmmap,
-      JobBody(refusing.url(), ",\"max_attempts\":3,\"timeout_ms\":2000" + std::string(kFastRetry)));
+      JobBody(refusing.url(), "\"max_attempts\":3,\"timeout_ms\":2000," + std::string(kFastRetry)));
   REQUIRE(Http(pmmap.base_url(), "PUT", JobPath(id, "/input"), MakeInputs(2)).status == 201);
   REQUIRE(Http(pmmap.base_url(), "POST", JobPath(id, "/complete")).status == 200);
   rapidjson::Document out = Output(pmmap, id);
@@ -628,8 +466,8 @@ TEST_CASE("an unreachable webhook ends as an error with status 0 after max_attem
     REQUIRE(entry["attempts"].GetInt() == 3);
   }
   rapidjson::Document job = GetJob(pmmap, id);
-  REQUIRE(Field(job, "failed") == 2);
-  REQUIRE(Field(job, "outputs") == 2);
+  REQUIRE(U64(job, "failed") == 2);
+  REQUIRE(U64(job, "outputs") == 2);
 }
 
 // ---------------------------------------------------------------------------
@@ -653,7 +491,7 @@ TEST_CASE("keys with reserved and non-ASCII characters are escaped as one path s
                                          "emoji\xF0\x9F\x98\x80",
                                          "tab\there",
                                          "a.b-c_d~e"};
-  std::string id = CreateJob(pmmap, JobBody(hook.url(), ",\"concurrency\":4"));
+  std::string id = CreateJob(pmmap, JobBody(hook.url(), "\"concurrency\":4"));
   std::string inputs = "[";
   for (size_t i = 0; i < keys.size(); ++i) {
     if (i > 0) inputs += ",";
@@ -718,7 +556,7 @@ TEST_CASE("the webhook gets POST with the JSON type, the secret and the job id",
   PmmapProcess pmmap;
   const std::string secret = "tok-3f9a-SECRET-value";
   std::string id =
-      CreateJob(pmmap, JobBody(hook.url(), ",\"secret\":" + Quote(secret) + ",\"concurrency\":2"));
+      CreateJob(pmmap, JobBody(hook.url(), "\"secret\":" + Quote(secret) + ",\"concurrency\":2"));
   REQUIRE(Http(pmmap.base_url(), "PUT", JobPath(id, "/input"), MakeInputs(4)).status == 201);
   REQUIRE(Http(pmmap.base_url(), "POST", JobPath(id, "/complete")).status == 200);
   REQUIRE(Output(pmmap, id).Size() == 4);
@@ -762,39 +600,6 @@ TEST_CASE("without a secret a call carries only Content-Type and the PMMAP job a
   }
 }
 
-TEST_CASE("the secret appears in no reply", "[api]") {
-  Webhook hook;
-  PmmapProcess pmmap;
-  const std::string base = pmmap.base_url();
-  const std::string secret = "SeCrEt-7c1d-do-not-show";
-  std::vector<HttpResult> replies;
-  replies.push_back(
-      Http(base, "POST", "/job", JobBody(hook.url(), ",\"secret\":" + Quote(secret))));
-  REQUIRE(replies.back().status == 201);
-  std::string id = Str(ParseJson(replies.back().body)["id"]);
-  replies.push_back(Http(base, "GET", JobPath(id)));
-  replies.push_back(Http(base, "GET", "/jobs"));
-  replies.push_back(Http(base, "PUT", JobPath(id, "/input"), MakeInputs(3)));
-  replies.push_back(Http(base, "PUT", JobPath(id, "/input"), MakeInputs(1)));  // 409
-  replies.push_back(Http(base, "PUT", JobPath(id), "{}"));                     // 405
-  replies.push_back(Http(base, "POST", JobPath(id, "/complete")));
-  replies.push_back(Http(base, "GET", JobPath(id, "/output"), "", {}, seconds(20)));
-  replies.push_back(Http(base, "GET", JobPath(id)));
-  replies.push_back(Http(base, "DELETE", JobPath(id)));
-  replies.push_back(Http(base, "POST", "/job", "{\"secret\":" + Quote(secret) + "}"));  // 400
-  std::vector<int> expected = {201, 200, 200, 201, 409, 405, 200, 200, 200, 200, 400};
-  REQUIRE(replies.size() == expected.size());
-  for (size_t i = 0; i < replies.size(); ++i) {
-    INFO("reply " << i << ": " << replies[i].status << " " << replies[i].body);
-    REQUIRE(replies[i].status == expected[i]);
-    REQUIRE(replies[i].body.find(secret) == std::string::npos);
-    for (const auto& h : replies[i].headers) REQUIRE(h.second.find(secret) == std::string::npos);
-  }
-  // It did reach the webhook.
-  for (const Webhook::Call& call : hook.calls())
-    REQUIRE(HeaderOf(call.headers, "PMMAP-auth") == secret);
-}
-
 TEST_CASE("values reach the webhook as compact JSON, byte for byte", "[api]") {
   Webhook hook;
   // Answers with the body as sent, so that the output shows what was stored.
@@ -828,7 +633,7 @@ TEST_CASE("values reach the webhook as compact JSON, byte for byte", "[api]") {
     inputs += OneInput(c.first, c.second.first);
   }
   inputs += "]";
-  std::string id = CreateJob(pmmap, JobBody(hook.url(), ",\"concurrency\":4"));
+  std::string id = CreateJob(pmmap, JobBody(hook.url(), "\"concurrency\":4"));
   HttpResult put = Http(pmmap.base_url(), "PUT", JobPath(id, "/input"), inputs);
   INFO(put.body);
   REQUIRE(put.status == 201);
@@ -862,7 +667,7 @@ TEST_CASE("PUT blocks while the queue is full and returns once the batch is queu
   PmmapProcess pmmap;
   OpenAtExit open_at_exit(gate);
   const std::string base = pmmap.base_url();
-  std::string id = CreateJob(pmmap, JobBody(hook.url(), ",\"maxsize\":2"));
+  std::string id = CreateJob(pmmap, JobBody(hook.url(), "\"maxsize\":2"));
   put = Async(base, "PUT", JobPath(id, "/input"), MakeInputs(10));
 
   // One call is held by the webhook and two inputs fill the queue: the rest
@@ -873,10 +678,10 @@ TEST_CASE("PUT blocks while the queue is full and returns once the batch is queu
         return d["inputs"].GetUint64() == 3 && d["in_flight"].GetUint64() == 1;
       },
       seconds(10));
-  REQUIRE(Field(job, "in_flight") == 1);
-  REQUIRE(Field(job, "inputs") == 2 + Field(job, "in_flight"));
-  REQUIRE(Field(job, "pending") == 2);
-  REQUIRE(Field(job, "outputs") == 0);
+  REQUIRE(U64(job, "in_flight") == 1);
+  REQUIRE(U64(job, "inputs") == 2 + U64(job, "in_flight"));
+  REQUIRE(U64(job, "pending") == 2);
+  REQUIRE(U64(job, "outputs") == 0);
   REQUIRE_FALSE(Ready(put, milliseconds(200)));
   REQUIRE(hook.call_count() == 1);
 
@@ -885,7 +690,7 @@ TEST_CASE("PUT blocks while the queue is full and returns once the batch is queu
   HttpResult get = Http(base, "GET", JobPath(id), "", {}, seconds(5));
   REQUIRE(get.status == 200);
   REQUIRE(Clk::now() - start < seconds(2));
-  REQUIRE(Field(ParseJson(get.body), "inputs") == 3);
+  REQUIRE(U64(ParseJson(get.body), "inputs") == 3);
   REQUIRE_FALSE(Ready(put, milliseconds(0)));
 
   gate.Open();
@@ -893,7 +698,7 @@ TEST_CASE("PUT blocks while the queue is full and returns once the batch is queu
   HttpResult put_result = put.get();
   INFO(put_result.body);
   REQUIRE(put_result.status == 201);
-  REQUIRE(Field(ParseJson(put_result.body), "inputs") == 10);
+  REQUIRE(U64(ParseJson(put_result.body), "inputs") == 10);
   REQUIRE(Http(base, "POST", JobPath(id, "/complete")).status == 200);
   rapidjson::Document out = Output(pmmap, id);
   REQUIRE(out.Size() == 10);
@@ -916,7 +721,7 @@ TEST_CASE("no more than concurrency calls are in flight, and that many are reach
   });
   PmmapProcess pmmap;
   std::string id =
-      CreateJob(pmmap, JobBody(hook.url(), ",\"concurrency\":" + std::to_string(concurrency)));
+      CreateJob(pmmap, JobBody(hook.url(), "\"concurrency\":" + std::to_string(concurrency)));
   REQUIRE(Http(pmmap.base_url(), "PUT", JobPath(id, "/input"), MakeInputs(64)).status == 201);
   REQUIRE(Http(pmmap.base_url(), "POST", JobPath(id, "/complete")).status == 200);
   rapidjson::Document out = Output(pmmap, id);
@@ -932,12 +737,12 @@ TEST_CASE("GET output started before complete answers once the job completes", "
   std::future<HttpResult> output;
   PmmapProcess pmmap;
   const std::string base = pmmap.base_url();
-  std::string id = CreateJob(pmmap, JobBody(hook.url(), ",\"concurrency\":2"));
+  std::string id = CreateJob(pmmap, JobBody(hook.url(), "\"concurrency\":2"));
   output = Async(base, "GET", JobPath(id, "/output"));
   REQUIRE(Http(base, "PUT", JobPath(id, "/input"), MakeInputs(5)).status == 201);
   rapidjson::Document job = WaitForJob(
       pmmap, id, [](const rapidjson::Document& d) { return d["outputs"].GetUint64() == 5; });
-  REQUIRE(Field(job, "outputs") == 5);
+  REQUIRE(U64(job, "outputs") == 5);
   REQUIRE(Str(job["state"]) == "open");
   // Every input has its outcome, but the job is open: the caller still waits.
   REQUIRE_FALSE(Ready(output, milliseconds(300)));
@@ -965,7 +770,7 @@ TEST_CASE("DELETE of a running job stops its work and forgets it", "[api]") {
   PmmapProcess pmmap;
   OpenAtExit open_at_exit(gate);
   const std::string base = pmmap.base_url();
-  std::string id = CreateJob(pmmap, JobBody(hook.url(), ",\"concurrency\":2"));
+  std::string id = CreateJob(pmmap, JobBody(hook.url(), "\"concurrency\":2"));
   REQUIRE(Http(base, "PUT", JobPath(id, "/input"), MakeInputs(20)).status == 201);
   REQUIRE(WaitUntil([&] { return hook.call_count() == 2; }));
 
@@ -1007,13 +812,13 @@ TEST_CASE("a blocked PUT and a blocked GET output answer 404 at once when their 
   PmmapProcess pmmap;
   OpenAtExit open_at_exit(gate);
   const std::string base = pmmap.base_url();
-  std::string id = CreateJob(pmmap, JobBody(hook.url(), ",\"maxsize\":1"));
+  std::string id = CreateJob(pmmap, JobBody(hook.url(), "\"maxsize\":1"));
   put = Async(base, "PUT", JobPath(id, "/input"), MakeInputs(5));
   output = Async(base, "GET", JobPath(id, "/output"));
   rapidjson::Document job = WaitForJob(pmmap, id, [](const rapidjson::Document& d) {
     return d["inputs"].GetUint64() == 2 && d["in_flight"].GetUint64() == 1;
   });
-  REQUIRE(Field(job, "inputs") == 2);
+  REQUIRE(U64(job, "inputs") == 2);
   REQUIRE_FALSE(Ready(put, milliseconds(200)));
   REQUIRE_FALSE(Ready(output, milliseconds(0)));
 
@@ -1093,9 +898,9 @@ TEST_CASE("POST /job refuses bad bodies with 400 and creates nothing", "[api]") 
   {
     INFO("concurrency and maxsize out of range");
     for (const std::string& extra :
-         std::vector<std::string>{",\"concurrency\":0", ",\"concurrency\":-1",
-                                  ",\"concurrency\":1025", ",\"concurrency\":99999999999999999999",
-                                  ",\"maxsize\":0", ",\"maxsize\":-5", ",\"maxsize\":1000001"}) {
+         std::vector<std::string>{"\"concurrency\":0", "\"concurrency\":-1", "\"concurrency\":1025",
+                                  "\"concurrency\":99999999999999999999", "\"maxsize\":0",
+                                  "\"maxsize\":-5", "\"maxsize\":1000001"}) {
       INFO("extra " << extra);
       RequireError(Http(base, "POST", "/job", JobBody(url, extra)), 400);
     }
@@ -1110,8 +915,8 @@ TEST_CASE("POST /job refuses bad bodies with 400 and creates nothing", "[api]") 
   }
   REQUIRE(JobCount(pmmap) == 0);
   // The limits themselves are accepted.
-  CreateJob(pmmap, JobBody(url, ",\"concurrency\":1,\"maxsize\":1"));
-  CreateJob(pmmap, JobBody(url, ",\"concurrency\":1024,\"maxsize\":1000000"));
+  CreateJob(pmmap, JobBody(url, "\"concurrency\":1,\"maxsize\":1"));
+  CreateJob(pmmap, JobBody(url, "\"concurrency\":1024,\"maxsize\":1000000"));
   CreateJob(pmmap, JobBody("https://127.0.0.1:9/hook"));
   REQUIRE(JobCount(pmmap) == 3);
 }
@@ -1179,9 +984,9 @@ TEST_CASE("PUT input refuses bad batches with 400 and queues nothing", "[api]") 
     RequireError(Http(base, "PUT", path, closed), 400);
   }
   rapidjson::Document job = GetJob(pmmap, id);
-  REQUIRE(Field(job, "inputs") == 0);
-  REQUIRE(Field(job, "pending") == 0);
-  REQUIRE(Field(job, "outputs") == 0);
+  REQUIRE(U64(job, "inputs") == 0);
+  REQUIRE(U64(job, "pending") == 0);
+  REQUIRE(U64(job, "outputs") == 0);
   REQUIRE(hook.call_count() == 0);
   // The key of the refused batches is still free.
   REQUIRE(Http(base, "PUT", path, "[" + good + "]").status == 201);
@@ -1202,13 +1007,13 @@ TEST_CASE("PUT input refuses repeated keys and inputs after complete with 409", 
   RequireError(Http(base, "PUT", path, "[" + OneInput("c", "4") + "," + OneInput("c", "5") + "]"),
                409);
   rapidjson::Document job = GetJob(pmmap, id);
-  REQUIRE(Field(job, "inputs") == 1);
+  REQUIRE(U64(job, "inputs") == 1);
   // The refused batches reserved nothing: b and c are still free.
   HttpResult put =
       Http(base, "PUT", path, "[" + OneInput("b", "6") + "," + OneInput("c", "7") + "]");
   INFO(put.body);
   REQUIRE(put.status == 201);
-  REQUIRE(Field(ParseJson(put.body), "inputs") == 3);
+  REQUIRE(U64(ParseJson(put.body), "inputs") == 3);
 
   REQUIRE(Http(base, "POST", JobPath(id, "/complete")).status == 200);
   RequireError(Http(base, "PUT", path, "[" + OneInput("d", "8") + "]"), 409);
@@ -1218,7 +1023,7 @@ TEST_CASE("PUT input refuses repeated keys and inputs after complete with 409", 
   REQUIRE((*entries["a"])["value"]["value"].GetInt() == 1);
   REQUIRE((*entries["b"])["value"]["value"].GetInt() == 6);
   REQUIRE((*entries["c"])["value"]["value"].GetInt() == 7);
-  REQUIRE(Field(GetJob(pmmap, id), "inputs") == 3);
+  REQUIRE(U64(GetJob(pmmap, id), "inputs") == 3);
   REQUIRE(hook.call_count() == 3);
 }
 
@@ -1260,56 +1065,8 @@ TEST_CASE("every route answers 404 for an unknown id, 405 for a wrong method", "
   // Nothing changed.
   rapidjson::Document job = GetJob(pmmap, id);
   REQUIRE(Str(job["state"]) == "open");
-  REQUIRE(Field(job, "inputs") == 0);
+  REQUIRE(U64(job, "inputs") == 0);
   REQUIRE(JobCount(pmmap) == 1);
-}
-
-TEST_CASE("a body over --max-body is refused with 413", "[api]") {
-  Webhook hook;
-  PmmapProcess pmmap({"--max-body", "1000"});
-  const std::string base = pmmap.base_url();
-  const std::string big_secret(2000, 's');
-  RequireError(
-      Http(base, "POST", "/job", JobBody(hook.url(), ",\"secret\":\"" + big_secret + "\"")), 413);
-  REQUIRE(JobCount(pmmap) == 0);
-  std::string id = CreateJob(pmmap, JobBody(hook.url()));
-  std::string big = MakeInputs(100);
-  REQUIRE(big.size() > 1000);
-  RequireError(Http(base, "PUT", JobPath(id, "/input"), big), 413);
-  // Far over the limit too.
-  RequireError(Http(base, "PUT", JobPath(id, "/input"), MakeInputs(10000)), 413);
-  REQUIRE(Field(GetJob(pmmap, id), "inputs") == 0);
-  // A body within the limit is fine.
-  REQUIRE(Http(base, "PUT", JobPath(id, "/input"), MakeInputs(3)).status == 201);
-  REQUIRE(Field(GetJob(pmmap, id), "inputs") == 3);
-}
-
-TEST_CASE("a chunked body over --max-body is refused with 413 too", "[api]") {
-  Webhook hook;
-  PmmapProcess pmmap({"--max-body", "1000"});
-  std::string id = CreateJob(pmmap, JobBody(hook.url()));
-  // Sent chunked (no Content-Length, so pmmap counts the bytes itself), in
-  // one write, before the reply is read: the reply cannot be lost to a reset.
-  const std::string big = MakeInputs(100);
-  std::string request = "PUT " + JobPath(id, "/input") +
-                        " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
-  for (size_t at = 0; at < big.size(); at += 500) {
-    std::string chunk = big.substr(at, 500);
-    char size[16];
-    snprintf(size, sizeof(size), "%zx\r\n", chunk.size());
-    request += size + chunk + "\r\n";
-  }
-  request += "0\r\n\r\n";
-  std::string reply = RawExchange(pmmap.port(), request);
-  INFO("reply: " << reply);
-  REQUIRE(reply.compare(0, 13, "HTTP/1.1 413 ") == 0);
-  size_t body_at = reply.find("\r\n\r\n");
-  REQUIRE(body_at != std::string::npos);
-  rapidjson::Document error = ParseJson(reply.substr(body_at + 4));
-  REQUIRE(error.IsObject());
-  REQUIRE(error.HasMember("error"));
-  REQUIRE(Field(GetJob(pmmap, id), "inputs") == 0);
 }
 
 TEST_CASE("bodies are read as JSON whatever their Content-Type, even over 8 KiB", "[api]") {
@@ -1321,7 +1078,7 @@ TEST_CASE("bodies are read as JSON whatever their Content-Type, even over 8 KiB"
   client.set_write_timeout(20, 0);
   const char* form = "application/x-www-form-urlencoded";  // what curl -d sends
 
-  std::string job_body = JobBody(hook.url(), ",\"secret\":\"" + std::string(9000, 'z') + "\"");
+  std::string job_body = JobBody(hook.url(), "\"secret\":\"" + std::string(9000, 'z') + "\"");
   REQUIRE(job_body.size() > 8192);
   auto created = client.Post("/job", job_body, form);
   REQUIRE(created);
@@ -1335,7 +1092,7 @@ TEST_CASE("bodies are read as JSON whatever their Content-Type, even over 8 KiB"
   REQUIRE(put);
   INFO(put->body);
   REQUIRE(put->status == 201);
-  REQUIRE(Field(ParseJson(put->body), "inputs") == 400);
+  REQUIRE(U64(ParseJson(put->body), "inputs") == 400);
 
   auto put_text = client.Put(JobPath(id, "/input").c_str(), MakeInputs(3, "t"), "text/plain");
   REQUIRE(put_text);
@@ -1391,19 +1148,9 @@ class KeptAliveClient {
 // The connections to port on 127.0.0.1 that the server has accepted (those
 // still in its listen queue have no inode yet), from /proc/net/tcp.
 int AcceptedConnections(int port) {
-  std::ifstream in("/proc/net/tcp");
-  std::string line;
-  std::getline(in, line);  // the header
-  char local[16];
-  snprintf(local, sizeof(local), "0100007F:%04X", port);
   int n = 0;
-  while (std::getline(in, line)) {
-    std::istringstream fields(line);
-    std::string slot, local_address, remote_address, state, queues, timer, retransmits, uid,
-        timeout, inode;
-    fields >> slot >> local_address >> remote_address >> state >> queues >> timer >> retransmits >>
-        uid >> timeout >> inode;
-    if (local_address == local && state == "01" && inode != "0") ++n;
+  for (const TcpSocket& s : TcpSockets()) {
+    n += s.local == LoopbackAddress(port) && s.state == "01" && s.inode != "0";
   }
   return n;
 }
@@ -1430,7 +1177,7 @@ TEST_CASE("many jobs run in parallel, each with all its replies", "[api]") {
     };
     KeptAliveClient client(base);
     const std::string prefix = "j" + std::to_string(j) + "_";
-    Reply r = client.Send("POST", "/job", JobBody(hook.url(), ",\"concurrency\":4,\"maxsize\":10"));
+    Reply r = client.Send("POST", "/job", JobBody(hook.url(), "\"concurrency\":4,\"maxsize\":10"));
     created->set_value();
     if (r.status != 201)
       return fail("POST /job: " + std::to_string(r.status) + " " + r.error + r.body);
@@ -1502,8 +1249,8 @@ TEST_CASE("many jobs run in parallel, each with all its replies", "[api]") {
   for (int j = 0; j < kJobs; ++j) {
     rapidjson::Document job = GetJob(pmmap, outcomes[j].id);
     REQUIRE(Str(job["state"]) == "done");
-    REQUIRE(Field(job, "inputs") == kInputs);
-    REQUIRE(Field(job, "outputs") == kInputs);
+    REQUIRE(U64(job, "inputs") == kInputs);
+    REQUIRE(U64(job, "outputs") == kInputs);
   }
 }
 
@@ -1651,68 +1398,4 @@ TEST_CASE("a burst of simultaneous connections is answered, none left waiting", 
   for (const auto& f : failures) summary += std::to_string(f.second) + " x (" + f.first + ") ";
   INFO("not answered: " << summary);
   REQUIRE(answered == kClients);
-}
-
-// ---------------------------------------------------------------------------
-// Signals
-
-TEST_CASE("SIGTERM answers blocked callers with 503, removes job files and exits 0", "[api]") {
-  TempDir data;
-  Gate gate;
-  Webhook hook;
-  hook.SetHandler([&gate](const Webhook::Call& call, httplib::Response& res) {
-    gate.Wait();
-    Echo(call, res);
-  });
-  std::future<HttpResult> put;
-  std::future<HttpResult> output;
-  PmmapProcess pmmap({"--data-dir", data.path()});
-  std::future<int> stopped;
-  OpenAtExit open_at_exit(gate);
-  const std::string base = pmmap.base_url();
-  std::string busy = CreateJob(pmmap, JobBody(hook.url(), ",\"maxsize\":1"));
-  std::string idle = CreateJob(pmmap, JobBody(hook.url()));
-  put = Async(base, "PUT", JobPath(busy, "/input"), MakeInputs(5));
-  output = Async(base, "GET", JobPath(idle, "/output"));
-  rapidjson::Document job = WaitForJob(pmmap, busy, [](const rapidjson::Document& d) {
-    return d["inputs"].GetUint64() == 2 && d["in_flight"].GetUint64() == 1;
-  });
-  REQUIRE(Field(job, "inputs") == 2);
-  REQUIRE_FALSE(Ready(put, milliseconds(200)));
-  REQUIRE_FALSE(Ready(output, milliseconds(0)));
-  std::vector<std::string> files = data.Files();
-  REQUIRE(std::set<std::string>(files.begin(), files.end()) ==
-          std::set<std::string>{busy + ".ndjson", idle + ".ndjson"});
-
-  // Stop it while one webhook call is held: the blocked callers are answered
-  // at once, before the call ends.
-  stopped = std::async(std::launch::async, [&pmmap] { return pmmap.Stop(SIGTERM); });
-  REQUIRE(Ready(put, seconds(5)));
-  REQUIRE(Ready(output, seconds(5)));
-  RequireError(put.get(), 503);
-  RequireError(output.get(), 503);
-  gate.Open();  // the held call may end: nothing is left to wait for
-  REQUIRE(stopped.wait_for(seconds(20)) == std::future_status::ready);
-  REQUIRE(stopped.get() == 0);
-  REQUIRE(data.Exists());
-  REQUIRE(data.Files().empty());
-}
-
-TEST_CASE("SIGINT stops the server cleanly too", "[api]") {
-  TempDir data;
-  Webhook hook;
-  std::future<HttpResult> output;
-  PmmapProcess pmmap({"--data-dir", data.path()});
-  const std::string base = pmmap.base_url();
-  std::string id = CreateJob(pmmap, JobBody(hook.url()));
-  REQUIRE(Http(base, "PUT", JobPath(id, "/input"), MakeInputs(3)).status == 201);
-  output = Async(base, "GET", JobPath(id, "/output"));
-  WaitForJob(pmmap, id, [](const rapidjson::Document& d) { return d["outputs"].GetUint64() == 3; });
-  REQUIRE_FALSE(Ready(output, milliseconds(200)));
-  REQUIRE(data.Files().size() == 1);
-  REQUIRE(pmmap.Stop(SIGINT) == 0);
-  REQUIRE(Ready(output, seconds(5)));
-  RequireError(output.get(), 503);
-  REQUIRE(data.Exists());
-  REQUIRE(data.Files().empty());
 }

@@ -1,12 +1,16 @@
 // Test harness: starts the real pmmap binary and a real HTTP webhook on
 // loopback, and talks to both over HTTP. Everything started is stopped by a
-// destructor; every wait is bounded.
+// destructor; every wait is bounded. Every helper more than one test file
+// uses is here, once; a test file keeps only what it alone needs.
+// Assertions (REQUIRE, FAIL) run on the calling thread, so call these from
+// the test's own thread, except where a comment says a handler may.
 
 #ifndef PMMAP_TEST_HARNESS_HPP_
 #define PMMAP_TEST_HARNESS_HPP_
 
 #include <httplib.h>
 #include <rapidjson/document.h>
+#include <signal.h>
 #include <sys/types.h>
 
 #include <atomic>
@@ -65,11 +69,61 @@ class OpenAtExit {
   Gate& gate_;
 };
 
+// ---------------------------------------------------------------------------
+// Files and directories.
+
+// The whole content of the file at path, or "" if it cannot be read.
+std::string ReadFile(const std::string& path);
+
+// The names in directory path, without "." and ".."; fails the test if it
+// cannot be opened.
+std::vector<std::string> ListDir(const std::string& path);
+
+bool IsDirectory(const std::string& path);
+
+// Removes a file, or a directory with everything in it.
+void RemoveTree(const std::string& path);
+
+// A fresh directory under $TMPDIR (or /tmp) named prefix.XXXXXX, removed
+// with everything in it when the object goes.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& prefix = "pmmap-test");
+  ~TempDir() { RemoveTree(path_); }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  const std::string& path() const { return path_; }
+  std::string File(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+// ---------------------------------------------------------------------------
+// Processes.
+
+// The binary under test: $PMMAP_BIN, or ./pmmap.
+std::string PmmapBinary();
+
+// Forks and execs args[0] with args, the test's environment plus env (which
+// overrides it), stdin from /dev/null, stdout and stderr on out_fd and
+// err_fd, and no signal blocked or ignored. Returns the child's pid.
+pid_t Spawn(const std::vector<std::string>& args, const std::map<std::string, std::string>& env,
+            int out_fd, int err_fd);
+
+// Waits at most timeout for pid to exit; returns its exit code (128+signal
+// if a signal ended it), or -1 if it had to be killed at the deadline.
+int WaitExit(pid_t pid, std::chrono::milliseconds timeout);
+
 // The pmmap binary under test, running on a free loopback port with its
-// stderr kept in a file. The binary is $PMMAP_BIN, or ./pmmap.
+// stderr kept in a file: PmmapBinary() with --listen, then extra_args, in
+// the test's environment plus env. A sanitizer report in its log fails the
+// test when the object goes.
 class PmmapProcess {
  public:
-  explicit PmmapProcess(std::vector<std::string> extra_args = {});
+  explicit PmmapProcess(const std::vector<std::string>& extra_args = {},
+                        const std::map<std::string, std::string>& env = {});
   ~PmmapProcess();
   PmmapProcess(const PmmapProcess&) = delete;
   PmmapProcess& operator=(const PmmapProcess&) = delete;
@@ -79,8 +133,8 @@ class PmmapProcess {
   std::string base_url() const { return "http://127.0.0.1:" + std::to_string(port_); }
   // What the server wrote to stderr so far.
   std::string log() const;
-  // Sends sig and waits (at most timeout) for the process to exit. Returns
-  // its exit status, or -1 if it had to be killed.
+  // Sends sig (0: none, only wait) and waits at most timeout for the
+  // process to exit. Returns its exit code, or -1 if it had to be killed.
   int Stop(int sig = SIGTERM, std::chrono::milliseconds timeout = std::chrono::seconds(20));
 
  private:
@@ -100,8 +154,38 @@ HttpResult Http(const std::string& base_url, const std::string& method, const st
                 const std::string& body = "", const httplib::Headers& headers = {},
                 std::chrono::seconds timeout = std::chrono::seconds(30));
 
+// The value of the first header called name (any case), or "".
+std::string HeaderOf(const httplib::Headers& headers, const std::string& name);
+
+// How many headers are called name (any case).
+size_t HeaderCount(const httplib::Headers& headers, const std::string& name);
+
+// Asserts an error reply: the status, and a JSON object whose "error" is a
+// non-empty string, which it returns.
+std::string RequireError(const HttpResult& r, int status);
+
+// ---------------------------------------------------------------------------
+// JSON.
+
 // Parses JSON or fails the current test.
 rapidjson::Document ParseJson(const std::string& text);
+
+// v as compact JSON text.
+std::string Json(const rapidjson::Value& v);
+
+// s as a JSON string literal.
+std::string Quote(const std::string& s);
+
+// The member name of object v, which must be an unsigned integer (U64) or
+// a string (Text); either fails the test otherwise.
+uint64_t U64(const rapidjson::Value& v, const char* name);
+std::string Text(const rapidjson::Value& v, const char* name);
+
+// ---------------------------------------------------------------------------
+// Jobs.
+
+// A POST /job body for url; fields, if any, are more members ("a":1,"b":2).
+std::string JobBody(const std::string& url, const std::string& fields = "");
 
 // Creates a job from the given JSON body and returns its id, or fails the test.
 std::string CreateJob(const PmmapProcess& pmmap, const std::string& body);
@@ -112,13 +196,52 @@ std::string MakeInputs(int n, const std::string& prefix = "k");
 // Reads GET /job/{id} and returns it parsed.
 rapidjson::Document GetJob(const PmmapProcess& pmmap, const std::string& id);
 
-// Polls GET /job/{id} until pred holds or timeout passes; returns the last read.
+// Polls GET /job/{id} until pred holds and returns that read; fails the
+// test if pred does not hold within timeout.
 rapidjson::Document WaitForJob(const PmmapProcess& pmmap, const std::string& id,
                                const std::function<bool(const rapidjson::Document&)>& pred,
                                std::chrono::milliseconds timeout = std::chrono::seconds(20));
 
 // Parses NDJSON output into one document per line.
 std::vector<rapidjson::Document> ParseLines(const std::string& ndjson);
+
+// ---------------------------------------------------------------------------
+// Sockets.
+
+// A loopback port that refuses connections: bound, so that nothing else
+// takes it while the object lives, but never listening.
+class RefusingPort {
+ public:
+  RefusingPort();
+  ~RefusingPort();
+  RefusingPort(const RefusingPort&) = delete;
+  RefusingPort& operator=(const RefusingPort&) = delete;
+
+  int port() const { return port_; }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_) + "/hook"; }
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+};
+
+// One IPv4 TCP socket as /proc/net/tcp shows it.
+struct TcpSocket {
+  std::string local;   // address:port in hex, as the kernel writes it
+  std::string remote;  // ditto; "0100007F:1F90" is 127.0.0.1:8080
+  int local_port = 0;
+  int remote_port = 0;
+  std::string state;  // "01": ESTABLISHED
+  unsigned long tx_queue = 0;
+  unsigned long rx_queue = 0;
+  std::string inode;  // "0" until a server has accepted the connection
+};
+
+// Every IPv4 TCP socket of the machine, from /proc/net/tcp.
+std::vector<TcpSocket> TcpSockets();
+
+// "127.0.0.1:port" as /proc/net/tcp writes it.
+std::string LoopbackAddress(int port);
 
 // A webhook server on 127.0.0.1 running in its own threads. By default it
 // answers 200 with {"key": <the decoded last path segment>, "value": <the
@@ -161,5 +284,13 @@ class Webhook {
   std::atomic<int> in_flight_{0};
   std::atomic<int> peak_{0};
 };
+
+// Answers as the webhook does by default: 200 with {"key": <the key>,
+// "value": <the body as sent>}. For handlers that hold a call, then echo.
+void Echo(const Webhook::Call& call, httplib::Response& res);
+
+// The PMMAP-attempt header of a webhook call, or 0 if it has none (attempts
+// count from 1). Throws nothing, so handlers may call it.
+int AttemptOf(const Webhook::Call& call);
 
 #endif  // PMMAP_TEST_HARNESS_HPP_

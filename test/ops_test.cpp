@@ -43,8 +43,6 @@
 
 #include "test/harness.hpp"
 
-extern char** environ;
-
 namespace {
 
 using std::chrono::milliseconds;
@@ -69,16 +67,6 @@ double SecondsSince(SteadyClock::time_point t) {
   return std::chrono::duration<double>(SteadyClock::now() - t).count();
 }
 
-std::string HeaderValue(const httplib::Headers& headers, const std::string& name) {
-  auto it = headers.find(name);
-  return it == headers.end() ? "" : it->second;
-}
-
-int Attempt(const Webhook::Call& call) {
-  std::string v = HeaderValue(call.headers, "PMMAP-attempt");
-  return v.empty() ? 0 : std::stoi(v);
-}
-
 // The complete lines of text (a last line without its newline may still be
 // being written, and is left out).
 std::vector<std::string> SplitLines(const std::string& text) {
@@ -91,144 +79,8 @@ std::vector<std::string> SplitLines(const std::string& text) {
   return lines;
 }
 
-std::string Str(const rapidjson::Value& v, const char* member) {
-  REQUIRE(v.IsObject());
-  REQUIRE(v.HasMember(member));
-  REQUIRE(v[member].IsString());
-  return v[member].GetString();
-}
-
-uint64_t U64(const rapidjson::Value& v, const char* member) {
-  REQUIRE(v.IsObject());
-  REQUIRE(v.HasMember(member));
-  REQUIRE(v[member].IsUint64());
-  return v[member].GetUint64();
-}
-
-// Checks that an HTTP answer is a JSON error: {"error": "<non-empty message>"}.
-std::string RequireJsonError(const HttpResult& r) {
-  INFO("body: " << r.body);
-  rapidjson::Document doc = ParseJson(r.body);
-  REQUIRE(doc.IsObject());
-  std::string message = Str(doc, "error");
-  REQUIRE_FALSE(message.empty());
-  return message;
-}
-
-// Removes a file or directory tree (used for the test's own temp dirs).
-void RemoveTree(const std::string& path) {
-  struct stat st;
-  if (lstat(path.c_str(), &st) != 0) return;
-  if (S_ISDIR(st.st_mode)) {
-    if (DIR* dir = opendir(path.c_str())) {
-      std::vector<std::string> names;
-      while (dirent* e = readdir(dir)) {
-        std::string name = e->d_name;
-        if (name != "." && name != "..") names.push_back(name);
-      }
-      closedir(dir);
-      for (const auto& name : names) RemoveTree(path + "/" + name);
-    }
-    rmdir(path.c_str());
-  } else {
-    unlink(path.c_str());
-  }
-}
-
-std::vector<std::string> ListDir(const std::string& path) {
-  std::vector<std::string> names;
-  DIR* dir = opendir(path.c_str());
-  REQUIRE(dir != nullptr);
-  while (dirent* e = readdir(dir)) {
-    std::string name = e->d_name;
-    if (name != "." && name != "..") names.push_back(name);
-  }
-  closedir(dir);
-  return names;
-}
-
-// A fresh directory of the test's, removed with everything in it at scope exit.
-class TempDir {
- public:
-  explicit TempDir(const std::string& prefix) {
-    std::string templ = "/tmp/" + prefix + ".XXXXXX";
-    REQUIRE(mkdtemp(&templ[0]) != nullptr);
-    path_ = templ;
-  }
-  ~TempDir() { RemoveTree(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-std::string ReadWholeFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 // ---------------------------------------------------------------------------
 // Processes: the pmmap binary run directly, with a chosen environment.
-
-std::string BinaryPath() {
-  const char* bin = getenv("PMMAP_BIN");
-  return bin != nullptr ? bin : "./pmmap";
-}
-
-// Forks and execs args with the test's environment plus env (which
-// overrides), stdin from /dev/null and stdout/stderr on the given fds.
-pid_t Spawn(const std::vector<std::string>& args, const std::map<std::string, std::string>& env,
-            int out_fd, int err_fd) {
-  // Everything the child needs is built before fork: after it, only
-  // async-signal-safe calls.
-  std::vector<std::string> env_strings;
-  for (char** e = environ; *e != nullptr; ++e) {
-    std::string entry = *e;
-    if (env.count(entry.substr(0, entry.find('='))) == 0) env_strings.push_back(entry);
-  }
-  for (const auto& kv : env) env_strings.push_back(kv.first + "=" + kv.second);
-  std::vector<std::string> arg_strings = args;
-  std::vector<char*> argv;
-  for (auto& a : arg_strings) argv.push_back(&a[0]);
-  argv.push_back(nullptr);
-  std::vector<char*> envp;
-  for (auto& e : env_strings) envp.push_back(&e[0]);
-  envp.push_back(nullptr);
-  pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    int devnull = open("/dev/null", O_RDWR);
-    dup2(devnull, 0);
-    dup2(out_fd, 1);
-    dup2(err_fd, 2);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    signal(SIGPIPE, SIG_DFL);  // the test ignores it; the child starts clean
-    execve(argv[0], argv.data(), envp.data());
-    _exit(127);
-  }
-  return pid;
-}
-
-// Waits (bounded) for pid to exit; returns its exit code (128+signal if
-// killed by one), or -1 if it had to be killed at the deadline.
-int WaitExit(pid_t pid, milliseconds timeout) {
-  auto deadline = SteadyClock::now() + timeout;
-  int status = 0;
-  for (;;) {
-    pid_t r = waitpid(pid, &status, WNOHANG);
-    if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    if (r < 0 && errno != EINTR) return -2;
-    if (SteadyClock::now() > deadline) break;
-    std::this_thread::sleep_for(milliseconds(5));
-  }
-  kill(pid, SIGKILL);
-  waitpid(pid, &status, 0);
-  return -1;
-}
 
 struct RunResult {
   int exit_code = -1;
@@ -245,7 +97,7 @@ RunResult RunBinary(const std::vector<std::string>& args,
   int err_pipe[2];
   REQUIRE(pipe2(out_pipe, O_CLOEXEC) == 0);
   REQUIRE(pipe2(err_pipe, O_CLOEXEC) == 0);
-  std::vector<std::string> full = {BinaryPath()};
+  std::vector<std::string> full = {PmmapBinary()};
   full.insert(full.end(), args.begin(), args.end());
   pid_t pid = Spawn(full, env, out_pipe[1], err_pipe[1]);
   close(out_pipe[1]);
@@ -281,70 +133,6 @@ RunResult RunBinary(const std::vector<std::string>& args,
   result.exit_code = WaitExit(pid, std::max(left, milliseconds(100)));
   return result;
 }
-
-// The pmmap server started with extra environment variables (PmmapProcess
-// passes on the test's own environment only). Same contract as
-// PmmapProcess: a free loopback port, stderr kept in a file, stopped by the
-// destructor.
-class EnvPmmap {
- public:
-  EnvPmmap(const std::vector<std::string>& extra_args,
-           const std::map<std::string, std::string>& env) {
-    char templ[] = "/tmp/pmmap-ops-log.XXXXXX";
-    int log_fd = mkstemp(templ);
-    REQUIRE(log_fd >= 0);
-    log_path_ = templ;
-    std::vector<std::string> args = {BinaryPath(), "--listen", "127.0.0.1:0"};
-    args.insert(args.end(), extra_args.begin(), extra_args.end());
-    int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
-    REQUIRE(devnull >= 0);
-    pid_ = Spawn(args, env, devnull, log_fd);
-    close(devnull);
-    close(log_fd);
-    const std::string marker = "listening on http://127.0.0.1:";
-    bool found = WaitUntil(
-        [&] {
-          std::string text = log();
-          size_t at = text.find(marker);
-          if (at != std::string::npos && text.find(' ', at + marker.size()) != std::string::npos) {
-            port_ = std::stoi(text.substr(at + marker.size()));
-            return true;
-          }
-          int status;
-          if (waitpid(pid_, &status, WNOHANG) == pid_) {
-            pid_ = -1;
-            return true;
-          }
-          return false;
-        },
-        seconds(20));
-    INFO("pmmap log: " << log());
-    REQUIRE(found);
-    REQUIRE(pid_ > 0);
-    REQUIRE(port_ > 0);
-  }
-  ~EnvPmmap() {
-    if (pid_ > 0) Stop(SIGTERM, seconds(20));
-    unlink(log_path_.c_str());
-  }
-  EnvPmmap(const EnvPmmap&) = delete;
-  EnvPmmap& operator=(const EnvPmmap&) = delete;
-
-  std::string base_url() const { return "http://127.0.0.1:" + std::to_string(port_); }
-  std::string log() const { return ReadWholeFile(log_path_); }
-  int Stop(int sig, milliseconds timeout) {
-    if (pid_ <= 0) return -1;
-    kill(pid_, sig);
-    int code = WaitExit(pid_, timeout);
-    pid_ = -1;
-    return code;
-  }
-
- private:
-  pid_t pid_ = -1;
-  int port_ = 0;
-  std::string log_path_;
-};
 
 // ---------------------------------------------------------------------------
 // A raw HTTP/1.1 connection, for requests that must stay open across a
@@ -436,7 +224,7 @@ class RawConn {
       headers.emplace(lines[i].substr(0, colon), value);
     }
     std::string body;
-    if (HeaderValue(headers, "Transfer-Encoding") == "chunked") {
+    if (HeaderOf(headers, "Transfer-Encoding") == "chunked") {
       for (;;) {
         size_t eol;
         while ((eol = buf_.find("\r\n")) == std::string::npos) {
@@ -451,7 +239,7 @@ class RawConn {
         if (size == 0) break;
       }
     } else {
-      std::string length = HeaderValue(headers, "Content-Length");
+      std::string length = HeaderOf(headers, "Content-Length");
       if (length.empty()) return result;  // pmmap always sends one of the two
       size_t n = std::stoul(length);
       while (buf_.size() < n) {
@@ -498,24 +286,10 @@ struct TcpEntry {
 };
 
 TcpEntry ServerSide(int server_port, int client_port) {
-  std::ifstream in("/proc/net/tcp");
-  REQUIRE(in.good());
-  std::string line;
-  std::getline(in, line);  // the header
-  while (std::getline(in, line)) {
-    std::istringstream fields(line);
-    std::string sl, local, remote, state, queues;
-    if (!(fields >> sl >> local >> remote >> state >> queues)) continue;
-    auto port_of = [](const std::string& addr) {
-      return static_cast<int>(std::stoul(addr.substr(addr.find(':') + 1), nullptr, 16));
-    };
-    if (port_of(local) != server_port || port_of(remote) != client_port) continue;
-    TcpEntry entry;
-    entry.found = true;
-    entry.state = state;
-    entry.tx = std::stoul(queues.substr(0, queues.find(':')), nullptr, 16);
-    entry.rx = std::stoul(queues.substr(queues.find(':') + 1), nullptr, 16);
-    return entry;
+  for (const TcpSocket& s : TcpSockets()) {
+    if (s.local_port == server_port && s.remote_port == client_port) {
+      return TcpEntry{true, s.state, s.tx_queue, s.rx_queue};
+    }
   }
   return TcpEntry();
 }
@@ -527,30 +301,6 @@ bool ServerHasRead(int server_port, int client_port) {
   TcpEntry e = ServerSide(server_port, client_port);
   return e.found && e.state == "01" && e.rx == 0;
 }
-
-// A loopback port on which nothing listens: bound, so that nobody else
-// takes it while the test runs, but never listening, so connects are refused.
-class RefusingPort {
- public:
-  RefusingPort() {
-    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    REQUIRE(fd_ >= 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = 0;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
-    socklen_t len = sizeof(addr);
-    REQUIRE(getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-    port_ = ntohs(addr.sin_port);
-  }
-  ~RefusingPort() { close(fd_); }
-  int port() const { return port_; }
-
- private:
-  int fd_ = -1;
-  int port_ = 0;
-};
 
 // ---------------------------------------------------------------------------
 // The Prometheus text exposition format.
@@ -760,8 +510,8 @@ Exposition Scrape(const std::string& base_url) {
   HttpResult r = Http(base_url, "GET", "/metrics");
   INFO("GET /metrics -> " << r.status << "\n" << r.body);
   REQUIRE(r.status == 200);
-  REQUIRE(StartsWith(HeaderValue(r.headers, "Content-Type"), "text/plain"));
-  REQUIRE(Contains(HeaderValue(r.headers, "Content-Type"), "version=0.0.4"));
+  REQUIRE(StartsWith(HeaderOf(r.headers, "Content-Type"), "text/plain"));
+  REQUIRE(Contains(HeaderOf(r.headers, "Content-Type"), "version=0.0.4"));
   Exposition e = ParseExposition(r.body);
   std::string errors;
   for (const auto& err : e.errors) errors += err + "\n";
@@ -827,8 +577,8 @@ std::string HmacSha256Hex(const std::string& key, const std::string& message) {
 // "<t>.<body>" keyed with secret>", with t within [earliest, latest].
 void CheckSignature(const Webhook::Call& call, const std::string& secret, time_t earliest,
                     time_t latest) {
-  std::string value = HeaderValue(call.headers, "PMMAP-signature");
-  INFO("call " << call.path << " attempt " << Attempt(call) << " PMMAP-signature: " << value
+  std::string value = HeaderOf(call.headers, "PMMAP-signature");
+  INFO("call " << call.path << " attempt " << AttemptOf(call) << " PMMAP-signature: " << value
                << " body: " << call.body);
   REQUIRE(call.headers.count("PMMAP-signature") == 1);
   std::smatch m;
@@ -864,19 +614,12 @@ bool WaitForCall(Webhook& hook, const std::string& key, milliseconds timeout = s
 
 std::map<std::string, std::vector<int>> AttemptsByKey(Webhook& hook) {
   std::map<std::string, std::vector<int>> out;
-  for (auto& call : hook.calls()) out[call.key].push_back(Attempt(call));
+  for (auto& call : hook.calls()) out[call.key].push_back(AttemptOf(call));
   return out;
 }
 
 // ---------------------------------------------------------------------------
 // Jobs, by base URL (for servers that are not a PmmapProcess).
-
-std::string CreateJobAt(const std::string& base_url, const std::string& body) {
-  HttpResult r = Http(base_url, "POST", "/job", body);
-  INFO("POST /job " << body << " -> " << r.status << " " << r.body);
-  REQUIRE(r.status == 201);
-  return Str(ParseJson(r.body), "id");
-}
 
 // Polls GET /job/{id} until it answers 404 (bounded); returns whether it did.
 bool WaitGone(const std::string& base_url, const std::string& id, milliseconds timeout) {
@@ -908,11 +651,11 @@ TEST_CASE("GET /healthz answers 200 {\"status\":\"ok\"}", "[ops]") {
   PmmapProcess pmmap;
   HttpResult r = Http(pmmap.base_url(), "GET", "/healthz");
   REQUIRE(r.status == 200);
-  REQUIRE(StartsWith(HeaderValue(r.headers, "Content-Type"), "application/json"));
+  REQUIRE(StartsWith(HeaderOf(r.headers, "Content-Type"), "application/json"));
   rapidjson::Document doc = ParseJson(r.body);
   REQUIRE(doc.IsObject());
   REQUIRE(doc.MemberCount() == 1);
-  REQUIRE(Str(doc, "status") == "ok");
+  REQUIRE(Text(doc, "status") == "ok");
 }
 
 // ===========================================================================
@@ -943,7 +686,7 @@ TEST_CASE("metrics count inputs, outputs, calls by outcome, retries and in-fligh
   OpenAtExit open_stuck(stuck_gate);
   hook.SetHandler([&](const Webhook::Call& call, httplib::Response& res) {
     const std::string& key = call.key;
-    if (StartsWith(key, "flaky") && Attempt(call) < 3) {
+    if (StartsWith(key, "flaky") && AttemptOf(call) < 3) {
       res.status = 500;
       res.set_content("try again", "text/plain");
       return;
@@ -1113,14 +856,14 @@ std::vector<LogEvent> ParseLog(const std::string& log, bool json) {
     if (json) {
       rapidjson::Document doc = ParseJson(line);
       REQUIRE(doc.IsObject());
-      REQUIRE(std::regex_match(Str(doc, "time"), time_re));
+      REQUIRE(std::regex_match(Text(doc, "time"), time_re));
       if (doc.HasMember("job")) {
-        ev.job = Str(doc, "job");
-        ev.event = Str(doc, "event");
-        if (doc.HasMember("detail")) ev.detail = Str(doc, "detail");
+        ev.job = Text(doc, "job");
+        ev.event = Text(doc, "event");
+        if (doc.HasMember("detail")) ev.detail = Text(doc, "detail");
         REQUIRE_FALSE(doc.HasMember("message"));
       } else {
-        ev.event = Str(doc, "message");
+        ev.event = Text(doc, "message");
       }
     } else {
       REQUIRE(line.front() != '{');
@@ -1155,7 +898,7 @@ size_t CountEvents(const std::vector<LogEvent>& events, const std::string& job,
 void CheckEventLog(bool json) {
   Webhook hook;
   hook.SetHandler([](const Webhook::Call& call, httplib::Response& res) {
-    if (call.key == "flaky0" && Attempt(call) < 2) {
+    if (call.key == "flaky0" && AttemptOf(call) < 2) {
       res.status = 503;
       return;
     }
@@ -1296,7 +1039,7 @@ TEST_CASE("the secret never appears in logs, metrics, job JSON, outputs or the c
       res.set_content("bad input", "text/plain");
       return;
     }
-    if (call.key == "flaky0" && Attempt(call) < 2) {
+    if (call.key == "flaky0" && AttemptOf(call) < 2) {
       res.status = 500;
       return;
     }
@@ -1304,31 +1047,37 @@ TEST_CASE("the secret never appears in logs, metrics, job JSON, outputs or the c
   });
   PmmapProcess pmmap;
   const std::string base = pmmap.base_url();
-  std::vector<std::string> seen;  // every body pmmap gave out
+  std::vector<HttpResult> seen;  // every reply pmmap gave
   auto keep = [&](const HttpResult& r) {
-    seen.push_back(r.body);
+    seen.push_back(r);
     return r;
   };
   const std::string body = CallbackJob(hook.url(), hook.url("/cb"));
   HttpResult created = keep(Http(base, "POST", "/job", body));
   REQUIRE(created.status == 201);
-  std::string a = Str(ParseJson(created.body), "id");
+  std::string a = Text(ParseJson(created.body), "id");
   REQUIRE(keep(Http(base, "PUT", "/job/" + a + "/input",
                     "[{\"key\":\"ok0\",\"value\":0},{\"key\":\"bad0\",\"value\":1},{\"key\":"
                     "\"flaky0\",\"value\":2}]"))
               .status == 201);
   keep(Http(base, "GET", "/job/" + a));
   keep(Http(base, "GET", "/jobs"));
+  // Refusals too: a repeated key, a wrong method, a job without a url.
+  REQUIRE(
+      keep(Http(base, "PUT", "/job/" + a + "/input", "[{\"key\":\"ok0\",\"value\":0}]")).status ==
+      409);
+  REQUIRE(keep(Http(base, "PUT", "/job/" + a, "{}")).status == 405);
+  REQUIRE(keep(Http(base, "POST", "/job", "{\"secret\":" + Quote(kSecret) + "}")).status == 400);
   REQUIRE(keep(Http(base, "POST", "/job/" + a + "/complete")).status == 200);
   rapidjson::Document done = WaitForJob(pmmap, a, CallbackEnded);
-  REQUIRE(Str(done["callback"], "state") == "succeeded");
+  REQUIRE(Text(done["callback"], "state") == "succeeded");
   keep(Http(base, "GET", "/job/" + a));
   keep(Http(base, "GET", "/job/" + a + "/output"));
   keep(Http(base, "GET", "/job/" + a + "/output?format=ndjson"));
   // B is cancelled (its callback fires too), C deleted.
   std::string b = CreateJob(pmmap, body);
   REQUIRE(keep(Http(base, "POST", "/job/" + b + "/cancel")).status == 200);
-  REQUIRE(Str(WaitForJob(pmmap, b, CallbackEnded)["callback"], "state") == "succeeded");
+  REQUIRE(Text(WaitForJob(pmmap, b, CallbackEnded)["callback"], "state") == "succeeded");
   std::string c =
       CreateJob(pmmap, "{\"url\":\"" + hook.url() + "\",\"secret\":\"" + kSecret + "\"}");
   keep(Http(base, "GET", "/jobs"));
@@ -1338,7 +1087,7 @@ TEST_CASE("the secret never appears in logs, metrics, job JSON, outputs or the c
   // The secret was in use: every call carried it in PMMAP-auth.
   auto calls = hook.calls();
   REQUIRE(calls.size() == 6);  // ok0, bad0, flaky0 x2, two callbacks
-  for (const auto& call : calls) REQUIRE(HeaderValue(call.headers, "PMMAP-auth") == kSecret);
+  for (const auto& call : calls) REQUIRE(HeaderOf(call.headers, "PMMAP-auth") == kSecret);
   auto callbacks = CallsTo(hook, "/cb");
   REQUIRE(callbacks.size() == 2);
   for (const auto& call : callbacks) {
@@ -1346,9 +1095,10 @@ TEST_CASE("the secret never appears in logs, metrics, job JSON, outputs or the c
     CHECK_FALSE(Contains(call.body, kSecret));
     CHECK_FALSE(Contains(call.body, "secret"));
   }
-  for (const auto& text : seen) {
-    INFO("body: " << text);
-    CHECK_FALSE(Contains(text, kSecret));
+  for (const HttpResult& r : seen) {
+    INFO("reply " << r.status << ": " << r.body);
+    CHECK_FALSE(Contains(r.body, kSecret));
+    for (const auto& h : r.headers) CHECK_FALSE(Contains(h.second, kSecret));
   }
   REQUIRE(pmmap.Stop(SIGTERM) == 0);
   std::string log = pmmap.log();
@@ -1430,17 +1180,18 @@ namespace {
 
 // With a limit of 2 jobs: the third POST /job is refused with 429, and
 // accepted again once one is deleted.
-void CheckMaxJobsTwo(const std::string& base, const std::string& hook_url) {
-  const std::string body = "{\"url\":\"" + hook_url + "\"}";
-  std::string first = CreateJobAt(base, body);
-  CreateJobAt(base, body);
+void CheckMaxJobsTwo(const PmmapProcess& pmmap, const std::string& hook_url) {
+  const std::string base = pmmap.base_url();
+  const std::string body = JobBody(hook_url);
+  std::string first = CreateJob(pmmap, body);
+  CreateJob(pmmap, body);
   HttpResult third = Http(base, "POST", "/job", body);
   REQUIRE(third.status == 429);
-  REQUIRE(StartsWith(HeaderValue(third.headers, "Content-Type"), "application/json"));
-  RequireJsonError(third);
+  REQUIRE(StartsWith(HeaderOf(third.headers, "Content-Type"), "application/json"));
+  RequireError(third, 429);
   REQUIRE(ParseJson(Http(base, "GET", "/jobs").body).Size() == 2);
   REQUIRE(Http(base, "DELETE", "/job/" + first).status == 200);
-  CreateJobAt(base, body);
+  CreateJob(pmmap, body);
   REQUIRE(Http(base, "POST", "/job", body).status == 429);
   REQUIRE(ParseJson(Http(base, "GET", "/jobs").body).Size() == 2);
 }
@@ -1450,25 +1201,25 @@ void CheckMaxJobsTwo(const std::string& base, const std::string& hook_url) {
 TEST_CASE("--max-jobs 2 refuses a third job with 429 until one is deleted", "[ops]") {
   Webhook hook;
   PmmapProcess pmmap({"--max-jobs", "2"});
-  CheckMaxJobsTwo(pmmap.base_url(), hook.url());
+  CheckMaxJobsTwo(pmmap, hook.url());
 }
 
 TEST_CASE("PMMAP_MAX_JOBS works like --max-jobs", "[ops]") {
   Webhook hook;
   {
-    EnvPmmap pmmap({}, {{"PMMAP_MAX_JOBS", "2"}});
-    CheckMaxJobsTwo(pmmap.base_url(), hook.url());
+    PmmapProcess pmmap({}, {{"PMMAP_MAX_JOBS", "2"}});
+    CheckMaxJobsTwo(pmmap, hook.url());
     REQUIRE(pmmap.Stop(SIGTERM, seconds(20)) == 0);
   }
   {
     // The command line wins over the environment.
-    EnvPmmap pmmap({"--max-jobs", "2"}, {{"PMMAP_MAX_JOBS", "1"}});
-    CheckMaxJobsTwo(pmmap.base_url(), hook.url());
+    PmmapProcess pmmap({"--max-jobs", "2"}, {{"PMMAP_MAX_JOBS", "1"}});
+    CheckMaxJobsTwo(pmmap, hook.url());
     REQUIRE(pmmap.Stop(SIGTERM, seconds(20)) == 0);
   }
   {
     // Another variable, for good measure: PMMAP_LOG_FORMAT.
-    EnvPmmap pmmap({}, {{"PMMAP_LOG_FORMAT", "json"}});
+    PmmapProcess pmmap({}, {{"PMMAP_LOG_FORMAT", "json"}});
     REQUIRE(pmmap.Stop(SIGTERM, seconds(20)) == 0);
     std::vector<std::string> lines = SplitLines(pmmap.log());
     REQUIRE(lines.size() >= 3);  // listening, stopping, stopped
@@ -1494,8 +1245,8 @@ TEST_CASE("--max-body 1000 refuses a larger body with 413, changes nothing, keep
   conn.SendRequest("PUT", "/job/" + id + "/input", big);
   HttpResult refused = conn.Read(seconds(20));
   REQUIRE(refused.status == 413);
-  REQUIRE(StartsWith(HeaderValue(refused.headers, "Content-Type"), "application/json"));
-  RequireJsonError(refused);
+  REQUIRE(StartsWith(HeaderOf(refused.headers, "Content-Type"), "application/json"));
+  RequireError(refused, 413);
   // Nothing changed, and the same connection still serves requests.
   conn.SendRequest("GET", "/job/" + id, "", false);
   HttpResult job = conn.Read(seconds(20));
@@ -1526,18 +1277,22 @@ TEST_CASE("--max-body 1000 refuses a larger body with 413, changes nothing, keep
   conn.Send(request + "0\r\n\r\n");
   HttpResult chunked_reply = conn.Read(seconds(20));
   REQUIRE(chunked_reply.status == 413);
-  RequireJsonError(chunked_reply);
+  RequireError(chunked_reply, 413);
   conn.SendRequest("GET", "/job/" + id, "", false);
   HttpResult after_chunked = conn.Read(seconds(20));
   REQUIRE(after_chunked.status == 200);
   REQUIRE(U64(ParseJson(after_chunked.body), "inputs") == 20);
   conn.Close();
 
+  // Far over the limit too, on a new connection.
+  RequireError(Http(base, "PUT", "/job/" + id + "/input", MakeInputs(10000)), 413);
+  REQUIRE(U64(GetJob(pmmap, id), "inputs") == 20);
+
   // POST /job over the limit creates no job.
   std::string big_job = padded("{\"url\":\"" + hook.url() + "\"}", 2000);
   HttpResult post = Http(base, "POST", "/job", big_job);
   REQUIRE(post.status == 413);
-  RequireJsonError(post);
+  RequireError(post, 413);
   REQUIRE(ParseJson(Http(base, "GET", "/jobs").body).Size() == 1);
 }
 
@@ -1573,7 +1328,7 @@ TEST_CASE("--job-ttl 1 removes ended jobs, never open or closing ones", "[ops]")
   INFO("expired after " << SecondsSince(done_at) << " s");
   HttpResult gone = Http(base, "GET", "/job/" + done);
   REQUIRE(gone.status == 404);
-  RequireJsonError(gone);
+  RequireError(gone, 404);
   REQUIRE(Http(base, "GET", "/job/" + done + "/output").status == 404);
   REQUIRE(Http(base, "DELETE", "/job/" + done).status == 404);
   REQUIRE(WaitUntil([&] { return Contains(pmmap.log(), "job " + done + " expired"); }, seconds(5)));
@@ -1592,7 +1347,7 @@ TEST_CASE("--job-ttl 1 removes ended jobs, never open or closing ones", "[ops]")
   REQUIRE(JobIs(GetJob(pmmap, open_job), "open"));
   rapidjson::Document jobs = ParseJson(Http(base, "GET", "/jobs").body);
   REQUIRE(jobs.Size() == 1);
-  REQUIRE(Str(jobs[0], "id") == open_job);
+  REQUIRE(Text(jobs[0], "id") == open_job);
   CHECK_FALSE(Contains(pmmap.log(), "job " + open_job + " expired"));
 }
 
@@ -1602,7 +1357,7 @@ TEST_CASE("--job-ttl 1 removes ended jobs, never open or closing ones", "[ops]")
 TEST_CASE("with a secret, every call is signed and carries PMMAP-auth and PMMAP-attempt", "[ops]") {
   Webhook hook;
   hook.SetHandler([](const Webhook::Call& call, httplib::Response& res) {
-    if (StartsWith(call.key, "flaky") && Attempt(call) < 3) {
+    if (StartsWith(call.key, "flaky") && AttemptOf(call) < 3) {
       res.status = 500;
       return;
     }
@@ -1629,8 +1384,8 @@ TEST_CASE("with a secret, every call is signed and carries PMMAP-auth and PMMAP-
   for (const auto& call : calls) {
     INFO("call " << call.path);
     CheckSignature(call, kSecret, earliest - 1, latest + 1);
-    CHECK(HeaderValue(call.headers, "PMMAP-auth") == kSecret);
-    CHECK(HeaderValue(call.headers, "PMMAP-job") == id);
+    CHECK(HeaderOf(call.headers, "PMMAP-auth") == kSecret);
+    CHECK(HeaderOf(call.headers, "PMMAP-job") == id);
   }
   auto attempts = AttemptsByKey(hook);
   CHECK(attempts["a0"] == std::vector<int>{1});
@@ -1653,7 +1408,7 @@ TEST_CASE("with a secret, every call is signed and carries PMMAP-auth and PMMAP-
     INFO("call " << call.path);
     CHECK(call.headers.count("PMMAP-signature") == 0);
     CHECK(call.headers.count("PMMAP-auth") == 0);
-    CHECK(HeaderValue(call.headers, "PMMAP-job") == plain);
+    CHECK(HeaderOf(call.headers, "PMMAP-job") == plain);
   }
   CHECK(plain_calls == 4);
   attempts = AttemptsByKey(hook);
@@ -1661,34 +1416,21 @@ TEST_CASE("with a secret, every call is signed and carries PMMAP-auth and PMMAP-
   CHECK(attempts["flaky1"] == std::vector<int>{1, 2, 3});
 }
 
-TEST_CASE("a secret with a line break cannot inject headers into webhook calls", "[ops]") {
-  // The secret goes into the PMMAP-auth header: pmmap must refuse one that
-  // cannot be sent there intact (400), or send it intact.
+TEST_CASE("a secret with a line break is refused: it cannot inject headers into webhook calls",
+          "[ops]") {
+  // The secret goes into the PMMAP-auth header, where a CR or LF would end
+  // it and start a header of the caller's choosing.
   Webhook hook;
   PmmapProcess pmmap;
   const std::string base = pmmap.base_url();
-  const std::string secret = "abc\r\nX-Injected: 1";
-  HttpResult r = Http(base, "POST", "/job",
-                      "{\"url\":\"" + hook.url() + "\",\"secret\":\"abc\\r\\nX-Injected: 1\"}");
-  INFO("POST /job -> " << r.status << " " << r.body);
-  if (r.status == 400) {
-    CHECK(Contains(RequireJsonError(r), "secret"));
-    return;
+  for (const char* secret : {"abc\\r\\nX-Injected: 1", "abc\\nX-Injected: 1", "abc\\rX: 1"}) {
+    HttpResult r = Http(base, "POST", "/job",
+                        JobBody(hook.url(), "\"secret\":\"" + std::string(secret) + "\""));
+    INFO("secret " << secret << ": POST /job -> " << r.status << " " << r.body);
+    CHECK(Contains(RequireError(r, 400), "secret"));
   }
-  REQUIRE(r.status == 201);
-  std::string id = Str(ParseJson(r.body), "id");
-  REQUIRE(Http(base, "PUT", "/job/" + id + "/input", MakeInputs(1)).status == 201);
-  REQUIRE(Http(base, "POST", "/job/" + id + "/complete").status == 200);
-  REQUIRE(
-      JobIs(WaitForJob(pmmap, id, [](const rapidjson::Document& j) { return JobIs(j, "done"); }),
-            "done"));
-  auto calls = hook.calls();
-  REQUIRE(calls.size() == 1);
-  std::string headers;
-  for (const auto& h : calls[0].headers) headers += h.first + ": " + h.second + "\n";
-  INFO("the webhook got these headers:\n" << headers);
-  CHECK(calls[0].headers.count("X-Injected") == 0);
-  CHECK(HeaderValue(calls[0].headers, "PMMAP-auth") == secret);
+  REQUIRE(ParseJson(Http(base, "GET", "/jobs").body).Size() == 0);
+  REQUIRE(hook.call_count() == 0);
 }
 
 // ===========================================================================
@@ -1703,7 +1445,7 @@ TEST_CASE("callback_url must be an http or https URL; without one, callback is n
     INFO("POST /job " << body);
     HttpResult r = Http(base, "POST", "/job", body);
     REQUIRE(r.status == 400);
-    CHECK(Contains(RequireJsonError(r), "callback_url"));
+    CHECK(Contains(RequireError(r, 400), "callback_url"));
   }
   REQUIRE(ParseJson(Http(base, "GET", "/jobs").body).Size() == 0);
   HttpResult created = Http(base, "POST", "/job", "{\"url\":\"" + hook.url() + "\"}");
@@ -1711,7 +1453,7 @@ TEST_CASE("callback_url must be an http or https URL; without one, callback is n
   rapidjson::Document doc = ParseJson(created.body);
   REQUIRE(doc.HasMember("callback"));
   REQUIRE(doc["callback"].IsNull());
-  std::string id = Str(doc, "id");
+  std::string id = Text(doc, "id");
   REQUIRE(Http(base, "POST", "/job/" + id + "/complete").status == 200);
   rapidjson::Document job =
       WaitForJob(pmmap, id, [](const rapidjson::Document& j) { return JobIs(j, "done"); });
@@ -1724,8 +1466,8 @@ TEST_CASE("callback_url must be an http or https URL; without one, callback is n
     INFO(ok << " -> " << r.body);
     REQUIRE(r.status == 201);
     rapidjson::Document d = ParseJson(r.body);
-    REQUIRE(Str(d["callback"], "url") == ok);
-    REQUIRE(Str(d["callback"], "state") == "waiting");
+    REQUIRE(Text(d["callback"], "url") == ok);
+    REQUIRE(Text(d["callback"], "state") == "waiting");
   }
   CHECK(hook.call_count() == 0);
 }
@@ -1743,8 +1485,8 @@ TEST_CASE("when a job is done, its final JSON is POSTed, signed, to callback_url
   REQUIRE(JobIs(job, "done"));
   const rapidjson::Value& cb = job["callback"];
   REQUIRE(cb.IsObject());
-  CHECK(Str(cb, "url") == hook.url("/cb"));
-  CHECK(Str(cb, "state") == "succeeded");
+  CHECK(Text(cb, "url") == hook.url("/cb"));
+  CHECK(Text(cb, "state") == "succeeded");
   CHECK(U64(cb, "attempts") == 1);
   CHECK(U64(cb, "status") == 200);
 
@@ -1752,12 +1494,12 @@ TEST_CASE("when a job is done, its final JSON is POSTed, signed, to callback_url
   REQUIRE(callbacks.size() == 1);
   const Webhook::Call& call = callbacks[0];
   CheckSignature(call, kSecret, earliest - 1, latest + 1);
-  CHECK(HeaderValue(call.headers, "PMMAP-auth") == kSecret);
-  CHECK(HeaderValue(call.headers, "PMMAP-job") == id);
-  CHECK(Attempt(call) == 1);
+  CHECK(HeaderOf(call.headers, "PMMAP-auth") == kSecret);
+  CHECK(HeaderOf(call.headers, "PMMAP-job") == id);
+  CHECK(AttemptOf(call) == 1);
   rapidjson::Document sent = ParseJson(call.body);
-  CHECK(Str(sent, "id") == id);
-  CHECK(Str(sent, "state") == "done");
+  CHECK(Text(sent, "id") == id);
+  CHECK(Text(sent, "state") == "done");
   CHECK(U64(sent, "inputs") == 3);
   CHECK(U64(sent, "outputs") == 3);
   CHECK(U64(sent, "succeeded") == 3);
@@ -1789,14 +1531,14 @@ TEST_CASE("when a job is cancelled, the callback fires with state cancelled", "[
   REQUIRE(cancel.status == 200);
   rapidjson::Document job = WaitForJob(pmmap, id, CallbackEnded);
   REQUIRE(JobIs(job, "cancelled"));
-  CHECK(Str(job["callback"], "state") == "succeeded");
+  CHECK(Text(job["callback"], "state") == "succeeded");
   CHECK(U64(job["callback"], "attempts") == 1);
   CHECK(U64(job["callback"], "status") == 200);
   auto callbacks = CallsTo(hook, "/cb");
   REQUIRE(callbacks.size() == 1);
   rapidjson::Document sent = ParseJson(callbacks[0].body);
-  CHECK(Str(sent, "id") == id);
-  CHECK(Str(sent, "state") == "cancelled");
+  CHECK(Text(sent, "id") == id);
+  CHECK(Text(sent, "state") == "cancelled");
   CHECK(U64(sent, "inputs") == 2);
   CHECK(U64(sent, "outputs") == 2);
   CHECK(U64(sent, "failed") == 2);
@@ -1811,7 +1553,7 @@ TEST_CASE("a failing callback is retried by the job's policy", "[ops]") {
       int m = mode.load();
       if (m == 2) {
         res.status = 400;
-      } else if (m == 1 || Attempt(call) < 3) {
+      } else if (m == 1 || AttemptOf(call) < 3) {
         res.status = 500;
       }
       return;
@@ -1833,14 +1575,14 @@ TEST_CASE("a failing callback is retried by the job's policy", "[ops]") {
     mode = 0;
     rapidjson::Document job = run("/cb1", "");
     const rapidjson::Value& cb = job["callback"];
-    CHECK(Str(cb, "state") == "succeeded");
+    CHECK(Text(cb, "state") == "succeeded");
     CHECK(U64(cb, "attempts") == 3);
     CHECK(U64(cb, "status") == 200);
     CHECK_FALSE(cb.HasMember("message"));
     auto callbacks = CallsTo(hook, "/cb1");
     REQUIRE(callbacks.size() == 3);
     for (size_t i = 0; i < callbacks.size(); ++i) {
-      CHECK(Attempt(callbacks[i]) == static_cast<int>(i) + 1);
+      CHECK(AttemptOf(callbacks[i]) == static_cast<int>(i) + 1);
       CheckSignature(callbacks[i], kSecret, time(nullptr) - 10, time(nullptr) + 1);
     }
   }
@@ -1848,12 +1590,12 @@ TEST_CASE("a failing callback is retried by the job's policy", "[ops]") {
     mode = 1;
     rapidjson::Document job = run("/cb2", ",\"max_attempts\":3");
     const rapidjson::Value& cb = job["callback"];
-    CHECK(Str(cb, "state") == "failed");
+    CHECK(Text(cb, "state") == "failed");
     CHECK(U64(cb, "attempts") == 3);
     CHECK(U64(cb, "status") == 500);
-    CHECK_FALSE(Str(cb, "message").empty());
+    CHECK_FALSE(Text(cb, "message").empty());
     CHECK(CallsTo(hook, "/cb2").size() == 3);
-    std::string id = Str(job, "id");
+    std::string id = Text(job, "id");
     REQUIRE(WaitUntil([&] { return Contains(pmmap.log(), "job " + id + " failure: callback"); },
                       seconds(5)));
   }
@@ -1861,7 +1603,7 @@ TEST_CASE("a failing callback is retried by the job's policy", "[ops]") {
     mode = 2;
     rapidjson::Document job = run("/cb3", ",\"max_attempts\":3");
     const rapidjson::Value& cb = job["callback"];
-    CHECK(Str(cb, "state") == "failed");
+    CHECK(Text(cb, "state") == "failed");
     CHECK(U64(cb, "attempts") == 1);
     CHECK(U64(cb, "status") == 400);
     CHECK(CallsTo(hook, "/cb3").size() == 1);
@@ -1873,60 +1615,71 @@ TEST_CASE("a failing callback is retried by the job's policy", "[ops]") {
 
 TEST_CASE("SIGTERM answers waiting callers 503, exits 0 and removes the job files", "[ops]") {
   TempDir data("pmmap-ops-data");
+  Gate gate;
   Webhook hook;
-  hook.SetHandler([](const Webhook::Call&, httplib::Response& res) {
-    std::this_thread::sleep_for(milliseconds(300));  // a slow webhook
-    res.set_content("{}", "application/json");
+  hook.SetHandler([&gate](const Webhook::Call& call, httplib::Response& res) {
+    gate.Wait();
+    Echo(call, res);
   });
   PmmapProcess pmmap({"--data-dir", data.path()});
-  const std::string base = pmmap.base_url();
-  std::string id =
-      CreateJob(pmmap, "{\"url\":\"" + hook.url() + "\",\"concurrency\":1,\"maxsize\":1}");
+  OpenAtExit open_at_exit(gate);
+  std::string id = CreateJob(pmmap, JobBody(hook.url(), "\"concurrency\":1,\"maxsize\":1"));
+  std::string idle = CreateJob(pmmap, JobBody(hook.url()));
   std::vector<std::string> files = ListDir(data.path());
-  REQUIRE(files == std::vector<std::string>{id + ".ndjson"});
+  REQUIRE(std::set<std::string>(files.begin(), files.end()) ==
+          std::set<std::string>{id + ".ndjson", idle + ".ndjson"});
 
-  // A PUT of 50 inputs blocks: one call in flight, one input queued, the queue full.
+  // A PUT of 50 inputs blocks: one call held in flight, one input queued,
+  // the queue full.
   RawConn put(pmmap.port());
   put.SendRequest("PUT", "/job/" + id + "/input", MakeInputs(50));
   rapidjson::Document job = WaitForJob(pmmap, id, [](const rapidjson::Document& j) {
-    return j["inputs"].GetUint64() >= 2 && j["in_flight"].GetUint64() == 1;
+    return j["inputs"].GetUint64() == 2 && j["in_flight"].GetUint64() == 1;
   });
-  REQUIRE(U64(job, "inputs") >= 2);
-  REQUIRE(U64(job, "inputs") < 50);
-  // A GET of the output waits for the job to end; wait until pmmap has read it.
+  REQUIRE(U64(job, "inputs") == 2);
+  // GETs of the outputs wait for their jobs to end, the busy one's and the
+  // idle one's; wait until pmmap has read them.
   RawConn get(pmmap.port());
   get.SendRequest("GET", "/job/" + id + "/output", "", false);
-  const int get_port = get.local_port();
-  REQUIRE(WaitUntil([&] { return ServerHasRead(pmmap.port(), get_port); }, seconds(10)));
+  RawConn get_idle(pmmap.port());
+  get_idle.SendRequest("GET", "/job/" + idle + "/output", "", false);
+  for (const RawConn* conn : {&get, &get_idle}) {
+    const int client_port = conn->local_port();
+    REQUIRE(WaitUntil([&] { return ServerHasRead(pmmap.port(), client_port); }, seconds(10)));
+  }
   REQUIRE_FALSE(put.Readable());
   REQUIRE_FALSE(get.Readable());
+  REQUIRE_FALSE(get_idle.Readable());
 
+  // Stopped while a webhook call is held: the waiting callers are answered
+  // at once, before that call ends.
   auto signalled = SteadyClock::now();
   REQUIRE(kill(pmmap.pid(), SIGTERM) == 0);
   HttpResult put_reply = put.Read(seconds(10));
   double put_seconds = SecondsSince(signalled);
   HttpResult get_reply = get.Read(seconds(10));
+  HttpResult idle_reply = get_idle.Read(seconds(10));
   double get_seconds = SecondsSince(signalled);
   put.Close();
   get.Close();
-  INFO("PUT answered after " << put_seconds << " s, GET after " << get_seconds << " s");
-  REQUIRE(put_reply.status == 503);
-  REQUIRE(StartsWith(HeaderValue(put_reply.headers, "Content-Type"), "application/json"));
-  RequireJsonError(put_reply);
-  REQUIRE(get_reply.status == 503);
-  RequireJsonError(get_reply);
+  get_idle.Close();
+  INFO("PUT answered after " << put_seconds << " s, GETs after " << get_seconds << " s");
+  REQUIRE(StartsWith(HeaderOf(put_reply.headers, "Content-Type"), "application/json"));
+  RequireError(put_reply, 503);
+  RequireError(get_reply, 503);
+  RequireError(idle_reply, 503);
   CHECK(put_seconds < 3);
   CHECK(get_seconds < 3);
+  gate.Open();  // the held call may end: nothing is left to wait for
 
   int code = pmmap.Stop(0, seconds(15));  // signal 0: only wait
   double exit_seconds = SecondsSince(signalled);
   INFO("exited after " << exit_seconds << " s; log:\n" << pmmap.log());
   REQUIRE(code == 0);
   CHECK(exit_seconds < 8);  // the 5 s grace period, and slack
-  for (const auto& name : ListDir(data.path())) {
-    INFO("left in the data dir: " << name);
-    CHECK_FALSE(Contains(name, ".ndjson"));
-  }
+  // The job files are gone; the data dir, which was given, stays.
+  REQUIRE(IsDirectory(data.path()));
+  CHECK(ListDir(data.path()).empty());
   std::string log = pmmap.log();
   CHECK(Contains(log, "stopping on"));
   CHECK(Contains(log, "pmmap: stopped"));
@@ -1975,18 +1728,32 @@ TEST_CASE("SIGTERM is not held up by a caller that stopped reading its output", 
 }
 
 TEST_CASE("SIGINT stops the server like SIGTERM", "[ops]") {
-  PmmapProcess pmmap;
-  REQUIRE(Http(pmmap.base_url(), "GET", "/healthz").status == 200);
+  TempDir data("pmmap-ops-data");
+  Webhook hook;
+  PmmapProcess pmmap({"--data-dir", data.path()});
+  std::string id = CreateJob(pmmap, JobBody(hook.url()));
+  REQUIRE(Http(pmmap.base_url(), "PUT", "/job/" + id + "/input", MakeInputs(3)).status == 201);
+  WaitForJob(pmmap, id, [](const rapidjson::Document& d) { return d["outputs"].GetUint64() == 3; });
+  // The job is open: a GET of its output waits.
+  RawConn get(pmmap.port());
+  get.SendRequest("GET", "/job/" + id + "/output", "", false);
+  const int get_port = get.local_port();
+  REQUIRE(WaitUntil([&] { return ServerHasRead(pmmap.port(), get_port); }, seconds(10)));
+  REQUIRE_FALSE(get.Readable());
+  REQUIRE(ListDir(data.path()).size() == 1);
   REQUIRE(pmmap.Stop(SIGINT) == 0);
+  RequireError(get.Read(seconds(5)), 503);
   CHECK(Contains(pmmap.log(), "stopping on Interrupt"));
+  REQUIRE(IsDirectory(data.path()));
+  CHECK(ListDir(data.path()).empty());
 }
 
 TEST_CASE("without --data-dir, the data dir made under TMPDIR is removed on SIGTERM", "[ops]") {
   TempDir tmp("pmmap-ops-tmpdir");
   Webhook hook;
-  EnvPmmap pmmap({}, {{"TMPDIR", tmp.path()}});
+  PmmapProcess pmmap({}, {{"TMPDIR", tmp.path()}});
   const std::string base = pmmap.base_url();
-  std::string id = CreateJobAt(base, "{\"url\":\"" + hook.url() + "\"}");
+  std::string id = CreateJob(pmmap, "{\"url\":\"" + hook.url() + "\"}");
   REQUIRE(Http(base, "PUT", "/job/" + id + "/input", MakeInputs(3)).status == 201);
   std::vector<std::string> dirs = ListDir(tmp.path());
   REQUIRE(dirs.size() == 1);
