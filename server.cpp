@@ -98,36 +98,6 @@ Status ReadBody(const httplib::Request& req, const httplib::ContentReader& reade
   return Status::OK();
 }
 
-// Returns whether any environment variable through which libcurl would
-// send calls through a proxy is set.
-bool ProxyInEnvironment() {
-  static const char* const kNames[] = {"http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY",
-                                       "all_proxy",  "ALL_PROXY",  "no_proxy",    "NO_PROXY"};
-  for (const char* name : kNames) {
-    if (getenv(name) != nullptr) return true;
-  }
-  return false;
-}
-
-// Returns the CA bundle for https webhooks: libcurl's built-in one if it
-// exists, else the first of the usual places that does (a static binary
-// may run on a system whose bundle lives elsewhere), else "".
-std::string FindCaBundle() {
-  static const char* const kBundles[] = {
-      "/etc/ssl/certs/ca-certificates.crt",                 // Debian, Ubuntu, Alpine
-      "/etc/pki/tls/certs/ca-bundle.crt",                   // Fedora, RHEL
-      "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",  // RHEL 7+
-      "/etc/ssl/ca-bundle.pem",                             // openSUSE
-      "/etc/ssl/cert.pem",                                  // Alpine, macOS
-  };
-  const curl_version_info_data* info = curl_version_info(CURLVERSION_NOW);
-  if (info->cainfo != nullptr && access(info->cainfo, R_OK) == 0) return info->cainfo;
-  for (const char* bundle : kBundles) {
-    if (access(bundle, R_OK) == 0) return bundle;
-  }
-  return "";
-}
-
 Dispatcher::Options DispatcherOptions(const Flags& flags) {
   Dispatcher::Options options;
   options.ca_file = flags.ca_file.empty() ? FindCaBundle() : flags.ca_file;

@@ -2,12 +2,14 @@
 
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <iterator>
 #include <string_view>
 
@@ -323,4 +325,29 @@ std::string Signature(const std::string& secret, time_t t, const std::string& bo
     out.push_back(kHex[digest[i] & 0xF]);
   }
   return out;
+}
+
+bool ProxyInEnvironment() {
+  static const char* const kNames[] = {"http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY",
+                                       "all_proxy",  "ALL_PROXY",  "no_proxy",    "NO_PROXY"};
+  for (const char* name : kNames) {
+    if (getenv(name) != nullptr) return true;
+  }
+  return false;
+}
+
+std::string FindCaBundle() {
+  static const char* const kBundles[] = {
+      "/etc/ssl/certs/ca-certificates.crt",                 // Debian, Ubuntu, Alpine
+      "/etc/pki/tls/certs/ca-bundle.crt",                   // Fedora, RHEL
+      "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",  // RHEL 7+
+      "/etc/ssl/ca-bundle.pem",                             // openSUSE
+      "/etc/ssl/cert.pem",                                  // Alpine, macOS
+  };
+  const curl_version_info_data* info = curl_version_info(CURLVERSION_NOW);
+  if (info->cainfo != nullptr && access(info->cainfo, R_OK) == 0) return info->cainfo;
+  for (const char* bundle : kBundles) {
+    if (access(bundle, R_OK) == 0) return bundle;
+  }
+  return "";
 }

@@ -138,6 +138,15 @@ class WebhookClient {
   char signature_line_[128] = {0};  // "PMMAP-signature: t=<10 digits>,v1=<64 hex>"
 };
 
+// Returns whether any environment variable through which libcurl would
+// send calls through a proxy is set (for Options::proxy_from_env).
+bool ProxyInEnvironment();
+
+// Returns the CA bundle for https webhooks: libcurl's built-in one if it
+// exists, else the first of the usual places that does (a static binary
+// may run on a system whose bundle lives elsewhere), else "".
+std::string FindCaBundle();
+
 enum class Verdict { kSuccess, kRetry, kFail };
 
 // What to do with one attempt's result: code is libcurl's, status the HTTP
