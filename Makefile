@@ -39,11 +39,11 @@ UBSAN_FLAGS := -fsanitize=undefined -fno-sanitize=pointer-overflow -fno-sanitize
 # when sanitizers instrument it: a known false positive, and only there.
 SANITIZER_WARNINGS := -Wno-maybe-uninitialized
 
-LIB_SOURCES := job.cpp dispatcher.cpp json.cpp request.cpp http_pool.cpp caller.cpp log.cpp metrics.cpp
+LIB_SOURCES := job.cpp output.cpp dispatcher.cpp json.cpp request.cpp http_pool.cpp caller.cpp log.cpp metrics.cpp
 TEST_SOURCES := test/main.cpp test/harness.cpp test/json_test.cpp test/request_test.cpp \
                 test/job_test.cpp test/dispatcher_test.cpp test/api_test.cpp test/delivery_test.cpp \
                 test/ops_test.cpp test/https_test.cpp
-FUZZ_SOURCES := test/fuzz_main.cpp json.cpp request.cpp job.cpp log.cpp metrics.cpp
+FUZZ_SOURCES := test/fuzz_main.cpp json.cpp request.cpp job.cpp output.cpp log.cpp metrics.cpp
 
 LIB_OBJECTS := $(LIB_SOURCES:%.cpp=$(BUILD)/%.o)
 TEST_OBJECTS := $(TEST_SOURCES:%.cpp=$(BUILD)/%.o)

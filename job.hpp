@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "key_set.hpp"
+#include "output.hpp"
 #include "status.hpp"
 
 using Clock = std::chrono::steady_clock;
@@ -79,48 +80,6 @@ struct Input {
 
 enum class JobState { kOpen, kClosing, kDone, kCancelled };
 const char* JobStateName(JobState state);
-
-// The lines of the outcome file. Neither contains a newline.
-void AppendSuccessEntry(const std::string& key, const std::string& value_json, std::string* out);
-inline std::string SuccessEntry(const std::string& key, const std::string& value_json) {
-  std::string entry;
-  AppendSuccessEntry(key, value_json, &entry);
-  return entry;
-}
-std::string ErrorEntry(const std::string& key, long status, const std::string& message,
-                       const std::string& body, int attempts);
-
-// Streams part of an outcome file as one JSON array or as NDJSON, reading
-// it in blocks so that memory stays flat however large the file.
-// Not thread-safe: one reader serves one response.
-class OutputReader {
- public:
-  enum Format { kArray, kNdjson };
-
-  // Reads from the open descriptor fd (which it closes) starting at byte
-  // begin: skips `skip` entries, then yields `count` entries.
-  OutputReader(int fd, uint64_t begin, uint64_t skip, uint64_t count, Format format);
-  ~OutputReader();
-  OutputReader(const OutputReader&) = delete;
-  OutputReader& operator=(const OutputReader&) = delete;
-
-  // Replaces *chunk with the next piece of output. Returns false when all
-  // has been yielded, or on a read error (*failed is then set).
-  bool Next(std::string* chunk, bool* failed);
-
- private:
-  bool Fill();
-
-  int fd_;
-  uint64_t pos_;
-  uint64_t skip_;
-  uint64_t remaining_;
-  Format format_;
-  bool started_ = false;
-  bool finished_ = false;
-  std::string buffer_;
-  size_t buffer_pos_ = 0;
-};
 
 class Job : public std::enable_shared_from_this<Job> {
  public:

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "job.hpp"
+#include "output.hpp"
 #include "status.hpp"
 
 // Parses the body of POST /job.

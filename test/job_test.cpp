@@ -22,6 +22,7 @@
 
 #include "key_set.hpp"
 #include "log.hpp"
+#include "output.hpp"
 #include "test/harness.hpp"
 
 namespace {
