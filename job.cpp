@@ -312,7 +312,8 @@ bool Job::TakeToken(Clock::time_point now, Clock::time_point* wake) {
     tokens_ -= 1;
     return true;
   }
-  // At least kMinRatePerSec, so the wait is at most 1000 s: no overflow.
+  // ParseJobOptions allows no rate under kMinRatePerSec, so the wait is at
+  // most 1000 s: no overflow.
   *wake = now + std::chrono::duration_cast<Clock::duration>(
                     std::chrono::duration<double>((1 - tokens_) / options_.rate_per_sec));
   return false;

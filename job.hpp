@@ -30,23 +30,13 @@
 
 using Clock = std::chrono::steady_clock;
 
-// Limits and defaults of the fields of POST /job.
+// Defaults of the fields of POST /job (request.hpp holds their limits).
 constexpr int kDefaultConcurrency = 1;
-constexpr int kMaxConcurrency = 1024;
 constexpr int64_t kDefaultMaxsize = 1000;
-constexpr int64_t kMaxMaxsize = 1000000;
 constexpr int64_t kDefaultTimeoutMs = 30000;
-constexpr int64_t kMaxTimeoutMs = 3600000;
 constexpr int kDefaultMaxAttempts = 5;
-constexpr int kMaxMaxAttempts = 100;
 constexpr int64_t kDefaultBackoffMs = 100;
-constexpr int64_t kMaxBackoffMsLimit = 3600000;
 constexpr int64_t kDefaultMaxBackoffMs = 30000;
-// One call in about 17 minutes: slower rates are surely a mistake.
-constexpr double kMinRatePerSec = 0.001;
-constexpr double kMaxRatePerSec = 1e6;
-// The longest key accepted, in bytes, before percent-encoding.
-constexpr size_t kMaxKeyBytes = 1024;
 
 struct JobOptions {
   std::string url;
