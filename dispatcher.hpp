@@ -1,9 +1,10 @@
 // The Dispatcher runs the worker threads that call webhooks. A job asks it
 // for a worker (Job::WorkerStarter) when inputs arrive; each worker owns one
 // libcurl easy handle, reused across calls so that connections are kept
-// alive, and loops: Job::Take an input, POST it to url/{key} with no lock
-// held, then Job::FinishAndTake or Job::RetryAndTake. A worker exits when its job has
-// nothing more for it.
+// alive, and loops: take an input (Job::NextInput), POST it to url/{key}
+// with no lock held, then Job::StoreOutcomeAndNext or
+// Job::RetryLaterAndNext. A worker exits when its job has nothing more
+// for it.
 //
 // Thread-safe (provides internal synchronization). The free functions below
 // are the webhook contract's decisions, kept pure so that tests can check

@@ -74,9 +74,10 @@ Status Job::Open() {
   return Status::OK();
 }
 
-Status Job::StoppedStatus() const {
-  if (stopped_ == StopReason::kShutdown) return Status::Unavailable("the server is shutting down");
-  if (stopped_ == StopReason::kExpired) return Status::NotFound("job " + id_ + " has expired");
+Status Job::DiscardedStatus() const {
+  if (discarded_ == DiscardReason::kShutdown)
+    return Status::Unavailable("the server is shutting down");
+  if (discarded_ == DiscardReason::kExpired) return Status::NotFound("job " + id_ + " has expired");
   return Status::NotFound("job " + id_ + " was deleted");
 }
 
@@ -93,7 +94,7 @@ Status Job::Add(std::vector<Input> batch) {
     }
   }
   std::unique_lock<std::mutex> lock(mutex_);
-  if (stopped_ != StopReason::kNone) return StoppedStatus();
+  if (discarded_ != DiscardReason::kNone) return DiscardedStatus();
   if (state_ == JobState::kCancelled) {
     return Status::Conflict("job " + id_ + " is cancelled: it accepts no more inputs");
   }
@@ -117,10 +118,10 @@ Status Job::Add(std::vector<Input> batch) {
   const size_t maxsize = static_cast<size_t>(options_.maxsize);
   while (next < batch.size()) {
     room_cv_.wait(lock, [&] {
-      return stopped_ != StopReason::kNone || state_ == JobState::kCancelled ||
+      return discarded_ != DiscardReason::kNone || state_ == JobState::kCancelled ||
              queue_.size() < maxsize;
     });
-    if (stopped_ != StopReason::kNone || state_ == JobState::kCancelled) break;
+    if (discarded_ != DiscardReason::kNone || state_ == JobState::kCancelled) break;
     size_t n = std::min(maxsize - queue_.size(), batch.size() - next);
     for (size_t i = 0; i < n; ++i) queue_.push_back(std::move(batch[next + i]));
     next += n;
@@ -145,20 +146,20 @@ Status Job::Add(std::vector<Input> batch) {
     }
   }
   --adders_;
-  MaybeFinish();
+  MaybeDone();
   if (next == batch.size()) return Status::OK();
-  if (stopped_ != StopReason::kNone) return StoppedStatus();
+  if (discarded_ != DiscardReason::kNone) return DiscardedStatus();
   return Status::Conflict("job " + id_ + " was cancelled after " + std::to_string(next) + " of " +
                           std::to_string(batch.size()) + " inputs of this batch were queued");
 }
 
 Status Job::Complete() {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (stopped_ != StopReason::kNone) return StoppedStatus();
+  if (discarded_ != DiscardReason::kNone) return DiscardedStatus();
   if (state_ == JobState::kOpen) {
     state_ = JobState::kClosing;
     LogJobEvent(id_, "completed");
-    MaybeFinish();
+    MaybeDone();
     work_cv_.notify_all();  // idle workers re-check whether to exit
   }
   return Status::OK();
@@ -166,10 +167,10 @@ Status Job::Complete() {
 
 Status Job::Cancel() {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (stopped_ != StopReason::kNone) return StoppedStatus();
+  if (discarded_ != DiscardReason::kNone) return DiscardedStatus();
   if (state_ == JobState::kDone || state_ == JobState::kCancelled) return Status::OK();
   state_ = JobState::kCancelled;
-  aborting_ = true;
+  calls_abandoned_ = true;
   auto record = [this](const Input& input) {
     WriteEntry(ErrorEntry(input.key, 0, "cancelled", "", input.attempts));
     ++failed_;
@@ -177,22 +178,22 @@ Status Job::Cancel() {
     Metrics::Global().OutputStored(false);
   };
   // In-flight inputs get their entry now; their workers' results are
-  // dropped when they arrive (Finish and Retry find them gone).
+  // dropped when they arrive (StoreOutcome and RetryLater find them gone).
   for (Input* input : in_flight_) record(*input);
   for (const Input& input : delayed_) record(input);
   for (const Input& input : queue_) record(input);
   in_flight_.clear();
   delayed_.clear();
   queue_.clear();
-  Ended();
+  OnEnd();
   return Status::OK();
 }
 
-void Job::Remove(StopReason reason) {
+void Job::Discard(DiscardReason reason) {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (stopped_ != StopReason::kNone) return;
-  stopped_ = reason;
-  if (reason != StopReason::kShutdown) Abort();
+  if (discarded_ != DiscardReason::kNone) return;
+  discarded_ = reason;
+  if (reason != DiscardReason::kShutdown) AbandonCalls();
   if (file_ != nullptr) {
     fclose(file_);
     file_ = nullptr;
@@ -208,7 +209,7 @@ void Job::Remove(StopReason reason) {
 Status Job::WaitDone(const std::function<bool()>& give_up) {
   std::unique_lock<std::mutex> lock(mutex_);
   auto ended = [this] {
-    return stopped_ != StopReason::kNone || state_ == JobState::kDone ||
+    return discarded_ != DiscardReason::kNone || state_ == JobState::kDone ||
            state_ == JobState::kCancelled;
   };
   if (!give_up) {
@@ -221,14 +222,14 @@ Status Job::WaitDone(const std::function<bool()>& give_up) {
       if (quit && !ended()) return Status::Unavailable("the caller gave up waiting");
     }
   }
-  if (stopped_ != StopReason::kNone) return StoppedStatus();
+  if (discarded_ != DiscardReason::kNone) return DiscardedStatus();
   return Status::OK();
 }
 
 Status Job::OpenOutput(uint64_t offset, uint64_t limit, OutputReader::Format format,
                        std::unique_ptr<OutputReader>* reader) {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (stopped_ != StopReason::kNone) return StoppedStatus();
+  if (discarded_ != DiscardReason::kNone) return DiscardedStatus();
   if (fflush(file_) != 0 && write_error_.empty()) write_error_ = strerror(errno);
   if (!write_error_.empty()) {
     return Status::Internal("outcomes of job " + id_ + " could not be stored: " + write_error_);
@@ -303,7 +304,7 @@ std::string Job::ToJson() {
   return out;
 }
 
-bool Job::TakeToken(Clock::time_point now, Clock::time_point* wake) {
+bool Job::SpendToken(Clock::time_point now, Clock::time_point* wake) {
   if (options_.rate_per_sec <= 0) return true;
   double elapsed = std::chrono::duration<double>(now - tokens_at_).count();
   tokens_ = std::min<double>(options_.concurrency, tokens_ + elapsed * options_.rate_per_sec);
@@ -319,42 +320,42 @@ bool Job::TakeToken(Clock::time_point now, Clock::time_point* wake) {
   return false;
 }
 
-bool Job::Take(Input* input) {
+bool Job::NextInput(Input* input) {
   std::unique_lock<std::mutex> lock(mutex_);
-  return TakeLocked(&lock, input);
+  return NextInputLocked(&lock, input);
 }
 
-void Job::Finish(Input* input, const std::string& entry, bool success) {
+void Job::StoreOutcome(Input* input, const std::string& entry, bool success) {
   std::lock_guard<std::mutex> lock(mutex_);
-  FinishLocked(input, entry, success);
+  StoreOutcomeLocked(input, entry, success);
 }
 
-void Job::Retry(Input* input, Clock::duration delay, bool pause_job) {
+void Job::RetryLater(Input* input, Clock::duration delay, bool pause_job) {
   std::lock_guard<std::mutex> lock(mutex_);
-  RetryLocked(input, delay, pause_job);
+  RetryLaterLocked(input, delay, pause_job);
 }
 
-bool Job::FinishAndTake(Input* input, const std::string& entry, bool success) {
+bool Job::StoreOutcomeAndNext(Input* input, const std::string& entry, bool success) {
   std::unique_lock<std::mutex> lock(mutex_);
-  FinishLocked(input, entry, success);
-  return TakeLocked(&lock, input);
+  StoreOutcomeLocked(input, entry, success);
+  return NextInputLocked(&lock, input);
 }
 
-bool Job::RetryAndTake(Input* input, Clock::duration delay, bool pause_job) {
+bool Job::RetryLaterAndNext(Input* input, Clock::duration delay, bool pause_job) {
   std::unique_lock<std::mutex> lock(mutex_);
-  RetryLocked(input, delay, pause_job);
-  return TakeLocked(&lock, input);
+  RetryLaterLocked(input, delay, pause_job);
+  return NextInputLocked(&lock, input);
 }
 
-bool Job::TakeLocked(std::unique_lock<std::mutex>* lock, Input* input) {
+bool Job::NextInputLocked(std::unique_lock<std::mutex>* lock, Input* input) {
   for (;;) {
-    if (stopped_ != StopReason::kNone || state_ == JobState::kCancelled) break;
+    if (discarded_ != DiscardReason::kNone || state_ == JobState::kCancelled) break;
     if (pending() == 0 && state_ != JobState::kOpen && adders_ == 0) break;
     // The common case needs no clock: no retry waits, no pause, no rate
     // limit, so the lock is held for less time.
     if (delayed_.empty() && !queue_.empty() && paused_until_ == Clock::time_point() &&
         options_.rate_per_sec <= 0) {
-      TakeFromQueue(input);
+      PopQueue(input);
       return true;
     }
     Clock::time_point now = Clock::now();
@@ -364,14 +365,14 @@ bool Job::TakeLocked(std::unique_lock<std::mutex>* lock, Input* input) {
     if (!delayed_.empty() && !retry_due) wake = delayed_.front().not_before;
     if ((retry_due || !queue_.empty()) && paused_until_ > now) {
       wake = paused_until_;
-    } else if ((retry_due || !queue_.empty()) && TakeToken(now, &wake)) {
+    } else if ((retry_due || !queue_.empty()) && SpendToken(now, &wake)) {
       if (retry_due) {
         std::pop_heap(delayed_.begin(), delayed_.end(), LaterFirst);
         *input = std::move(delayed_.back());
         delayed_.pop_back();
         StartFlight(input);
       } else {
-        TakeFromQueue(input);
+        PopQueue(input);
       }
       return true;
     }
@@ -385,7 +386,7 @@ bool Job::TakeLocked(std::unique_lock<std::mutex>* lock, Input* input) {
   return false;
 }
 
-void Job::TakeFromQueue(Input* input) {
+void Job::PopQueue(Input* input) {
   *input = std::move(queue_.front());
   queue_.pop_front();
   // Wake a blocked Add only once a quarter of the queue is free, so that it
@@ -412,8 +413,8 @@ bool Job::EndFlight(Input* input) {
   return true;
 }
 
-void Job::FinishLocked(Input* input, const std::string& entry, bool success) {
-  if (!EndFlight(input) || stopped_ != StopReason::kNone) return;
+void Job::StoreOutcomeLocked(Input* input, const std::string& entry, bool success) {
+  if (!EndFlight(input) || discarded_ != DiscardReason::kNone) return;
   WriteEntry(entry);
   ++outputs_;
   if (success) {
@@ -422,11 +423,11 @@ void Job::FinishLocked(Input* input, const std::string& entry, bool success) {
     ++failed_;
   }
   Metrics::Global().OutputStored(success);
-  MaybeFinish();
+  MaybeDone();
 }
 
-void Job::RetryLocked(Input* input, Clock::duration delay, bool pause_job) {
-  if (!EndFlight(input) || stopped_ != StopReason::kNone) return;
+void Job::RetryLaterLocked(Input* input, Clock::duration delay, bool pause_job) {
+  if (!EndFlight(input) || discarded_ != DiscardReason::kNone) return;
   Clock::time_point at = Clock::now() + delay;
   if (pause_job) paused_until_ = std::max(paused_until_, at);
   ++retries_;
@@ -450,15 +451,15 @@ void Job::WriteEntry(const std::string& entry) {
   file_bytes_ += entry.size() + 1;
 }
 
-void Job::MaybeFinish() {
-  // A removed job never ends: its file is gone and its waiters answered.
-  if (stopped_ != StopReason::kNone) return;
+void Job::MaybeDone() {
+  // A discarded job never ends: its file is gone and its waiters answered.
+  if (discarded_ != DiscardReason::kNone) return;
   if (state_ != JobState::kClosing || adders_ > 0 || pending() > 0 || !in_flight_.empty()) return;
   state_ = JobState::kDone;
-  Ended();
+  OnEnd();
 }
 
-void Job::Ended() {
+void Job::OnEnd() {
   done_at_ = std::chrono::system_clock::now();
   fflush(file_);
   LogJobEvent(id_, JobStateName(state_),
@@ -477,9 +478,9 @@ bool Job::EndedBy(std::chrono::system_clock::time_point cutoff) {
   return (state_ == JobState::kDone || state_ == JobState::kCancelled) && done_at_ <= cutoff;
 }
 
-bool Job::SleepUnlessStopped(Clock::duration duration) {
+bool Job::SleepUnlessDiscarded(Clock::duration duration) {
   std::unique_lock<std::mutex> lock(mutex_);
-  return !done_cv_.wait_for(lock, duration, [this] { return stopped_ != StopReason::kNone; });
+  return !done_cv_.wait_for(lock, duration, [this] { return discarded_ != DiscardReason::kNone; });
 }
 
 void Job::SetCallbackStatus(const CallbackStatus& status) {

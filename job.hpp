@@ -1,8 +1,25 @@
 // A Job is one batch: its settings, its bounded queue of inputs waiting to
 // be sent, its counters, and its outcome file, where every input ends as
-// exactly one line of JSON. It is passive: HTTP handlers call the API side
-// (Add, Complete, Cancel, Remove, WaitDone, OpenOutput, ToJson) and the
-// Dispatcher's worker threads call the worker side (Take, Finish, Retry).
+// exactly one line of JSON (output.hpp). It is passive: HTTP handlers call
+// the API side (Add, Complete, Cancel, WaitDone, OpenOutput, ToJson), the
+// job table calls Discard and AbandonCalls, and the Dispatcher's worker
+// threads call the worker side (NextInput, StoreOutcome, RetryLater).
+//
+// How a job moves between states (JobState):
+//
+//   open --Complete--> closing --every outcome stored--> done
+//     |                   |
+//     +------Cancel-------+--> cancelled (each input left gets a "cancelled" entry)
+//
+// Done and cancelled are the ended states: entering one runs the EndHook,
+// once. Apart from that lifecycle, the job table may discard a job in any
+// state (Discard, with why: deleted, expired, shutdown): it then stores
+// nothing more, never ends, answers every waiter, and its file is removed.
+// Two flags, read without the lock by calls in flight, say what must be
+// abandoned: calls_abandoned (set by Cancel, by Discard, and by
+// AbandonCalls) and callback_abandoned (set by Discard and AbandonCalls).
+// A shutdown's Discard sets neither, so that calls in flight may finish
+// within a grace period; AbandonCalls ends it.
 //
 // Thread-safe (provides internal synchronization). Methods wait only on
 // condition variables, which release the mutex; with it held they do no
@@ -80,7 +97,7 @@ class Job : public std::enable_shared_from_this<Job> {
   // no other lock may be held while calling into a Job.
   // Returns false if it could not start the completion callback.
   using EndHook = std::function<bool(std::shared_ptr<Job>)>;
-  enum class StopReason { kNone, kDeleted, kExpired, kShutdown };
+  enum class DiscardReason { kNone, kDeleted, kExpired, kShutdown };
 
   // The job writes its outcomes to the file at path, created by Open.
   Job(std::string id, JobOptions options, std::string path, WorkerStarter start_worker);
@@ -107,21 +124,25 @@ class Job : public std::enable_shared_from_this<Job> {
   // No more inputs will come. Harmless to repeat.
   Status Complete();
   // Stops sending: every input without an outcome gets a "cancelled" error
-  // entry at once, and calls in flight are aborted.
+  // entry at once, and calls in flight are abandoned.
   Status Cancel();
-  // Stops everything, wakes every waiter (they answer 404 for kDeleted and
-  // kExpired, 503 for kShutdown) and removes the outcome file. Calls in
-  // flight are aborted, except on kShutdown, which leaves them a grace
-  // period: call Abort when it is over.
-  void Remove(StopReason reason);
-  void Abort() {
-    aborting_ = true;
-    removed_ = true;
+  // Takes the job out of service for reason (never kNone), the job table
+  // having removed it: stores nothing more, wakes every waiter (they answer
+  // 404 for kDeleted and kExpired, 503 for kShutdown) and removes the
+  // outcome file. Calls in flight and the completion callback are
+  // abandoned, except on kShutdown, which leaves them a grace period: call
+  // AbandonCalls when it is over. Only the first call counts.
+  void Discard(DiscardReason reason);
+  // Abandons every call of the job in flight, the completion callback's
+  // too. Safe from any thread, with or without the job's lock.
+  void AbandonCalls() {
+    calls_abandoned_ = true;
+    callback_abandoned_ = true;
   }
   // True if the job ended (done or cancelled) at or before cutoff.
   bool EndedBy(std::chrono::system_clock::time_point cutoff);
-  // Waits for duration unless the job is removed first; returns false if it was.
-  bool SleepUnlessStopped(Clock::duration duration);
+  // Waits for duration unless the job is discarded first; returns false if it was.
+  bool SleepUnlessDiscarded(Clock::duration duration);
   // Records the completion callback's progress.
   void SetCallbackStatus(const CallbackStatus& status);
   // Blocks until the job is done or cancelled. If give_up is given, it is
@@ -141,23 +162,22 @@ class Job : public std::enable_shared_from_this<Job> {
 
   // Blocks until an input may be sent, then moves it into *input and counts
   // it in flight. Returns false when the worker should exit.
-  bool Take(Input* input);
-  // Stores entry as the outcome of *input, taken by Take. Does nothing if
-  // *input is no longer in flight (cancelled, removed, finished before).
-  void Finish(Input* input, const std::string& entry, bool success);
+  bool NextInput(Input* input);
+  // Stores entry as the outcome of *input, given by NextInput. Does nothing
+  // if *input is no longer in flight (cancelled, discarded, stored before).
+  void StoreOutcome(Input* input, const std::string& entry, bool success);
   // Puts *input back to be sent again after delay. If pause_job, nothing of
   // this job is sent before then (the webhook asked it to slow down).
-  void Retry(Input* input, Clock::duration delay, bool pause_job);
-  // Finish or Retry, then Take, under one lock: a worker's step from one
-  // input to the next takes the job's mutex once, not twice, which halves
-  // the contention between many workers.
-  bool FinishAndTake(Input* input, const std::string& entry, bool success);
-  bool RetryAndTake(Input* input, Clock::duration delay, bool pause_job);
-  // True once calls in flight should be abandoned. Safe from any thread.
-  bool aborting() const { return aborting_.load(std::memory_order_relaxed); }
-  // True once the completion callback should be abandoned too.
-  const std::atomic<bool>& removed() const { return removed_; }
-  const std::atomic<bool>& aborting_flag() const { return aborting_; }
+  void RetryLater(Input* input, Clock::duration delay, bool pause_job);
+  // StoreOutcome or RetryLater, then NextInput, under one lock: a worker's
+  // step from one input to the next takes the job's mutex once, not twice,
+  // which halves the contention between many workers.
+  bool StoreOutcomeAndNext(Input* input, const std::string& entry, bool success);
+  bool RetryLaterAndNext(Input* input, Clock::duration delay, bool pause_job);
+  // True once calls in flight must be abandoned. Safe from any thread.
+  const std::atomic<bool>& calls_abandoned() const { return calls_abandoned_; }
+  // True once the completion callback must be abandoned too.
+  const std::atomic<bool>& callback_abandoned() const { return callback_abandoned_; }
 
  private:
   // Entries are indexed every kIndexStride, so that an offset is found
@@ -165,21 +185,21 @@ class Job : public std::enable_shared_from_this<Job> {
   static constexpr uint64_t kIndexStride = 1024;
 
   // REQUIRES: mutex_ held.
-  bool TakeLocked(std::unique_lock<std::mutex>* lock, Input* input);
-  void FinishLocked(Input* input, const std::string& entry, bool success);
-  void RetryLocked(Input* input, Clock::duration delay, bool pause_job);
+  bool NextInputLocked(std::unique_lock<std::mutex>* lock, Input* input);
+  void StoreOutcomeLocked(Input* input, const std::string& entry, bool success);
+  void RetryLaterLocked(Input* input, Clock::duration delay, bool pause_job);
   // Moves the queue's first input into *input and counts it in flight.
-  void TakeFromQueue(Input* input);
+  void PopQueue(Input* input);
   // Counts *input, just taken, in flight.
   void StartFlight(Input* input);
   // Removes input from in_flight_; false if it was not there.
   bool EndFlight(Input* input);
   void WriteEntry(const std::string& entry);
-  void MaybeFinish();
-  void Ended();
+  void MaybeDone();
+  void OnEnd();
   size_t pending() const { return queue_.size() + delayed_.size(); }
-  Status StoppedStatus() const;
-  bool TakeToken(Clock::time_point now, Clock::time_point* wake);
+  Status DiscardedStatus() const;
+  bool SpendToken(Clock::time_point now, Clock::time_point* wake);
 
   const std::string id_;
   const JobOptions options_;
@@ -187,16 +207,17 @@ class Job : public std::enable_shared_from_this<Job> {
   const WorkerStarter start_worker_;
   EndHook on_end_;
   const std::chrono::system_clock::time_point created_at_;
-  std::atomic<bool> aborting_{false};  // cancelled or removed
-  std::atomic<bool> removed_{false};
+  // See the top of this file. callback_abandoned_ implies calls_abandoned_.
+  std::atomic<bool> calls_abandoned_{false};
+  std::atomic<bool> callback_abandoned_{false};
 
   std::mutex mutex_;
   // State below is protected by mutex_.
-  std::condition_variable room_cv_;  // the queue has room, or the job stopped
+  std::condition_variable room_cv_;  // the queue has room, or the job was cancelled or discarded
   std::condition_variable work_cv_;  // an input may be ready for a worker
-  std::condition_variable done_cv_;  // the job is done, cancelled or stopped
+  std::condition_variable done_cv_;  // the job ended or was discarded
   JobState state_ = JobState::kOpen;
-  StopReason stopped_ = StopReason::kNone;
+  DiscardReason discarded_ = DiscardReason::kNone;  // kNone while in the job table
   std::chrono::system_clock::time_point done_at_;
   std::deque<Input> queue_;
   std::vector<Input> delayed_;  // a min-heap on not_before: retries waiting

@@ -137,7 +137,7 @@ class JobTable {
   void Expire(std::chrono::system_clock::time_point cutoff) {
     for (const auto& job : All()) {
       if (job->EndedBy(cutoff) && Take(job->id())) {
-        job->Remove(Job::StopReason::kExpired);
+        job->Discard(Job::DiscardReason::kExpired);
         LogJobEvent(job->id(), "expired");
       }
     }
@@ -152,11 +152,11 @@ class JobTable {
       shutting_down_ = true;
       for (auto& entry : jobs_) all.push_back(entry.second);
     }
-    for (auto& job : all) job->Remove(Job::StopReason::kShutdown);
+    for (auto& job : all) job->Discard(Job::DiscardReason::kShutdown);
   }
 
   void AbortAll() {
-    for (auto& job : All()) job->Abort();
+    for (auto& job : All()) job->AbandonCalls();
   }
 
  private:
@@ -301,7 +301,7 @@ void InstallRoutes(httplib::Server& server, JobTable& table, const Flags& flags)
     if (!job)
       return ReplyError(res, Status::NotFound("no job with id \"" + req.matches[1].str() + "\""));
     std::string json = job->ToJson();
-    job->Remove(Job::StopReason::kDeleted);
+    job->Discard(Job::DiscardReason::kDeleted);
     LogJobEvent(job->id(), "deleted");
     Reply(res, 200, json);
   });
