@@ -21,7 +21,9 @@
 // A shutdown's Discard sets neither, so that calls in flight may finish
 // within a grace period; AbandonCalls ends it.
 //
-// Thread-safe (provides internal synchronization). Methods wait only on
+// Thread-safe (provides internal synchronization): the fields marked
+// GUARDED_BY(mutex_) are read and written only with mutex_ held, which
+// clang's -Wthread-safety checks (make lint). Methods wait only on
 // condition variables, which release the mutex; with it held they do no
 // more than buffered file writes and, when the job ends, the EndHook. Nothing
 // here calls the webhook, so a blocked Add never delays ToJson for long.
@@ -31,19 +33,19 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include "key_set.hpp"
+#include "mutex.hpp"
 #include "output.hpp"
 #include "status.hpp"
+#include "thread_annotations.hpp"
 
 using Clock = std::chrono::steady_clock;
 
@@ -184,22 +186,42 @@ class Job : public std::enable_shared_from_this<Job> {
   // without reading the file from the start.
   static constexpr uint64_t kIndexStride = 1024;
 
-  // REQUIRES: mutex_ held.
-  bool NextInputLocked(std::unique_lock<std::mutex>* lock, Input* input);
-  void StoreOutcomeLocked(Input* input, const std::string& entry, bool success);
-  void RetryLaterLocked(Input* input, Clock::duration delay, bool pause_job);
+  // NextInput, StoreOutcome and RetryLater, for a caller holding mutex_.
+  bool NextInputLocked(Input* input) REQUIRES(mutex_);
+  void StoreOutcomeLocked(Input* input, const std::string& entry, bool success) REQUIRES(mutex_);
+  void RetryLaterLocked(Input* input, Clock::duration delay, bool pause_job) REQUIRES(mutex_);
+  // Add's parts: refuses the batch unless the job is open and its keys are
+  // new (hashes[i] is batch[i]'s, first_repeat the index of the first key
+  // repeating an earlier one of the batch, or batch.size()).
+  Status CheckBatch(const std::vector<Input>& batch, const std::vector<uint64_t>& hashes,
+                    size_t first_repeat) REQUIRES(mutex_);
+  // Queues the n inputs from first on and wakes workers for them. Returns
+  // how many more workers to start, already counted in workers_.
+  int Enqueue(Input* first, size_t n) REQUIRES(mutex_);
+  // Gives *input a "cancelled" outcome.
+  void StoreCancelled(const Input& input) REQUIRES(mutex_);
   // Moves the queue's first input into *input and counts it in flight.
-  void PopQueue(Input* input);
+  void PopQueue(Input* input) REQUIRES(mutex_);
   // Counts *input, just taken, in flight.
-  void StartFlight(Input* input);
+  void StartFlight(Input* input) REQUIRES(mutex_);
   // Removes input from in_flight_; false if it was not there.
-  bool EndFlight(Input* input);
-  void WriteEntry(const std::string& entry);
-  void MaybeDone();
-  void OnEnd();
-  size_t pending() const { return queue_.size() + delayed_.size(); }
-  Status DiscardedStatus() const;
-  bool SpendToken(Clock::time_point now, Clock::time_point* wake);
+  bool EndFlight(Input* input) REQUIRES(mutex_);
+  void WriteEntry(const std::string& entry) REQUIRES(mutex_);
+  // Moves a closing job to done once every input has its outcome.
+  void MaybeDone() REQUIRES(mutex_);
+  // Called once, on entering done or cancelled.
+  void OnEnd() REQUIRES(mutex_);
+  // Takes a token from the rate limiter, if any; if there is none yet,
+  // sets *wake to when there will be and returns false.
+  bool SpendToken(Clock::time_point now, Clock::time_point* wake) REQUIRES(mutex_);
+  Status DiscardedStatus() const REQUIRES(mutex_);
+  size_t pending() const REQUIRES(mutex_) { return queue_.size() + delayed_.size(); }
+  bool discarded() const REQUIRES(mutex_) { return discarded_ != DiscardReason::kNone; }
+  bool ended() const REQUIRES(mutex_) {
+    return state_ == JobState::kDone || state_ == JobState::kCancelled;
+  }
+  // Cancelled or discarded: nothing more is queued or sent.
+  bool stopped() const REQUIRES(mutex_) { return discarded() || state_ == JobState::kCancelled; }
 
   const std::string id_;
   const JobOptions options_;
@@ -211,36 +233,38 @@ class Job : public std::enable_shared_from_this<Job> {
   std::atomic<bool> calls_abandoned_{false};
   std::atomic<bool> callback_abandoned_{false};
 
-  std::mutex mutex_;
-  // State below is protected by mutex_.
-  std::condition_variable room_cv_;  // the queue has room, or the job was cancelled or discarded
-  std::condition_variable work_cv_;  // an input may be ready for a worker
-  std::condition_variable done_cv_;  // the job ended or was discarded
-  JobState state_ = JobState::kOpen;
-  DiscardReason discarded_ = DiscardReason::kNone;  // kNone while in the job table
-  std::chrono::system_clock::time_point done_at_;
-  std::deque<Input> queue_;
-  std::vector<Input> delayed_;  // a min-heap on not_before: retries waiting
+  // Every CondVar waits on mutex_; every field below it guards.
+  Mutex mutex_;
+  CondVar room_cv_{&mutex_};  // the queue has room, or the job was cancelled or discarded
+  CondVar work_cv_{&mutex_};  // an input may be ready for a worker
+  CondVar done_cv_{&mutex_};  // the job ended or was discarded
+  JobState state_ GUARDED_BY(mutex_) = JobState::kOpen;
+  // Why the job table let go of the job; kNone until then.
+  DiscardReason discarded_ GUARDED_BY(mutex_) = DiscardReason::kNone;
+  std::chrono::system_clock::time_point done_at_ GUARDED_BY(mutex_);
+  std::deque<Input> queue_ GUARDED_BY(mutex_);
+  std::vector<Input> delayed_ GUARDED_BY(mutex_);  // a min-heap on not_before: retries waiting
   // The inputs taken and not yet finished, each at its in_flight_slot: a
   // vector, so that taking and finishing allocate nothing.
-  std::vector<Input*> in_flight_;
-  KeySet keys_;
-  int adders_ = 0;   // Add calls still queuing a batch
-  int workers_ = 0;  // worker threads started and not yet exited
-  uint64_t inputs_ = 0;
-  uint64_t outputs_ = 0;
-  uint64_t succeeded_ = 0;
-  uint64_t failed_ = 0;
-  uint64_t retries_ = 0;
-  Clock::time_point paused_until_;
-  double tokens_ = 0;
-  Clock::time_point tokens_at_;
-  std::FILE* file_ = nullptr;
-  std::unique_ptr<char[]> file_buffer_;  // file_'s buffer, freed after it is closed
-  uint64_t file_bytes_ = 0;
-  std::vector<uint64_t> index_;  // byte offset of entry i * kIndexStride
-  CallbackStatus callback_;
-  std::string write_error_;  // the first failure to write the outcome file
+  std::vector<Input*> in_flight_ GUARDED_BY(mutex_);
+  KeySet keys_ GUARDED_BY(mutex_);
+  int adders_ GUARDED_BY(mutex_) = 0;   // Add calls still queuing a batch
+  int workers_ GUARDED_BY(mutex_) = 0;  // worker threads started and not yet exited
+  uint64_t inputs_ GUARDED_BY(mutex_) = 0;
+  uint64_t outputs_ GUARDED_BY(mutex_) = 0;
+  uint64_t succeeded_ GUARDED_BY(mutex_) = 0;
+  uint64_t failed_ GUARDED_BY(mutex_) = 0;
+  uint64_t retries_ GUARDED_BY(mutex_) = 0;
+  Clock::time_point paused_until_ GUARDED_BY(mutex_);
+  double tokens_ GUARDED_BY(mutex_) = 0;
+  Clock::time_point tokens_at_ GUARDED_BY(mutex_);
+  std::FILE* file_ GUARDED_BY(mutex_) = nullptr;
+  // file_'s buffer, freed after file_ is closed.
+  std::unique_ptr<char[]> file_buffer_ GUARDED_BY(mutex_);
+  uint64_t file_bytes_ GUARDED_BY(mutex_) = 0;
+  std::vector<uint64_t> index_ GUARDED_BY(mutex_);  // byte offset of entry i * kIndexStride
+  CallbackStatus callback_ GUARDED_BY(mutex_);
+  std::string write_error_ GUARDED_BY(mutex_);  // the first failure to write the outcome file
 };
 
 #endif  // PMMAP_JOB_HPP_
