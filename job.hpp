@@ -99,6 +99,7 @@ class Job : public std::enable_shared_from_this<Job> {
   // no other lock may be held while calling into a Job.
   // Returns false if it could not start the completion callback.
   using EndHook = std::function<bool(std::shared_ptr<Job>)>;
+  // Why the job table let go of a job: DELETE, its TTL, or the server stopping.
   enum class DiscardReason { kNone, kDeleted, kExpired, kShutdown };
 
   // The job writes its outcomes to the file at path, created by Open.
