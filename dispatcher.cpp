@@ -87,7 +87,7 @@ void Dispatcher::JoinFinished() {
 
 void Dispatcher::RunWorker(const std::shared_ptr<Job>& job) {
   const JobOptions& options = job->options();
-  WebhookClient client(options_, *job, &job->aborting_flag());
+  WebhookClient client(options_, *job, &job->calls_abandoned());
   std::mt19937_64 rng(std::random_device{}());
   // Reused from one input to the next, so that a call allocates little.
   Input input;
@@ -96,13 +96,13 @@ void Dispatcher::RunWorker(const std::shared_ptr<Job>& job) {
   WebhookUrls urls(options.url);
   std::string value;
   std::string entry;
-  bool more = job->Take(&input);
+  bool more = job->NextInput(&input);
   while (more) {
     client.Call(urls.For(input.key), input.value, input.attempts, &result);
     Verdict verdict = result.too_large ? Verdict::kFail : Judge(result.code, result.status);
     if (verdict == Verdict::kRetry && input.attempts < options.max_attempts) {
-      more = job->RetryAndTake(&input, RetryDelay(result, input.attempts, options, &rng),
-                               SlowsJob(result.status));
+      more = job->RetryLaterAndNext(&input, RetryDelay(result, input.attempts, options, &rng),
+                                    SlowsJob(result.status));
       continue;
     }
     bool success = verdict == Verdict::kSuccess;
@@ -117,8 +117,9 @@ void Dispatcher::RunWorker(const std::shared_ptr<Job>& job) {
       }
       AppendSuccessEntry(input.key, value, &entry);
     } else if (result.code == CURLE_ABORTED_BY_CALLBACK) {
-      // Cancelled or removed: Cancel has stored this input's entry and
-      // Finish drops this one; it is here only so that no path loses it.
+      // Cancelled or discarded: Cancel has stored this input's entry and
+      // StoreOutcomeAndNext drops this one; it is here only so that no path
+      // loses it.
       entry = ErrorEntry(input.key, 0, "cancelled", "", input.attempts);
     } else {
       std::string message = FailureMessage(result, options);
@@ -126,21 +127,21 @@ void Dispatcher::RunWorker(const std::shared_ptr<Job>& job) {
       entry = ErrorEntry(input.key, result.status, message, result.body.substr(0, kErrorBodyBytes),
                          input.attempts);
     }
-    // Freed here, not under the job's lock in FinishAndTake: the value was
+    // Freed here, not under the job's lock in StoreOutcomeAndNext: the value was
     // allocated by the thread that parsed it, and freeing it may have to
     // wait for that thread's malloc arena.
     std::string().swap(input.value);
-    more = job->FinishAndTake(&input, entry, success);
+    more = job->StoreOutcomeAndNext(&input, entry, success);
   }
 }
 
 void Dispatcher::RunCallback(const std::shared_ptr<Job>& job) {
   const JobOptions& options = job->options();
-  WebhookClient client(options_, *job, &job->removed());
+  WebhookClient client(options_, *job, &job->callback_abandoned());
   std::unique_ptr<CURLU, void (*)(CURLU*)> url(ParseUrl(options.callback_url), curl_url_cleanup);
   std::mt19937_64 rng(std::random_device{}());
   CallbackStatus status;
-  while (!job->removed()) {
+  while (!job->callback_abandoned()) {
     status.state = CallbackStatus::kSending;
     ++status.attempts;
     job->SetCallbackStatus(status);
@@ -156,7 +157,7 @@ void Dispatcher::RunCallback(const std::shared_ptr<Job>& job) {
     }
     status.message = FailureMessage(result, options);
     if (verdict == Verdict::kFail || status.attempts >= options.max_attempts ||
-        !job->SleepUnlessStopped(RetryDelay(result, status.attempts, options, &rng))) {
+        !job->SleepUnlessDiscarded(RetryDelay(result, status.attempts, options, &rng))) {
       status.state = CallbackStatus::kFailed;
       LogJobEvent(job->id(), "failure", "callback: " + status.message);
       break;

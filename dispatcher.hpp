@@ -1,13 +1,13 @@
 // The Dispatcher runs the threads that call webhooks, and joins them. A job
 // asks it for a worker (Job::WorkerStarter) when inputs arrive; each worker
 // owns one WebhookClient (webhook.hpp), whose libcurl handle is reused
-// across calls so that connections are kept alive, and loops: Job::Take an
-// input, POST it to url/{key} with no lock held, then Job::FinishAndTake or
-// Job::RetryAndTake. A worker exits when its job has nothing more for it.
-// An ended job with a callback_url gets one more thread, which POSTs the
-// job's status there. pmmap's main owns the Dispatcher and hands
-// StartWorker to every Job and StartCallback to the job table's end hook;
-// either may be called from any thread.
+// across calls so that connections are kept alive, and loops: take an
+// input (Job::NextInput), POST it to url/{key} with no lock held, then
+// Job::StoreOutcomeAndNext or Job::RetryLaterAndNext. A worker exits when
+// its job has nothing more for it. An ended job with a callback_url gets
+// one more thread, which POSTs the job's status there. The Server owns the
+// Dispatcher and hands StartWorker to every Job and StartCallback to the
+// job table's end hook; either may be called from any thread.
 //
 // Thread-safe (provides internal synchronization).
 

@@ -17,7 +17,6 @@ namespace {
 // Outcome lines are buffered in user space and flushed when a reader needs
 // them, so that storing an outcome is a memcpy, not a system call.
 constexpr size_t kFileBufferBytes = 64 * 1024;
-constexpr size_t kReadBlockBytes = 64 * 1024;
 
 bool LaterFirst(const Input& a, const Input& b) { return a.not_before > b.not_before; }
 
@@ -27,6 +26,56 @@ void AppendTime(std::chrono::system_clock::time_point t, std::string* out) {
 
 void AppendField(const char* name, uint64_t value, std::string* out) {
   out->append(",\"").append(name).append("\":").append(std::to_string(value));
+}
+
+// Hashes each key of batch into *hashes. Returns the index of the first key
+// that repeats an earlier one, or batch.size() if none does.
+size_t HashKeys(const std::vector<Input>& batch, std::vector<uint64_t>* hashes) {
+  hashes->resize(batch.size());
+  size_t first_repeat = batch.size();
+  KeySet batch_keys;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    (*hashes)[i] = KeySet::Hash(batch[i].key);
+    if (!batch_keys.Insert((*hashes)[i]) && first_repeat == batch.size()) first_repeat = i;
+  }
+  return first_repeat;
+}
+
+// The job's settings, as ToJson shows them.
+void AppendOptions(const JobOptions& options, std::string* out) {
+  AppendField("concurrency", static_cast<uint64_t>(options.concurrency), out);
+  AppendField("maxsize", static_cast<uint64_t>(options.maxsize), out);
+  AppendField("timeout_ms", static_cast<uint64_t>(options.timeout_ms), out);
+  AppendField("max_attempts", static_cast<uint64_t>(options.max_attempts), out);
+  AppendField("backoff_ms", static_cast<uint64_t>(options.backoff_ms), out);
+  AppendField("max_backoff_ms", static_cast<uint64_t>(options.max_backoff_ms), out);
+  out->append(",\"rate_per_sec\":");
+  if (options.rate_per_sec > 0) {
+    char buf[32];
+    snprintf(buf, sizeof(buf), "%.17g", options.rate_per_sec);
+    out->append(buf);
+  } else {
+    out->append("null");
+  }
+}
+
+// The completion callback's object, or null if the job has none.
+void AppendCallback(const std::string& url, const CallbackStatus& callback, std::string* out) {
+  if (url.empty()) {
+    out->append("null");
+    return;
+  }
+  static const char* const kCallbackStates[] = {"waiting", "sending", "succeeded", "failed"};
+  out->append("{\"url\":");
+  AppendJsonString(url, out);
+  out->append(",\"state\":\"").append(kCallbackStates[callback.state]).push_back('"');
+  AppendField("attempts", static_cast<uint64_t>(callback.attempts), out);
+  AppendField("status", static_cast<uint64_t>(callback.status), out);
+  if (!callback.message.empty()) {
+    out->append(",\"message\":");
+    AppendJsonString(callback.message, out);
+  }
+  out->push_back('}');
 }
 
 }  // namespace
@@ -45,95 +94,6 @@ const char* JobStateName(JobState state) {
   return "unknown";
 }
 
-void AppendSuccessEntry(const std::string& key, const std::string& value_json, std::string* out) {
-  out->append("{\"key\":");
-  AppendJsonString(key, out);
-  out->append(",\"value\":").append(value_json).push_back('}');
-}
-
-std::string ErrorEntry(const std::string& key, long status, const std::string& message,
-                       const std::string& body, int attempts) {
-  std::string entry = "{\"key\":";
-  AppendJsonString(key, &entry);
-  entry.append(",\"error\":{\"status\":").append(std::to_string(status));
-  entry.append(",\"message\":");
-  AppendJsonString(message, &entry);
-  if (!body.empty()) {
-    entry.append(",\"body\":");
-    AppendJsonString(body, &entry);
-  }
-  entry.append("},\"attempts\":").append(std::to_string(attempts)).push_back('}');
-  return entry;
-}
-
-// OutputReader
-
-OutputReader::OutputReader(int fd, uint64_t begin, uint64_t skip, uint64_t count, Format format)
-    : fd_(fd), pos_(begin), skip_(skip), remaining_(count), format_(format) {}
-
-OutputReader::~OutputReader() { close(fd_); }
-
-bool OutputReader::Fill() {
-  buffer_.resize(kReadBlockBytes);
-  ssize_t n;
-  do {
-    n = pread(fd_, &buffer_[0], buffer_.size(), static_cast<off_t>(pos_));
-  } while (n < 0 && errno == EINTR);
-  if (n <= 0) {
-    buffer_.clear();
-    return false;
-  }
-  buffer_.resize(static_cast<size_t>(n));
-  buffer_pos_ = 0;
-  pos_ += static_cast<uint64_t>(n);
-  return true;
-}
-
-bool OutputReader::Next(std::string* chunk, bool* failed) {
-  chunk->clear();
-  *failed = false;
-  if (finished_) return false;
-  if (!started_) {
-    started_ = true;
-    if (format_ == kArray) chunk->append(remaining_ == 0 ? "[" : "[\n");
-  }
-  while (remaining_ > 0 && chunk->size() < kReadBlockBytes) {
-    if (buffer_pos_ == buffer_.size() && !Fill()) {
-      // The file ended before the entries it was known to hold.
-      *failed = true;
-      finished_ = true;
-      return false;
-    }
-    const char* start = buffer_.data() + buffer_pos_;
-    size_t avail = buffer_.size() - buffer_pos_;
-    const char* newline = static_cast<const char*>(memchr(start, '\n', avail));
-    size_t len = newline ? static_cast<size_t>(newline - start) + 1 : avail;
-    buffer_pos_ += len;
-    if (skip_ > 0) {
-      if (newline) --skip_;
-      continue;
-    }
-    if (!newline) {
-      chunk->append(start, len);
-      continue;
-    }
-    --remaining_;
-    if (format_ == kNdjson) {
-      chunk->append(start, len);
-    } else {
-      chunk->append(start, len - 1);
-      chunk->append(remaining_ > 0 ? ",\n" : "\n");
-    }
-  }
-  if (remaining_ == 0) {
-    if (format_ == kArray) chunk->append("]\n");
-    finished_ = true;
-  }
-  return true;
-}
-
-// Job
-
 Job::Job(std::string id, JobOptions options, std::string path, WorkerStarter start_worker)
     : id_(std::move(id)),
       options_(std::move(options)),
@@ -151,7 +111,7 @@ Job::~Job() {
 }
 
 Status Job::Open() {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   file_ = fopen(path_.c_str(), "w+xe");
   if (file_ == nullptr) {
     return Status::Internal("cannot create " + path_ + ": " + strerror(errno));
@@ -164,26 +124,54 @@ Status Job::Open() {
   return Status::OK();
 }
 
-Status Job::StoppedStatus() const {
-  if (stopped_ == StopReason::kShutdown) return Status::Unavailable("the server is shutting down");
-  if (stopped_ == StopReason::kExpired) return Status::NotFound("job " + id_ + " has expired");
+Status Job::DiscardedStatus() const {
+  if (discarded_ == DiscardReason::kShutdown)
+    return Status::Unavailable("the server is shutting down");
+  if (discarded_ == DiscardReason::kExpired) return Status::NotFound("job " + id_ + " has expired");
   return Status::NotFound("job " + id_ + " was deleted");
 }
 
 Status Job::Add(std::vector<Input> batch) {
   // Hashing the keys and finding repeats within the batch need no lock:
   // done first, so that workers wait less for it.
-  std::vector<uint64_t> hashes(batch.size());
-  size_t first_repeat = batch.size();
-  {
-    KeySet batch_keys;
-    for (size_t i = 0; i < batch.size(); ++i) {
-      hashes[i] = KeySet::Hash(batch[i].key);
-      if (!batch_keys.Insert(hashes[i]) && first_repeat == batch.size()) first_repeat = i;
+  std::vector<uint64_t> hashes;
+  size_t first_repeat = HashKeys(batch, &hashes);
+  MutexLock lock(&mutex_);
+  Status checked = CheckBatch(batch, hashes, first_repeat);
+  if (!checked.ok()) return checked;
+  for (uint64_t h : hashes) keys_.Insert(h);
+
+  ++adders_;
+  size_t next = 0;
+  const size_t maxsize = static_cast<size_t>(options_.maxsize);
+  while (next < batch.size()) {
+    while (!stopped() && queue_.size() >= maxsize) room_cv_.Wait();
+    if (stopped()) break;
+    size_t n = std::min(maxsize - queue_.size(), batch.size() - next);
+    int to_start = Enqueue(&batch[next], n);
+    next += n;
+    if (to_start > 0 && start_worker_) {
+      // Starting threads is slow: workers and API calls need not wait for it.
+      mutex_.Unlock();
+      int failed = 0;
+      for (int i = 0; i < to_start; ++i) {
+        if (!start_worker_(shared_from_this())) ++failed;
+      }
+      mutex_.Lock();
+      workers_ -= failed;
     }
   }
-  std::unique_lock<std::mutex> lock(mutex_);
-  if (stopped_ != StopReason::kNone) return StoppedStatus();
+  --adders_;
+  MaybeDone();
+  if (next == batch.size()) return Status::OK();
+  if (discarded()) return DiscardedStatus();
+  return Status::Conflict("job " + id_ + " was cancelled after " + std::to_string(next) + " of " +
+                          std::to_string(batch.size()) + " inputs of this batch were queued");
+}
+
+Status Job::CheckBatch(const std::vector<Input>& batch, const std::vector<uint64_t>& hashes,
+                       size_t first_repeat) {
+  if (discarded()) return DiscardedStatus();
   if (state_ == JobState::kCancelled) {
     return Status::Conflict("job " + id_ + " is cancelled: it accepts no more inputs");
   }
@@ -200,89 +188,66 @@ Status Job::Add(std::vector<Input> batch) {
                               "\" repeats an earlier key of this batch");
     }
   }
-  for (uint64_t h : hashes) keys_.Insert(h);
+  return Status::OK();
+}
 
-  ++adders_;
-  size_t next = 0;
-  const size_t maxsize = static_cast<size_t>(options_.maxsize);
-  while (next < batch.size()) {
-    room_cv_.wait(lock, [&] {
-      return stopped_ != StopReason::kNone || state_ == JobState::kCancelled ||
-             queue_.size() < maxsize;
-    });
-    if (stopped_ != StopReason::kNone || state_ == JobState::kCancelled) break;
-    size_t n = std::min(maxsize - queue_.size(), batch.size() - next);
-    for (size_t i = 0; i < n; ++i) queue_.push_back(std::move(batch[next + i]));
-    next += n;
-    inputs_ += n;
-    Metrics::Global().InputsAccepted(n);
-    int wanted = static_cast<int>(std::min<size_t>(queue_.size(), options_.concurrency));
-    int to_start = std::max(0, wanted - workers_);
-    workers_ += to_start;
-    if (n >= static_cast<size_t>(workers_)) {
-      work_cv_.notify_all();
-    } else {
-      for (size_t i = 0; i < n; ++i) work_cv_.notify_one();
-    }
-    if (to_start > 0 && start_worker_) {
-      lock.unlock();
-      int failed = 0;
-      for (int i = 0; i < to_start; ++i) {
-        if (!start_worker_(shared_from_this())) ++failed;
-      }
-      lock.lock();
-      workers_ -= failed;
-    }
+int Job::Enqueue(Input* first, size_t n) {
+  for (size_t i = 0; i < n; ++i) queue_.push_back(std::move(first[i]));
+  inputs_ += n;
+  Metrics::Global().InputsAccepted(n);
+  int wanted = static_cast<int>(std::min<size_t>(queue_.size(), options_.concurrency));
+  int to_start = std::max(0, wanted - workers_);
+  workers_ += to_start;
+  if (n >= static_cast<size_t>(workers_)) {
+    work_cv_.SignalAll();
+  } else {
+    for (size_t i = 0; i < n; ++i) work_cv_.Signal();
   }
-  --adders_;
-  MaybeFinish();
-  if (next == batch.size()) return Status::OK();
-  if (stopped_ != StopReason::kNone) return StoppedStatus();
-  return Status::Conflict("job " + id_ + " was cancelled after " + std::to_string(next) + " of " +
-                          std::to_string(batch.size()) + " inputs of this batch were queued");
+  return to_start;
 }
 
 Status Job::Complete() {
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (stopped_ != StopReason::kNone) return StoppedStatus();
+  MutexLock lock(&mutex_);
+  if (discarded()) return DiscardedStatus();
   if (state_ == JobState::kOpen) {
     state_ = JobState::kClosing;
     LogJobEvent(id_, "completed");
-    MaybeFinish();
-    work_cv_.notify_all();  // idle workers re-check whether to exit
+    MaybeDone();
+    work_cv_.SignalAll();  // idle workers re-check whether to exit
   }
   return Status::OK();
 }
 
 Status Job::Cancel() {
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (stopped_ != StopReason::kNone) return StoppedStatus();
-  if (state_ == JobState::kDone || state_ == JobState::kCancelled) return Status::OK();
+  MutexLock lock(&mutex_);
+  if (discarded()) return DiscardedStatus();
+  if (ended()) return Status::OK();
   state_ = JobState::kCancelled;
-  aborting_ = true;
-  auto record = [this](const Input& input) {
-    WriteEntry(ErrorEntry(input.key, 0, "cancelled", "", input.attempts));
-    ++failed_;
-    ++outputs_;
-    Metrics::Global().OutputStored(false);
-  };
+  calls_abandoned_ = true;
   // In-flight inputs get their entry now; their workers' results are
-  // dropped when they arrive (Finish and Retry find them gone).
-  for (Input* input : in_flight_) record(*input);
-  for (const Input& input : delayed_) record(input);
-  for (const Input& input : queue_) record(input);
+  // dropped when they arrive (StoreOutcome and RetryLater find them gone).
+  for (Input* input : in_flight_) StoreCancelled(*input);
+  for (const Input& input : delayed_) StoreCancelled(input);
+  for (const Input& input : queue_) StoreCancelled(input);
   in_flight_.clear();
   delayed_.clear();
   queue_.clear();
-  Ended();
+  OnEnd();
   return Status::OK();
 }
 
-void Job::Remove(StopReason reason) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (stopped_ != StopReason::kNone) return;
-  stopped_ = reason;
-  if (reason != StopReason::kShutdown) Abort();
+void Job::StoreCancelled(const Input& input) {
+  WriteEntry(ErrorEntry(input.key, 0, "cancelled", "", input.attempts));
+  ++failed_;
+  ++outputs_;
+  Metrics::Global().OutputStored(false);
+}
+
+void Job::Discard(DiscardReason reason) {
+  MutexLock lock(&mutex_);
+  if (discarded()) return;
+  discarded_ = reason;
+  if (reason != DiscardReason::kShutdown) AbandonCalls();
   if (file_ != nullptr) {
     fclose(file_);
     file_ = nullptr;
@@ -290,35 +255,37 @@ void Job::Remove(StopReason reason) {
   }
   queue_.clear();
   delayed_.clear();
-  room_cv_.notify_all();
-  work_cv_.notify_all();
-  done_cv_.notify_all();
+  room_cv_.SignalAll();
+  work_cv_.SignalAll();
+  done_cv_.SignalAll();
 }
 
 Status Job::WaitDone(const std::function<bool()>& give_up) {
-  std::unique_lock<std::mutex> lock(mutex_);
-  auto ended = [this] {
-    return stopped_ != StopReason::kNone || state_ == JobState::kDone ||
-           state_ == JobState::kCancelled;
-  };
-  if (!give_up) {
-    done_cv_.wait(lock, ended);
-  } else {
-    while (!done_cv_.wait_for(lock, kGiveUpInterval, ended)) {
-      lock.unlock();
-      bool quit = give_up();
-      lock.lock();
-      if (quit && !ended()) return Status::Unavailable("the caller gave up waiting");
+  MutexLock lock(&mutex_);
+  Clock::time_point ask_at = Clock::now() + kGiveUpInterval;
+  while (!ended() && !discarded()) {
+    if (!give_up) {
+      done_cv_.Wait();
+      continue;
     }
+    // Signalled (or woken spuriously) before ask_at, or the job ended: look again.
+    if (done_cv_.WaitUntil(ask_at) || ended() || discarded()) continue;
+    mutex_.Unlock();
+    bool quit = give_up();
+    mutex_.Lock();
+    if (quit && !ended() && !discarded()) {
+      return Status::Unavailable("the caller gave up waiting");
+    }
+    ask_at = Clock::now() + kGiveUpInterval;
   }
-  if (stopped_ != StopReason::kNone) return StoppedStatus();
+  if (discarded()) return DiscardedStatus();
   return Status::OK();
 }
 
 Status Job::OpenOutput(uint64_t offset, uint64_t limit, OutputReader::Format format,
                        std::unique_ptr<OutputReader>* reader) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (stopped_ != StopReason::kNone) return StoppedStatus();
+  MutexLock lock(&mutex_);
+  if (discarded()) return DiscardedStatus();
   if (fflush(file_) != 0 && write_error_.empty()) write_error_ = strerror(errno);
   if (!write_error_.empty()) {
     return Status::Internal("outcomes of job " + id_ + " could not be stored: " + write_error_);
@@ -333,7 +300,7 @@ Status Job::OpenOutput(uint64_t offset, uint64_t limit, OutputReader::Format for
 }
 
 JobState Job::state() {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   return state_;
 }
 
@@ -342,7 +309,7 @@ std::string Job::ToJson() {
   AppendJsonString(id_, &out);
   out.append(",\"url\":");
   AppendJsonString(options_.url, &out);
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   out.append(",\"state\":\"").append(JobStateName(state_)).push_back('"');
   AppendField("inputs", inputs_, &out);
   AppendField("outputs", outputs_, &out);
@@ -351,49 +318,22 @@ std::string Job::ToJson() {
   AppendField("succeeded", succeeded_, &out);
   AppendField("failed", failed_, &out);
   AppendField("retries", retries_, &out);
-  AppendField("concurrency", static_cast<uint64_t>(options_.concurrency), &out);
-  AppendField("maxsize", static_cast<uint64_t>(options_.maxsize), &out);
-  AppendField("timeout_ms", static_cast<uint64_t>(options_.timeout_ms), &out);
-  AppendField("max_attempts", static_cast<uint64_t>(options_.max_attempts), &out);
-  AppendField("backoff_ms", static_cast<uint64_t>(options_.backoff_ms), &out);
-  AppendField("max_backoff_ms", static_cast<uint64_t>(options_.max_backoff_ms), &out);
-  out.append(",\"rate_per_sec\":");
-  if (options_.rate_per_sec > 0) {
-    char buf[32];
-    snprintf(buf, sizeof(buf), "%.17g", options_.rate_per_sec);
-    out.append(buf);
-  } else {
-    out.append("null");
-  }
+  AppendOptions(options_, &out);
   out.append(",\"created_at\":");
   AppendTime(created_at_, &out);
   out.append(",\"done_at\":");
-  if (state_ == JobState::kDone || state_ == JobState::kCancelled) {
+  if (ended()) {
     AppendTime(done_at_, &out);
   } else {
     out.append("null");
   }
   out.append(",\"callback\":");
-  if (options_.callback_url.empty()) {
-    out.append("null");
-  } else {
-    static const char* const kCallbackStates[] = {"waiting", "sending", "succeeded", "failed"};
-    out.append("{\"url\":");
-    AppendJsonString(options_.callback_url, &out);
-    out.append(",\"state\":\"").append(kCallbackStates[callback_.state]).push_back('"');
-    AppendField("attempts", static_cast<uint64_t>(callback_.attempts), &out);
-    AppendField("status", static_cast<uint64_t>(callback_.status), &out);
-    if (!callback_.message.empty()) {
-      out.append(",\"message\":");
-      AppendJsonString(callback_.message, &out);
-    }
-    out.push_back('}');
-  }
+  AppendCallback(options_.callback_url, callback_, &out);
   out.push_back('}');
   return out;
 }
 
-bool Job::TakeToken(Clock::time_point now, Clock::time_point* wake) {
+bool Job::SpendToken(Clock::time_point now, Clock::time_point* wake) {
   if (options_.rate_per_sec <= 0) return true;
   double elapsed = std::chrono::duration<double>(now - tokens_at_).count();
   tokens_ = std::min<double>(options_.concurrency, tokens_ + elapsed * options_.rate_per_sec);
@@ -402,48 +342,49 @@ bool Job::TakeToken(Clock::time_point now, Clock::time_point* wake) {
     tokens_ -= 1;
     return true;
   }
-  // At least kMinRatePerSec, so the wait is at most 1000 s: no overflow.
+  // ParseJobOptions allows no rate under kMinRatePerSec, so the wait is at
+  // most 1000 s: no overflow.
   *wake = now + std::chrono::duration_cast<Clock::duration>(
                     std::chrono::duration<double>((1 - tokens_) / options_.rate_per_sec));
   return false;
 }
 
-bool Job::Take(Input* input) {
-  std::unique_lock<std::mutex> lock(mutex_);
-  return TakeLocked(&lock, input);
+bool Job::NextInput(Input* input) {
+  MutexLock lock(&mutex_);
+  return NextInputLocked(input);
 }
 
-void Job::Finish(Input* input, const std::string& entry, bool success) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  FinishLocked(input, entry, success);
+void Job::StoreOutcome(Input* input, const std::string& entry, bool success) {
+  MutexLock lock(&mutex_);
+  StoreOutcomeLocked(input, entry, success);
 }
 
-void Job::Retry(Input* input, Clock::duration delay, bool pause_job) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  RetryLocked(input, delay, pause_job);
+void Job::RetryLater(Input* input, Clock::duration delay, bool pause_job) {
+  MutexLock lock(&mutex_);
+  RetryLaterLocked(input, delay, pause_job);
 }
 
-bool Job::FinishAndTake(Input* input, const std::string& entry, bool success) {
-  std::unique_lock<std::mutex> lock(mutex_);
-  FinishLocked(input, entry, success);
-  return TakeLocked(&lock, input);
+bool Job::StoreOutcomeAndNext(Input* input, const std::string& entry, bool success) {
+  MutexLock lock(&mutex_);
+  StoreOutcomeLocked(input, entry, success);
+  return NextInputLocked(input);
 }
 
-bool Job::RetryAndTake(Input* input, Clock::duration delay, bool pause_job) {
-  std::unique_lock<std::mutex> lock(mutex_);
-  RetryLocked(input, delay, pause_job);
-  return TakeLocked(&lock, input);
+bool Job::RetryLaterAndNext(Input* input, Clock::duration delay, bool pause_job) {
+  MutexLock lock(&mutex_);
+  RetryLaterLocked(input, delay, pause_job);
+  return NextInputLocked(input);
 }
 
-bool Job::TakeLocked(std::unique_lock<std::mutex>* lock, Input* input) {
+bool Job::NextInputLocked(Input* input) {
   for (;;) {
-    if (stopped_ != StopReason::kNone || state_ == JobState::kCancelled) break;
+    if (stopped()) break;
     if (pending() == 0 && state_ != JobState::kOpen && adders_ == 0) break;
     // The common case needs no clock: no retry waits, no pause, no rate
     // limit, so the lock is held for less time.
     if (delayed_.empty() && !queue_.empty() && paused_until_ == Clock::time_point() &&
         options_.rate_per_sec <= 0) {
-      TakeFromQueue(input);
+      PopQueue(input);
       return true;
     }
     Clock::time_point now = Clock::now();
@@ -453,35 +394,35 @@ bool Job::TakeLocked(std::unique_lock<std::mutex>* lock, Input* input) {
     if (!delayed_.empty() && !retry_due) wake = delayed_.front().not_before;
     if ((retry_due || !queue_.empty()) && paused_until_ > now) {
       wake = paused_until_;
-    } else if ((retry_due || !queue_.empty()) && TakeToken(now, &wake)) {
+    } else if ((retry_due || !queue_.empty()) && SpendToken(now, &wake)) {
       if (retry_due) {
         std::pop_heap(delayed_.begin(), delayed_.end(), LaterFirst);
         *input = std::move(delayed_.back());
         delayed_.pop_back();
         StartFlight(input);
       } else {
-        TakeFromQueue(input);
+        PopQueue(input);
       }
       return true;
     }
     if (wake == Clock::time_point::max()) {
-      work_cv_.wait(*lock);
+      work_cv_.Wait();
     } else {
-      work_cv_.wait_until(*lock, wake);
+      work_cv_.WaitUntil(wake);
     }
   }
   --workers_;
   return false;
 }
 
-void Job::TakeFromQueue(Input* input) {
+void Job::PopQueue(Input* input) {
   *input = std::move(queue_.front());
   queue_.pop_front();
   // Wake a blocked Add only once a quarter of the queue is free, so that it
   // queues inputs in runs rather than one per wakeup.
   size_t maxsize = static_cast<size_t>(options_.maxsize);
   if (adders_ > 0 && queue_.size() + std::max<size_t>(1, maxsize / 4) <= maxsize) {
-    room_cv_.notify_all();
+    room_cv_.SignalAll();
   }
   StartFlight(input);
 }
@@ -501,8 +442,8 @@ bool Job::EndFlight(Input* input) {
   return true;
 }
 
-void Job::FinishLocked(Input* input, const std::string& entry, bool success) {
-  if (!EndFlight(input) || stopped_ != StopReason::kNone) return;
+void Job::StoreOutcomeLocked(Input* input, const std::string& entry, bool success) {
+  if (!EndFlight(input) || discarded()) return;
   WriteEntry(entry);
   ++outputs_;
   if (success) {
@@ -511,11 +452,11 @@ void Job::FinishLocked(Input* input, const std::string& entry, bool success) {
     ++failed_;
   }
   Metrics::Global().OutputStored(success);
-  MaybeFinish();
+  MaybeDone();
 }
 
-void Job::RetryLocked(Input* input, Clock::duration delay, bool pause_job) {
-  if (!EndFlight(input) || stopped_ != StopReason::kNone) return;
+void Job::RetryLaterLocked(Input* input, Clock::duration delay, bool pause_job) {
+  if (!EndFlight(input) || discarded()) return;
   Clock::time_point at = Clock::now() + delay;
   if (pause_job) paused_until_ = std::max(paused_until_, at);
   ++retries_;
@@ -523,7 +464,7 @@ void Job::RetryLocked(Input* input, Clock::duration delay, bool pause_job) {
   input->not_before = at;
   delayed_.push_back(std::move(*input));
   std::push_heap(delayed_.begin(), delayed_.end(), LaterFirst);
-  work_cv_.notify_one();
+  work_cv_.Signal();
 }
 
 void Job::WriteEntry(const std::string& entry) {
@@ -539,22 +480,22 @@ void Job::WriteEntry(const std::string& entry) {
   file_bytes_ += entry.size() + 1;
 }
 
-void Job::MaybeFinish() {
-  // A removed job never ends: its file is gone and its waiters answered.
-  if (stopped_ != StopReason::kNone) return;
+void Job::MaybeDone() {
+  // A discarded job never ends: its file is gone and its waiters answered.
+  if (discarded()) return;
   if (state_ != JobState::kClosing || adders_ > 0 || pending() > 0 || !in_flight_.empty()) return;
   state_ = JobState::kDone;
-  Ended();
+  OnEnd();
 }
 
-void Job::Ended() {
+void Job::OnEnd() {
   done_at_ = std::chrono::system_clock::now();
   fflush(file_);
   LogJobEvent(id_, JobStateName(state_),
               std::to_string(succeeded_) + " succeeded, " + std::to_string(failed_) + " failed");
-  room_cv_.notify_all();
-  work_cv_.notify_all();
-  done_cv_.notify_all();
+  room_cv_.SignalAll();
+  work_cv_.SignalAll();
+  done_cv_.SignalAll();
   if (on_end_ && !on_end_(shared_from_this())) {
     callback_.state = CallbackStatus::kFailed;
     callback_.message = "no thread could be started to send it";
@@ -562,16 +503,20 @@ void Job::Ended() {
 }
 
 bool Job::EndedBy(std::chrono::system_clock::time_point cutoff) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return (state_ == JobState::kDone || state_ == JobState::kCancelled) && done_at_ <= cutoff;
+  MutexLock lock(&mutex_);
+  return ended() && done_at_ <= cutoff;
 }
 
-bool Job::SleepUnlessStopped(Clock::duration duration) {
-  std::unique_lock<std::mutex> lock(mutex_);
-  return !done_cv_.wait_for(lock, duration, [this] { return stopped_ != StopReason::kNone; });
+bool Job::SleepUnlessDiscarded(Clock::duration duration) {
+  MutexLock lock(&mutex_);
+  Clock::time_point until = Clock::now() + duration;
+  while (!discarded()) {
+    if (!done_cv_.WaitUntil(until)) break;  // slept the whole duration
+  }
+  return !discarded();
 }
 
 void Job::SetCallbackStatus(const CallbackStatus& status) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   callback_ = status;
 }

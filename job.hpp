@@ -1,10 +1,29 @@
 // A Job is one batch: its settings, its bounded queue of inputs waiting to
 // be sent, its counters, and its outcome file, where every input ends as
-// exactly one line of JSON. It is passive: HTTP handlers call the API side
-// (Add, Complete, Cancel, Remove, WaitDone, OpenOutput, ToJson) and the
-// Dispatcher's worker threads call the worker side (Take, Finish, Retry).
+// exactly one line of JSON (output.hpp). It is passive: HTTP handlers call
+// the API side (Add, Complete, Cancel, WaitDone, OpenOutput, ToJson), the
+// job table calls Discard and AbandonCalls, and the Dispatcher's worker
+// threads call the worker side (NextInput, StoreOutcome, RetryLater).
 //
-// Thread-safe (provides internal synchronization). Methods wait only on
+// How a job moves between states (JobState):
+//
+//   open --Complete--> closing --every outcome stored--> done
+//     |                   |
+//     +------Cancel-------+--> cancelled (each input left gets a "cancelled" entry)
+//
+// Done and cancelled are the ended states: entering one runs the EndHook,
+// once. Apart from that lifecycle, the job table may discard a job in any
+// state (Discard, with why: deleted, expired, shutdown): it then stores
+// nothing more, never ends, answers every waiter, and its file is removed.
+// Two flags, read without the lock by calls in flight, say what must be
+// abandoned: calls_abandoned (set by Cancel, by Discard, and by
+// AbandonCalls) and callback_abandoned (set by Discard and AbandonCalls).
+// A shutdown's Discard sets neither, so that calls in flight may finish
+// within a grace period; AbandonCalls ends it.
+//
+// Thread-safe (provides internal synchronization): the fields marked
+// GUARDED_BY(mutex_) are read and written only with mutex_ held, which
+// clang's -Wthread-safety checks (make lint). Methods wait only on
 // condition variables, which release the mutex; with it held they do no
 // more than buffered file writes and, when the job ends, the EndHook. Nothing
 // here calls the webhook, so a blocked Add never delays ToJson for long.
@@ -14,38 +33,29 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include "key_set.hpp"
+#include "mutex.hpp"
+#include "output.hpp"
 #include "status.hpp"
+#include "thread_annotations.hpp"
 
 using Clock = std::chrono::steady_clock;
 
-// Limits and defaults of the fields of POST /job.
+// Defaults of the fields of POST /job (request.hpp holds their limits).
 constexpr int kDefaultConcurrency = 1;
-constexpr int kMaxConcurrency = 1024;
 constexpr int64_t kDefaultMaxsize = 1000;
-constexpr int64_t kMaxMaxsize = 1000000;
 constexpr int64_t kDefaultTimeoutMs = 30000;
-constexpr int64_t kMaxTimeoutMs = 3600000;
 constexpr int kDefaultMaxAttempts = 5;
-constexpr int kMaxMaxAttempts = 100;
 constexpr int64_t kDefaultBackoffMs = 100;
-constexpr int64_t kMaxBackoffMsLimit = 3600000;
 constexpr int64_t kDefaultMaxBackoffMs = 30000;
-// One call in about 17 minutes: slower rates are surely a mistake.
-constexpr double kMinRatePerSec = 0.001;
-constexpr double kMaxRatePerSec = 1e6;
-// The longest key accepted, in bytes, before percent-encoding.
-constexpr size_t kMaxKeyBytes = 1024;
 
 struct JobOptions {
   std::string url;
@@ -80,48 +90,6 @@ struct Input {
 enum class JobState { kOpen, kClosing, kDone, kCancelled };
 const char* JobStateName(JobState state);
 
-// The lines of the outcome file. Neither contains a newline.
-void AppendSuccessEntry(const std::string& key, const std::string& value_json, std::string* out);
-inline std::string SuccessEntry(const std::string& key, const std::string& value_json) {
-  std::string entry;
-  AppendSuccessEntry(key, value_json, &entry);
-  return entry;
-}
-std::string ErrorEntry(const std::string& key, long status, const std::string& message,
-                       const std::string& body, int attempts);
-
-// Streams part of an outcome file as one JSON array or as NDJSON, reading
-// it in blocks so that memory stays flat however large the file.
-// Not thread-safe: one reader serves one response.
-class OutputReader {
- public:
-  enum Format { kArray, kNdjson };
-
-  // Reads from the open descriptor fd (which it closes) starting at byte
-  // begin: skips `skip` entries, then yields `count` entries.
-  OutputReader(int fd, uint64_t begin, uint64_t skip, uint64_t count, Format format);
-  ~OutputReader();
-  OutputReader(const OutputReader&) = delete;
-  OutputReader& operator=(const OutputReader&) = delete;
-
-  // Replaces *chunk with the next piece of output. Returns false when all
-  // has been yielded, or on a read error (*failed is then set).
-  bool Next(std::string* chunk, bool* failed);
-
- private:
-  bool Fill();
-
-  int fd_;
-  uint64_t pos_;
-  uint64_t skip_;
-  uint64_t remaining_;
-  Format format_;
-  bool started_ = false;
-  bool finished_ = false;
-  std::string buffer_;
-  size_t buffer_pos_ = 0;
-};
-
 class Job : public std::enable_shared_from_this<Job> {
  public:
   // Starts one more worker thread for the job; returns false if it could not.
@@ -131,7 +99,8 @@ class Job : public std::enable_shared_from_this<Job> {
   // no other lock may be held while calling into a Job.
   // Returns false if it could not start the completion callback.
   using EndHook = std::function<bool(std::shared_ptr<Job>)>;
-  enum class StopReason { kNone, kDeleted, kExpired, kShutdown };
+  // Why the job table let go of a job: DELETE, its TTL, or the server stopping.
+  enum class DiscardReason { kNone, kDeleted, kExpired, kShutdown };
 
   // The job writes its outcomes to the file at path, created by Open.
   Job(std::string id, JobOptions options, std::string path, WorkerStarter start_worker);
@@ -158,21 +127,25 @@ class Job : public std::enable_shared_from_this<Job> {
   // No more inputs will come. Harmless to repeat.
   Status Complete();
   // Stops sending: every input without an outcome gets a "cancelled" error
-  // entry at once, and calls in flight are aborted.
+  // entry at once, and calls in flight are abandoned.
   Status Cancel();
-  // Stops everything, wakes every waiter (they answer 404 for kDeleted and
-  // kExpired, 503 for kShutdown) and removes the outcome file. Calls in
-  // flight are aborted, except on kShutdown, which leaves them a grace
-  // period: call Abort when it is over.
-  void Remove(StopReason reason);
-  void Abort() {
-    aborting_ = true;
-    removed_ = true;
+  // Takes the job out of service for reason (never kNone), the job table
+  // having removed it: stores nothing more, wakes every waiter (they answer
+  // 404 for kDeleted and kExpired, 503 for kShutdown) and removes the
+  // outcome file. Calls in flight and the completion callback are
+  // abandoned, except on kShutdown, which leaves them a grace period: call
+  // AbandonCalls when it is over. Only the first call counts.
+  void Discard(DiscardReason reason);
+  // Abandons every call of the job in flight, the completion callback's
+  // too. Safe from any thread, with or without the job's lock.
+  void AbandonCalls() {
+    calls_abandoned_ = true;
+    callback_abandoned_ = true;
   }
   // True if the job ended (done or cancelled) at or before cutoff.
   bool EndedBy(std::chrono::system_clock::time_point cutoff);
-  // Waits for duration unless the job is removed first; returns false if it was.
-  bool SleepUnlessStopped(Clock::duration duration);
+  // Waits for duration unless the job is discarded first; returns false if it was.
+  bool SleepUnlessDiscarded(Clock::duration duration);
   // Records the completion callback's progress.
   void SetCallbackStatus(const CallbackStatus& status);
   // Blocks until the job is done or cancelled. If give_up is given, it is
@@ -192,45 +165,64 @@ class Job : public std::enable_shared_from_this<Job> {
 
   // Blocks until an input may be sent, then moves it into *input and counts
   // it in flight. Returns false when the worker should exit.
-  bool Take(Input* input);
-  // Stores entry as the outcome of *input, taken by Take. Does nothing if
-  // *input is no longer in flight (cancelled, removed, finished before).
-  void Finish(Input* input, const std::string& entry, bool success);
+  bool NextInput(Input* input);
+  // Stores entry as the outcome of *input, given by NextInput. Does nothing
+  // if *input is no longer in flight (cancelled, discarded, stored before).
+  void StoreOutcome(Input* input, const std::string& entry, bool success);
   // Puts *input back to be sent again after delay. If pause_job, nothing of
   // this job is sent before then (the webhook asked it to slow down).
-  void Retry(Input* input, Clock::duration delay, bool pause_job);
-  // Finish or Retry, then Take, under one lock: a worker's step from one
-  // input to the next takes the job's mutex once, not twice, which halves
-  // the contention between many workers.
-  bool FinishAndTake(Input* input, const std::string& entry, bool success);
-  bool RetryAndTake(Input* input, Clock::duration delay, bool pause_job);
-  // True once calls in flight should be abandoned. Safe from any thread.
-  bool aborting() const { return aborting_.load(std::memory_order_relaxed); }
-  // True once the completion callback should be abandoned too.
-  const std::atomic<bool>& removed() const { return removed_; }
-  const std::atomic<bool>& aborting_flag() const { return aborting_; }
+  void RetryLater(Input* input, Clock::duration delay, bool pause_job);
+  // StoreOutcome or RetryLater, then NextInput, under one lock: a worker's
+  // step from one input to the next takes the job's mutex once, not twice,
+  // which halves the contention between many workers.
+  bool StoreOutcomeAndNext(Input* input, const std::string& entry, bool success);
+  bool RetryLaterAndNext(Input* input, Clock::duration delay, bool pause_job);
+  // True once calls in flight must be abandoned. Safe from any thread.
+  const std::atomic<bool>& calls_abandoned() const { return calls_abandoned_; }
+  // True once the completion callback must be abandoned too.
+  const std::atomic<bool>& callback_abandoned() const { return callback_abandoned_; }
 
  private:
   // Entries are indexed every kIndexStride, so that an offset is found
   // without reading the file from the start.
   static constexpr uint64_t kIndexStride = 1024;
 
-  // REQUIRES: mutex_ held.
-  bool TakeLocked(std::unique_lock<std::mutex>* lock, Input* input);
-  void FinishLocked(Input* input, const std::string& entry, bool success);
-  void RetryLocked(Input* input, Clock::duration delay, bool pause_job);
+  // NextInput, StoreOutcome and RetryLater, for a caller holding mutex_.
+  bool NextInputLocked(Input* input) REQUIRES(mutex_);
+  void StoreOutcomeLocked(Input* input, const std::string& entry, bool success) REQUIRES(mutex_);
+  void RetryLaterLocked(Input* input, Clock::duration delay, bool pause_job) REQUIRES(mutex_);
+  // Add's parts: refuses the batch unless the job is open and its keys are
+  // new (hashes[i] is batch[i]'s, first_repeat the index of the first key
+  // repeating an earlier one of the batch, or batch.size()).
+  Status CheckBatch(const std::vector<Input>& batch, const std::vector<uint64_t>& hashes,
+                    size_t first_repeat) REQUIRES(mutex_);
+  // Queues the n inputs from first on and wakes workers for them. Returns
+  // how many more workers to start, already counted in workers_.
+  int Enqueue(Input* first, size_t n) REQUIRES(mutex_);
+  // Gives *input a "cancelled" outcome.
+  void StoreCancelled(const Input& input) REQUIRES(mutex_);
   // Moves the queue's first input into *input and counts it in flight.
-  void TakeFromQueue(Input* input);
+  void PopQueue(Input* input) REQUIRES(mutex_);
   // Counts *input, just taken, in flight.
-  void StartFlight(Input* input);
+  void StartFlight(Input* input) REQUIRES(mutex_);
   // Removes input from in_flight_; false if it was not there.
-  bool EndFlight(Input* input);
-  void WriteEntry(const std::string& entry);
-  void MaybeFinish();
-  void Ended();
-  size_t pending() const { return queue_.size() + delayed_.size(); }
-  Status StoppedStatus() const;
-  bool TakeToken(Clock::time_point now, Clock::time_point* wake);
+  bool EndFlight(Input* input) REQUIRES(mutex_);
+  void WriteEntry(const std::string& entry) REQUIRES(mutex_);
+  // Moves a closing job to done once every input has its outcome.
+  void MaybeDone() REQUIRES(mutex_);
+  // Called once, on entering done or cancelled.
+  void OnEnd() REQUIRES(mutex_);
+  // Takes a token from the rate limiter, if any; if there is none yet,
+  // sets *wake to when there will be and returns false.
+  bool SpendToken(Clock::time_point now, Clock::time_point* wake) REQUIRES(mutex_);
+  Status DiscardedStatus() const REQUIRES(mutex_);
+  size_t pending() const REQUIRES(mutex_) { return queue_.size() + delayed_.size(); }
+  bool discarded() const REQUIRES(mutex_) { return discarded_ != DiscardReason::kNone; }
+  bool ended() const REQUIRES(mutex_) {
+    return state_ == JobState::kDone || state_ == JobState::kCancelled;
+  }
+  // Cancelled or discarded: nothing more is queued or sent.
+  bool stopped() const REQUIRES(mutex_) { return discarded() || state_ == JobState::kCancelled; }
 
   const std::string id_;
   const JobOptions options_;
@@ -238,39 +230,42 @@ class Job : public std::enable_shared_from_this<Job> {
   const WorkerStarter start_worker_;
   EndHook on_end_;
   const std::chrono::system_clock::time_point created_at_;
-  std::atomic<bool> aborting_{false};  // cancelled or removed
-  std::atomic<bool> removed_{false};
+  // See the top of this file. callback_abandoned_ implies calls_abandoned_.
+  std::atomic<bool> calls_abandoned_{false};
+  std::atomic<bool> callback_abandoned_{false};
 
-  std::mutex mutex_;
-  // State below is protected by mutex_.
-  std::condition_variable room_cv_;  // the queue has room, or the job stopped
-  std::condition_variable work_cv_;  // an input may be ready for a worker
-  std::condition_variable done_cv_;  // the job is done, cancelled or stopped
-  JobState state_ = JobState::kOpen;
-  StopReason stopped_ = StopReason::kNone;
-  std::chrono::system_clock::time_point done_at_;
-  std::deque<Input> queue_;
-  std::vector<Input> delayed_;  // a min-heap on not_before: retries waiting
+  // Every CondVar waits on mutex_; every field below it guards.
+  Mutex mutex_;
+  CondVar room_cv_{&mutex_};  // the queue has room, or the job was cancelled or discarded
+  CondVar work_cv_{&mutex_};  // an input may be ready for a worker
+  CondVar done_cv_{&mutex_};  // the job ended or was discarded
+  JobState state_ GUARDED_BY(mutex_) = JobState::kOpen;
+  // Why the job table let go of the job; kNone until then.
+  DiscardReason discarded_ GUARDED_BY(mutex_) = DiscardReason::kNone;
+  std::chrono::system_clock::time_point done_at_ GUARDED_BY(mutex_);
+  std::deque<Input> queue_ GUARDED_BY(mutex_);
+  std::vector<Input> delayed_ GUARDED_BY(mutex_);  // a min-heap on not_before: retries waiting
   // The inputs taken and not yet finished, each at its in_flight_slot: a
   // vector, so that taking and finishing allocate nothing.
-  std::vector<Input*> in_flight_;
-  KeySet keys_;
-  int adders_ = 0;   // Add calls still queuing a batch
-  int workers_ = 0;  // worker threads started and not yet exited
-  uint64_t inputs_ = 0;
-  uint64_t outputs_ = 0;
-  uint64_t succeeded_ = 0;
-  uint64_t failed_ = 0;
-  uint64_t retries_ = 0;
-  Clock::time_point paused_until_;
-  double tokens_ = 0;
-  Clock::time_point tokens_at_;
-  std::FILE* file_ = nullptr;
-  std::unique_ptr<char[]> file_buffer_;  // file_'s buffer, freed after it is closed
-  uint64_t file_bytes_ = 0;
-  std::vector<uint64_t> index_;  // byte offset of entry i * kIndexStride
-  CallbackStatus callback_;
-  std::string write_error_;  // the first failure to write the outcome file
+  std::vector<Input*> in_flight_ GUARDED_BY(mutex_);
+  KeySet keys_ GUARDED_BY(mutex_);
+  int adders_ GUARDED_BY(mutex_) = 0;   // Add calls still queuing a batch
+  int workers_ GUARDED_BY(mutex_) = 0;  // worker threads started and not yet exited
+  uint64_t inputs_ GUARDED_BY(mutex_) = 0;
+  uint64_t outputs_ GUARDED_BY(mutex_) = 0;
+  uint64_t succeeded_ GUARDED_BY(mutex_) = 0;
+  uint64_t failed_ GUARDED_BY(mutex_) = 0;
+  uint64_t retries_ GUARDED_BY(mutex_) = 0;
+  Clock::time_point paused_until_ GUARDED_BY(mutex_);
+  double tokens_ GUARDED_BY(mutex_) = 0;
+  Clock::time_point tokens_at_ GUARDED_BY(mutex_);
+  std::FILE* file_ GUARDED_BY(mutex_) = nullptr;
+  // file_'s buffer, freed after file_ is closed.
+  std::unique_ptr<char[]> file_buffer_ GUARDED_BY(mutex_);
+  uint64_t file_bytes_ GUARDED_BY(mutex_) = 0;
+  std::vector<uint64_t> index_ GUARDED_BY(mutex_);  // byte offset of entry i * kIndexStride
+  CallbackStatus callback_ GUARDED_BY(mutex_);
+  std::string write_error_ GUARDED_BY(mutex_);  // the first failure to write the outcome file
 };
 
 #endif  // PMMAP_JOB_HPP_

@@ -65,7 +65,7 @@ std::vector<std::shared_ptr<Job>> JobTable::List() {
 void JobTable::ExpireEndedBefore(std::chrono::system_clock::time_point cutoff) {
   for (const auto& job : List()) {
     if (job->EndedBy(cutoff) && Detach(job->id())) {
-      job->Remove(Job::StopReason::kExpired);
+      job->Discard(Job::DiscardReason::kExpired);
       LogJobEvent(job->id(), "expired");
     }
   }
@@ -78,9 +78,9 @@ void JobTable::StopAll() {
     stopping_ = true;
     for (auto& entry : jobs_) all.push_back(entry.second);
   }
-  for (auto& job : all) job->Remove(Job::StopReason::kShutdown);
+  for (auto& job : all) job->Discard(Job::DiscardReason::kShutdown);
 }
 
 void JobTable::AbortCallsInFlight() {
-  for (auto& job : List()) job->Abort();
+  for (auto& job : List()) job->AbandonCalls();
 }

@@ -12,7 +12,21 @@
 #include <vector>
 
 #include "job.hpp"
+#include "output.hpp"
 #include "status.hpp"
+
+// Limits of the fields of POST /job, checked by ParseJobOptions (job.hpp
+// holds their defaults, next to JobOptions' fields).
+constexpr int kMaxConcurrency = 1024;
+constexpr int64_t kMaxMaxsize = 1000000;
+constexpr int64_t kMaxTimeoutMs = 3600000;
+constexpr int kMaxMaxAttempts = 100;
+constexpr int64_t kMaxBackoffMsLimit = 3600000;  // of backoff_ms and max_backoff_ms
+// One call in about 17 minutes: slower rates are surely a mistake.
+constexpr double kMinRatePerSec = 0.001;
+constexpr double kMaxRatePerSec = 1e6;
+// The longest key accepted, in bytes, before percent-encoding.
+constexpr size_t kMaxKeyBytes = 1024;
 
 // Parses the body of POST /job.
 Status ParseJobOptions(const std::string& body, JobOptions* options);

@@ -252,7 +252,7 @@ void Server::DeleteJob(const httplib::Request& req, std::string, httplib::Respon
     return ReplyError(res, Status::NotFound("no job with id \"" + req.matches[1].str() + "\""));
   }
   std::string json = job->ToJson();
-  job->Remove(Job::StopReason::kDeleted);
+  job->Discard(Job::DiscardReason::kDeleted);
   LogJobEvent(job->id(), "deleted");
   Reply(res, 200, json);
 }

@@ -1,6 +1,7 @@
 // Unit tests of Job (job.hpp) driven directly, without a Dispatcher: the
-// test plays both the HTTP handlers (Add, Complete, Cancel, Remove, WaitDone,
-// OpenOutput) and the workers (Take, Finish, Retry). Also KeySet
+// test plays both the HTTP handlers and job table (Add, Complete, Cancel,
+// Discard, WaitDone, OpenOutput) and the workers (NextInput, StoreOutcome,
+// RetryLater). Also KeySet
 // (key_set.hpp), which Job uses to refuse repeated keys.
 
 #include "job.hpp"
@@ -22,6 +23,7 @@
 
 #include "key_set.hpp"
 #include "log.hpp"
+#include "output.hpp"
 #include "test/harness.hpp"
 
 namespace {
@@ -94,7 +96,7 @@ rapidjson::Document ParseOrFail(const std::string& text) {
 }
 
 // Reads the job's counters and checks the invariants that hold at any
-// instant while the job exists (a removed job's counters are never shown).
+// instant while the job exists (a discarded job's counters are never shown).
 Counters Read(Job* job, bool check_invariants = true) {
   rapidjson::Document doc = ParseOrFail(job->ToJson());
   REQUIRE(doc.IsObject());
@@ -167,13 +169,13 @@ std::vector<std::string> NdjsonKeys(const std::string& ndjson) {
   return keys;
 }
 
-// Takes the next input and finishes it at once; returns its key.
-std::string TakeAndFinish(Job* job, bool success = true) {
+// Takes the next input and stores its outcome at once; returns its key.
+std::string NextAndStore(Job* job, bool success = true) {
   Input input;
-  REQUIRE(job->Take(&input));
+  REQUIRE(job->NextInput(&input));
   std::string entry = success ? SuccessEntry(input.key, input.value)
                               : ErrorEntry(input.key, 500, "failed", "", input.attempts);
-  job->Finish(&input, entry, success);
+  job->StoreOutcome(&input, entry, success);
   return input.key;
 }
 
@@ -267,7 +269,7 @@ TEST_CASE("Job removes its outcome file when destroyed", "[unit][job]") {
     auto job = std::make_shared<Job>("j", Options(), path, nullptr);
     REQUIRE(job->Open().ok());
     REQUIRE(job->Add(Batch({"a"})).ok());
-    TakeAndFinish(job.get());
+    NextAndStore(job.get());
     REQUIRE(FileExists(path));
   }
   CHECK_FALSE(FileExists(path));
@@ -295,7 +297,7 @@ TEST_CASE("Job::ToJson shows a new job open and empty, with its options but not 
   CHECK(c.done_at_null);
 }
 
-// Add, Take, Finish
+// Add, NextInput, StoreOutcome
 
 TEST_CASE("Job counters follow inputs from queued to in flight to finished", "[unit][job]") {
   TestJob t;
@@ -307,7 +309,7 @@ TEST_CASE("Job counters follow inputs from queued to in flight to finished", "[u
   CHECK(c.in_flight == 0);
 
   Input a;
-  REQUIRE(job->Take(&a));
+  REQUIRE(job->NextInput(&a));
   CHECK(a.key == "a");
   CHECK(a.value == ValueFor("a"));
   CHECK(a.attempts == 1);
@@ -316,13 +318,13 @@ TEST_CASE("Job counters follow inputs from queued to in flight to finished", "[u
   CHECK(c.in_flight == 1);
 
   Input b;
-  REQUIRE(job->Take(&b));
+  REQUIRE(job->NextInput(&b));
   CHECK(b.key == "b");
   c = Read(job);
   CHECK(c.in_flight == 2);
 
-  job->Finish(&b, ErrorEntry(b.key, 400, "bad", "", b.attempts), false);
-  job->Finish(&a, SuccessEntry(a.key, "1"), true);
+  job->StoreOutcome(&b, ErrorEntry(b.key, 400, "bad", "", b.attempts), false);
+  job->StoreOutcome(&a, SuccessEntry(a.key, "1"), true);
   c = Read(job);
   CHECK(c.outputs == 2);
   CHECK(c.succeeded == 1);
@@ -332,8 +334,8 @@ TEST_CASE("Job counters follow inputs from queued to in flight to finished", "[u
   CHECK(c.retries == 0);
   CHECK(c.state == "open");
 
-  // A second Finish of the same input stores nothing.
-  job->Finish(&a, SuccessEntry(a.key, "2"), true);
+  // A second StoreOutcome of the same input stores nothing.
+  job->StoreOutcome(&a, SuccessEntry(a.key, "2"), true);
   CHECK(Read(job).outputs == 2);
 
   std::vector<std::string> lines = Lines(ReadOutput(job, 0, UINT64_MAX, OutputReader::kNdjson));
@@ -342,7 +344,7 @@ TEST_CASE("Job counters follow inputs from queued to in flight to finished", "[u
   CHECK(lines[1] == SuccessEntry("a", "1"));
 }
 
-TEST_CASE("Job's FinishAndTake and RetryAndTake store the outcome and hand over the next input",
+TEST_CASE("Job's ...AndNext methods store the outcome and hand over the next input",
           "[unit][job]") {
   TestJob t;
   Job* job = t.job.get();
@@ -350,18 +352,18 @@ TEST_CASE("Job's FinishAndTake and RetryAndTake store the outcome and hand over 
   REQUIRE(job->Complete().ok());
 
   Input input;
-  REQUIRE(job->Take(&input));
+  REQUIRE(job->NextInput(&input));
   CHECK(input.key == "a");
   // A retry that is due goes before the queue: "a" comes straight back.
-  REQUIRE(job->RetryAndTake(&input, milliseconds(0), false));
+  REQUIRE(job->RetryLaterAndNext(&input, milliseconds(0), false));
   CHECK(input.key == "a");
   CHECK(input.attempts == 2);
   CHECK(Read(job).retries == 1);
-  REQUIRE(job->FinishAndTake(&input, SuccessEntry(input.key, "2"), true));
+  REQUIRE(job->StoreOutcomeAndNext(&input, SuccessEntry(input.key, "2"), true));
   CHECK(input.key == "b");
   CHECK(input.attempts == 1);
   // The last outcome ends the job, so there is nothing more to take.
-  CHECK_FALSE(job->FinishAndTake(&input, SuccessEntry(input.key, "1"), true));
+  CHECK_FALSE(job->StoreOutcomeAndNext(&input, SuccessEntry(input.key, "1"), true));
   Counters c = Read(job);
   CHECK(c.state == "done");
   CHECK(c.outputs == 2);
@@ -377,9 +379,9 @@ TEST_CASE("Job takes inputs in the order they were added, across batches", "[uni
   REQUIRE(t.job->Add(Batch({"x", "y"})).ok());
   REQUIRE(t.job->Add(Batch({"z"})).ok());
   REQUIRE(t.job->Add({}).ok());
-  CHECK(TakeAndFinish(t.job.get()) == "x");
-  CHECK(TakeAndFinish(t.job.get()) == "y");
-  CHECK(TakeAndFinish(t.job.get()) == "z");
+  CHECK(NextAndStore(t.job.get()) == "x");
+  CHECK(NextAndStore(t.job.get()) == "y");
+  CHECK(NextAndStore(t.job.get()) == "z");
   CHECK(Read(t.job.get()).outputs == 3);
 }
 
@@ -412,7 +414,7 @@ TEST_CASE("Job::Add refuses a key repeated inside one batch and adds nothing", "
 TEST_CASE("Job::Add refuses a key whose input has already finished", "[unit][job]") {
   TestJob t;
   REQUIRE(t.job->Add(Batch({"a"})).ok());
-  TakeAndFinish(t.job.get());
+  NextAndStore(t.job.get());
   CHECK(t.job->Add(Batch({"a"})).code() == Status::kConflict);
 }
 
@@ -429,12 +431,12 @@ TEST_CASE("Job goes from open to closing to done only once every input is finish
   CHECK(c.state == "closing");
   CHECK(c.done_at_null);
 
-  CHECK(TakeAndFinish(job) == "a");
+  CHECK(NextAndStore(job) == "a");
   CHECK(Read(job).state == "closing");
   Input b;
-  REQUIRE(job->Take(&b));
+  REQUIRE(job->NextInput(&b));
   CHECK(Read(job).state == "closing");  // b is still in flight
-  job->Finish(&b, SuccessEntry(b.key, b.value), true);
+  job->StoreOutcome(&b, SuccessEntry(b.key, b.value), true);
   c = Read(job);
   CHECK(c.state == "done");
   CHECK_FALSE(c.done_at_null);
@@ -443,7 +445,7 @@ TEST_CASE("Job goes from open to closing to done only once every input is finish
 
   // Nothing is left: a worker is told to exit.
   Input none;
-  CHECK_FALSE(job->Take(&none));
+  CHECK_FALSE(job->NextInput(&none));
 }
 
 TEST_CASE("Job::Complete on a job with nothing pending makes it done at once", "[unit][job]") {
@@ -459,7 +461,7 @@ TEST_CASE("Job::Complete is harmless to repeat", "[unit][job]") {
   REQUIRE(t.job->Complete().ok());
   REQUIRE(t.job->Complete().ok());
   CHECK(Read(t.job.get()).state == "closing");
-  TakeAndFinish(t.job.get());
+  NextAndStore(t.job.get());
   CHECK(Read(t.job.get()).state == "done");
   CHECK(t.job->Complete().ok());
   CHECK(Read(t.job.get()).state == "done");
@@ -473,7 +475,7 @@ TEST_CASE("Job::Add after Complete is a conflict and adds nothing", "[unit][job]
   CHECK(s.code() == Status::kConflict);
   CHECK_THAT(s.message(), Catch::Contains("complete"));
   CHECK(Read(t.job.get()).inputs == 1);
-  TakeAndFinish(t.job.get());
+  NextAndStore(t.job.get());
   CHECK(t.job->Add(Batch({"c"})).code() == Status::kConflict);
 }
 
@@ -488,9 +490,9 @@ TEST_CASE("Job::WaitDone blocks until the last input is finished", "[unit][job]"
     returned = true;
   });
   Input a;
-  REQUIRE(t.job->Take(&a));
+  REQUIRE(t.job->NextInput(&a));
   CHECK(StaysFalse(returned, milliseconds(30)));
-  t.job->Finish(&a, SuccessEntry(a.key, a.value), true);
+  t.job->StoreOutcome(&a, SuccessEntry(a.key, a.value), true);
   CHECK(WaitUntil([&] { return returned.load(); }));
   waiter.join();
   CHECK(status.ok());
@@ -509,20 +511,20 @@ TEST_CASE("Job::WaitDone asks give_up about once a second, and stops when it say
   CHECK(Read(t.job.get()).inputs == 1);
   // A job that ends is seen at once, without asking.
   REQUIRE(t.job->Complete().ok());
-  TakeAndFinish(t.job.get());
+  NextAndStore(t.job.get());
   asked = 0;
   CHECK(t.job->WaitDone([&] { return ++asked > 0; }).ok());
   CHECK(asked == 0);
 }
 
-TEST_CASE("Job::Take waits for an input on an open job and gives up once it is complete",
+TEST_CASE("Job::NextInput waits for an input on an open job and gives up once it is complete",
           "[unit][job]") {
   TestJob t;
   std::atomic<bool> returned{false};
   bool took = false;
   Input input;
   std::thread worker([&] {
-    took = t.job->Take(&input);
+    took = t.job->NextInput(&input);
     returned = true;
   });
   CHECK(StaysFalse(returned, milliseconds(30)));
@@ -531,13 +533,13 @@ TEST_CASE("Job::Take waits for an input on an open job and gives up once it is c
   worker.join();
   REQUIRE(took);
   CHECK(input.key == "a");
-  t.job->Finish(&input, SuccessEntry(input.key, input.value), true);
+  t.job->StoreOutcome(&input, SuccessEntry(input.key, input.value), true);
 
   returned = false;
   took = true;
   Input none;
   std::thread idle([&] {
-    took = t.job->Take(&none);
+    took = t.job->NextInput(&none);
     returned = true;
   });
   CHECK(StaysFalse(returned, milliseconds(30)));
@@ -550,8 +552,9 @@ TEST_CASE("Job::Take waits for an input on an open job and gives up once it is c
 
 // The bounded queue
 
-TEST_CASE("Job::Add blocks while the queue holds maxsize inputs and returns once Take makes room",
-          "[unit][job]") {
+TEST_CASE(
+    "Job::Add blocks while the queue holds maxsize inputs and returns once NextInput makes room",
+    "[unit][job]") {
   TestJob t(Options(2));
   Job* job = t.job.get();
   REQUIRE(job->Add(Batch({"a", "b"})).ok());
@@ -564,7 +567,7 @@ TEST_CASE("Job::Add blocks while the queue holds maxsize inputs and returns once
   CHECK(StaysFalse(returned));
   CHECK(Read(job).inputs == 2);
   Input a;
-  REQUIRE(job->Take(&a));
+  REQUIRE(job->NextInput(&a));
   REQUIRE(WaitUntil([&] { return returned.load(); }));
   adder.join();
   CHECK(status.ok());
@@ -590,16 +593,16 @@ TEST_CASE("Job::Add queues a batch larger than maxsize as room appears, returnin
   CHECK(Read(job).pending == 2);
 
   Input taken[3];
-  REQUIRE(job->Take(&taken[0]));
+  REQUIRE(job->NextInput(&taken[0]));
   REQUIRE(WaitUntil([&] { return Read(job).inputs == 3; }));
   CHECK_FALSE(returned.load());
   CHECK(Read(job).pending == 2);
 
-  REQUIRE(job->Take(&taken[1]));
+  REQUIRE(job->NextInput(&taken[1]));
   REQUIRE(WaitUntil([&] { return Read(job).inputs == 4; }));
   CHECK_FALSE(returned.load());
 
-  REQUIRE(job->Take(&taken[2]));
+  REQUIRE(job->NextInput(&taken[2]));
   REQUIRE(WaitUntil([&] { return returned.load(); }));
   adder.join();
   CHECK(status.ok());
@@ -623,22 +626,22 @@ TEST_CASE("Job stays closing while a Complete races a blocked Add", "[unit][job]
   });
   REQUIRE(WaitUntil([&] { return Read(job).inputs == 1; }));
   REQUIRE(job->Complete().ok());
-  CHECK(TakeAndFinish(job) == "a");
+  CHECK(NextAndStore(job) == "a");
   // b is still being added: the job must not be done yet.
   CHECK(Read(job).state == "closing");
   REQUIRE(WaitUntil([&] { return returned.load(); }));
   adder.join();
   CHECK(status.ok());
   CHECK(Read(job).state == "closing");
-  CHECK(TakeAndFinish(job) == "b");
+  CHECK(NextAndStore(job) == "b");
   Counters c = Read(job);
   CHECK(c.state == "done");
   CHECK(c.outputs == 2);
 }
 
-// Remove
+// Discard
 
-TEST_CASE("Job::Remove for a deleted job wakes a blocked Add and WaitDone with not found",
+TEST_CASE("Job::Discard for a deleted job wakes a blocked Add and WaitDone with not found",
           "[unit][job]") {
   TestJob t(Options(1));
   Job* job = t.job.get();
@@ -658,7 +661,7 @@ TEST_CASE("Job::Remove for a deleted job wakes a blocked Add and WaitDone with n
   CHECK_FALSE(add_returned.load());
   CHECK(StaysFalse(wait_returned, milliseconds(20)));
 
-  job->Remove(Job::StopReason::kDeleted);
+  job->Discard(Job::DiscardReason::kDeleted);
   REQUIRE(WaitUntil([&] { return add_returned.load() && wait_returned.load(); }));
   adder.join();
   waiter.join();
@@ -674,10 +677,10 @@ TEST_CASE("Job::Remove for a deleted job wakes a blocked Add and WaitDone with n
   std::unique_ptr<OutputReader> reader;
   CHECK(job->OpenOutput(0, 10, OutputReader::kArray, &reader).code() == Status::kNotFound);
   Input none;
-  CHECK_FALSE(job->Take(&none));
+  CHECK_FALSE(job->NextInput(&none));
 }
 
-TEST_CASE("Job::Remove at shutdown answers every waiter unavailable", "[unit][job]") {
+TEST_CASE("Job::Discard at shutdown answers every waiter unavailable", "[unit][job]") {
   TestJob t(Options(1));
   Job* job = t.job.get();
   std::atomic<bool> add_returned{false};
@@ -694,7 +697,7 @@ TEST_CASE("Job::Remove at shutdown answers every waiter unavailable", "[unit][jo
   });
   REQUIRE(WaitUntil([&] { return Read(job).inputs == 1; }));
   CHECK(StaysFalse(wait_returned, milliseconds(20)));
-  job->Remove(Job::StopReason::kShutdown);
+  job->Discard(Job::DiscardReason::kShutdown);
   REQUIRE(WaitUntil([&] { return add_returned.load() && wait_returned.load(); }));
   adder.join();
   waiter.join();
@@ -707,50 +710,50 @@ TEST_CASE("Job::Remove at shutdown answers every waiter unavailable", "[unit][jo
   CHECK_FALSE(FileExists(t.path));
 }
 
-TEST_CASE("Job::Remove sets aborting and drops the results of calls in flight", "[unit][job]") {
+TEST_CASE("Job::Discard abandons calls and drops the results of calls in flight", "[unit][job]") {
   TestJob t;
   Job* job = t.job.get();
   REQUIRE(job->Add(Batch({"a", "b"})).ok());
   Input a;
   Input b;
-  REQUIRE(job->Take(&a));
-  REQUIRE(job->Take(&b));
-  CHECK_FALSE(job->aborting());
-  job->Remove(Job::StopReason::kDeleted);
-  CHECK(job->aborting());
-  job->Finish(&a, SuccessEntry(a.key, a.value), true);
-  job->Retry(&b, milliseconds(0), false);
+  REQUIRE(job->NextInput(&a));
+  REQUIRE(job->NextInput(&b));
+  CHECK_FALSE(job->calls_abandoned().load());
+  job->Discard(Job::DiscardReason::kDeleted);
+  CHECK(job->calls_abandoned().load());
+  job->StoreOutcome(&a, SuccessEntry(a.key, a.value), true);
+  job->RetryLater(&b, milliseconds(0), false);
   Counters c = Read(job, false);
   CHECK(c.outputs == 0);
   CHECK(c.retries == 0);
   CHECK(c.pending == 0);
 }
 
-TEST_CASE("Job::Remove at shutdown lets calls in flight run until Abort", "[unit][job]") {
+TEST_CASE("Job::Discard at shutdown lets calls in flight run until AbandonCalls", "[unit][job]") {
   TestJob t;
   REQUIRE(t.job->Add(Batch({"a"})).ok());
   Input a;
-  REQUIRE(t.job->Take(&a));
-  t.job->Remove(Job::StopReason::kShutdown);
-  CHECK_FALSE(t.job->aborting());
-  CHECK_FALSE(t.job->removed().load());
-  t.job->Abort();
-  CHECK(t.job->aborting());
-  CHECK(t.job->removed().load());
+  REQUIRE(t.job->NextInput(&a));
+  t.job->Discard(Job::DiscardReason::kShutdown);
+  CHECK_FALSE(t.job->calls_abandoned().load());
+  CHECK_FALSE(t.job->callback_abandoned().load());
+  t.job->AbandonCalls();
+  CHECK(t.job->calls_abandoned().load());
+  CHECK(t.job->callback_abandoned().load());
 }
 
-TEST_CASE("Job::Remove of an expired job answers not found and says it expired", "[unit][job]") {
+TEST_CASE("Job::Discard of an expired job answers not found and says it expired", "[unit][job]") {
   TestJob t;
   REQUIRE(t.job->Add(Batch({"a"})).ok());
-  t.job->Remove(Job::StopReason::kExpired);
-  CHECK(t.job->aborting());
+  t.job->Discard(Job::DiscardReason::kExpired);
+  CHECK(t.job->calls_abandoned().load());
   Status s = t.job->WaitDone();
   CHECK(s.code() == Status::kNotFound);
   CHECK_THAT(s.message(), Catch::Contains("expired"));
   CHECK(t.job->Add(Batch({"b"})).code() == Status::kNotFound);
   CHECK_FALSE(FileExists(t.path));
-  // A second Remove does not change the reason.
-  t.job->Remove(Job::StopReason::kShutdown);
+  // A second Discard does not change the reason.
+  t.job->Discard(Job::DiscardReason::kShutdown);
   CHECK(t.job->WaitDone().code() == Status::kNotFound);
 }
 
@@ -762,14 +765,14 @@ TEST_CASE("Job::Cancel gives queued, delayed and in-flight inputs a cancelled en
   Job* job = t.job.get();
   REQUIRE(job->Add(Batch({"a", "b", "c", "d"})).ok());
   Input a;
-  REQUIRE(job->Take(&a));  // in flight
+  REQUIRE(job->NextInput(&a));  // in flight
   Input b;
-  REQUIRE(job->Take(&b));
-  job->Retry(&b, std::chrono::hours(1), false);  // delayed
+  REQUIRE(job->NextInput(&b));
+  job->RetryLater(&b, std::chrono::hours(1), false);  // delayed
   // c and d stay queued.
-  CHECK_FALSE(job->aborting());
+  CHECK_FALSE(job->calls_abandoned().load());
   REQUIRE(job->Cancel().ok());
-  CHECK(job->aborting());
+  CHECK(job->calls_abandoned().load());
 
   Counters c = Read(job);
   CHECK(c.state == "cancelled");
@@ -793,20 +796,20 @@ TEST_CASE("Job::Cancel gives queued, delayed and in-flight inputs a cancelled en
   CHECK(keys == std::set<std::string>{"a", "b", "c", "d"});
 
   // The in-flight call's result arrives later and is dropped.
-  job->Finish(&a, SuccessEntry(a.key, a.value), true);
+  job->StoreOutcome(&a, SuccessEntry(a.key, a.value), true);
   c = Read(job);
   CHECK(c.outputs == 4);
   CHECK(c.succeeded == 0);
   CHECK(Lines(ReadOutput(job, 0, UINT64_MAX, OutputReader::kNdjson)).size() == 4);
 }
 
-TEST_CASE("Job::Cancel drops a later Retry of an in-flight input", "[unit][job]") {
+TEST_CASE("Job::Cancel drops a later RetryLater of an in-flight input", "[unit][job]") {
   TestJob t;
   REQUIRE(t.job->Add(Batch({"a"})).ok());
   Input a;
-  REQUIRE(t.job->Take(&a));
+  REQUIRE(t.job->NextInput(&a));
   REQUIRE(t.job->Cancel().ok());
-  t.job->Retry(&a, milliseconds(0), false);
+  t.job->RetryLater(&a, milliseconds(0), false);
   Counters c = Read(t.job.get());
   CHECK(c.retries == 0);
   CHECK(c.pending == 0);
@@ -826,14 +829,14 @@ TEST_CASE("Job after Cancel refuses inputs, stops workers and stays cancelled", 
   CHECK(Read(t.job.get()).outputs == 1);
   CHECK(t.job->WaitDone().ok());
   Input none;
-  CHECK_FALSE(t.job->Take(&none));
+  CHECK_FALSE(t.job->NextInput(&none));
 }
 
 TEST_CASE("Job::Cancel of a done job changes nothing", "[unit][job]") {
   TestJob t;
   REQUIRE(t.job->Add(Batch({"a"})).ok());
   REQUIRE(t.job->Complete().ok());
-  TakeAndFinish(t.job.get());
+  NextAndStore(t.job.get());
   REQUIRE(t.job->Cancel().ok());
   Counters c = Read(t.job.get());
   CHECK(c.state == "done");
@@ -870,19 +873,19 @@ TEST_CASE("Job::Cancel wakes a blocked Add with a conflict and a blocked WaitDon
   CHECK(c.outputs == 1);
 }
 
-// Retry, pause and rate
+// RetryLater, pause and rate
 
-TEST_CASE("Job::Retry puts the input back and Take returns it no earlier than its delay",
+TEST_CASE("Job::RetryLater puts the input back and NextInput returns it no earlier than its delay",
           "[unit][job]") {
   TestJob t;
   Job* job = t.job.get();
   REQUIRE(job->Add(Batch({"a"})).ok());
   Input a;
-  REQUIRE(job->Take(&a));
+  REQUIRE(job->NextInput(&a));
   CHECK(a.attempts == 1);
   const milliseconds delay(50);
   Clock::time_point start = Clock::now();
-  job->Retry(&a, delay, false);
+  job->RetryLater(&a, delay, false);
   Counters c = Read(job);
   CHECK(c.retries == 1);
   CHECK(c.pending == 1);
@@ -890,7 +893,7 @@ TEST_CASE("Job::Retry puts the input back and Take returns it no earlier than it
   CHECK(c.outputs == 0);
 
   Input again;
-  REQUIRE(job->Take(&again));
+  REQUIRE(job->NextInput(&again));
   CHECK(Since(start) >= delay);
   CHECK(again.key == "a");
   CHECK(again.value == ValueFor("a"));
@@ -898,7 +901,7 @@ TEST_CASE("Job::Retry puts the input back and Take returns it no earlier than it
   c = Read(job);
   CHECK(c.in_flight == 1);
   CHECK(c.pending == 0);
-  job->Finish(&again, SuccessEntry(again.key, again.value), true);
+  job->StoreOutcome(&again, SuccessEntry(again.key, again.value), true);
   c = Read(job);
   CHECK(c.outputs == 1);
   CHECK(c.retries == 1);
@@ -910,30 +913,30 @@ TEST_CASE("Job takes retries in the order their delays end", "[unit][job]") {
   REQUIRE(job->Add(Batch({"slow", "fast"})).ok());
   Input slow;
   Input fast;
-  REQUIRE(job->Take(&slow));
-  REQUIRE(job->Take(&fast));
+  REQUIRE(job->NextInput(&slow));
+  REQUIRE(job->NextInput(&fast));
   Clock::time_point start = Clock::now();
-  job->Retry(&slow, milliseconds(80), false);
-  job->Retry(&fast, milliseconds(30), false);
+  job->RetryLater(&slow, milliseconds(80), false);
+  job->RetryLater(&fast, milliseconds(30), false);
   Input first;
   Input second;
-  REQUIRE(job->Take(&first));
+  REQUIRE(job->NextInput(&first));
   CHECK(first.key == "fast");
   CHECK(Since(start) >= milliseconds(30));
-  REQUIRE(job->Take(&second));
+  REQUIRE(job->NextInput(&second));
   CHECK(second.key == "slow");
   CHECK(Since(start) >= milliseconds(80));
 }
 
-TEST_CASE("Job::Retry without pause_job lets other inputs go first", "[unit][job]") {
+TEST_CASE("Job::RetryLater without pause_job lets other inputs go first", "[unit][job]") {
   TestJob t;
   Job* job = t.job.get();
   REQUIRE(job->Add(Batch({"a", "b"})).ok());
   Input a;
-  REQUIRE(job->Take(&a));
-  job->Retry(&a, std::chrono::hours(1), false);
+  REQUIRE(job->NextInput(&a));
+  job->RetryLater(&a, std::chrono::hours(1), false);
   Input b;
-  REQUIRE(job->Take(&b));
+  REQUIRE(job->NextInput(&b));
   CHECK(b.key == "b");
   Counters c = Read(job);
   CHECK(c.pending == 1);
@@ -941,21 +944,21 @@ TEST_CASE("Job::Retry without pause_job lets other inputs go first", "[unit][job
   CHECK(c.retries == 1);
 }
 
-TEST_CASE("Job::Retry with pause_job holds back every input of the job until the delay ends",
+TEST_CASE("Job::RetryLater with pause_job holds back every input of the job until the delay ends",
           "[unit][job]") {
   TestJob t;
   Job* job = t.job.get();
   REQUIRE(job->Add(Batch({"a", "b"})).ok());
   Input a;
-  REQUIRE(job->Take(&a));
+  REQUIRE(job->NextInput(&a));
   const milliseconds delay(60);
   Clock::time_point start = Clock::now();
-  job->Retry(&a, delay, true);
+  job->RetryLater(&a, delay, true);
   Input first;
-  REQUIRE(job->Take(&first));  // b is queued, but the job is paused
+  REQUIRE(job->NextInput(&first));  // b is queued, but the job is paused
   CHECK(Since(start) >= delay);
   Input second;
-  REQUIRE(job->Take(&second));
+  REQUIRE(job->NextInput(&second));
   CHECK(std::set<std::string>{first.key, second.key} == std::set<std::string>{"a", "b"});
 }
 
@@ -968,12 +971,12 @@ TEST_CASE("Job with rate_per_sec sends a burst of concurrency inputs, then space
   REQUIRE(job->Add(Batch(Keys(5))).ok());
   Clock::time_point start = Clock::now();
   Input in[5];
-  for (int i = 0; i < 3; ++i) REQUIRE(job->Take(&in[i]));
+  for (int i = 0; i < 3; ++i) REQUIRE(job->NextInput(&in[i]));
   // Without a burst the third would come 200 ms after the first.
   CHECK(Since(start) < milliseconds(100));
-  REQUIRE(job->Take(&in[3]));
+  REQUIRE(job->NextInput(&in[3]));
   CHECK(Since(start) >= milliseconds(99));
-  REQUIRE(job->Take(&in[4]));
+  REQUIRE(job->NextInput(&in[4]));
   CHECK(Since(start) >= milliseconds(199));
   for (int i = 0; i < 5; ++i) CHECK(in[i].key == "k" + std::to_string(i));
 }
@@ -993,7 +996,7 @@ TEST_CASE("Job::OpenOutput reads the entries stored so far in both formats", "[u
   TestJob t;
   Job* job = t.job.get();
   REQUIRE(job->Add(Batch(Keys(5))).ok());
-  for (int i = 0; i < 3; ++i) TakeAndFinish(job, i != 1);
+  for (int i = 0; i < 3; ++i) NextAndStore(job, i != 1);
 
   std::string ndjson = ReadOutput(job, 0, UINT64_MAX, OutputReader::kNdjson);
   std::vector<std::string> lines = Lines(ndjson);
@@ -1017,7 +1020,7 @@ TEST_CASE("Job::OpenOutput reads the entries stored so far in both formats", "[u
   // Entries stored after a reader opened are for the next reader.
   std::unique_ptr<OutputReader> reader;
   REQUIRE(job->OpenOutput(0, UINT64_MAX, OutputReader::kNdjson, &reader).ok());
-  TakeAndFinish(job);
+  NextAndStore(job);
   std::string chunk;
   std::string all;
   bool failed = false;
@@ -1034,11 +1037,11 @@ TEST_CASE("Job::OpenOutput finds offsets past the sparse index stride", "[unit][
   REQUIRE(job->Add(Batch(Keys(n))).ok());
   for (int i = 0; i < n; ++i) {
     Input input;
-    REQUIRE(job->Take(&input));
+    REQUIRE(job->NextInput(&input));
     // Entries of uneven length, so that read blocks end inside entries.
     std::string value = "{\"i\":" + std::to_string(i) + ",\"pad\":\"" +
                         std::string(static_cast<size_t>(i % 37) * 3, 'p') + "\"}";
-    job->Finish(&input, SuccessEntry(input.key, value), true);
+    job->StoreOutcome(&input, SuccessEntry(input.key, value), true);
   }
   REQUIRE(Read(job).outputs == static_cast<uint64_t>(n));
 
@@ -1072,8 +1075,8 @@ TEST_CASE("OutputReader streams an entry larger than its read block whole", "[un
   std::string big_value = "\"" + std::string(200000, 'x') + "\"";
   for (int i = 0; i < 3; ++i) {
     Input input;
-    REQUIRE(job->Take(&input));
-    job->Finish(&input, SuccessEntry(input.key, input.key == "big" ? big_value : "1"), true);
+    REQUIRE(job->NextInput(&input));
+    job->StoreOutcome(&input, SuccessEntry(input.key, input.key == "big" ? big_value : "1"), true);
   }
   std::string ndjson = ReadOutput(job, 0, UINT64_MAX, OutputReader::kNdjson);
   std::vector<std::string> lines = Lines(ndjson);
@@ -1095,7 +1098,7 @@ TEST_CASE("Job::OpenOutput of a cancelled job reads the cancelled entries", "[un
   TestJob t;
   Job* job = t.job.get();
   REQUIRE(job->Add(Batch(Keys(3))).ok());
-  TakeAndFinish(job);
+  NextAndStore(job);
   REQUIRE(job->Cancel().ok());
   std::string array = ReadOutput(job, 0, UINT64_MAX, OutputReader::kArray);
   rapidjson::Document doc = ParseOrFail(array);
@@ -1106,7 +1109,7 @@ TEST_CASE("Job::OpenOutput of a cancelled job reads the cancelled entries", "[un
   CHECK(std::string(doc[2]["error"]["message"].GetString()) == "cancelled");
 }
 
-TEST_CASE("a job removed while an Add waits for room never becomes done", "[unit][job]") {
+TEST_CASE("a job discarded while an Add waits for room never becomes done", "[unit][job]") {
   // Found in review: the woken Add used to finish the emptied job, log it
   // done and fire its callback after the delete.
   TestJob t(Options(/*maxsize=*/1));
@@ -1129,7 +1132,7 @@ TEST_CASE("a job removed while an Add waits for room never becomes done", "[unit
   REQUIRE(blocked);
   CHECK_FALSE(returned);
   REQUIRE(t.job->Complete().ok());
-  t.job->Remove(Job::StopReason::kDeleted);
+  t.job->Discard(Job::DiscardReason::kDeleted);
   adder.join();
   CHECK(added.code() == Status::kNotFound);
   CHECK(t.job->state() != JobState::kDone);

@@ -16,6 +16,8 @@
 #include <random>
 #include <string>
 
+#include "request.hpp"
+
 namespace {
 
 int64_t Ms(Clock::duration d) {
