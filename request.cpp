@@ -253,7 +253,10 @@ std::string CheckWebhookUrl(const std::string& url) {
   return error;
 }
 
-Status ParseJobOptions(const std::string& body, JobOptions* options) {
+namespace {
+
+// Parses body, which must be one JSON object, into *doc.
+Status ParseJobObject(const std::string& body, rapidjson::Document* doc) {
   if (body.empty())
     return Status::Invalid("the body is empty: expected {\"url\": \"http://host/path\", ...}");
   if (!JsonDepthWithin(body.data(), body.size(), kMaxJsonDepth)) {
@@ -264,79 +267,101 @@ Status ParseJobOptions(const std::string& body, JobOptions* options) {
     return Status::Invalid("body is not valid JSON: unexpected NUL byte at offset " +
                            std::to_string(nul));
   }
-  rapidjson::Document doc;
-  doc.Parse<rapidjson::kParseValidateEncodingFlag>(body.data(), body.size());
-  if (doc.HasParseError()) {
+  doc->Parse<rapidjson::kParseValidateEncodingFlag>(body.data(), body.size());
+  if (doc->HasParseError()) {
     return Status::Invalid(std::string("body is not valid JSON: ") +
-                           rapidjson::GetParseError_En(doc.GetParseError()) + " at offset " +
-                           std::to_string(doc.GetErrorOffset()));
+                           rapidjson::GetParseError_En(doc->GetParseError()) + " at offset " +
+                           std::to_string(doc->GetErrorOffset()));
   }
-  if (!doc.IsObject()) {
+  if (!doc->IsObject()) {
     return Status::Invalid(
         "the body must be a JSON object such as {\"url\": \"http://host/path\"}");
   }
+  return Status::OK();
+}
+
+// Stores the string field name, a URL, in *url.
+Status ParseUrlField(const std::string& name, const rapidjson::Value& v, std::string* url) {
+  if (!v.IsString()) return Status::Invalid(name + ": expected a string");
+  url->assign(v.GetString(), v.GetStringLength());
+  std::string error = CheckWebhookUrl(*url);
+  // CheckWebhookUrl names the field "url"; callback_url's errors say which.
+  if (!error.empty()) return Status::Invalid(name == "url" ? error : "callback_" + error);
+  return Status::OK();
+}
+
+Status ParseSecret(const rapidjson::Value& v, std::string* secret) {
+  if (!v.IsString()) return Status::Invalid("secret: expected a string");
+  secret->assign(v.GetString(), v.GetStringLength());
+  // It goes into a header line: a line break would forge other headers.
+  for (unsigned char c : *secret) {
+    if (c < 0x20 || c == 0x7F)
+      return Status::Invalid("secret: must not contain control characters");
+  }
+  return Status::OK();
+}
+
+// Stores the integer field name, which must lie in [low, high], in *out.
+template <typename Int>
+Status ParseIntField(const char* name, const rapidjson::Value& v, int64_t low, int64_t high,
+                     Int* out) {
+  int64_t n = 0;
+  if (!IntegerIn(v, low, high, &n)) return RangeError(name, low, high);
+  *out = static_cast<Int>(n);
+  return Status::OK();
+}
+
+// Stores the value v of the field name in *parsed. v is not null.
+Status ParseJobField(const std::string& name, const rapidjson::Value& v, JobOptions* parsed) {
+  if (name == "url") return ParseUrlField(name, v, &parsed->url);
+  if (name == "callback_url") return ParseUrlField(name, v, &parsed->callback_url);
+  if (name == "secret") return ParseSecret(v, &parsed->secret);
+  if (name == "concurrency") {
+    return ParseIntField("concurrency", v, 1, kMaxConcurrency, &parsed->concurrency);
+  }
+  if (name == "maxsize") return ParseIntField("maxsize", v, 1, kMaxMaxsize, &parsed->maxsize);
+  if (name == "timeout_ms") {
+    return ParseIntField("timeout_ms", v, 1, kMaxTimeoutMs, &parsed->timeout_ms);
+  }
+  if (name == "max_attempts") {
+    return ParseIntField("max_attempts", v, 1, kMaxMaxAttempts, &parsed->max_attempts);
+  }
+  if (name == "backoff_ms") {
+    return ParseIntField("backoff_ms", v, 0, kMaxBackoffMsLimit, &parsed->backoff_ms);
+  }
+  if (name == "max_backoff_ms") {
+    return ParseIntField("max_backoff_ms", v, 0, kMaxBackoffMsLimit, &parsed->max_backoff_ms);
+  }
+  if (name == "rate_per_sec") {
+    if (!v.IsNumber() || v.GetDouble() < kMinRatePerSec || v.GetDouble() > kMaxRatePerSec) {
+      return Status::Invalid("rate_per_sec: expected a number from 0.001 to " +
+                             std::to_string(static_cast<int64_t>(kMaxRatePerSec)));
+    }
+    parsed->rate_per_sec = v.GetDouble();
+    return Status::OK();
+  }
+  return Status::Invalid("unknown field " + Quoted(name));
+}
+
+}  // namespace
+
+Status ParseJobOptions(const std::string& body, JobOptions* options) {
+  rapidjson::Document doc;
+  Status s = ParseJobObject(body, &doc);
+  if (!s.ok()) return s;
   JobOptions parsed;
   std::set<std::string> seen;
-  bool have_url = false;
   for (const auto& member : doc.GetObject()) {
     std::string name(member.name.GetString(), member.name.GetStringLength());
     const rapidjson::Value& v = member.value;
     if (!seen.insert(name).second) return Status::Invalid(name + ": given twice");
     if (v.IsNull() && name != "url") continue;  // null means the default
-    int64_t n = 0;
-    if (name == "url") {
-      if (!v.IsString()) return Status::Invalid("url: expected a string");
-      parsed.url.assign(v.GetString(), v.GetStringLength());
-      std::string error = CheckWebhookUrl(parsed.url);
-      if (!error.empty()) return Status::Invalid(error);
-      have_url = true;
-    } else if (name == "callback_url") {
-      if (!v.IsString()) return Status::Invalid("callback_url: expected a string");
-      parsed.callback_url.assign(v.GetString(), v.GetStringLength());
-      std::string error = CheckWebhookUrl(parsed.callback_url);
-      if (!error.empty()) return Status::Invalid("callback_" + error);
-    } else if (name == "secret") {
-      if (!v.IsString()) return Status::Invalid("secret: expected a string");
-      parsed.secret.assign(v.GetString(), v.GetStringLength());
-      // It goes into a header line: a line break would forge other headers.
-      for (unsigned char c : parsed.secret) {
-        if (c < 0x20 || c == 0x7F)
-          return Status::Invalid("secret: must not contain control characters");
-      }
-    } else if (name == "concurrency") {
-      if (!IntegerIn(v, 1, kMaxConcurrency, &n))
-        return RangeError("concurrency", 1, kMaxConcurrency);
-      parsed.concurrency = static_cast<int>(n);
-    } else if (name == "maxsize") {
-      if (!IntegerIn(v, 1, kMaxMaxsize, &parsed.maxsize))
-        return RangeError("maxsize", 1, kMaxMaxsize);
-    } else if (name == "timeout_ms") {
-      if (!IntegerIn(v, 1, kMaxTimeoutMs, &parsed.timeout_ms)) {
-        return RangeError("timeout_ms", 1, kMaxTimeoutMs);
-      }
-    } else if (name == "max_attempts") {
-      if (!IntegerIn(v, 1, kMaxMaxAttempts, &n))
-        return RangeError("max_attempts", 1, kMaxMaxAttempts);
-      parsed.max_attempts = static_cast<int>(n);
-    } else if (name == "backoff_ms") {
-      if (!IntegerIn(v, 0, kMaxBackoffMsLimit, &parsed.backoff_ms)) {
-        return RangeError("backoff_ms", 0, kMaxBackoffMsLimit);
-      }
-    } else if (name == "max_backoff_ms") {
-      if (!IntegerIn(v, 0, kMaxBackoffMsLimit, &parsed.max_backoff_ms)) {
-        return RangeError("max_backoff_ms", 0, kMaxBackoffMsLimit);
-      }
-    } else if (name == "rate_per_sec") {
-      if (!v.IsNumber() || v.GetDouble() < kMinRatePerSec || v.GetDouble() > kMaxRatePerSec) {
-        return Status::Invalid("rate_per_sec: expected a number from 0.001 to " +
-                               std::to_string(static_cast<int64_t>(kMaxRatePerSec)));
-      }
-      parsed.rate_per_sec = v.GetDouble();
-    } else {
-      return Status::Invalid("unknown field " + Quoted(name));
-    }
+    s = ParseJobField(name, v, &parsed);
+    if (!s.ok()) return s;
   }
-  if (!have_url) return Status::Invalid("url: missing (the webhook, such as \"http://host/path\")");
+  if (seen.count("url") == 0) {
+    return Status::Invalid("url: missing (the webhook, such as \"http://host/path\")");
+  }
   *options = std::move(parsed);
   return Status::OK();
 }
