@@ -54,7 +54,8 @@ const std::vector<FlagSpec>& Specs() {
        "address to serve on; port 0 picks a free one (default " + std::string(kDefaultListen) + ")",
        SetListen},
       {"--data-dir", "PMMAP_DATA_DIR", "DIR",
-       "where job outputs are kept (default: a fresh folder under $TMPDIR, removed on exit)",
+       "keep jobs here, durably: they survive a restart (default: a fresh folder under "
+       "$TMPDIR, removed on exit, and nothing survives)",
        [](const std::string& v, Flags* f) {
          f->data_dir = v;
          return !v.empty();
@@ -71,6 +72,14 @@ const std::vector<FlagSpec>& Specs() {
            Default(kDefaultJobTtlSeconds),
        [](const std::string& v, Flags* f) {
          return ParseSize(v, 0, kMaxJobTtlSeconds, &f->job_ttl_seconds);
+       }},
+      {"--fsync", "PMMAP_FSYNC", "WHEN",
+       "with --data-dir, when accepted inputs reach the disk: everysec (flushed at least once a "
+       "second) or always (before PUT answers) (default everysec)",
+       [](const std::string& v, Flags* f) {
+         if (v != "everysec" && v != "always") return false;
+         f->fsync = v == "always" ? FsyncPolicy::kAlways : FsyncPolicy::kEverySecond;
+         return true;
        }},
       {"--ca-file", "PMMAP_CA_FILE", "FILE", "CA bundle for https webhooks",
        [](const std::string& v, Flags* f) {

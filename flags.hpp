@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <string>
 
+#include "journal.hpp"
 #include "log.hpp"
 
 extern const char kVersion[];
@@ -27,7 +28,8 @@ struct Flags {
   std::string listen = kDefaultListen;
   std::string host;      // of listen, without brackets around an IPv6 address
   int port = 0;          // of listen; 0 picks a free port
-  std::string data_dir;  // empty: a fresh temporary folder, removed on exit
+  std::string data_dir;  // empty: a fresh temporary folder, removed on exit; else durable
+  FsyncPolicy fsync = FsyncPolicy::kEverySecond;
   size_t http_threads = kDefaultHttpThreads;
   size_t max_body = kDefaultMaxBody;
   size_t max_jobs = kDefaultMaxJobs;

@@ -8,6 +8,8 @@
 #include <cstring>
 #include <ctime>
 
+#include "job_store.hpp"
+#include "journal.hpp"
 #include "json.hpp"
 #include "log.hpp"
 #include "metrics.hpp"
@@ -94,34 +96,90 @@ const char* JobStateName(JobState state) {
   return "unknown";
 }
 
-Job::Job(std::string id, JobOptions options, std::string path, WorkerStarter start_worker)
+Job::Job(std::string id, JobOptions options, JobFiles files, WorkerStarter start_worker)
     : id_(std::move(id)),
       options_(std::move(options)),
-      path_(std::move(path)),
+      files_(std::move(files)),
+      path_(OutcomePath(files_.dir, id_)),
       start_worker_(std::move(start_worker)),
-      created_at_(std::chrono::system_clock::now()),
       tokens_(options_.concurrency),
-      tokens_at_(Clock::now()) {}
-
-Job::~Job() {
-  if (file_ != nullptr) {
-    fclose(file_);
-    unlink(path_.c_str());
-  }
+      tokens_at_(Clock::now()) {
+  created_at_ = std::chrono::system_clock::now();
 }
 
-Status Job::Open() {
-  MutexLock lock(&mutex_);
-  file_ = fopen(path_.c_str(), "w+xe");
+Job::~Job() {
+  // A job that goes without Discard (a test's, or one whose creation
+  // failed) keeps its files only if they are durable.
+  if (file_ == nullptr) return;
+  fclose(file_);
+  if (!files_.durable) unlink(path_.c_str());
+}
+
+Status Job::OpenOutcomeFile(bool create) {
+  int flags = O_RDWR | O_APPEND | O_CLOEXEC | (create ? O_CREAT | O_EXCL : 0);
+  int fd = open(path_.c_str(), flags, 0600);
+  if (fd >= 0) file_ = fdopen(fd, "a+");
   if (file_ == nullptr) {
-    return Status::Internal("cannot create " + path_ + ": " + strerror(errno));
+    Status s = Status::Internal("cannot open " + path_ + ": " + strerror(errno));
+    if (fd >= 0) close(fd);
+    return s;
   }
   // glibc ignores the size unless it is given the buffer too, and would
   // write every 4 KiB.
   file_buffer_.reset(new char[kFileBufferBytes]);
   setvbuf(file_, file_buffer_.get(), _IOFBF, kFileBufferBytes);
-  index_.push_back(0);
   return Status::OK();
+}
+
+Status Job::Open() {
+  MutexLock lock(&mutex_);
+  index_.push_back(0);
+  Status s = OpenOutcomeFile(/*create=*/true);
+  if (!s.ok() || !files_.durable) return s;
+  uint64_t records = 0;
+  s = Journal::Open(JournalPath(files_.dir, id_), files_.fsync, &journal_, &records);
+  if (s.ok()) s = SaveJobRecord(files_.dir, Record());
+  return s;
+}
+
+JobRecord Job::Record() const {
+  JobRecord record;
+  record.id = id_;
+  record.options = options_;
+  record.state = state_;
+  record.created_at = created_at_;
+  record.done_at = done_at_;
+  return record;
+}
+
+void Job::SaveRecord() {
+  if (!files_.durable) return;
+  Status s = SaveJobRecord(files_.dir, Record());
+  if (!s.ok()) LogJobEvent(id_, "failure", "cannot save the job's state: " + s.message());
+}
+
+void Job::CloseFiles() {
+  if (file_ != nullptr) {
+    fclose(file_);
+    file_ = nullptr;
+  }
+  // A shutdown keeps a durable job: what it accepted reaches the disk.
+  if (journal_ && files_.durable && discarded_ == DiscardReason::kShutdown) {
+    Status s = journal_->SyncIfDirty();
+    if (!s.ok()) LogJobEvent(id_, "failure", s.message());
+    return;
+  }
+  unlink(path_.c_str());
+  if (files_.durable) {
+    unlink(JournalPath(files_.dir, id_).c_str());
+    unlink(JobRecordPath(files_.dir, id_).c_str());
+  }
+}
+
+void Job::SyncJournal() {
+  if (!journal_) return;
+  Status s = journal_->SyncIfDirty();
+  if (!s.ok()) LogJobEvent(id_, "failure", s.message());
 }
 
 Status Job::DiscardedStatus() const {
@@ -139,6 +197,12 @@ Status Job::Add(std::vector<Input> batch) {
   MutexLock lock(&mutex_);
   Status checked = CheckBatch(batch, hashes, first_repeat);
   if (!checked.ok()) return checked;
+  // Accepted once journaled: a refused write (a full disk) accepts nothing.
+  uint64_t journal_end = 0;
+  if (journal_) {
+    Status s = journal_->Append(batch, 0, batch.size(), &journal_end);
+    if (!s.ok()) return s;
+  }
   for (uint64_t h : hashes) keys_.Insert(h);
 
   ++adders_;
@@ -150,23 +214,41 @@ Status Job::Add(std::vector<Input> batch) {
     size_t n = std::min(maxsize - queue_.size(), batch.size() - next);
     int to_start = Enqueue(&batch[next], n);
     next += n;
-    if (to_start > 0 && start_worker_) {
-      // Starting threads is slow: workers and API calls need not wait for it.
-      mutex_.Unlock();
-      int failed = 0;
-      for (int i = 0; i < to_start; ++i) {
-        if (!start_worker_(shared_from_this())) ++failed;
-      }
-      mutex_.Lock();
-      workers_ -= failed;
-    }
+    StartWorkers(to_start);
   }
   --adders_;
+  // The journal holds the whole batch: a cancel that cut it short gives
+  // the rest their "cancelled" outcomes, so that a restart has none to send.
+  if (journal_ && next < batch.size() && !discarded()) {
+    inputs_ += batch.size() - next;
+    for (size_t i = next; i < batch.size(); ++i) StoreCancelled(batch[i]);
+  }
   MaybeDone();
-  if (next == batch.size()) return Status::OK();
-  if (discarded()) return DiscardedStatus();
-  return Status::Conflict("job " + id_ + " was cancelled after " + std::to_string(next) + " of " +
-                          std::to_string(batch.size()) + " inputs of this batch were queued");
+  if (next < batch.size()) {
+    if (discarded()) return DiscardedStatus();
+    return Status::Conflict("job " + id_ + " was cancelled after " + std::to_string(next) +
+                            " of " + std::to_string(batch.size()) +
+                            " inputs of this batch were queued");
+  }
+  if (!journal_) return Status::OK();
+  // Under --fsync always, the answer waits for the disk; concurrent PUTs
+  // share one flush.
+  mutex_.Unlock();
+  Status durable = journal_->WaitDurable(journal_end);
+  mutex_.Lock();
+  return durable;
+}
+
+void Job::StartWorkers(int n) {
+  if (n <= 0 || !start_worker_) return;
+  // Starting threads is slow: workers and API calls need not wait for it.
+  mutex_.Unlock();
+  int failed = 0;
+  for (int i = 0; i < n; ++i) {
+    if (!start_worker_(shared_from_this())) ++failed;
+  }
+  mutex_.Lock();
+  workers_ -= failed;
 }
 
 Status Job::CheckBatch(const std::vector<Input>& batch, const std::vector<uint64_t>& hashes,
@@ -212,6 +294,7 @@ Status Job::Complete() {
   if (state_ == JobState::kOpen) {
     state_ = JobState::kClosing;
     LogJobEvent(id_, "completed");
+    SaveRecord();
     MaybeDone();
     work_cv_.SignalAll();  // idle workers re-check whether to exit
   }
@@ -232,6 +315,7 @@ Status Job::Cancel() {
   in_flight_.clear();
   delayed_.clear();
   queue_.clear();
+  CancelBacklog();
   OnEnd();
   return Status::OK();
 }
@@ -243,18 +327,119 @@ void Job::StoreCancelled(const Input& input) {
   Metrics::Global().OutputStored(false);
 }
 
+void Job::CancelBacklog() {
+  Input input;
+  std::string error;
+  while (backlog_left_ > 0 && backlog_->Next(&input, &error)) {
+    if (backlog_done_.Contains(KeySet::Hash(input.key))) continue;
+    StoreCancelled(input);
+    --backlog_left_;
+  }
+  DropBacklog(error);
+}
+
+void Job::RefillQueue() {
+  const size_t maxsize = static_cast<size_t>(options_.maxsize);
+  Input input;
+  std::string error;
+  while (backlog_left_ > 0 && queue_.size() < maxsize && backlog_->Next(&input, &error)) {
+    if (backlog_done_.Contains(KeySet::Hash(input.key))) continue;
+    input.attempts = 0;
+    queue_.push_back(std::move(input));
+    --backlog_left_;
+  }
+  if (backlog_left_ == 0 || !error.empty()) DropBacklog(error);
+}
+
+void Job::DropBacklog(const std::string& error) {
+  if (backlog_left_ > 0) {
+    // The journal could not be read to its end: what is left is lost, and
+    // no longer counted, so that the job can still end.
+    LogJobEvent(id_, "failure",
+                "journal: " + (error.empty() ? std::string("ended early") : error) + "; " +
+                    std::to_string(backlog_left_) + " inputs without an outcome are lost");
+    inputs_ -= backlog_left_;
+    backlog_left_ = 0;
+  }
+  backlog_.reset();
+  backlog_done_ = KeySet();
+}
+
+Status Job::Resume(const JobRecord& record) {
+  MutexLock lock(&mutex_);
+  state_ = record.state;
+  created_at_ = record.created_at;
+  done_at_ = record.done_at;
+  OutcomeScan scan;
+  Status s = ScanOutcomes(path_, kIndexStride, &scan);
+  if (s.ok()) s = OpenOutcomeFile(/*create=*/false);
+  if (!s.ok()) return s;
+  outputs_ = scan.entries;
+  succeeded_ = scan.succeeded;
+  failed_ = scan.failed;
+  file_bytes_ = scan.bytes;
+  index_ = std::move(scan.index);
+  if (index_.empty()) index_.push_back(0);
+  uint64_t records = 0;
+  s = Journal::Open(JournalPath(files_.dir, id_), files_.fsync, &journal_, &records);
+  if (!s.ok()) return s;
+  // An ended job with every outcome takes no more inputs: its keys are not
+  // needed, and a long journal need not be read.
+  if (ended() && records <= outputs_) {
+    inputs_ = outputs_;
+    return Status::OK();
+  }
+  s = ReadBackJournal(std::move(scan.keys));
+  if (!s.ok()) return s;
+  ResumeWork();
+  return Status::OK();
+}
+
+Status Job::ReadBackJournal(KeySet done_keys) {
+  JournalReader reader(journal_->path(), 0, journal_->size());
+  Input input;
+  std::string error;
+  uint64_t left = 0;
+  while (reader.Next(&input, &error)) {
+    uint64_t hash = KeySet::Hash(input.key);
+    keys_.Insert(hash);
+    if (!done_keys.Contains(hash)) ++left;
+  }
+  if (!error.empty()) return Status::Internal("cannot read " + journal_->path() + ": " + error);
+  // Counted so that inputs == pending + in flight + outputs, as always.
+  inputs_ = outputs_ + left;
+  backlog_left_ = left;
+  if (left > 0) {
+    backlog_.reset(new JournalReader(journal_->path(), 0, journal_->size()));
+    backlog_done_ = std::move(done_keys);
+  }
+  return Status::OK();
+}
+
+void Job::ResumeWork() {
+  // Outcomes written but lost before they reached the disk, although the
+  // record said the job had ended: a done job sends those inputs again, a
+  // cancelled one stores their "cancelled" entries.
+  if (state_ == JobState::kCancelled) CancelBacklog();
+  if (state_ == JobState::kDone && backlog_left_ > 0) state_ = JobState::kClosing;
+  if (ended()) return;
+  RefillQueue();
+  int wanted = static_cast<int>(std::min<size_t>(queue_.size(), options_.concurrency));
+  workers_ += wanted;
+  StartWorkers(wanted);
+  MaybeDone();
+}
+
 void Job::Discard(DiscardReason reason) {
   MutexLock lock(&mutex_);
   if (discarded()) return;
   discarded_ = reason;
   if (reason != DiscardReason::kShutdown) AbandonCalls();
-  if (file_ != nullptr) {
-    fclose(file_);
-    file_ = nullptr;
-    unlink(path_.c_str());
-  }
+  CloseFiles();
   queue_.clear();
   delayed_.clear();
+  backlog_.reset();
+  backlog_left_ = 0;
   room_cv_.SignalAll();
   work_cv_.SignalAll();
   done_cv_.SignalAll();
@@ -379,6 +564,9 @@ bool Job::RetryLaterAndNext(Input* input, Clock::duration delay, bool pause_job)
 bool Job::NextInputLocked(Input* input) {
   for (;;) {
     if (stopped()) break;
+    if (backlog_left_ > 0 && queue_.size() * 2 <= static_cast<size_t>(options_.maxsize)) {
+      RefillQueue();
+    }
     if (pending() == 0 && state_ != JobState::kOpen && adders_ == 0) break;
     // The common case needs no clock: no retry waits, no pause, no rate
     // limit, so the lock is held for less time.
@@ -490,7 +678,9 @@ void Job::MaybeDone() {
 
 void Job::OnEnd() {
   done_at_ = std::chrono::system_clock::now();
+  // The outcomes reach the file before the record says the job ended.
   fflush(file_);
+  SaveRecord();
   LogJobEvent(id_, JobStateName(state_),
               std::to_string(succeeded_) + " succeeded, " + std::to_string(failed_) + " failed");
   room_cv_.SignalAll();

@@ -90,6 +90,22 @@ struct Input {
 enum class JobState { kOpen, kClosing, kDone, kCancelled };
 const char* JobStateName(JobState state);
 
+class Journal;
+class JournalReader;
+enum class FsyncPolicy;  // journal.hpp
+struct JobRecord;        // job_store.hpp
+
+// Where a job keeps its files (job_store.hpp names them), and whether they
+// outlive the process. A durable job also journals every accepted input
+// and saves its settings and state, so that a restarted pmmap resumes it;
+// its files stay on shutdown. Without durability only the outcome file
+// exists, and it is removed whenever the job goes.
+struct JobFiles {
+  std::string dir;
+  bool durable = false;
+  FsyncPolicy fsync{};  // durable only: when an accepted batch reaches the disk
+};
+
 class Job : public std::enable_shared_from_this<Job> {
  public:
   // Starts one more worker thread for the job; returns false if it could not.
@@ -102,14 +118,21 @@ class Job : public std::enable_shared_from_this<Job> {
   // Why the job table let go of a job: DELETE, its TTL, or the server stopping.
   enum class DiscardReason { kNone, kDeleted, kExpired, kShutdown };
 
-  // The job writes its outcomes to the file at path, created by Open.
-  Job(std::string id, JobOptions options, std::string path, WorkerStarter start_worker);
+  // The job keeps its files in files.dir, made by Open or read back by Resume.
+  Job(std::string id, JobOptions options, JobFiles files, WorkerStarter start_worker);
   ~Job();
   Job(const Job&) = delete;
   Job& operator=(const Job&) = delete;
 
-  // Creates the outcome file. Call once, before anything else.
+  // Creates the job's files. Call once, before anything else, or Resume.
   Status Open();
+  // Reads back the files of a durable job that a previous process left, as
+  // described by record: counts and outcomes as stored, and every journaled
+  // input without an outcome to be sent again, in journal order, read
+  // lazily so that at most maxsize of them are in memory. Torn tails are
+  // cut off. An open job accepts more inputs; a closing one finishes; an
+  // ended one stays readable. Call once, after SetEndHook, instead of Open.
+  Status Resume(const JobRecord& record);
   // Sets the hook called when the job ends. Call before anything can end
   // the job (Add, Complete, Cancel).
   void SetEndHook(EndHook on_end) { on_end_ = std::move(on_end); }
@@ -132,7 +155,7 @@ class Job : public std::enable_shared_from_this<Job> {
   // Takes the job out of service for reason (never kNone), the job table
   // having removed it: stores nothing more, wakes every waiter (they answer
   // 404 for kDeleted and kExpired, 503 for kShutdown) and removes the
-  // outcome file. Calls in flight and the completion callback are
+  // job's files (a durable job's stay on kShutdown, for the next start). Calls in flight and the completion callback are
   // abandoned, except on kShutdown, which leaves them a grace period: call
   // AbandonCalls when it is over. Only the first call counts.
   void Discard(DiscardReason reason);
@@ -142,6 +165,9 @@ class Job : public std::enable_shared_from_this<Job> {
     calls_abandoned_ = true;
     callback_abandoned_ = true;
   }
+  // Durable jobs: flushes the journal to disk if it changed (the server
+  // calls it every second under --fsync everysec). Safe from any thread.
+  void SyncJournal();
   // True if the job ended (done or cancelled) at or before cutoff.
   bool EndedBy(std::chrono::system_clock::time_point cutoff);
   // Waits for duration unless the job is discarded first; returns false if it was.
@@ -201,6 +227,27 @@ class Job : public std::enable_shared_from_this<Job> {
   int Enqueue(Input* first, size_t n) REQUIRES(mutex_);
   // Gives *input a "cancelled" outcome.
   void StoreCancelled(const Input& input) REQUIRES(mutex_);
+  // Moves inputs from the backlog to the queue until it holds maxsize.
+  void RefillQueue() REQUIRES(mutex_);
+  // Gives every input of the backlog a "cancelled" outcome.
+  void CancelBacklog() REQUIRES(mutex_);
+  // Forgets the backlog; what is left of it (a read failed: error) is lost.
+  void DropBacklog(const std::string& error) REQUIRES(mutex_);
+  // Resume's parts: reads the journal to rebuild the keys and the backlog
+  // (done_keys: the keys with an outcome), then sends or ends what is left.
+  Status ReadBackJournal(KeySet done_keys) REQUIRES(mutex_);
+  void ResumeWork() REQUIRES(mutex_);
+  // Opens the outcome file for appending, creating it if create.
+  Status OpenOutcomeFile(bool create) REQUIRES(mutex_);
+  // Flushes and closes the outcome file, and removes the job's files
+  // unless it is durable and discarded by a shutdown.
+  void CloseFiles() REQUIRES(mutex_);
+  // The settings and state, as a restart reads them back.
+  JobRecord Record() const REQUIRES(mutex_);
+  // Durable jobs: saves Record(), so that a restart sees the state.
+  void SaveRecord() REQUIRES(mutex_);
+  // Starts n more workers, dropping mutex_ meanwhile.
+  void StartWorkers(int n) REQUIRES(mutex_);
   // Moves the queue's first input into *input and counts it in flight.
   void PopQueue(Input* input) REQUIRES(mutex_);
   // Counts *input, just taken, in flight.
@@ -216,7 +263,9 @@ class Job : public std::enable_shared_from_this<Job> {
   // sets *wake to when there will be and returns false.
   bool SpendToken(Clock::time_point now, Clock::time_point* wake) REQUIRES(mutex_);
   Status DiscardedStatus() const REQUIRES(mutex_);
-  size_t pending() const REQUIRES(mutex_) { return queue_.size() + delayed_.size(); }
+  size_t pending() const REQUIRES(mutex_) {
+    return queue_.size() + delayed_.size() + backlog_left_;
+  }
   bool discarded() const REQUIRES(mutex_) { return discarded_ != DiscardReason::kNone; }
   bool ended() const REQUIRES(mutex_) {
     return state_ == JobState::kDone || state_ == JobState::kCancelled;
@@ -226,10 +275,13 @@ class Job : public std::enable_shared_from_this<Job> {
 
   const std::string id_;
   const JobOptions options_;
-  const std::string path_;
+  const JobFiles files_;
+  const std::string path_;  // of the outcome file
   const WorkerStarter start_worker_;
   EndHook on_end_;
-  const std::chrono::system_clock::time_point created_at_;
+  // Durable jobs only; set by Open or Resume, before the job is shared.
+  // Internally synchronized: appended to under mutex_, waited on without.
+  std::unique_ptr<Journal> journal_;
   // See the top of this file. callback_abandoned_ implies calls_abandoned_.
   std::atomic<bool> calls_abandoned_{false};
   std::atomic<bool> callback_abandoned_{false};
@@ -240,6 +292,7 @@ class Job : public std::enable_shared_from_this<Job> {
   CondVar work_cv_{&mutex_};  // an input may be ready for a worker
   CondVar done_cv_{&mutex_};  // the job ended or was discarded
   JobState state_ GUARDED_BY(mutex_) = JobState::kOpen;
+  std::chrono::system_clock::time_point created_at_ GUARDED_BY(mutex_);
   // Why the job table let go of the job; kNone until then.
   DiscardReason discarded_ GUARDED_BY(mutex_) = DiscardReason::kNone;
   std::chrono::system_clock::time_point done_at_ GUARDED_BY(mutex_);
@@ -249,6 +302,12 @@ class Job : public std::enable_shared_from_this<Job> {
   // vector, so that taking and finishing allocate nothing.
   std::vector<Input*> in_flight_ GUARDED_BY(mutex_);
   KeySet keys_ GUARDED_BY(mutex_);
+  // A resumed job's journaled inputs without an outcome that are not yet
+  // queued: backlog_ reads them in order, skipping the keys in
+  // backlog_done_ (those with an outcome), backlog_left_ of them remain.
+  std::unique_ptr<JournalReader> backlog_ GUARDED_BY(mutex_);
+  KeySet backlog_done_ GUARDED_BY(mutex_);
+  uint64_t backlog_left_ GUARDED_BY(mutex_) = 0;
   int adders_ GUARDED_BY(mutex_) = 0;   // Add calls still queuing a batch
   int workers_ GUARDED_BY(mutex_) = 0;  // worker threads started and not yet exited
   uint64_t inputs_ GUARDED_BY(mutex_) = 0;

@@ -3,11 +3,12 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "job_store.hpp"
 #include "log.hpp"
 
-JobTable::JobTable(std::string data_dir, size_t max_jobs, Job::WorkerStarter start_worker,
+JobTable::JobTable(JobFiles files, size_t max_jobs, Job::WorkerStarter start_worker,
                    Job::EndHook on_end)
-    : data_dir_(std::move(data_dir)),
+    : files_(std::move(files)),
       max_jobs_(max_jobs),
       start_worker_(std::move(start_worker)),
       on_end_(std::move(on_end)),
@@ -27,8 +28,7 @@ Status JobTable::Create(JobOptions options, std::shared_ptr<Job>* job) {
     id = buf;
   } while (jobs_.count(id) > 0);
   bool has_callback = !options.callback_url.empty();
-  auto created = std::make_shared<Job>(id, std::move(options), data_dir_ + "/" + id + ".ndjson",
-                                       start_worker_);
+  auto created = std::make_shared<Job>(id, std::move(options), files_, start_worker_);
   if (has_callback) created->SetEndHook(on_end_);
   Status s = created->Open();
   if (!s.ok()) return s;
@@ -36,6 +36,28 @@ Status JobTable::Create(JobOptions options, std::shared_ptr<Job>* job) {
   order_.push_back(id);
   *job = created;
   return Status::OK();
+}
+
+void JobTable::Resume(size_t* resumed) {
+  *resumed = 0;
+  std::vector<std::string> ids;
+  Status s = ListJobRecords(files_.dir, &ids);
+  if (!s.ok()) LogMessage("cannot list the jobs of " + files_.dir + ": " + s.message());
+  for (const std::string& id : ids) {
+    JobRecord record;
+    s = LoadJobRecord(JobRecordPath(files_.dir, id), &record);
+    auto job = std::make_shared<Job>(id, record.options, files_, start_worker_);
+    if (!record.options.callback_url.empty()) job->SetEndHook(on_end_);
+    if (s.ok()) s = job->Resume(record);
+    if (!s.ok()) {
+      LogJobEvent(id, "failure", "not resumed, its files are left as they are: " + s.message());
+      continue;
+    }
+    MutexLock lock(&mutex_);
+    jobs_[id] = job;
+    order_.push_back(id);
+    ++*resumed;
+  }
 }
 
 std::shared_ptr<Job> JobTable::Find(const std::string& id) {
@@ -83,4 +105,9 @@ void JobTable::StopAll() {
 
 void JobTable::AbortCallsInFlight() {
   for (auto& job : List()) job->AbandonCalls();
+}
+
+void JobTable::SyncJournals() {
+  if (!files_.durable) return;
+  for (auto& job : List()) job->SyncJournal();
 }

@@ -24,14 +24,18 @@
 
 class JobTable {
  public:
-  // Jobs keep their files in data_dir; at most max_jobs are held at once.
-  // start_worker and on_end are given to every job (on_end only to jobs
-  // with a callback_url).
-  JobTable(std::string data_dir, size_t max_jobs, Job::WorkerStarter start_worker,
+  // Jobs keep their files as files says; at most max_jobs are held at
+  // once. start_worker and on_end are given to every job (on_end only to
+  // jobs with a callback_url).
+  JobTable(JobFiles files, size_t max_jobs, Job::WorkerStarter start_worker,
            Job::EndHook on_end);
   JobTable(const JobTable&) = delete;
   JobTable& operator=(const JobTable&) = delete;
 
+  // Durable tables: resumes every job whose files are in the data dir.
+  // A job that cannot be read back is left on disk, logged and skipped.
+  // Sets *resumed to how many were. Call once, before serving.
+  void Resume(size_t* resumed);
   // Creates a job with options and a fresh id, and adds it to the table.
   // Refuses when the table is full or the server is stopping.
   Status Create(JobOptions options, std::shared_ptr<Job>* job);
@@ -49,9 +53,11 @@ class JobTable {
   // Calls in flight go on until AbortCallsInFlight.
   void StopAll();
   void AbortCallsInFlight();
+  // Flushes every durable job's journal that changed since the last call.
+  void SyncJournals();
 
  private:
-  const std::string data_dir_;
+  const JobFiles files_;
   const size_t max_jobs_;
   const Job::WorkerStarter start_worker_;
   const Job::EndHook on_end_;

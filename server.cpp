@@ -55,6 +55,8 @@ int HttpStatus(const Status& s) {
       return 503;
     case Status::kInternal:
       return 500;
+    case Status::kInsufficientStorage:
+      return 507;
   }
   return 500;
 }
@@ -119,6 +121,9 @@ sigset_t BlockSignals() {
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGPIPE);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // A file over the size limit (RLIMIT_FSIZE) is a failed write (EFBIG),
+  // refused with 507, not death.
+  signal(SIGXFSZ, SIG_IGN);
   sigdelset(&signals, SIGPIPE);
   return signals;
 }
@@ -354,8 +359,12 @@ bool Server::Start(std::string* error) {
   if (!PrepareDataDir(error)) return false;
   dispatcher_.reset(new Dispatcher(DispatcherOptions(flags_)));
   Dispatcher* dispatcher = dispatcher_.get();
+  JobFiles files;
+  files.dir = flags_.data_dir;
+  files.durable = !own_data_dir_;
+  files.fsync = flags_.fsync;
   table_.reset(new JobTable(
-      flags_.data_dir, flags_.max_jobs,
+      files, flags_.max_jobs,
       [dispatcher](std::shared_ptr<Job> job) { return dispatcher->StartWorker(std::move(job)); },
       [dispatcher](std::shared_ptr<Job> job) {
         return dispatcher->StartCallback(std::move(job));
@@ -367,6 +376,11 @@ bool Server::Start(std::string* error) {
   http_.set_write_timeout(kWriteTimeoutSeconds, 0);
   http_.set_payload_max_length(flags_.max_body);
   InstallRoutes();
+  if (files.durable) {
+    size_t resumed = 0;
+    table_->Resume(&resumed);
+    LogMessage("resumed " + std::to_string(resumed) + " jobs from " + flags_.data_dir);
+  }
   return Bind(error);
 }
 
@@ -462,12 +476,13 @@ void Server::ExpireJobsUntilStopping() {
     stop_mutex_.Unlock();
     table_->ExpireEndedBefore(std::chrono::system_clock::now() -
                               std::chrono::seconds(flags_.job_ttl_seconds));
+    table_->SyncJournals();
     stop_mutex_.Lock();
   }
 }
 
 void Server::StopJobsAndListening() {
-  table_->StopAll();  // answers every waiting caller, removes the files
+  table_->StopAll();  // answers every waiting caller; removes the files unless durable
   http_.stop();
 }
 

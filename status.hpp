@@ -20,6 +20,7 @@ class Status {
     kTooMany,      // a server limit is reached: 429
     kUnavailable,  // the server is shutting down, or the caller left: 503
     kInternal,     // the server failed, e.g. its disk is full: 500
+    kInsufficientStorage,  // the disk refused a write: 507
   };
 
   Status() = default;
@@ -31,6 +32,9 @@ class Status {
   static Status TooMany(std::string msg) { return Status(kTooMany, std::move(msg)); }
   static Status Unavailable(std::string msg) { return Status(kUnavailable, std::move(msg)); }
   static Status Internal(std::string msg) { return Status(kInternal, std::move(msg)); }
+  static Status InsufficientStorage(std::string msg) {
+    return Status(kInsufficientStorage, std::move(msg));
+  }
 
   bool ok() const { return code_ == kOk; }
   Code code() const { return code_; }
