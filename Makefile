@@ -45,7 +45,7 @@ LIB_SOURCES := job.cpp output.cpp job_table.cpp dispatcher.cpp webhook.cpp json.
                caller.cpp log.cpp metrics.cpp
 TEST_SOURCES := test/main.cpp test/harness.cpp test/json_test.cpp test/request_test.cpp \
                 test/job_test.cpp test/webhook_test.cpp test/api_test.cpp test/delivery_test.cpp \
-                test/ops_test.cpp test/https_test.cpp
+                test/ops_test.cpp test/https_test.cpp test/durable_test.cpp
 FUZZ_SOURCES := test/fuzz_main.cpp json.cpp request.cpp job.cpp output.cpp log.cpp metrics.cpp
 
 LIB_OBJECTS := $(LIB_SOURCES:%.cpp=$(BUILD)/%.o)

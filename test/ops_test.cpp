@@ -1613,7 +1613,7 @@ TEST_CASE("a failing callback is retried by the job's policy", "[ops]") {
 // ===========================================================================
 // 7. Shutdown.
 
-TEST_CASE("SIGTERM answers waiting callers 503, exits 0 and removes the job files", "[ops]") {
+TEST_CASE("SIGTERM answers waiting callers 503, exits 0 and keeps a durable job's files", "[ops]") {
   TempDir data("pmmap-ops-data");
   Gate gate;
   Webhook hook;
@@ -1626,8 +1626,9 @@ TEST_CASE("SIGTERM answers waiting callers 503, exits 0 and removes the job file
   std::string id = CreateJob(pmmap, JobBody(hook.url(), "\"concurrency\":1,\"maxsize\":1"));
   std::string idle = CreateJob(pmmap, JobBody(hook.url()));
   std::vector<std::string> files = ListDir(data.path());
-  REQUIRE(std::set<std::string>(files.begin(), files.end()) ==
-          std::set<std::string>{id + ".ndjson", idle + ".ndjson"});
+  const std::set<std::string> job_files = {id + ".job",    id + ".journal",    id + ".ndjson",
+                                           idle + ".job", idle + ".journal", idle + ".ndjson"};
+  REQUIRE(std::set<std::string>(files.begin(), files.end()) == job_files);
 
   // A PUT of 50 inputs blocks: one call held in flight, one input queued,
   // the queue full.
@@ -1677,9 +1678,9 @@ TEST_CASE("SIGTERM answers waiting callers 503, exits 0 and removes the job file
   INFO("exited after " << exit_seconds << " s; log:\n" << pmmap.log());
   REQUIRE(code == 0);
   CHECK(exit_seconds < 8);  // the 5 s grace period, and slack
-  // The job files are gone; the data dir, which was given, stays.
-  REQUIRE(IsDirectory(data.path()));
-  CHECK(ListDir(data.path()).empty());
+  // --data-dir is durable: the job files stay, for the next start.
+  files = ListDir(data.path());
+  CHECK(std::set<std::string>(files.begin(), files.end()) == job_files);
   std::string log = pmmap.log();
   CHECK(Contains(log, "stopping on"));
   CHECK(Contains(log, "pmmap: stopped"));
@@ -1740,12 +1741,11 @@ TEST_CASE("SIGINT stops the server like SIGTERM", "[ops]") {
   const int get_port = get.local_port();
   REQUIRE(WaitUntil([&] { return ServerHasRead(pmmap.port(), get_port); }, seconds(10)));
   REQUIRE_FALSE(get.Readable());
-  REQUIRE(ListDir(data.path()).size() == 1);
+  REQUIRE(ListDir(data.path()).size() == 3);
   REQUIRE(pmmap.Stop(SIGINT) == 0);
   RequireError(get.Read(seconds(5)), 503);
   CHECK(Contains(pmmap.log(), "stopping on Interrupt"));
-  REQUIRE(IsDirectory(data.path()));
-  CHECK(ListDir(data.path()).empty());
+  CHECK(ListDir(data.path()).size() == 3);  // durable: kept for the next start
 }
 
 TEST_CASE("without --data-dir, the data dir made under TMPDIR is removed on SIGTERM", "[ops]") {
@@ -1788,7 +1788,7 @@ TEST_CASE("SIGTERM waits the grace period for calls in flight, then aborts them 
   CHECK(seconds_taken >= 4.5);
   CHECK(seconds_taken < 10);
   CHECK(Contains(pmmap.log(), "aborting webhook calls still in flight"));
-  CHECK(ListDir(data.path()).empty());
+  CHECK(ListDir(data.path()).size() == 3);  // durable: kept for the next start
 }
 
 TEST_CASE("a second SIGTERM during the grace period exits 1 at once", "[ops]") {
