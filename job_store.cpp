@@ -385,7 +385,7 @@ class EntryCounter {
 };
 
 // Reads the entries of the file open at fd from its start, a block at a
-// time, until the end or a line that is not an entry; scan->bytes is then
+// time, until the end or a line that is not an entry; the scan's bytes are then
 // where the entries kept end.
 Status CountEntries(int fd, const std::string& path, EntryCounter* counter) {
   std::string buffer;    // from the start of an unfinished line on
@@ -533,6 +533,12 @@ bool ParseRfc3339(const std::string& text, std::chrono::system_clock::time_point
   int64_t day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
   int64_t days = era * 146097 + day_of_era - 719468;
   int64_t ms = ((days * 24 + hour) * 60 + minute) * 60 * 1000 + second * 1000 + millis;
+  // system_clock counts nanoseconds in 64 bits: it ends in 2262.
+  if (ms > std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::duration::max())
+               .count()) {
+    return false;
+  }
   *t = SystemTime(std::chrono::duration_cast<std::chrono::system_clock::duration>(
       std::chrono::milliseconds(ms)));
   return true;
