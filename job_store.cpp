@@ -207,9 +207,10 @@ Status ParseTimeField(const char* name, const rapidjson::Value& v, bool nullable
 
 Status ParseStateField(const rapidjson::Value& v, JobState* state) {
   if (v.IsString()) {
+    std::string name(v.GetString(), v.GetStringLength());
     for (JobState s :
          {JobState::kOpen, JobState::kClosing, JobState::kDone, JobState::kCancelled}) {
-      if (strcmp(v.GetString(), JobStateName(s)) == 0) {
+      if (name == JobStateName(s)) {
         *state = s;
         return Status::OK();
       }
@@ -236,9 +237,13 @@ Status ParseRecord(const std::string& text, const std::string& file_id, JobRecor
   if (doc.HasParseError() || !doc.IsObject()) return Status::Invalid("not a JSON object");
   static const std::set<std::string> kFields = {"version", "id",         "options",
                                                 "state",   "created_at", "done_at"};
+  std::set<std::string> seen;
   for (const auto& member : doc.GetObject()) {
     std::string name(member.name.GetString(), member.name.GetStringLength());
-    if (kFields.count(name) == 0) return Status::Invalid("unknown field \"" + name + "\"");
+    std::string quoted;
+    AppendJsonString(name, &quoted);
+    if (kFields.count(name) == 0) return Status::Invalid("unknown field " + quoted);
+    if (!seen.insert(name).second) return Status::Invalid(quoted + ": given twice");
   }
   for (const std::string& name : kFields) {
     if (!doc.HasMember(name.c_str())) return Status::Invalid(name + ": missing");

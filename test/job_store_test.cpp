@@ -226,7 +226,9 @@ TEST_CASE("A job record that is not one is refused as Invalid, naming its path",
              {"\"concurrency\":7", "\"concurrency\":0"},
              {"\"url\":\"http://127.0.0.1:8080/hook?x=1\",", ""},
              {"\"version\":1,", ""},
-             {"{\"version\":1", "{\"extra\":true,\"version\":1"}}) {
+             {"{\"version\":1", "{\"extra\":true,\"version\":1"},
+             {"{\"version\":1", "{\"state\":\"open\",\"version\":1"},
+             {"\"state\":\"done\"", "\"state\":\"done\\u0000\""}}) {
       std::string text = y;
       size_t at = text.find(edit.first);
       REQUIRE(at != std::string::npos);
