@@ -55,6 +55,8 @@ int HttpStatus(const Status& s) {
       return 503;
     case Status::kInternal:
       return 500;
+    case Status::kInsufficientStorage:
+      return 507;
   }
   return 500;
 }
