@@ -273,6 +273,11 @@ uint64_t Journal::size() const {
   return size_;
 }
 
+uint64_t Journal::durable() const {
+  MutexLock lock(&mutex_);
+  return synced_;
+}
+
 uint64_t Journal::syncs() const {
   MutexLock lock(&mutex_);
   return syncs_;

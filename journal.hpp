@@ -77,7 +77,8 @@ class Journal {
   // it every second under kEverySecond.
   Status SyncIfDirty();
 
-  uint64_t size() const;  // bytes of the header and the whole records
+  uint64_t size() const;     // bytes of the header and the whole records
+  uint64_t durable() const;  // the file is known to be on disk up to here
   const std::string& path() const { return path_; }
   FsyncPolicy policy() const { return policy_; }
   uint64_t syncs() const;  // fdatasync calls made so far, for tests and metrics
