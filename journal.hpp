@@ -40,7 +40,8 @@ struct Input;  // job.hpp, which may include this header
 // WaitDurable returns.
 enum class FsyncPolicy { kEverySecond, kAlways };
 
-// The limits of a record; longer lengths mark a corrupt record.
+// The longest value a record holds (keys: request.hpp's kMaxKeyBytes). A
+// record that claims more is corrupt.
 constexpr size_t kJournalMaxValueBytes = size_t{1} << 30;
 
 class Journal {
