@@ -13,13 +13,13 @@ class Status {
  public:
   enum Code {
     kOk,
-    kInvalid,      // the request is malformed: 400
-    kNotFound,     // no such job: 404
-    kConflict,     // the request clashes with the job's state: 409
-    kTooLarge,     // a body over the limit: 413
-    kTooMany,      // a server limit is reached: 429
-    kUnavailable,  // the server is shutting down, or the caller left: 503
-    kInternal,     // the server failed, e.g. its disk is full: 500
+    kInvalid,              // the request is malformed: 400
+    kNotFound,             // no such job: 404
+    kConflict,             // the request clashes with the job's state: 409
+    kTooLarge,             // a body over the limit: 413
+    kTooMany,              // a server limit is reached: 429
+    kUnavailable,          // the server is shutting down, or the caller left: 503
+    kInternal,             // the server failed, e.g. its disk is full: 500
     kInsufficientStorage,  // the disk refused a write: 507
   };
 
