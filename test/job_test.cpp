@@ -5,6 +5,7 @@
 // (key_set.hpp), which Job uses to refuse repeated keys.
 
 #include "job.hpp"
+#include "job_store.hpp"
 
 #include <dirent.h>
 #include <rapidjson/document.h>
@@ -43,12 +44,20 @@ JobOptions Options(int64_t maxsize = 100, int concurrency = 1) {
   return options;
 }
 
+// Where a test job keeps its files: dir, durable or not.
+JobFiles FilesIn(const TempDir& dir, bool durable = false) {
+  JobFiles files;
+  files.dir = dir.path();
+  files.durable = durable;
+  return files;
+}
+
 // A job whose outcome file lives in its own temporary directory.
 struct TestJob {
   explicit TestJob(JobOptions options = Options(),
                    Job::WorkerStarter starter = &PretendToStartWorker)
-      : path(dir.File("outcomes.ndjson")),
-        job(std::make_shared<Job>("job1", std::move(options), path, std::move(starter))) {
+      : path(OutcomePath(dir.path(), "job1")),
+        job(std::make_shared<Job>("job1", std::move(options), FilesIn(dir), std::move(starter))) {
     REQUIRE(job->Open().ok());
   }
 
@@ -256,7 +265,7 @@ TEST_CASE("ErrorEntry holds status, message, the body if any, and attempts", "[u
 TEST_CASE("Job::Open creates the outcome file and refuses one that exists", "[unit][job]") {
   TestJob t;
   CHECK(FileExists(t.path));
-  Job other("job2", Options(), t.path, nullptr);
+  Job other("job1", Options(), FilesIn(t.dir), nullptr);
   Status s = other.Open();
   CHECK(s.code() == Status::kInternal);
   CHECK_THAT(s.message(), Catch::Contains(t.path));
@@ -264,9 +273,9 @@ TEST_CASE("Job::Open creates the outcome file and refuses one that exists", "[un
 
 TEST_CASE("Job removes its outcome file when destroyed", "[unit][job]") {
   TempDir dir;
-  std::string path = dir.File("outcomes.ndjson");
+  std::string path = OutcomePath(dir.path(), "j");
   {
-    auto job = std::make_shared<Job>("j", Options(), path, nullptr);
+    auto job = std::make_shared<Job>("j", Options(), FilesIn(dir), nullptr);
     REQUIRE(job->Open().ok());
     REQUIRE(job->Add(Batch({"a"})).ok());
     NextAndStore(job.get());
