@@ -194,6 +194,72 @@ bool StrictPercentDecode(const std::string& s, std::string* out) {
 // ---------------------------------------------------------------------------
 // Happy paths
 
+namespace {
+
+// POST /job with the defaults and a secret: checks the answer and returns
+// the new job's id.
+std::string CreateWithDefaults(const std::string& base, const std::string& url) {
+  HttpResult created = Http(base, "POST", "/job", JobBody(url, "\"secret\":\"s\""));
+  INFO(created.body);
+  REQUIRE(created.status == 201);
+  rapidjson::Document job = ParseJson(created.body);
+  REQUIRE(job.IsObject());
+  std::string id = Str(job["id"]);
+  REQUIRE_FALSE(id.empty());
+  REQUIRE(Str(job["url"]) == url);
+  REQUIRE(Str(job["state"]) == "open");
+  REQUIRE(U64(job, "inputs") == 0);
+  REQUIRE(U64(job, "outputs") == 0);
+  REQUIRE(U64(job, "concurrency") == 1);
+  REQUIRE(U64(job, "maxsize") == 1000);
+  REQUIRE_FALSE(job.HasMember("secret"));
+  return id;
+}
+
+// PUT /job/{id}/input twice, three inputs a0..a2 then two b0..b1; each
+// answer counts the inputs so far.
+void PutTwoBatches(const std::string& base, const std::string& id) {
+  HttpResult put = Http(base, "PUT", JobPath(id, "/input"), MakeInputs(3, "a"));
+  INFO(put.body);
+  REQUIRE(put.status == 201);
+  rapidjson::Document after_put = ParseJson(put.body);
+  REQUIRE(Str(after_put["id"]) == id);
+  REQUIRE(U64(after_put, "inputs") == 3);
+  put = Http(base, "PUT", JobPath(id, "/input"), MakeInputs(2, "b"));
+  REQUIRE(put.status == 201);
+  REQUIRE(U64(ParseJson(put.body), "inputs") == 5);
+}
+
+// POST /job/{id}/complete twice; both answer 200.
+void CompleteTwice(const std::string& base, const std::string& id) {
+  HttpResult complete = Http(base, "POST", JobPath(id, "/complete"));
+  INFO(complete.body);
+  REQUIRE(complete.status == 200);
+  rapidjson::Document completed = ParseJson(complete.body);
+  REQUIRE(Str(completed["id"]) == id);
+  std::string state = Str(completed["state"]);
+  REQUIRE((state == "closing" || state == "done"));
+  REQUIRE(Http(base, "POST", JobPath(id, "/complete")).status == 200);
+}
+
+// GET /job/{id}/output holds the echoed reply of each of PutTwoBatches's inputs.
+void CheckEchoedOutput(const PmmapProcess& pmmap, const std::string& id) {
+  rapidjson::Document out = Output(pmmap, id);
+  REQUIRE(out.Size() == 5);
+  auto entries = ByKey(out);
+  for (const char* key : {"a0", "a1", "a2", "b0", "b1"}) {
+    INFO(key);
+    REQUIRE(entries.count(key) == 1);
+    const rapidjson::Value& e = *entries[key];
+    REQUIRE(e.HasMember("value"));
+    REQUIRE_FALSE(e.HasMember("error"));
+    REQUIRE(Str(e["value"]["key"]) == key);
+    REQUIRE(e["value"]["value"]["i"].GetInt() == key[1] - '0');
+  }
+}
+
+}  // namespace
+
 TEST_CASE("every route answers its happy path", "[api]") {
   Webhook hook;
   PmmapProcess pmmap;
@@ -202,23 +268,8 @@ TEST_CASE("every route answers its happy path", "[api]") {
   HttpResult health = Http(base, "GET", "/healthz");
   REQUIRE(health.status == 200);
 
-  // POST /job with the defaults.
-  HttpResult created = Http(base, "POST", "/job", JobBody(hook.url(), "\"secret\":\"s\""));
-  INFO(created.body);
-  REQUIRE(created.status == 201);
-  rapidjson::Document job = ParseJson(created.body);
-  REQUIRE(job.IsObject());
-  std::string id = Str(job["id"]);
-  REQUIRE_FALSE(id.empty());
-  REQUIRE(Str(job["url"]) == hook.url());
-  REQUIRE(Str(job["state"]) == "open");
-  REQUIRE(U64(job, "inputs") == 0);
-  REQUIRE(U64(job, "outputs") == 0);
-  REQUIRE(U64(job, "concurrency") == 1);
-  REQUIRE(U64(job, "maxsize") == 1000);
-  REQUIRE_FALSE(job.HasMember("secret"));
-
-  // POST /job with explicit settings.
+  // POST /job with the defaults, then with explicit settings.
+  std::string id = CreateWithDefaults(base, hook.url());
   std::string id2 = CreateJob(pmmap, JobBody(hook.url(), "\"concurrency\":3,\"maxsize\":7"));
   REQUIRE(id2 != id);
   rapidjson::Document job2 = GetJob(pmmap, id2);
@@ -233,40 +284,9 @@ TEST_CASE("every route answers its happy path", "[api]") {
   // GET /jobs lists both.
   REQUIRE(JobCount(pmmap) == 2);
 
-  // PUT /job/{id}/input, twice.
-  HttpResult put = Http(base, "PUT", JobPath(id, "/input"), MakeInputs(3, "a"));
-  INFO(put.body);
-  REQUIRE(put.status == 201);
-  rapidjson::Document after_put = ParseJson(put.body);
-  REQUIRE(Str(after_put["id"]) == id);
-  REQUIRE(U64(after_put, "inputs") == 3);
-  put = Http(base, "PUT", JobPath(id, "/input"), MakeInputs(2, "b"));
-  REQUIRE(put.status == 201);
-  REQUIRE(U64(ParseJson(put.body), "inputs") == 5);
-
-  // POST /job/{id}/complete, twice.
-  HttpResult complete = Http(base, "POST", JobPath(id, "/complete"));
-  INFO(complete.body);
-  REQUIRE(complete.status == 200);
-  rapidjson::Document completed = ParseJson(complete.body);
-  REQUIRE(Str(completed["id"]) == id);
-  std::string state = Str(completed["state"]);
-  REQUIRE((state == "closing" || state == "done"));
-  REQUIRE(Http(base, "POST", JobPath(id, "/complete")).status == 200);
-
-  // GET /job/{id}/output
-  rapidjson::Document out = Output(pmmap, id);
-  REQUIRE(out.Size() == 5);
-  auto entries = ByKey(out);
-  for (const char* key : {"a0", "a1", "a2", "b0", "b1"}) {
-    INFO(key);
-    REQUIRE(entries.count(key) == 1);
-    const rapidjson::Value& e = *entries[key];
-    REQUIRE(e.HasMember("value"));
-    REQUIRE_FALSE(e.HasMember("error"));
-    REQUIRE(Str(e["value"]["key"]) == key);
-    REQUIRE(e["value"]["value"]["i"].GetInt() == key[1] - '0');
-  }
+  PutTwoBatches(base, id);
+  CompleteTwice(base, id);
+  CheckEchoedOutput(pmmap, id);
   rapidjson::Document done = GetJob(pmmap, id);
   REQUIRE(Str(done["state"]) == "done");
   REQUIRE(U64(done, "inputs") == 5);
