@@ -309,17 +309,32 @@ TEST_CASE("every route answers its happy path", "[api]") {
 // ---------------------------------------------------------------------------
 // Outcomes of webhook calls
 
-TEST_CASE("each kind of webhook reply ends as the right entry", "[api]") {
-  Gate gate;
-  Webhook hook;
-  const std::string long_body = "no such thing: " + std::string(600, 'x');
-  std::mutex mutex;
-  std::map<std::string, int> seen;  // calls per key
-  hook.SetHandler([&](const Webhook::Call& call, httplib::Response& res) {
+namespace {
+
+using Entries = std::map<std::string, const rapidjson::Value*>;
+using CallCounts = std::map<std::string, int>;
+
+// A webhook handler that answers each of the keys json, empty, nocontent,
+// text, notfound, flaky, throttled, down and slow with its own kind of
+// reply, echoes any other, and counts the calls per key. "slow" holds its
+// calls until the gate opens.
+class ReplyKinds {
+ public:
+  explicit ReplyKinds(Gate& gate) : gate_(gate) {}
+  ReplyKinds(const ReplyKinds&) = delete;
+  ReplyKinds& operator=(const ReplyKinds&) = delete;
+
+  static const std::string& LongBody() {
+    static const std::string kLongBody = "no such thing: " + std::string(600, 'x');
+    return kLongBody;
+  }
+
+  // Called from the webhook's threads.
+  void Answer(const Webhook::Call& call, httplib::Response& res) {
     int n;
     {
-      std::lock_guard<std::mutex> lock(mutex);
-      n = ++seen[call.key];
+      std::lock_guard<std::mutex> lock(mutex_);
+      n = ++seen_[call.key];
     }
     const std::string& key = call.key;
     if (key == "json") {
@@ -332,65 +347,64 @@ TEST_CASE("each kind of webhook reply ends as the right entry", "[api]") {
       res.set_content("plain text, not JSON", "text/plain");
     } else if (key == "notfound") {
       res.status = 404;
-      res.set_content(long_body, "text/plain");
+      res.set_content(LongBody(), "text/plain");
     } else if (key == "flaky") {
-      if (n == 1) {
-        res.status = 503;
-        res.set_content("try again", "text/plain");
-      } else {
-        res.set_content("{\"ok\":true}", "application/json");
-      }
+      AnswerFlaky(n, res);
     } else if (key == "throttled") {
-      // 429 and 408 are retried too.
-      if (n == 1) {
-        res.status = 429;
-      } else if (n == 2) {
-        res.status = 408;
-      } else {
-        res.set_content("\"finally\"", "application/json");
-      }
+      AnswerThrottled(n, res);
     } else if (key == "down") {
       res.status = 500;
       res.set_content("boom", "text/plain");
     } else if (key == "slow") {
-      gate.Wait();  // beyond timeout_ms: pmmap gives up first
+      gate_.Wait();  // beyond timeout_ms: pmmap gives up first
       res.set_content("{\"late\":true}", "application/json");
     } else {
       Echo(call, res);
     }
-  });
-  PmmapProcess pmmap;
-  OpenAtExit open_at_exit(gate);
-  const int max_attempts = 3;
-  std::string id = CreateJob(
-      pmmap, JobBody(hook.url(), "\"concurrency\":4,\"timeout_ms\":300,\"max_attempts\":" +
-                                     std::to_string(max_attempts) + "," + kFastRetry));
-  std::vector<std::string> keys = {"json",  "empty",     "nocontent", "text", "notfound",
-                                   "flaky", "throttled", "down",      "slow"};
+  }
+
+  CallCounts calls() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return seen_;
+  }
+
+ private:
+  // The first call gets a 503, later ones succeed.
+  static void AnswerFlaky(int n, httplib::Response& res) {
+    if (n == 1) {
+      res.status = 503;
+      res.set_content("try again", "text/plain");
+    } else {
+      res.set_content("{\"ok\":true}", "application/json");
+    }
+  }
+  // 429 and 408 are retried too.
+  static void AnswerThrottled(int n, httplib::Response& res) {
+    if (n == 1) {
+      res.status = 429;
+    } else if (n == 2) {
+      res.status = 408;
+    } else {
+      res.set_content("\"finally\"", "application/json");
+    }
+  }
+
+  Gate& gate_;
+  std::mutex mutex_;
+  CallCounts seen_;  // calls per key
+};
+
+// A JSON array of one input per key, each valued {"k": key}.
+std::string InputsFor(const std::vector<std::string>& keys) {
   std::string inputs = "[";
   for (const std::string& key : keys) {
     if (inputs.size() > 1) inputs += ",";
     inputs += OneInput(key, "{\"k\":" + Quote(key) + "}");
   }
-  inputs += "]";
-  REQUIRE(Http(pmmap.base_url(), "PUT", JobPath(id, "/input"), inputs).status == 201);
-  REQUIRE(Http(pmmap.base_url(), "POST", JobPath(id, "/complete")).status == 200);
-  rapidjson::Document out = Output(pmmap, id);
-  INFO("output: " << [&] {
-    rapidjson::StringBuffer b;
-    rapidjson::Writer<rapidjson::StringBuffer> w(b);
-    out.Accept(w);
-    return std::string(b.GetString());
-  }());
-  REQUIRE(out.Size() == keys.size());
-  auto e = ByKey(out);
-  REQUIRE(e.size() == keys.size());
-  std::map<std::string, int> calls;
-  {
-    std::lock_guard<std::mutex> lock(mutex);
-    calls = seen;
-  }
+  return inputs + "]";
+}
 
+void CheckSuccessfulReplies(Entries& e, CallCounts& calls) {
   {
     INFO("a JSON reply is the value, parsed");
     const rapidjson::Value& v = (*e["json"])["value"];
@@ -414,31 +428,26 @@ TEST_CASE("each kind of webhook reply ends as the right entry", "[api]") {
     INFO("a reply that is not JSON is kept as a string");
     REQUIRE(Str((*e["text"])["value"]) == "plain text, not JSON");
   }
-  {
-    INFO("a 4xx is a final error after one attempt, with the status and the body's start");
-    const rapidjson::Value& entry = *e["notfound"];
-    REQUIRE_FALSE(entry.HasMember("value"));
-    REQUIRE(entry["error"].IsObject());
-    REQUIRE(entry["error"]["status"].GetInt() == 404);
-    REQUIRE(entry["error"]["message"].IsString());
-    REQUIRE(entry["error"]["message"].GetStringLength() > 0);
-    std::string body = Str(entry["error"]["body"]);
-    REQUIRE(body.size() >= 10);
-    REQUIRE(body.size() <= long_body.size());
-    REQUIRE(long_body.compare(0, body.size(), body) == 0);
-    REQUIRE(entry["attempts"].GetInt() == 1);
-    REQUIRE(calls["notfound"] == 1);
-  }
-  {
-    INFO("a 5xx, 429 or 408 is retried, and the later success is the value");
-    REQUIRE((*e["flaky"])["value"]["ok"].GetBool());
-    REQUIRE_FALSE(e["flaky"]->HasMember("error"));
-    REQUIRE(calls["flaky"] == 2);
-    REQUIRE(Str((*e["throttled"])["value"]) == "finally");
-    REQUIRE(calls["throttled"] == 3);
-    rapidjson::Document job = GetJob(pmmap, id);
-    REQUIRE(U64(job, "retries") >= 1 + 2 + 2 * (max_attempts - 1));
-  }
+}
+
+void CheckClientError(Entries& e, CallCounts& calls) {
+  INFO("a 4xx is a final error after one attempt, with the status and the body's start");
+  const rapidjson::Value& entry = *e["notfound"];
+  REQUIRE_FALSE(entry.HasMember("value"));
+  REQUIRE(entry["error"].IsObject());
+  REQUIRE(entry["error"]["status"].GetInt() == 404);
+  REQUIRE(entry["error"]["message"].IsString());
+  REQUIRE(entry["error"]["message"].GetStringLength() > 0);
+  std::string body = Str(entry["error"]["body"]);
+  const std::string& long_body = ReplyKinds::LongBody();
+  REQUIRE(body.size() >= 10);
+  REQUIRE(body.size() <= long_body.size());
+  REQUIRE(long_body.compare(0, body.size(), body) == 0);
+  REQUIRE(entry["attempts"].GetInt() == 1);
+  REQUIRE(calls["notfound"] == 1);
+}
+
+void CheckGivenUpAfter(int max_attempts, Entries& e, CallCounts& calls) {
   {
     INFO("a webhook that always fails ends as an error after max_attempts");
     const rapidjson::Value& entry = *e["down"];
@@ -457,6 +466,46 @@ TEST_CASE("each kind of webhook reply ends as the right entry", "[api]") {
     REQUIRE(entry["attempts"].GetInt() == max_attempts);
     REQUIRE(calls["slow"] == max_attempts);
   }
+}
+
+}  // namespace
+
+TEST_CASE("each kind of webhook reply ends as the right entry", "[api]") {
+  Gate gate;
+  ReplyKinds kinds(gate);  // before the webhook, whose handlers use it
+  Webhook hook;
+  hook.SetHandler(
+      [&kinds](const Webhook::Call& call, httplib::Response& res) { kinds.Answer(call, res); });
+  PmmapProcess pmmap;
+  OpenAtExit open_at_exit(gate);
+  const int max_attempts = 3;
+  std::string id = CreateJob(
+      pmmap, JobBody(hook.url(), "\"concurrency\":4,\"timeout_ms\":300,\"max_attempts\":" +
+                                     std::to_string(max_attempts) + "," + kFastRetry));
+  const std::vector<std::string> keys = {"json",  "empty",     "nocontent", "text", "notfound",
+                                         "flaky", "throttled", "down",      "slow"};
+  REQUIRE(Http(pmmap.base_url(), "PUT", JobPath(id, "/input"), InputsFor(keys)).status == 201);
+  REQUIRE(Http(pmmap.base_url(), "POST", JobPath(id, "/complete")).status == 200);
+  rapidjson::Document out = Output(pmmap, id);
+  INFO("output: " << Json(out));
+  REQUIRE(out.Size() == keys.size());
+  Entries e = ByKey(out);
+  REQUIRE(e.size() == keys.size());
+  CallCounts calls = kinds.calls();
+
+  CheckSuccessfulReplies(e, calls);
+  CheckClientError(e, calls);
+  {
+    INFO("a 5xx, 429 or 408 is retried, and the later success is the value");
+    REQUIRE((*e["flaky"])["value"]["ok"].GetBool());
+    REQUIRE_FALSE(e["flaky"]->HasMember("error"));
+    REQUIRE(calls["flaky"] == 2);
+    REQUIRE(Str((*e["throttled"])["value"]) == "finally");
+    REQUIRE(calls["throttled"] == 3);
+    rapidjson::Document job = GetJob(pmmap, id);
+    REQUIRE(U64(job, "retries") >= 1 + 2 + 2 * (max_attempts - 1));
+  }
+  CheckGivenUpAfter(max_attempts, e, calls);
   {
     INFO("the counters add up");
     rapidjson::Document job = GetJob(pmmap, id);
