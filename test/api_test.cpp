@@ -904,83 +904,73 @@ TEST_CASE("a blocked PUT and a blocked GET output answer 404 at once when their 
 // ---------------------------------------------------------------------------
 // Refused requests
 
+namespace {
+
+// A POST /job body that must be refused with 400.
+struct BadJobBody {
+  std::string why;
+  std::string body;
+  bool names_offset;  // whether the error message must give the offset
+};
+
+// The bodies POST /job refuses, all naming url as their webhook where they
+// name one.
+std::vector<BadJobBody> BadJobBodies(const std::string& url) {
+  std::vector<BadJobBody> bad = {
+      {"not JSON: the message gives the offset", "{\"url\": ", true},
+      {"not JSON: the message gives the offset", "nope", true},
+      {"not JSON: the message gives the offset", "{\"url\":\"" + url + "\",}", true},
+      {"an empty body", "", false},
+      {"invalid UTF-8",
+       "{\"url\":\"" + url +
+           "\",\"secret\":\"a\xFF\xFE"
+           "b\"}",
+       false},
+      {"invalid UTF-8", "{\"url\":\"" + url + "\xC3\x28\"}", false},
+  };
+  for (const std::string& body : {
+           std::string("[]"),
+           std::string("\"" + url + "\""),
+           std::string("{\"url\":5}"),
+           std::string("{\"url\":[\"" + url + "\"]}"),
+           std::string("{\"url\":\"" + url + "\",\"secret\":5}"),
+           std::string("{\"url\":\"" + url + "\",\"concurrency\":\"4\"}"),
+           std::string("{\"url\":\"" + url + "\",\"concurrency\":2.5}"),
+           std::string("{\"url\":\"" + url + "\",\"maxsize\":true}"),
+           std::string("{\"url\":\"" + url + "\",\"maxsize\":{}}"),
+       }) {
+    bad.push_back({"wrong types", body, false});
+  }
+  bad.push_back({"a missing url", "{}", false});
+  bad.push_back({"a missing url", "{\"secret\":\"s\",\"concurrency\":2}", false});
+  for (const char* bad_url : {"ftp://127.0.0.1/hook", "file:///etc/passwd", "gopher://127.0.0.1/x",
+                              "127.0.0.1:9/hook", "/hook", "", "http://", "http:// 127.0.0.1/x"}) {
+    bad.push_back({"a url that is not http(s) with a host", JobBody(bad_url), false});
+  }
+  for (const char* extra : {"\"concurrency\":0", "\"concurrency\":-1", "\"concurrency\":1025",
+                            "\"concurrency\":99999999999999999999", "\"maxsize\":0",
+                            "\"maxsize\":-5", "\"maxsize\":1000001"}) {
+    bad.push_back({"concurrency and maxsize out of range", JobBody(url, extra), false});
+  }
+  bad.push_back({"deep nesting", std::string(100000, '['), false});
+  bad.push_back({"deep nesting", std::string(100000, '{'), false});
+  bad.push_back(
+      {"deep nesting", "{\"url\":\"" + url + "\",\"secret\":" + std::string(100000, '['), false});
+  return bad;
+}
+
+}  // namespace
+
 TEST_CASE("POST /job refuses bad bodies with 400 and creates nothing", "[api]") {
   PmmapProcess pmmap;
   const std::string base = pmmap.base_url();
   const std::string url = "http://127.0.0.1:9/hook";
 
-  {
-    INFO("not JSON: the message gives the offset");
-    for (const std::string& body :
-         std::vector<std::string>{std::string("{\"url\": "), std::string("nope"),
-                                  std::string("{\"url\":\"" + url + "\",}")}) {
-      INFO("body " << body);
-      HttpResult r = Http(base, "POST", "/job", body);
-      RequireError(r, 400);
-      REQUIRE(ErrorMessage(r).find("offset") != std::string::npos);
-    }
-  }
-  {
-    INFO("an empty body");
-    RequireError(Http(base, "POST", "/job", ""), 400);
-  }
-  {
-    INFO("invalid UTF-8");
-    RequireError(Http(base, "POST", "/job",
-                      "{\"url\":\"" + url +
-                          "\",\"secret\":\"a\xFF\xFE"
-                          "b\"}"),
-                 400);
-    RequireError(Http(base, "POST", "/job", "{\"url\":\"" + url + "\xC3\x28\"}"), 400);
-  }
-  {
-    INFO("wrong types");
-    for (const std::string& body : std::vector<std::string>{
-             std::string("[]"),
-             std::string("\"" + url + "\""),
-             std::string("{\"url\":5}"),
-             std::string("{\"url\":[\"" + url + "\"]}"),
-             std::string("{\"url\":\"" + url + "\",\"secret\":5}"),
-             std::string("{\"url\":\"" + url + "\",\"concurrency\":\"4\"}"),
-             std::string("{\"url\":\"" + url + "\",\"concurrency\":2.5}"),
-             std::string("{\"url\":\"" + url + "\",\"maxsize\":true}"),
-             std::string("{\"url\":\"" + url + "\",\"maxsize\":{}}"),
-         }) {
-      INFO("body " << body);
-      RequireError(Http(base, "POST", "/job", body), 400);
-    }
-  }
-  {
-    INFO("a missing url");
-    RequireError(Http(base, "POST", "/job", "{}"), 400);
-    RequireError(Http(base, "POST", "/job", "{\"secret\":\"s\",\"concurrency\":2}"), 400);
-  }
-  {
-    INFO("a url that is not http(s) with a host");
-    for (const std::string& bad : std::vector<std::string>{
-             "ftp://127.0.0.1/hook", "file:///etc/passwd", "gopher://127.0.0.1/x",
-             "127.0.0.1:9/hook", "/hook", "", "http://", "http:// 127.0.0.1/x"}) {
-      INFO("url " << bad);
-      RequireError(Http(base, "POST", "/job", JobBody(bad)), 400);
-    }
-  }
-  {
-    INFO("concurrency and maxsize out of range");
-    for (const std::string& extra :
-         std::vector<std::string>{"\"concurrency\":0", "\"concurrency\":-1", "\"concurrency\":1025",
-                                  "\"concurrency\":99999999999999999999", "\"maxsize\":0",
-                                  "\"maxsize\":-5", "\"maxsize\":1000001"}) {
-      INFO("extra " << extra);
-      RequireError(Http(base, "POST", "/job", JobBody(url, extra)), 400);
-    }
-  }
-  {
-    INFO("deep nesting");
-    RequireError(Http(base, "POST", "/job", std::string(100000, '[')), 400);
-    RequireError(Http(base, "POST", "/job", std::string(100000, '{')), 400);
-    RequireError(Http(base, "POST", "/job",
-                      "{\"url\":\"" + url + "\",\"secret\":" + std::string(100000, '[')),
-                 400);
+  for (const BadJobBody& bad : BadJobBodies(url)) {
+    INFO(bad.why << ": body " << bad.body.substr(0, 200));
+    HttpResult r = Http(base, "POST", "/job", bad.body);
+    RequireError(r, 400);
+    if (bad.names_offset) REQUIRE(ErrorMessage(r).find("offset") != std::string::npos);
   }
   REQUIRE(JobCount(pmmap) == 0);
   // The limits themselves are accepted.
