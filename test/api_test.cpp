@@ -1214,75 +1214,100 @@ int AcceptedConnections(int port) {
   return n;
 }
 
+const int kParallelJobs = 20;
+const int kInputsPerJob = 50;
+
+// What one job of the parallel test saw.
+struct Outcome {
+  std::string id;
+  std::string error;  // empty: all fine
+};
+
+// Why the output body of a job whose keys start with prefix is not the
+// echo of its kInputsPerJob inputs, or "" if it is.
+std::string OutputProblem(const std::string& body, const std::string& prefix) {
+  rapidjson::Document out;
+  out.Parse(body.c_str());
+  if (out.HasParseError() || !out.IsArray()) return "bad output " + body;
+  if (out.Size() != kInputsPerJob) return "output has " + std::to_string(out.Size()) + " entries";
+  std::set<std::string> keys;
+  for (const auto& e : out.GetArray()) {
+    if (!e.IsObject() || !e.HasMember("key") || !e["key"].IsString() || !e.HasMember("value") ||
+        !e["value"].IsObject() || !e["value"].HasMember("value") ||
+        !e["value"]["value"].IsObject() || !e["value"]["value"].HasMember("i")) {
+      return "bad entry in " + body;
+    }
+    std::string key = e["key"].GetString();
+    if (key.compare(0, prefix.size(), prefix) != 0) return "foreign key " + key;
+    if (std::string(e["value"]["key"].GetString()) != key ||
+        e["value"]["value"]["i"].GetInt() != std::stoi(key.substr(prefix.size()))) {
+      return "wrong value for " + key;
+    }
+    keys.insert(key);
+  }
+  if (keys.size() != static_cast<size_t>(kInputsPerJob)) return "repeated keys";
+  return "";
+}
+
+// Runs job j from start to end on one kept-alive connection, its keys
+// "j<j>_0"..., and fulfils created once its job exists. Reports what went
+// wrong instead of asserting, since it runs on its own thread.
+Outcome RunJob(const std::string& base, const std::string& hook_url, int j,
+               std::shared_ptr<std::promise<void>> created) {
+  Outcome o;
+  auto fail = [&o](std::string message) {
+    o.error = std::move(message);
+    return o;
+  };
+  KeptAliveClient client(base);
+  const std::string prefix = "j" + std::to_string(j) + "_";
+  Reply r = client.Send("POST", "/job", JobBody(hook_url, "\"concurrency\":4,\"maxsize\":10"));
+  created->set_value();
+  if (r.status != 201)
+    return fail("POST /job: " + std::to_string(r.status) + " " + r.error + r.body);
+  rapidjson::Document job;
+  job.Parse(r.body.c_str());
+  if (job.HasParseError() || !job.IsObject() || !job.HasMember("id"))
+    return fail("bad job " + r.body);
+  o.id = job["id"].GetString();
+  r = client.Send("PUT", "/job/" + o.id + "/input", MakeInputs(kInputsPerJob, prefix));
+  if (r.status != 201) return fail("PUT: " + std::to_string(r.status) + " " + r.error + r.body);
+  r = client.Send("POST", "/job/" + o.id + "/complete");
+  if (r.status != 200)
+    return fail("complete: " + std::to_string(r.status) + " " + r.error + r.body);
+  r = client.Send("GET", "/job/" + o.id + "/output");
+  if (r.status != 200) return fail("output: " + std::to_string(r.status) + " " + r.error + r.body);
+  std::string problem = OutputProblem(r.body, prefix);
+  if (!problem.empty()) return fail(problem);
+  return o;
+}
+
+// Checks that each call carried the id of the job its key belongs to.
+void CheckCallsCarryTheirJob(Webhook& hook, std::map<std::string, std::string>& id_by_prefix) {
+  std::vector<Webhook::Call> calls = hook.calls();
+  REQUIRE(calls.size() == static_cast<size_t>(kParallelJobs * kInputsPerJob));
+  for (const Webhook::Call& call : calls) {
+    std::string prefix = call.key.substr(0, call.key.find('_'));
+    INFO("key " << call.key);
+    REQUIRE(id_by_prefix.count(prefix) == 1);
+    REQUIRE(HeaderOf(call.headers, "PMMAP-job") == id_by_prefix[prefix]);
+  }
+}
+
 }  // namespace
 
 TEST_CASE("many jobs run in parallel, each with all its replies", "[api]") {
   Webhook hook;
   PmmapProcess pmmap;
-  const std::string base = pmmap.base_url();
-  const int kJobs = 20;
-  const int kInputs = 50;
-  struct Outcome {
-    std::string id;
-    std::string error;  // empty: all fine
-  };
-  // Runs one job from start to end on one kept-alive connection, and says
-  // when its job exists. Reports what went wrong instead of asserting.
-  auto run = [base, &hook](int j, std::shared_ptr<std::promise<void>> created) {
-    Outcome o;
-    auto fail = [&o](std::string message) {
-      o.error = std::move(message);
-      return o;
-    };
-    KeptAliveClient client(base);
-    const std::string prefix = "j" + std::to_string(j) + "_";
-    Reply r = client.Send("POST", "/job", JobBody(hook.url(), "\"concurrency\":4,\"maxsize\":10"));
-    created->set_value();
-    if (r.status != 201)
-      return fail("POST /job: " + std::to_string(r.status) + " " + r.error + r.body);
-    rapidjson::Document job;
-    job.Parse(r.body.c_str());
-    if (job.HasParseError() || !job.IsObject() || !job.HasMember("id"))
-      return fail("bad job " + r.body);
-    o.id = job["id"].GetString();
-    r = client.Send("PUT", "/job/" + o.id + "/input", MakeInputs(kInputs, prefix));
-    if (r.status != 201) return fail("PUT: " + std::to_string(r.status) + " " + r.error + r.body);
-    r = client.Send("POST", "/job/" + o.id + "/complete");
-    if (r.status != 200)
-      return fail("complete: " + std::to_string(r.status) + " " + r.error + r.body);
-    r = client.Send("GET", "/job/" + o.id + "/output");
-    if (r.status != 200)
-      return fail("output: " + std::to_string(r.status) + " " + r.error + r.body);
-    rapidjson::Document out;
-    out.Parse(r.body.c_str());
-    if (out.HasParseError() || !out.IsArray()) return fail("bad output " + r.body);
-    if (out.Size() != kInputs) return fail("output has " + std::to_string(out.Size()) + " entries");
-    std::set<std::string> keys;
-    for (const auto& e : out.GetArray()) {
-      if (!e.IsObject() || !e.HasMember("key") || !e["key"].IsString() || !e.HasMember("value") ||
-          !e["value"].IsObject() || !e["value"].HasMember("value") ||
-          !e["value"]["value"].IsObject() || !e["value"]["value"].HasMember("i")) {
-        return fail("bad entry in " + r.body);
-      }
-      std::string key = e["key"].GetString();
-      if (key.compare(0, prefix.size(), prefix) != 0) return fail("foreign key " + key);
-      if (std::string(e["value"]["key"].GetString()) != key ||
-          e["value"]["value"]["i"].GetInt() != std::stoi(key.substr(prefix.size()))) {
-        return fail("wrong value for " + key);
-      }
-      keys.insert(key);
-    }
-    if (keys.size() != static_cast<size_t>(kInputs)) return fail("repeated keys");
-    return o;
-  };
   // The threads start one after another (each once the previous one's job
   // exists), so that their connections do not arrive in one burst (see the
   // burst test below); their jobs then run side by side.
   std::vector<std::future<Outcome>> futures;
-  for (int j = 0; j < kJobs; ++j) {
+  for (int j = 0; j < kParallelJobs; ++j) {
     auto created = std::make_shared<std::promise<void>>();
     std::future<void> job_exists = created->get_future();
-    futures.push_back(std::async(std::launch::async, run, j, created));
+    futures.push_back(
+        std::async(std::launch::async, RunJob, pmmap.base_url(), hook.url(), j, created));
     CHECK(job_exists.wait_for(seconds(10)) == std::future_status::ready);
   }
   std::vector<Outcome> outcomes;
@@ -1291,25 +1316,17 @@ TEST_CASE("many jobs run in parallel, each with all its replies", "[api]") {
     outcomes.push_back(f.get());
   }
   std::map<std::string, std::string> id_by_prefix;
-  for (int j = 0; j < kJobs; ++j) {
+  for (int j = 0; j < kParallelJobs; ++j) {
     INFO("job " << j << ": " << outcomes[j].error);
     REQUIRE(outcomes[j].error.empty());
     id_by_prefix["j" + std::to_string(j)] = outcomes[j].id;
   }
-  // Each call carried the id of the job its key belongs to.
-  std::vector<Webhook::Call> calls = hook.calls();
-  REQUIRE(calls.size() == static_cast<size_t>(kJobs * kInputs));
-  for (const Webhook::Call& call : calls) {
-    std::string prefix = call.key.substr(0, call.key.find('_'));
-    INFO("key " << call.key);
-    REQUIRE(id_by_prefix.count(prefix) == 1);
-    REQUIRE(HeaderOf(call.headers, "PMMAP-job") == id_by_prefix[prefix]);
-  }
-  for (int j = 0; j < kJobs; ++j) {
+  CheckCallsCarryTheirJob(hook, id_by_prefix);
+  for (int j = 0; j < kParallelJobs; ++j) {
     rapidjson::Document job = GetJob(pmmap, outcomes[j].id);
     REQUIRE(Str(job["state"]) == "done");
-    REQUIRE(U64(job, "inputs") == kInputs);
-    REQUIRE(U64(job, "outputs") == kInputs);
+    REQUIRE(U64(job, "inputs") == kInputsPerJob);
+    REQUIRE(U64(job, "outputs") == kInputsPerJob);
   }
 }
 
