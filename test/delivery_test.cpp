@@ -359,33 +359,85 @@ TEST_CASE("a new job echoes its delivery policy, defaults included, and starts a
   }
 }
 
+namespace {
+
+// Answers by key prefix: a, b, c always 500; d fails twice, then succeeds
+// with {"ok": <attempt>}; e is 404.
+void FailByPrefix(const Webhook::Call& call, httplib::Response& res) {
+  char kind = call.key.empty() ? '?' : call.key[0];
+  if (kind == 'd' && AttemptOf(call) >= 3) {
+    res.set_content("{\"ok\":" + std::to_string(AttemptOf(call)) + "}", "application/json");
+  } else if (kind == 'e') {
+    res.status = 404;
+    res.set_content("no such thing", "text/plain");
+  } else {
+    res.status = 500;
+    res.set_content("boom", "text/plain");
+  }
+}
+
+// One job of keys prefix0.. against FailByPrefix, with its policy fields.
+struct AttemptsCase {
+  std::string prefix;
+  int keys;
+  std::string fields;
+  int attempts;  // calls expected per key
+  bool success;
+  long status;  // of the error entry
+};
+
+// Checks one output entry (compact JSON) of c's job.
+void CheckAttemptsEntry(const AttemptsCase& c, const std::string& text) {
+  rapidjson::Document entry = ParseJson(text);
+  INFO("entry " << text);
+  if (c.success) {
+    REQUIRE(entry.HasMember("value"));
+    CHECK(entry["value"]["ok"].GetInt() == c.attempts);
+    CHECK_FALSE(entry.HasMember("error"));
+  } else {
+    REQUIRE(entry.HasMember("error"));
+    CHECK(entry["error"]["status"].GetInt() == c.status);
+    CHECK(Text(entry["error"], "message").find(std::to_string(c.status)) != std::string::npos);
+    CHECK(Text(entry["error"], "body") == (c.status == 500 ? "boom" : "no such thing"));
+    REQUIRE(entry.HasMember("attempts"));
+    CHECK(entry["attempts"].GetInt() == c.attempts);
+    CHECK_FALSE(entry.HasMember("value"));
+  }
+}
+
+// Checks c's job once done: its counters, the attempts the webhook saw per
+// key, and its output.
+void CheckAttemptsCase(const PmmapProcess& pmmap, Webhook& hook, const AttemptsCase& c,
+                       const std::string& id) {
+  INFO("case " << c.prefix << ": " << c.fields);
+  rapidjson::Document job = WaitForState(pmmap, id, "done");
+  auto by_key = CallsByKey(hook.calls());
+  CheckCounters(job);
+  CHECK(U64(job, "outputs") == static_cast<uint64_t>(c.keys));
+  CHECK(U64(job, "retries") == static_cast<uint64_t>(c.keys * (c.attempts - 1)));
+  CHECK(U64(job, "succeeded") == (c.success ? static_cast<uint64_t>(c.keys) : 0));
+  CHECK(U64(job, "failed") == (c.success ? 0 : static_cast<uint64_t>(c.keys)));
+  for (int k = 0; k < c.keys; ++k) {
+    std::string key = c.prefix + std::to_string(k);
+    INFO("key " << key);
+    const auto& calls = by_key[key];
+    REQUIRE(calls.size() == static_cast<size_t>(c.attempts));
+    for (int n = 0; n < c.attempts; ++n) CHECK(AttemptOf(calls[n]) == n + 1);
+  }
+  std::vector<std::string> entries = ArrayEntries(GetOutput(pmmap, id));
+  REQUIRE(entries.size() == static_cast<size_t>(c.keys));
+  for (const std::string& text : entries) CheckAttemptsEntry(c, text);
+}
+
+}  // namespace
+
 TEST_CASE("a failing webhook gets exactly max_attempts calls per key, then an error entry",
           "[delivery]") {
   Webhook hook;
-  // By key prefix: a, b, c always 500; d fails twice, then succeeds; e is 404.
-  hook.SetHandler([](const Webhook::Call& call, httplib::Response& res) {
-    char kind = call.key.empty() ? '?' : call.key[0];
-    if (kind == 'd' && AttemptOf(call) >= 3) {
-      res.set_content("{\"ok\":" + std::to_string(AttemptOf(call)) + "}", "application/json");
-    } else if (kind == 'e') {
-      res.status = 404;
-      res.set_content("no such thing", "text/plain");
-    } else {
-      res.status = 500;
-      res.set_content("boom", "text/plain");
-    }
-  });
+  hook.SetHandler(FailByPrefix);
   PmmapProcess pmmap;
 
-  struct Case {
-    std::string prefix;
-    int keys;
-    std::string fields;
-    int attempts;  // calls expected per key
-    bool success;
-    long status;  // of the error entry
-  };
-  const std::vector<Case> cases = {
+  const std::vector<AttemptsCase> cases = {
       {"a", 4, "\"max_attempts\":3,\"backoff_ms\":1,\"max_backoff_ms\":5,\"concurrency\":2", 3,
        false, 500},
       {"b", 3, "\"max_attempts\":1,\"concurrency\":3", 1, false, 500},
@@ -394,51 +446,15 @@ TEST_CASE("a failing webhook gets exactly max_attempts calls per key, then an er
       {"e", 2, "\"max_attempts\":9,\"backoff_ms\":0", 1, false, 404},  // not retried
   };
   std::vector<std::string> ids;
-  for (const Case& c : cases) {
+  for (const AttemptsCase& c : cases) {
     ids.push_back(CreateJob(pmmap, JobBody(hook.url(), c.fields)));
     PutInputs(pmmap, ids.back(), MakeInputs(c.keys, c.prefix));
     Complete(pmmap, ids.back());
   }
-  for (size_t i = 0; i < cases.size(); ++i) {
-    const Case& c = cases[i];
-    INFO("case " << c.prefix << ": " << c.fields);
-    rapidjson::Document job = WaitForState(pmmap, ids[i], "done");
-    auto by_key = CallsByKey(hook.calls());
-    CheckCounters(job);
-    CHECK(U64(job, "outputs") == static_cast<uint64_t>(c.keys));
-    CHECK(U64(job, "retries") == static_cast<uint64_t>(c.keys * (c.attempts - 1)));
-    CHECK(U64(job, "succeeded") == (c.success ? static_cast<uint64_t>(c.keys) : 0));
-    CHECK(U64(job, "failed") == (c.success ? 0 : static_cast<uint64_t>(c.keys)));
-    for (int k = 0; k < c.keys; ++k) {
-      std::string key = c.prefix + std::to_string(k);
-      INFO("key " << key);
-      const auto& calls = by_key[key];
-      REQUIRE(calls.size() == static_cast<size_t>(c.attempts));
-      for (int n = 0; n < c.attempts; ++n) CHECK(AttemptOf(calls[n]) == n + 1);
-    }
-    std::vector<std::string> entries = ArrayEntries(GetOutput(pmmap, ids[i]));
-    REQUIRE(entries.size() == static_cast<size_t>(c.keys));
-    for (const std::string& text : entries) {
-      rapidjson::Document entry = ParseJson(text);
-      INFO("entry " << text);
-      if (c.success) {
-        REQUIRE(entry.HasMember("value"));
-        CHECK(entry["value"]["ok"].GetInt() == c.attempts);
-        CHECK_FALSE(entry.HasMember("error"));
-      } else {
-        REQUIRE(entry.HasMember("error"));
-        CHECK(entry["error"]["status"].GetInt() == c.status);
-        CHECK(Text(entry["error"], "message").find(std::to_string(c.status)) != std::string::npos);
-        CHECK(Text(entry["error"], "body") == (c.status == 500 ? "boom" : "no such thing"));
-        REQUIRE(entry.HasMember("attempts"));
-        CHECK(entry["attempts"].GetInt() == c.attempts);
-        CHECK_FALSE(entry.HasMember("value"));
-      }
-    }
-  }
+  for (size_t i = 0; i < cases.size(); ++i) CheckAttemptsCase(pmmap, hook, cases[i], ids[i]);
   // Nothing was called beyond what the cases account for.
   size_t expected_calls = 0;
-  for (const Case& c : cases) expected_calls += static_cast<size_t>(c.keys * c.attempts);
+  for (const AttemptsCase& c : cases) expected_calls += static_cast<size_t>(c.keys * c.attempts);
   CHECK(hook.call_count() == expected_calls);
 }
 
