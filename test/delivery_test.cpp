@@ -819,22 +819,103 @@ TEST_CASE("a tiny rate_per_sec holds calls back without wedging the job or the s
 
 // 2. Live counters.
 
+namespace {
+
+// Slow (5 ms a call); k%7 fails for good (400); k%3 fails its first
+// attempt (500); the rest succeed.
+void AnswerMixed(const Webhook::Call& call, httplib::Response& res) {
+  std::this_thread::sleep_for(milliseconds(5));
+  int index = IndexOf(call.key);
+  if (index % 7 == 0) {
+    res.status = 400;
+    res.set_content("refused", "text/plain");
+  } else if (index % 3 == 0 && AttemptOf(call) == 1) {
+    res.status = 500;
+  } else {
+    res.set_content("{\"ok\":true}", "application/json");
+  }
+}
+
+// GET /jobs lists every job (jobs of them) in the same form as GET
+// /job/{id}, with the same invariants.
+void CheckListedCounters(const PmmapProcess& pmmap, size_t jobs) {
+  HttpResult list = Http(pmmap.base_url(), "GET", "/jobs");
+  REQUIRE(list.status == 200);
+  rapidjson::Document all = ParseJson(list.body);
+  REQUIRE(all.IsArray());
+  REQUIRE(all.Size() == jobs);
+  for (const auto& listed : all.GetArray()) CheckCounters(listed);
+}
+
+// Reads completed job id, of n inputs, until it is done, checking its
+// counters at every read and those of GET /jobs (jobs jobs) at every
+// fourth; returns the last read. Counts the reads in *reads, and in
+// *reads_midway those made while some but not all inputs were answered.
+rapidjson::Document ReadUntilDone(const PmmapProcess& pmmap, const std::string& id, int n,
+                                  size_t jobs, int* reads, int* reads_midway) {
+  rapidjson::Document job;
+  uint64_t last_outputs = 0;
+  uint64_t last_retries = 0;
+  auto deadline = SteadyClock::now() + std::chrono::seconds(20);
+  for (;;) {
+    job = GetJob(pmmap, id);
+    ++*reads;
+    CheckCounters(job);
+    std::string state = State(job);
+    REQUIRE((state == "closing" || state == "done"));
+    CHECK(U64(job, "inputs") == static_cast<uint64_t>(n));
+    uint64_t outputs = U64(job, "outputs");
+    uint64_t retries = U64(job, "retries");
+    CHECK(outputs >= last_outputs);
+    CHECK(retries >= last_retries);
+    last_outputs = outputs;
+    last_retries = retries;
+    if (outputs > 0 && outputs < static_cast<uint64_t>(n)) ++*reads_midway;
+    if (state == "closing") {
+      CHECK(job["done_at"].IsNull());
+    } else {
+      break;
+    }
+    if (*reads % 4 == 0) CheckListedCounters(pmmap, jobs);
+    REQUIRE(SteadyClock::now() < deadline);
+  }
+  return job;
+}
+
+// Checks the last read of a done job whose n inputs AnswerMixed answered;
+// returns how many of them were retried.
+int CheckMixedJobDone(const rapidjson::Value& job, int n) {
+  // 0, 7, ..., 119 fail; multiples of 3 but not of 7 are retried once.
+  int failed = 0;
+  int retried = 0;
+  for (int i = 0; i < n; ++i) {
+    if (i % 7 == 0) {
+      ++failed;
+    } else if (i % 3 == 0) {
+      ++retried;
+    }
+  }
+  CHECK(State(job) == "done");
+  CHECK(U64(job, "outputs") == static_cast<uint64_t>(n));
+  CHECK(U64(job, "failed") == static_cast<uint64_t>(failed));
+  CHECK(U64(job, "succeeded") == static_cast<uint64_t>(n - failed));
+  CHECK(U64(job, "retries") == static_cast<uint64_t>(retried));
+  CHECK(U64(job, "pending") == 0);
+  CHECK(U64(job, "in_flight") == 0);
+  CheckTimestamp(job["created_at"]);
+  CheckTimestamp(job["done_at"]);
+  CHECK(Text(job, "created_at") <= Text(job, "done_at"));
+  return retried;
+}
+
+}  // namespace
+
 TEST_CASE("the counters add up at every read while a job runs", "[delivery]") {
   auto gate = std::make_shared<Gate>();
   Webhook hook;
-  // Slow (5 ms a call); k%7 fails for good (400); k%3 fails its first attempt (500).
   hook.SetHandler([gate](const Webhook::Call& call, httplib::Response& res) {
     gate->Wait();
-    std::this_thread::sleep_for(milliseconds(5));
-    int index = IndexOf(call.key);
-    if (index % 7 == 0) {
-      res.status = 400;
-      res.set_content("refused", "text/plain");
-    } else if (index % 3 == 0 && AttemptOf(call) == 1) {
-      res.status = 500;
-    } else {
-      res.set_content("{\"ok\":true}", "application/json");
-    }
+    AnswerMixed(call, res);
   });
   PmmapProcess pmmap;
   OpenAtExit open_at_exit(*gate);
@@ -867,62 +948,11 @@ TEST_CASE("the counters add up at every read while a job runs", "[delivery]") {
   gate->Open();
   int reads = 0;
   int reads_midway = 0;
-  uint64_t last_outputs = 0;
-  uint64_t last_retries = 0;
-  auto deadline = SteadyClock::now() + std::chrono::seconds(20);
-  for (;;) {
-    job = GetJob(pmmap, id);
-    ++reads;
-    CheckCounters(job);
-    std::string state = State(job);
-    REQUIRE((state == "closing" || state == "done"));
-    CHECK(U64(job, "inputs") == static_cast<uint64_t>(n));
-    uint64_t outputs = U64(job, "outputs");
-    uint64_t retries = U64(job, "retries");
-    CHECK(outputs >= last_outputs);
-    CHECK(retries >= last_retries);
-    last_outputs = outputs;
-    last_retries = retries;
-    if (outputs > 0 && outputs < static_cast<uint64_t>(n)) ++reads_midway;
-    if (state == "closing") {
-      CHECK(job["done_at"].IsNull());
-    } else {
-      break;
-    }
-    if (reads % 4 == 0) {
-      // GET /jobs lists every job in the same form, with the same invariants.
-      HttpResult list = Http(pmmap.base_url(), "GET", "/jobs");
-      REQUIRE(list.status == 200);
-      rapidjson::Document all = ParseJson(list.body);
-      REQUIRE(all.IsArray());
-      REQUIRE(all.Size() == 2);
-      for (const auto& listed : all.GetArray()) CheckCounters(listed);
-    }
-    REQUIRE(SteadyClock::now() < deadline);
-  }
+  job = ReadUntilDone(pmmap, id, n, 2, &reads, &reads_midway);
   INFO(reads << " reads, " << reads_midway << " midway");
   CHECK(reads_midway >= 1);
 
-  // 0, 7, ..., 119 fail; multiples of 3 but not of 7 are retried once.
-  int failed = 0;
-  int retried = 0;
-  for (int i = 0; i < n; ++i) {
-    if (i % 7 == 0) {
-      ++failed;
-    } else if (i % 3 == 0) {
-      ++retried;
-    }
-  }
-  CHECK(State(job) == "done");
-  CHECK(U64(job, "outputs") == static_cast<uint64_t>(n));
-  CHECK(U64(job, "failed") == static_cast<uint64_t>(failed));
-  CHECK(U64(job, "succeeded") == static_cast<uint64_t>(n - failed));
-  CHECK(U64(job, "retries") == static_cast<uint64_t>(retried));
-  CHECK(U64(job, "pending") == 0);
-  CHECK(U64(job, "in_flight") == 0);
-  CheckTimestamp(job["created_at"]);
-  CheckTimestamp(job["done_at"]);
-  CHECK(Text(job, "created_at") <= Text(job, "done_at"));
+  int retried = CheckMixedJobDone(job, n);
   CHECK(hook.call_count() == static_cast<size_t>(n + retried));
   CHECK(State(GetJob(pmmap, other)) == "open");
 }
