@@ -1007,6 +1007,44 @@ TEST_CASE("GET /jobs lists every job in the form of GET /job/{id}", "[delivery]"
 
 // 3. Cancel.
 
+namespace {
+
+// Checks the answer of POST /job/{id}/cancel for a job of n inputs: every
+// one of them is answered, as a failure.
+void CheckCancelledAtOnce(const rapidjson::Value& job, int n) {
+  CheckCounters(job);
+  CHECK(State(job) == "cancelled");
+  CHECK(U64(job, "inputs") == static_cast<uint64_t>(n));
+  CHECK(U64(job, "outputs") == static_cast<uint64_t>(n));
+  CHECK(U64(job, "failed") == static_cast<uint64_t>(n));
+  CHECK(U64(job, "succeeded") == 0);
+  CHECK(U64(job, "pending") == 0);
+  CHECK(U64(job, "in_flight") == 0);
+  CheckTimestamp(job["done_at"]);
+}
+
+// Checks the output of a cancelled job of n inputs: one "cancelled" error
+// per key, with one attempt if the key is among those called, else none.
+void CheckCancelledOutput(const HttpResult& out, int n, const std::set<std::string>& called) {
+  CHECK(HeaderOf(out.headers, "PMMAP-state") == "cancelled");
+  std::vector<std::string> entries = ArrayEntries(out);
+  REQUIRE(entries.size() == static_cast<size_t>(n));
+  std::set<std::string> keys;
+  for (const std::string& text : entries) {
+    rapidjson::Document entry = ParseJson(text);
+    INFO(text);
+    std::string key = Text(entry, "key");
+    keys.insert(key);
+    REQUIRE(entry.HasMember("error"));
+    CHECK(entry["error"]["status"].GetInt() == 0);
+    CHECK(Text(entry["error"], "message") == "cancelled");
+    CHECK(entry["attempts"].GetInt() == (called.count(key) ? 1 : 0));
+  }
+  CHECK(keys.size() == static_cast<size_t>(n));
+}
+
+}  // namespace
+
 TEST_CASE("cancel stops a running job: calls aborted, nothing more sent, every input answered",
           "[delivery]") {
   auto gate = std::make_shared<Gate>();
@@ -1027,16 +1065,7 @@ TEST_CASE("cancel stops a running job: calls aborted, nothing more sent, every i
   // pmmap holds one connection per call in flight.
   REQUIRE(WaitUntil([&] { return EstablishedTo(hook.port()) == 2; }));
 
-  job = Cancel(pmmap, id);
-  CheckCounters(job);
-  CHECK(State(job) == "cancelled");
-  CHECK(U64(job, "inputs") == static_cast<uint64_t>(n));
-  CHECK(U64(job, "outputs") == static_cast<uint64_t>(n));
-  CHECK(U64(job, "failed") == static_cast<uint64_t>(n));
-  CHECK(U64(job, "succeeded") == 0);
-  CHECK(U64(job, "pending") == 0);
-  CHECK(U64(job, "in_flight") == 0);
-  CheckTimestamp(job["done_at"]);
+  CheckCancelledAtOnce(Cancel(pmmap, id), n);
   const size_t calls_at_cancel = hook.call_count();
   CHECK(calls_at_cancel == 2);
 
@@ -1064,22 +1093,7 @@ TEST_CASE("cancel stops a running job: calls aborted, nothing more sent, every i
   std::set<std::string> called;
   for (const auto& call : hook.calls()) called.insert(call.key);
   for (int read = 0; read < 2; ++read) {  // readable again and again until DELETE
-    HttpResult out = GetOutput(pmmap, id);
-    CHECK(HeaderOf(out.headers, "PMMAP-state") == "cancelled");
-    std::vector<std::string> entries = ArrayEntries(out);
-    REQUIRE(entries.size() == static_cast<size_t>(n));
-    std::set<std::string> keys;
-    for (const std::string& text : entries) {
-      rapidjson::Document entry = ParseJson(text);
-      INFO(text);
-      std::string key = Text(entry, "key");
-      keys.insert(key);
-      REQUIRE(entry.HasMember("error"));
-      CHECK(entry["error"]["status"].GetInt() == 0);
-      CHECK(Text(entry["error"], "message") == "cancelled");
-      CHECK(entry["attempts"].GetInt() == (called.count(key) ? 1 : 0));
-    }
-    CHECK(keys.size() == static_cast<size_t>(n));
+    CheckCancelledOutput(GetOutput(pmmap, id), n, called);
   }
   // A cancelled job takes no more inputs.
   RequireError(Http(pmmap.base_url(), "PUT", "/job/" + id + "/input", MakeInputs(1, "late")), 409);
