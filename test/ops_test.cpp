@@ -366,6 +366,113 @@ bool ParseValue(const std::string& text, double* out) {
   return end == text.c_str() + text.size();
 }
 
+// Reads a "# HELP name text" or "# TYPE name type" line into e; other
+// comments are skipped. where prefixes the errors it finds.
+void ParseComment(const std::string& line, const std::string& where, Exposition* e) {
+  std::istringstream words(line);
+  std::string hash, kind, name;
+  words >> hash >> kind >> name;
+  if (kind != "HELP" && kind != "TYPE") return;  // a plain comment
+  if (name.empty()) {
+    e->errors.push_back(where + "no metric name");
+    return;
+  }
+  std::string rest;
+  std::getline(words, rest);
+  rest.erase(0, rest.find_first_not_of(' '));
+  auto& table = kind == "HELP" ? e->help : e->type;
+  if (table.count(name)) e->errors.push_back(where + "a second " + kind + " for " + name);
+  if (kind == "TYPE") {
+    static const std::set<std::string> kTypes = {"counter", "gauge", "histogram", "summary",
+                                                 "untyped"};
+    if (!kTypes.count(rest)) e->errors.push_back(where + "unknown type");
+    for (const Sample& s : e->samples) {
+      if (s.name == name) e->errors.push_back(where + "TYPE after the family's samples");
+    }
+  }
+  if (kind == "HELP" && rest.empty()) e->errors.push_back(where + "empty HELP");
+  table[name] = rest;
+}
+
+// Reads a label value from line[*i], just past its opening quote, through
+// its closing quote, undoing backslash escapes (\n is a line break);
+// returns false if the line ends first.
+bool ParseLabelValue(const std::string& line, size_t* i, std::string* value) {
+  while (*i < line.size() && line[*i] != '"') {
+    if (line[*i] == '\\' && *i + 1 < line.size()) {
+      ++*i;
+      value->push_back(line[*i] == 'n' ? '\n' : line[*i]);
+    } else {
+      value->push_back(line[*i]);
+    }
+    ++*i;
+  }
+  if (*i >= line.size()) return false;
+  ++*i;  // the closing quote
+  return true;
+}
+
+// Reads a sample's labels from line[*i], just past its '{', through its
+// '}'; returns false if they are malformed or a label repeats.
+bool ParseLabels(const std::string& line, size_t* i, std::map<std::string, std::string>* labels) {
+  bool ok = true;
+  for (;;) {
+    while (*i < line.size() && line[*i] == ' ') ++*i;
+    if (*i < line.size() && line[*i] == '}') {
+      ++*i;
+      return ok;
+    }
+    size_t start = *i;
+    while (*i < line.size() && IsNameChar(line[*i]) && line[*i] != ':') ++*i;
+    std::string label = line.substr(start, *i - start);
+    if (label.empty() || *i + 1 >= line.size() || line[*i] != '=' || line[*i + 1] != '"') {
+      return false;
+    }
+    *i += 2;
+    std::string value;
+    if (!ParseLabelValue(line, i, &value)) return false;
+    if (labels->count(label)) ok = false;
+    (*labels)[label] = value;
+    if (*i < line.size() && line[*i] == ',') ++*i;
+  }
+}
+
+// Reads a sample line into e unless it is malformed; where prefixes the
+// errors it finds, and seen holds the samples read so far, to find repeats.
+void ParseSample(const std::string& line, const std::string& where, std::set<std::string>* seen,
+                 Exposition* e) {
+  Sample s;
+  size_t i = 0;
+  if (!IsNameStart(line[0])) {
+    e->errors.push_back(where + "bad metric name");
+    return;
+  }
+  while (i < line.size() && IsNameChar(line[i])) ++i;
+  s.name = line.substr(0, i);
+  bool ok = true;
+  if (i < line.size() && line[i] == '{') {
+    ++i;
+    ok = ParseLabels(line, &i, &s.labels);
+  }
+  if (!ok || i >= line.size() || line[i] != ' ') {
+    e->errors.push_back(where + "bad labels or no value");
+    return;
+  }
+  std::istringstream rest(line.substr(i + 1));
+  std::string value_text, timestamp, extra;
+  rest >> value_text >> timestamp >> extra;
+  if (!ParseValue(value_text, &s.value) || !extra.empty()) {
+    e->errors.push_back(where + "bad value");
+    return;
+  }
+  std::string family = e->FamilyOf(s.name);
+  if (family.empty()) e->errors.push_back(where + "no TYPE line before this sample");
+  std::string id = s.name + "{";
+  for (const auto& kv : s.labels) id += kv.first + "=" + kv.second + ",";
+  if (!seen->insert(id).second) e->errors.push_back(where + "a repeated sample");
+  e->samples.push_back(std::move(s));
+}
+
 Exposition ParseExposition(const std::string& text) {
   Exposition e;
   std::set<std::string> seen_samples;
@@ -377,93 +484,10 @@ Exposition ParseExposition(const std::string& text) {
     std::string where = "line " + std::to_string(line_no) + " \"" + line + "\": ";
     if (line.empty()) continue;
     if (line[0] == '#') {
-      std::istringstream words(line);
-      std::string hash, kind, name;
-      words >> hash >> kind >> name;
-      if (kind != "HELP" && kind != "TYPE") continue;  // a plain comment
-      if (name.empty()) {
-        e.errors.push_back(where + "no metric name");
-        continue;
-      }
-      std::string rest;
-      std::getline(words, rest);
-      rest.erase(0, rest.find_first_not_of(' '));
-      auto& table = kind == "HELP" ? e.help : e.type;
-      if (table.count(name)) e.errors.push_back(where + "a second " + kind + " for " + name);
-      if (kind == "TYPE") {
-        static const std::set<std::string> kTypes = {"counter", "gauge", "histogram", "summary",
-                                                     "untyped"};
-        if (!kTypes.count(rest)) e.errors.push_back(where + "unknown type");
-        for (const Sample& s : e.samples) {
-          if (s.name == name) e.errors.push_back(where + "TYPE after the family's samples");
-        }
-      }
-      if (kind == "HELP" && rest.empty()) e.errors.push_back(where + "empty HELP");
-      table[name] = rest;
-      continue;
+      ParseComment(line, where, &e);
+    } else {
+      ParseSample(line, where, &seen_samples, &e);
     }
-    Sample s;
-    size_t i = 0;
-    if (!IsNameStart(line[0])) {
-      e.errors.push_back(where + "bad metric name");
-      continue;
-    }
-    while (i < line.size() && IsNameChar(line[i])) ++i;
-    s.name = line.substr(0, i);
-    bool ok = true;
-    if (i < line.size() && line[i] == '{') {
-      ++i;
-      for (;;) {
-        while (i < line.size() && line[i] == ' ') ++i;
-        if (i < line.size() && line[i] == '}') {
-          ++i;
-          break;
-        }
-        size_t start = i;
-        while (i < line.size() && IsNameChar(line[i]) && line[i] != ':') ++i;
-        std::string label = line.substr(start, i - start);
-        if (label.empty() || i + 1 >= line.size() || line[i] != '=' || line[i + 1] != '"') {
-          ok = false;
-          break;
-        }
-        i += 2;
-        std::string value;
-        while (i < line.size() && line[i] != '"') {
-          if (line[i] == '\\' && i + 1 < line.size()) {
-            ++i;
-            value.push_back(line[i] == 'n' ? '\n' : line[i]);
-          } else {
-            value.push_back(line[i]);
-          }
-          ++i;
-        }
-        if (i >= line.size()) {
-          ok = false;
-          break;
-        }
-        ++i;  // the closing quote
-        if (s.labels.count(label)) ok = false;
-        s.labels[label] = value;
-        if (i < line.size() && line[i] == ',') ++i;
-      }
-    }
-    if (!ok || i >= line.size() || line[i] != ' ') {
-      e.errors.push_back(where + "bad labels or no value");
-      continue;
-    }
-    std::istringstream rest(line.substr(i + 1));
-    std::string value_text, timestamp, extra;
-    rest >> value_text >> timestamp >> extra;
-    if (!ParseValue(value_text, &s.value) || !extra.empty()) {
-      e.errors.push_back(where + "bad value");
-      continue;
-    }
-    std::string family = e.FamilyOf(s.name);
-    if (family.empty()) e.errors.push_back(where + "no TYPE line before this sample");
-    std::string id = s.name + "{";
-    for (const auto& kv : s.labels) id += kv.first + "=" + kv.second + ",";
-    if (!seen_samples.insert(id).second) e.errors.push_back(where + "a repeated sample");
-    e.samples.push_back(std::move(s));
   }
   if (!text.empty() && text.back() != '\n')
     e.errors.push_back("the text does not end with a newline");
