@@ -700,62 +700,51 @@ TEST_CASE("GET /metrics is well-formed Prometheus text before any job", "[ops]")
   REQUIRE(ParseExposition("# HELP x X.\n# TYPE x counter\nx{a=\"b\"} 1\n").errors.empty());
 }
 
-TEST_CASE("metrics count inputs, outputs, calls by outcome, retries and in-flight calls", "[ops]") {
-  Gate hold_gate;
-  Gate slow_gate;
-  Gate stuck_gate;
-  Webhook hook;
-  OpenAtExit open_hold(hold_gate);
-  OpenAtExit open_slow(slow_gate);
-  OpenAtExit open_stuck(stuck_gate);
-  hook.SetHandler([&](const Webhook::Call& call, httplib::Response& res) {
-    const std::string& key = call.key;
-    if (StartsWith(key, "flaky") && AttemptOf(call) < 3) {
-      res.status = 500;
-      res.set_content("try again", "text/plain");
-      return;
-    }
-    if (StartsWith(key, "bad")) {
-      res.status = 404;
-      res.set_content("no such thing", "text/plain");
-      return;
-    }
-    if (StartsWith(key, "moved")) {
-      res.status = 302;
-      res.set_header("Location", "/elsewhere");
-      return;
-    }
-    if (StartsWith(key, "hold")) hold_gate.Wait(seconds(20));
-    if (StartsWith(key, "slow")) slow_gate.Wait(seconds(20));
-    if (StartsWith(key, "stuck")) stuck_gate.Wait(seconds(20));
-    res.set_content("{\"ok\":true}", "application/json");
-  });
-  RefusingPort refusing;
-  PmmapProcess pmmap;
+namespace {
+
+// The gates on which the metrics test's webhook holds calls, by key prefix.
+struct MetricsGates {
+  Gate hold;
+  Gate slow;
+  Gate stuck;
+};
+
+// Answers by key prefix: flaky 500 until its third attempt, bad 404, moved
+// 302; hold, slow and stuck wait (at most 20 s) for their gate; then, as
+// for any other key, 200 {"ok":true}.
+void AnswerByPrefix(MetricsGates& gates, const Webhook::Call& call, httplib::Response& res) {
+  const std::string& key = call.key;
+  if (StartsWith(key, "flaky") && AttemptOf(call) < 3) {
+    res.status = 500;
+    res.set_content("try again", "text/plain");
+    return;
+  }
+  if (StartsWith(key, "bad")) {
+    res.status = 404;
+    res.set_content("no such thing", "text/plain");
+    return;
+  }
+  if (StartsWith(key, "moved")) {
+    res.status = 302;
+    res.set_header("Location", "/elsewhere");
+    return;
+  }
+  if (StartsWith(key, "hold")) gates.hold.Wait(seconds(20));
+  if (StartsWith(key, "slow")) gates.slow.Wait(seconds(20));
+  if (StartsWith(key, "stuck")) gates.stuck.Wait(seconds(20));
+  res.set_content("{\"ok\":true}", "application/json");
+}
+
+// The metrics test's jobs, by the letters its comments give them.
+struct MetricsJobs {
+  std::string a, b, c, e;
+};
+
+// Job A: successes, 500s then success, 4xx, a 3xx, and one call held
+// until hold opens. Checks the metrics while that call is held, then lets
+// it end and waits until the job is done. Returns its id.
+std::string RunMixedJob(const PmmapProcess& pmmap, Webhook& hook, Gate& hold) {
   const std::string base = pmmap.base_url();
-  Exposition before = Scrape(base);
-
-  // Job B: one input whose calls time out twice.
-  std::string b =
-      CreateJob(pmmap, "{\"url\":\"" + hook.url() +
-                           "\",\"timeout_ms\":400,\"max_attempts\":2,\"backoff_ms\":5}");
-  REQUIRE(Http(base, "PUT", "/job/" + b + "/input", "[{\"key\":\"slow0\",\"value\":1}]").status ==
-          201);
-  REQUIRE(Http(base, "POST", "/job/" + b + "/complete").status == 200);
-  // Job C: one input whose webhook refuses connections, twice.
-  std::string c =
-      CreateJob(pmmap, "{\"url\":\"http://127.0.0.1:" + std::to_string(refusing.port()) +
-                           "/hook\",\"max_attempts\":2,\"backoff_ms\":5}");
-  REQUIRE(Http(base, "PUT", "/job/" + c + "/input", "[{\"key\":\"c0\",\"value\":1}]").status ==
-          201);
-  REQUIRE(Http(base, "POST", "/job/" + c + "/complete").status == 200);
-  REQUIRE(JobIs(WaitForJob(pmmap, b, [](const rapidjson::Document& j) { return JobIs(j, "done"); }),
-                "done"));
-  REQUIRE(JobIs(WaitForJob(pmmap, c, [](const rapidjson::Document& j) { return JobIs(j, "done"); }),
-                "done"));
-  slow_gate.Open();  // pmmap gave up on those calls; let the webhook's handlers end
-
-  // Job A: successes, 500s then success, 4xx, a 3xx, and one held call.
   std::string a = CreateJob(pmmap, "{\"url\":\"" + hook.url() +
                                        "\",\"concurrency\":4,\"max_attempts\":5,\"backoff_ms\":5}");
   std::string inputs =
@@ -778,22 +767,32 @@ TEST_CASE("metrics count inputs, outputs, calls by outcome, retries and in-fligh
   REQUIRE(during.Get("pmmap_jobs", {{"state", "closing"}}) == 1);
   REQUIRE(during.Get("pmmap_jobs", {{"state", "done"}}) == 2);
   REQUIRE(during.Get("pmmap_jobs", {{"state", "open"}}) == 0);
-  hold_gate.Open();
+  hold.Open();
   rapidjson::Document job_a =
       WaitForJob(pmmap, a, [](const rapidjson::Document& j) { return JobIs(j, "done"); });
   REQUIRE(JobIs(job_a, "done"));
   REQUIRE(U64(job_a, "succeeded") == 7);
   REQUIRE(U64(job_a, "failed") == 3);
   REQUIRE(U64(job_a, "retries") == 4);
+  return a;
+}
 
-  // Job E: cancelled with one call in flight and one input queued. The
-  // abandoned call is no call at all; both inputs are failures.
+// Job E: cancelled with one call in flight and one input queued. Returns
+// its id.
+std::string RunCancelledJob(const PmmapProcess& pmmap, Webhook& hook) {
+  const std::string base = pmmap.base_url();
   std::string e = CreateJob(pmmap, "{\"url\":\"" + hook.url() + "\",\"concurrency\":1}");
   REQUIRE(Http(base, "PUT", "/job/" + e + "/input",
                "[{\"key\":\"stuck0\",\"value\":0},{\"key\":\"stuck1\",\"value\":1}]")
               .status == 201);
   REQUIRE(WaitForCall(hook, "stuck0"));
   REQUIRE(Http(base, "POST", "/job/" + e + "/cancel").status == 200);
+  return e;
+}
+
+// Scrapes until no call is in flight (bounded), and returns that scrape;
+// fails the test if calls stay in flight.
+Exposition ScrapeOnceIdle(const std::string& base) {
   Exposition after;
   bool settled = WaitUntil(
       [&] {
@@ -803,6 +802,11 @@ TEST_CASE("metrics count inputs, outputs, calls by outcome, retries and in-fligh
       seconds(10));
   INFO("in flight after cancel: " << after.Get("pmmap_webhook_calls_in_flight"));
   REQUIRE(settled);
+  return after;
+}
+
+// Checks what the metrics test's jobs added between two scrapes.
+void CheckMetricsAdded(const Exposition& before, const Exposition& after) {
   auto delta = [&](const std::string& name, const std::map<std::string, std::string>& labels = {}) {
     return after.Get(name, labels) - before.Get(name, labels);
   };
@@ -831,7 +835,10 @@ TEST_CASE("metrics count inputs, outputs, calls by outcome, retries and in-fligh
   CHECK(delta(h + "_sum") >= 0.75);
   CHECK(after.Get(h + "_bucket", {{"le", "+Inf"}}) - after.Get(h + "_bucket", {{"le", "0.25"}}) >=
         2);
-  // What the webhook saw agrees.
+}
+
+// Checks that what the webhook saw agrees with the metrics.
+void CheckMetricsCallsSeen(Webhook& hook) {
   auto attempts = AttemptsByKey(hook);
   CHECK(attempts["flaky0"] == std::vector<int>{1, 2, 3});
   CHECK(attempts["flaky1"] == std::vector<int>{1, 2, 3});
@@ -841,20 +848,67 @@ TEST_CASE("metrics count inputs, outputs, calls by outcome, retries and in-fligh
   CHECK(attempts["stuck0"] == std::vector<int>{1});
   CHECK(attempts.count("stuck1") == 0);
   CHECK(hook.call_count() == 17);  // and 2 refused connections
-  // One log line per final failure.
-  std::string log = pmmap.log();
+}
+
+// Checks the log has one line per final failure of the metrics test's
+// jobs, and one for the cancel.
+void CheckMetricsLog(const std::string& log, const MetricsJobs& jobs) {
   INFO("log:\n" << log);
   for (const char* key : {"bad0", "bad1", "moved0"}) {
-    CHECK(Contains(log, "job " + a + " failure: key " + key + ": "));
+    CHECK(Contains(log, "job " + jobs.a + " failure: key " + key + ": "));
   }
-  CHECK(Contains(log, "job " + b + " failure: key slow0: "));
-  CHECK(Contains(log, "job " + c + " failure: key c0: "));
+  CHECK(Contains(log, "job " + jobs.b + " failure: key slow0: "));
+  CHECK(Contains(log, "job " + jobs.c + " failure: key c0: "));
   size_t failures = 0;
   for (const auto& line : SplitLines(log)) {
     if (Contains(line, " failure: ")) ++failures;
   }
   CHECK(failures == 5);
-  CHECK(Contains(log, "job " + e + " cancelled"));
+  CHECK(Contains(log, "job " + jobs.e + " cancelled"));
+}
+
+}  // namespace
+
+TEST_CASE("metrics count inputs, outputs, calls by outcome, retries and in-flight calls", "[ops]") {
+  MetricsGates gates;
+  Webhook hook;
+  OpenAtExit open_hold(gates.hold);
+  OpenAtExit open_slow(gates.slow);
+  OpenAtExit open_stuck(gates.stuck);
+  hook.SetHandler([&gates](const Webhook::Call& call, httplib::Response& res) {
+    AnswerByPrefix(gates, call, res);
+  });
+  RefusingPort refusing;
+  PmmapProcess pmmap;
+  const std::string base = pmmap.base_url();
+  Exposition before = Scrape(base);
+  MetricsJobs jobs;
+
+  // Job B: one input whose calls time out twice.
+  jobs.b = CreateJob(pmmap, "{\"url\":\"" + hook.url() +
+                                "\",\"timeout_ms\":400,\"max_attempts\":2,\"backoff_ms\":5}");
+  REQUIRE(
+      Http(base, "PUT", "/job/" + jobs.b + "/input", "[{\"key\":\"slow0\",\"value\":1}]").status ==
+      201);
+  REQUIRE(Http(base, "POST", "/job/" + jobs.b + "/complete").status == 200);
+  // Job C: one input whose webhook refuses connections, twice.
+  jobs.c = CreateJob(pmmap, "{\"url\":\"http://127.0.0.1:" + std::to_string(refusing.port()) +
+                                "/hook\",\"max_attempts\":2,\"backoff_ms\":5}");
+  REQUIRE(Http(base, "PUT", "/job/" + jobs.c + "/input", "[{\"key\":\"c0\",\"value\":1}]").status ==
+          201);
+  REQUIRE(Http(base, "POST", "/job/" + jobs.c + "/complete").status == 200);
+  for (const std::string& id : {jobs.b, jobs.c}) {
+    REQUIRE(
+        JobIs(WaitForJob(pmmap, id, [](const rapidjson::Document& j) { return JobIs(j, "done"); }),
+              "done"));
+  }
+  gates.slow.Open();  // pmmap gave up on those calls; let the webhook's handlers end
+
+  jobs.a = RunMixedJob(pmmap, hook, gates.hold);
+  jobs.e = RunCancelledJob(pmmap, hook);
+  CheckMetricsAdded(before, ScrapeOnceIdle(base));
+  CheckMetricsCallsSeen(hook);
+  CheckMetricsLog(pmmap.log(), jobs);
 }
 
 // ===========================================================================
