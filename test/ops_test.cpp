@@ -971,30 +971,39 @@ size_t CountEvents(const std::vector<LogEvent>& events, const std::string& job,
   return n;
 }
 
+// Answers flaky0's first attempt with a 503 and bad0 with a 404; every
+// other call with 200 {"ok":true}.
+void AnswerForEventLog(const Webhook::Call& call, httplib::Response& res) {
+  if (call.key == "flaky0" && AttemptOf(call) < 2) {
+    res.status = 503;
+    return;
+  }
+  if (call.key == "bad0") {
+    res.status = 404;
+    res.set_content("gone", "text/plain");
+    return;
+  }
+  res.set_content("{\"ok\":true}", "application/json");
+}
+
+// The event-log test's jobs, by the letters its comments give them.
+struct EventLogJobs {
+  std::string a, b, d, e;
+};
+
 // Runs jobs through every event (created, completed, failure, done,
-// cancelled, deleted, expired) and checks the log has one line for each.
-void CheckEventLog(bool json) {
-  Webhook hook;
-  hook.SetHandler([](const Webhook::Call& call, httplib::Response& res) {
-    if (call.key == "flaky0" && AttemptOf(call) < 2) {
-      res.status = 503;
-      return;
-    }
-    if (call.key == "bad0") {
-      res.status = 404;
-      res.set_content("gone", "text/plain");
-      return;
-    }
-    res.set_content("{\"ok\":true}", "application/json");
-  });
-  PmmapProcess pmmap({"--job-ttl", "1", "--log-format", json ? "json" : "text"});
+// cancelled, deleted, expired) on a pmmap whose jobs expire after a second
+// and whose log is in the json or the text format, and waits until both
+// expiries are logged.
+EventLogJobs RunEveryEvent(const PmmapProcess& pmmap, const std::string& hook_url, bool json) {
   const std::string base = pmmap.base_url();
-  const std::string job_body =
-      "{\"url\":\"" + hook.url() + "\",\"backoff_ms\":5,\"max_attempts\":3}";
+  const std::string job_body = "{\"url\":\"" + hook_url + "\",\"backoff_ms\":5,\"max_attempts\":3}";
+  EventLogJobs jobs;
   // E stays open to the end: it must not expire.
-  std::string e = CreateJob(pmmap, job_body);
+  jobs.e = CreateJob(pmmap, job_body);
   // A: created, completed, one failure (bad0; flaky0 is retried, not failed), done, expired.
-  std::string a = CreateJob(pmmap, job_body);
+  jobs.a = CreateJob(pmmap, job_body);
+  const std::string& a = jobs.a;
   REQUIRE(Http(base, "PUT", "/job/" + a + "/input",
                "[{\"key\":\"ok0\",\"value\":0},{\"key\":\"flaky0\",\"value\":1},{\"key\":\"bad0\","
                "\"value\":2}]")
@@ -1005,42 +1014,35 @@ void CheckEventLog(bool json) {
   REQUIRE(out.status == 200);
   REQUIRE(ParseJson(out.body).Size() == 3);
   // B: created, deleted while open.
-  std::string b = CreateJob(pmmap, job_body);
-  REQUIRE(Http(base, "DELETE", "/job/" + b).status == 200);
+  jobs.b = CreateJob(pmmap, job_body);
+  REQUIRE(Http(base, "DELETE", "/job/" + jobs.b).status == 200);
   // D: created, cancelled, expired.
-  std::string d = CreateJob(pmmap, job_body);
-  REQUIRE(Http(base, "POST", "/job/" + d + "/cancel").status == 200);
+  jobs.d = CreateJob(pmmap, job_body);
+  REQUIRE(Http(base, "POST", "/job/" + jobs.d + "/cancel").status == 200);
 
   REQUIRE(WaitGone(base, a, seconds(8)));
-  REQUIRE(WaitGone(base, d, seconds(8)));
+  REQUIRE(WaitGone(base, jobs.d, seconds(8)));
   REQUIRE(WaitUntil(
       [&] {
         auto events = ParseLog(pmmap.log(), json);
-        return CountEvents(events, a, "expired") == 1 && CountEvents(events, d, "expired") == 1;
+        return CountEvents(events, a, "expired") == 1 &&
+               CountEvents(events, jobs.d, "expired") == 1;
       },
       seconds(5)));
-  // E outlived an expiry pass that came after it was a second old.
-  REQUIRE(JobIs(GetJob(pmmap, e), "open"));
-  REQUIRE(pmmap.Stop(SIGTERM) == 0);
+  return jobs;
+}
 
-  std::string log = pmmap.log();
-  INFO("log:\n" << log);
-  std::vector<LogEvent> events = ParseLog(log, json);
-  bool listening = false;
-  for (const auto& ev : events) {
-    if (ev.job.empty() &&
-        Contains(ev.event, "listening on http://127.0.0.1:" + std::to_string(pmmap.port()))) {
-      listening = true;
-    }
-  }
-  REQUIRE(listening);
+// Checks that events hold exactly the job events RunEveryEvent caused:
+// one of each, no other, the failure naming its key and status, and the
+// done line counting outcomes.
+void CheckJobEvents(const std::vector<LogEvent>& events, const EventLogJobs& jobs) {
   const std::vector<std::string> kEvents = {"created", "completed", "done",   "cancelled",
                                             "deleted", "expired",   "failure"};
   std::map<std::string, std::map<std::string, size_t>> expected = {
-      {a, {{"created", 1}, {"completed", 1}, {"failure", 1}, {"done", 1}, {"expired", 1}}},
-      {b, {{"created", 1}, {"deleted", 1}}},
-      {d, {{"created", 1}, {"cancelled", 1}, {"expired", 1}}},
-      {e, {{"created", 1}}},
+      {jobs.a, {{"created", 1}, {"completed", 1}, {"failure", 1}, {"done", 1}, {"expired", 1}}},
+      {jobs.b, {{"created", 1}, {"deleted", 1}}},
+      {jobs.d, {{"created", 1}, {"cancelled", 1}, {"expired", 1}}},
+      {jobs.e, {{"created", 1}}},
   };
   for (const auto& job : expected) {
     for (const std::string& event : kEvents) {
@@ -1058,12 +1060,37 @@ void CheckEventLog(bool json) {
   }
   // The failure names its key and why; the done line counts outcomes.
   for (const auto& ev : events) {
-    if (ev.job == a && ev.event == "failure") {
+    if (ev.job == jobs.a && ev.event == "failure") {
       CHECK(Contains(ev.detail, "bad0"));
       CHECK(Contains(ev.detail, "404"));
     }
-    if (ev.job == a && ev.event == "done") CHECK(Contains(ev.detail, "2 succeeded, 1 failed"));
+    if (ev.job == jobs.a && ev.event == "done") CHECK(Contains(ev.detail, "2 succeeded, 1 failed"));
   }
+}
+
+// Runs jobs through every event and checks the log, in the json or the
+// text format, has one line for each.
+void CheckEventLog(bool json) {
+  Webhook hook;
+  hook.SetHandler(AnswerForEventLog);
+  PmmapProcess pmmap({"--job-ttl", "1", "--log-format", json ? "json" : "text"});
+  EventLogJobs jobs = RunEveryEvent(pmmap, hook.url(), json);
+  // E outlived an expiry pass that came after it was a second old.
+  REQUIRE(JobIs(GetJob(pmmap, jobs.e), "open"));
+  REQUIRE(pmmap.Stop(SIGTERM) == 0);
+
+  std::string log = pmmap.log();
+  INFO("log:\n" << log);
+  std::vector<LogEvent> events = ParseLog(log, json);
+  bool listening = false;
+  for (const auto& ev : events) {
+    if (ev.job.empty() &&
+        Contains(ev.event, "listening on http://127.0.0.1:" + std::to_string(pmmap.port()))) {
+      listening = true;
+    }
+  }
+  REQUIRE(listening);
+  CheckJobEvents(events, jobs);
 }
 
 }  // namespace
