@@ -14,10 +14,19 @@
 #     libpthread lives in libc, so -pthread needs no --whole-archive).
 #
 # Everything is cached under build/static/ (PMMAP_STATIC_CACHE overrides):
-# a second run only recompiles what changed. Installs the Debian packages it
+# a second run only recompiles what changed. `static/build.sh --deps-only`
+# stops once libcurl and httplib.h are ready, before pmmap's own sources
+# (which it needs none of): the Dockerfile builds them in a layer of their own. Installs the Debian packages it
 # needs (as root, or with sudo) and, when `apt-get source` is not possible,
 # adds a deb-src entry for bookworm and runs apt-get update.
 set -euo pipefail
+
+DEPS_ONLY=false
+case ${1:-} in
+  --deps-only) DEPS_ONLY=true ;;
+  "") ;;
+  *) echo "usage: static/build.sh [--deps-only]" >&2; exit 2 ;;
+esac
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${PMMAP_STATIC_CACHE:-$ROOT/build/static}
@@ -190,6 +199,11 @@ if [[ ! -f $PREFIX/.built || $(cat "$PREFIX/.built") != "$CURL_KEY" ]]; then
   echo "$CURL_KEY" >"$PREFIX/.built"
   log "libcurl built in $((SECONDS - curl_start))s"
 fi
+if $DEPS_ONLY; then
+  log "dependencies ready in $CACHE in $((SECONDS - start))s"
+  exit 0
+fi
+
 # Debian's curl-config omits -L, so name our libcurl.a by path (a bare
 # -lcurl would find Debian's, which needs Kerberos, LDAP and more).
 CURL_LIBS="$PREFIX/lib/libcurl.a"
