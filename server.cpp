@@ -51,7 +51,7 @@ bool CheckWritable(const std::string& dir, std::string* error) {
     *error = "cannot write to " + dir + ": " + strerror(err);
     // In a container the volume's owner is the usual culprit: name our uid.
     if (err == EACCES) {
-      *error += " (--data-dir must be writable by uid " + std::to_string(geteuid()) + ")";
+      *error += " (the data dir must be writable by uid " + std::to_string(geteuid()) + ")";
     }
     return false;
   }
