@@ -89,17 +89,17 @@ struct RunResult {
 };
 
 // Runs the pmmap binary with args to completion (at most timeout),
-// capturing stdout and stderr.
+// capturing stdout and stderr; as run_as_uid unless kSameUid (see Spawn).
 RunResult RunBinary(const std::vector<std::string>& args,
                     const std::map<std::string, std::string>& env = {},
-                    milliseconds timeout = seconds(10)) {
+                    milliseconds timeout = seconds(10), int run_as_uid = kSameUid) {
   int out_pipe[2];
   int err_pipe[2];
   REQUIRE(pipe2(out_pipe, O_CLOEXEC) == 0);
   REQUIRE(pipe2(err_pipe, O_CLOEXEC) == 0);
   std::vector<std::string> full = {PmmapBinary()};
   full.insert(full.end(), args.begin(), args.end());
-  pid_t pid = Spawn(full, env, out_pipe[1], err_pipe[1]);
+  pid_t pid = Spawn(full, env, out_pipe[1], err_pipe[1], run_as_uid);
   close(out_pipe[1]);
   close(err_pipe[1]);
   RunResult result;
@@ -1851,6 +1851,42 @@ TEST_CASE("SIGINT stops the server like SIGTERM", "[ops]") {
   CHECK(Contains(pmmap.log(), "stopping on Interrupt"));
   REQUIRE(IsDirectory(data.path()));
   CHECK(ListDir(data.path()).empty());
+}
+
+TEST_CASE("a data dir pmmap cannot write is refused at start: exit 1, naming the dir and why",
+          "[ops]") {
+  TempDir tmp("pmmap-ops-unwritable");
+  // An existing regular file: mkdir finds it there, and nothing can be made
+  // in it, for root too.
+  const std::string file = tmp.File("a-file");
+  std::ofstream(file) << "not a directory\n";
+  std::vector<std::string> args = {"--listen", "127.0.0.1:0", "--data-dir", file};
+  RunResult not_dir = RunBinary(args, {}, seconds(10));
+  INFO("stdout: " << not_dir.out << " stderr: " << not_dir.err);
+  CHECK(not_dir.exit_code == 1);
+  CHECK(Contains(not_dir.err, "pmmap: cannot write to " + file + ": Not a directory"));
+  CHECK(not_dir.out.empty());
+
+  // A directory of mode 0500, as a volume another user owns looks to pmmap.
+  // Root ignores mode bits, so a root test runs pmmap as nobody (uid 65534),
+  // given the dir and a way through its parent.
+  const int kNobody = 65534;
+  const bool root = geteuid() == 0;
+  const int uid = root ? kNobody : static_cast<int>(geteuid());
+  const std::string dir = tmp.File("read-only");
+  REQUIRE(mkdir(dir.c_str(), 0500) == 0);
+  if (root) {
+    REQUIRE(chown(dir.c_str(), kNobody, kNobody) == 0);
+    REQUIRE(chmod(tmp.path().c_str(), 0711) == 0);
+  }
+  args.back() = dir;
+  RunResult denied = RunBinary(args, {}, seconds(10), root ? kNobody : kSameUid);
+  INFO("stdout: " << denied.out << " stderr: " << denied.err);
+  CHECK(denied.exit_code == 1);
+  CHECK(Contains(denied.err, "pmmap: cannot write to " + dir + ": Permission denied"));
+  CHECK(Contains(denied.err, "writable by uid " + std::to_string(uid)));
+  CHECK(denied.out.empty());
+  CHECK(ListDir(dir).empty());
 }
 
 TEST_CASE("without --data-dir, the data dir made under TMPDIR is removed on SIGTERM", "[ops]") {
