@@ -53,7 +53,7 @@ FUZZ_SOURCES := test/fuzz_main.cpp json.cpp request.cpp job.cpp output.cpp log.c
 LIB_OBJECTS := $(LIB_SOURCES:%.cpp=$(BUILD)/%.o)
 TEST_OBJECTS := $(TEST_SOURCES:%.cpp=$(BUILD)/%.o)
 
-.PHONY: all deps run test asan tsan fuzz soak demo bench clean lint format fresh-test mutants
+.PHONY: all deps run test asan tsan fuzz soak demo bench clean lint format fresh-test image-test mutants
 
 all: $(PMMAP) $(PMMAP_TEST)
 
@@ -162,6 +162,12 @@ demo: deps
 # (docker or podman), so that a missing install step shows; minutes, not in CI.
 fresh-test:
 	test/fresh_test.sh
+
+# The Dockerfile's image, built with docker or podman: it refuses a /data it cannot write, runs
+# a job end to end with a named volume on /data, and still has it after a restart; minutes,
+# not in CI.
+image-test:
+	test/image_test.sh
 
 # The benchmark: nginx and wrk on loopback; never part of `make test`.
 BENCH_PACKAGES := nginx-light wrk

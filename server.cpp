@@ -1,5 +1,6 @@
 #include "server.hpp"
 
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
@@ -35,6 +36,27 @@ constexpr time_t kKeepAliveSeconds = 3;
 constexpr size_t kKeepAliveRequests = 10000;
 // A caller reading a large output may pause; give it time before dropping it.
 constexpr time_t kWriteTimeoutSeconds = 60;
+
+// The file CheckWritable creates and removes in the data dir.
+constexpr char kWriteProbe[] = ".pmmap-write-test";
+
+// Proves that files can be created in dir by creating and removing one, so
+// that a data dir pmmap cannot write is refused at start, not by a 500 on
+// the first POST /job. On failure, says why in *error.
+bool CheckWritable(const std::string& dir, std::string* error) {
+  const std::string probe = dir + "/" + kWriteProbe;
+  int fd = open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0 || close(fd) != 0 || unlink(probe.c_str()) != 0) {
+    const int err = errno;
+    *error = "cannot write to " + dir + ": " + strerror(err);
+    // In a container the volume's owner is the usual culprit: name our uid.
+    if (err == EACCES) {
+      *error += " (the data dir must be writable by uid " + std::to_string(geteuid()) + ")";
+    }
+    return false;
+  }
+  return true;
+}
 
 // The one place a Status becomes an HTTP status.
 int HttpStatus(const Status& s) {
@@ -398,7 +420,7 @@ bool Server::PrepareDataDir(std::string* error) {
     *error = "cannot create " + flags_.data_dir + ": " + strerror(errno);
     return false;
   }
-  return true;
+  return CheckWritable(flags_.data_dir, error);
 }
 
 bool Server::Bind(std::string* error) {

@@ -75,6 +75,8 @@ class Server {
   // Answers a request no route took: 405 with Allow if a route has its
   // path, else 404, as JSON.
   void AnswerUnrouted(const httplib::Request& req, httplib::Response& res);
+  // Makes or opens the data dir and proves that files can be created in it;
+  // false, saying why in *error, if not.
   bool PrepareDataDir(std::string* error);
   bool Bind(std::string* error);
 

@@ -14,10 +14,19 @@
 #     libpthread lives in libc, so -pthread needs no --whole-archive).
 #
 # Everything is cached under build/static/ (PMMAP_STATIC_CACHE overrides):
-# a second run only recompiles what changed. Installs the Debian packages it
+# a second run only recompiles what changed. `static/build.sh --deps-only`
+# stops once libcurl and httplib.h are ready, before pmmap's own sources
+# (which it needs none of): the Dockerfile builds them in a layer of their own. Installs the Debian packages it
 # needs (as root, or with sudo) and, when `apt-get source` is not possible,
 # adds a deb-src entry for bookworm and runs apt-get update.
 set -euo pipefail
+
+DEPS_ONLY=false
+case ${1:-} in
+  --deps-only) DEPS_ONLY=true ;;
+  "") ;;
+  *) echo "usage: static/build.sh [--deps-only]" >&2; exit 2 ;;
+esac
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${PMMAP_STATIC_CACHE:-$ROOT/build/static}
@@ -153,7 +162,7 @@ CURL_SRC=$(fetch_source curl)
 HTTPLIB_SRC=$(fetch_source cpp-httplib)
 CURL_DSC=$(cat "$CACHE/src/curl/.fetched")
 case $(basename "$CURL_SRC") in
-  curl-$CURL_UPSTREAM) ;;
+  curl-"$CURL_UPSTREAM") ;;
   *) log "warning: expected curl $CURL_UPSTREAM, Debian's source is $(basename "$CURL_SRC")" ;;
 esac
 
@@ -190,6 +199,11 @@ if [[ ! -f $PREFIX/.built || $(cat "$PREFIX/.built") != "$CURL_KEY" ]]; then
   echo "$CURL_KEY" >"$PREFIX/.built"
   log "libcurl built in $((SECONDS - curl_start))s"
 fi
+if $DEPS_ONLY; then
+  log "dependencies ready in $CACHE in $((SECONDS - start))s"
+  exit 0
+fi
+
 # Debian's curl-config omits -L, so name our libcurl.a by path (a bare
 # -lcurl would find Debian's, which needs Kerberos, LDAP and more).
 CURL_LIBS="$PREFIX/lib/libcurl.a"
@@ -216,7 +230,7 @@ for lib in libssl.a libcrypto.a libcares.a libc.a libstdc++.a; do
   [[ -f $path ]] || die "$lib not found (is its -dev package installed?)"
   SYSTEM_LIBS+=" $path"
 done
-write_if_changed "$OBJ/flags" "$CXX $PMMAP_CXXFLAGS $CURL_LIBS $CURL_KEY $(cat "$CACHE/src/cpp-httplib/.fetched")"
+write_if_changed "$OBJ/build-key" "$CXX $PMMAP_CXXFLAGS $CURL_LIBS $CURL_KEY $(cat "$CACHE/src/cpp-httplib/.fetched")"
 # ld warns that getaddrinfo, gethostbyname, getservbyname, getservbyport_r
 # and dlopen "require at runtime the shared libraries from the glibc version
 # used for linking". None are on pmmap's paths but one: webhook names go
@@ -235,18 +249,20 @@ OBJECTS := \$(SOURCES:%.cpp=\$(OBJ)/%.o)
 CXX := $CXX
 FLAGS := $PMMAP_CXXFLAGS -MMD -MP -isystem $CACHE/include -isystem $PREFIX/include -I\$(ROOT)
 
-\$(OUT): \$(OBJECTS) $PREFIX/lib/libcurl.a$SYSTEM_LIBS \$(OBJ)/flags
+\$(OUT): \$(OBJECTS) $PREFIX/lib/libcurl.a$SYSTEM_LIBS \$(OBJ)/build-key
 	\$(CXX) -static -pthread -O2 \$(OBJECTS) -o \$@.tmp $CURL_LIBS
 	mv \$@.tmp \$@
 	@echo "static/build.sh: ld's warnings of functions that need glibc's shared libraries are expected (see static/build.sh)"
 
-\$(OBJ)/%.o: \$(ROOT)/%.cpp \$(OBJ)/flags
+\$(OBJ)/%.o: \$(ROOT)/%.cpp \$(OBJ)/build-key
 	@mkdir -p \$(dir \$@)
 	\$(CXX) \$(FLAGS) -c \$< -o \$@
 
 -include \$(wildcard \$(OBJ)/*.d)
 EOF
-make --no-print-directory -j"$JOBS" -f "$OBJ/rules.mk" "$OUT" || die "building $OUT failed"
+# No built-in rules (-r): with them, make "remade" a prerequisite named like a
+# source (the stamp was once $OBJ/flags, beside flags.o) by linking its .o.
+make --no-print-directory -r -j"$JOBS" -f "$OBJ/rules.mk" "$OUT" || die "building $OUT failed"
 
 # 4. Check: no program interpreter, no dynamic section.
 if readelf -lW "$OUT" | grep -qE 'INTERP|DYNAMIC'; then

@@ -194,6 +194,72 @@ bool StrictPercentDecode(const std::string& s, std::string* out) {
 // ---------------------------------------------------------------------------
 // Happy paths
 
+namespace {
+
+// POST /job with the defaults and a secret: checks the answer and returns
+// the new job's id.
+std::string CreateWithDefaults(const std::string& base, const std::string& url) {
+  HttpResult created = Http(base, "POST", "/job", JobBody(url, "\"secret\":\"s\""));
+  INFO(created.body);
+  REQUIRE(created.status == 201);
+  rapidjson::Document job = ParseJson(created.body);
+  REQUIRE(job.IsObject());
+  std::string id = Str(job["id"]);
+  REQUIRE_FALSE(id.empty());
+  REQUIRE(Str(job["url"]) == url);
+  REQUIRE(Str(job["state"]) == "open");
+  REQUIRE(U64(job, "inputs") == 0);
+  REQUIRE(U64(job, "outputs") == 0);
+  REQUIRE(U64(job, "concurrency") == 1);
+  REQUIRE(U64(job, "maxsize") == 1000);
+  REQUIRE_FALSE(job.HasMember("secret"));
+  return id;
+}
+
+// PUT /job/{id}/input twice, three inputs a0..a2 then two b0..b1; each
+// answer counts the inputs so far.
+void PutTwoBatches(const std::string& base, const std::string& id) {
+  HttpResult put = Http(base, "PUT", JobPath(id, "/input"), MakeInputs(3, "a"));
+  INFO(put.body);
+  REQUIRE(put.status == 201);
+  rapidjson::Document after_put = ParseJson(put.body);
+  REQUIRE(Str(after_put["id"]) == id);
+  REQUIRE(U64(after_put, "inputs") == 3);
+  put = Http(base, "PUT", JobPath(id, "/input"), MakeInputs(2, "b"));
+  REQUIRE(put.status == 201);
+  REQUIRE(U64(ParseJson(put.body), "inputs") == 5);
+}
+
+// POST /job/{id}/complete twice; both answer 200.
+void CompleteTwice(const std::string& base, const std::string& id) {
+  HttpResult complete = Http(base, "POST", JobPath(id, "/complete"));
+  INFO(complete.body);
+  REQUIRE(complete.status == 200);
+  rapidjson::Document completed = ParseJson(complete.body);
+  REQUIRE(Str(completed["id"]) == id);
+  std::string state = Str(completed["state"]);
+  REQUIRE((state == "closing" || state == "done"));
+  REQUIRE(Http(base, "POST", JobPath(id, "/complete")).status == 200);
+}
+
+// GET /job/{id}/output holds the echoed reply of each of PutTwoBatches's inputs.
+void CheckEchoedOutput(const PmmapProcess& pmmap, const std::string& id) {
+  rapidjson::Document out = Output(pmmap, id);
+  REQUIRE(out.Size() == 5);
+  auto entries = ByKey(out);
+  for (const char* key : {"a0", "a1", "a2", "b0", "b1"}) {
+    INFO(key);
+    REQUIRE(entries.count(key) == 1);
+    const rapidjson::Value& e = *entries[key];
+    REQUIRE(e.HasMember("value"));
+    REQUIRE_FALSE(e.HasMember("error"));
+    REQUIRE(Str(e["value"]["key"]) == key);
+    REQUIRE(e["value"]["value"]["i"].GetInt() == key[1] - '0');
+  }
+}
+
+}  // namespace
+
 TEST_CASE("every route answers its happy path", "[api]") {
   Webhook hook;
   PmmapProcess pmmap;
@@ -202,23 +268,8 @@ TEST_CASE("every route answers its happy path", "[api]") {
   HttpResult health = Http(base, "GET", "/healthz");
   REQUIRE(health.status == 200);
 
-  // POST /job with the defaults.
-  HttpResult created = Http(base, "POST", "/job", JobBody(hook.url(), "\"secret\":\"s\""));
-  INFO(created.body);
-  REQUIRE(created.status == 201);
-  rapidjson::Document job = ParseJson(created.body);
-  REQUIRE(job.IsObject());
-  std::string id = Str(job["id"]);
-  REQUIRE_FALSE(id.empty());
-  REQUIRE(Str(job["url"]) == hook.url());
-  REQUIRE(Str(job["state"]) == "open");
-  REQUIRE(U64(job, "inputs") == 0);
-  REQUIRE(U64(job, "outputs") == 0);
-  REQUIRE(U64(job, "concurrency") == 1);
-  REQUIRE(U64(job, "maxsize") == 1000);
-  REQUIRE_FALSE(job.HasMember("secret"));
-
-  // POST /job with explicit settings.
+  // POST /job with the defaults, then with explicit settings.
+  std::string id = CreateWithDefaults(base, hook.url());
   std::string id2 = CreateJob(pmmap, JobBody(hook.url(), "\"concurrency\":3,\"maxsize\":7"));
   REQUIRE(id2 != id);
   rapidjson::Document job2 = GetJob(pmmap, id2);
@@ -233,40 +284,9 @@ TEST_CASE("every route answers its happy path", "[api]") {
   // GET /jobs lists both.
   REQUIRE(JobCount(pmmap) == 2);
 
-  // PUT /job/{id}/input, twice.
-  HttpResult put = Http(base, "PUT", JobPath(id, "/input"), MakeInputs(3, "a"));
-  INFO(put.body);
-  REQUIRE(put.status == 201);
-  rapidjson::Document after_put = ParseJson(put.body);
-  REQUIRE(Str(after_put["id"]) == id);
-  REQUIRE(U64(after_put, "inputs") == 3);
-  put = Http(base, "PUT", JobPath(id, "/input"), MakeInputs(2, "b"));
-  REQUIRE(put.status == 201);
-  REQUIRE(U64(ParseJson(put.body), "inputs") == 5);
-
-  // POST /job/{id}/complete, twice.
-  HttpResult complete = Http(base, "POST", JobPath(id, "/complete"));
-  INFO(complete.body);
-  REQUIRE(complete.status == 200);
-  rapidjson::Document completed = ParseJson(complete.body);
-  REQUIRE(Str(completed["id"]) == id);
-  std::string state = Str(completed["state"]);
-  REQUIRE((state == "closing" || state == "done"));
-  REQUIRE(Http(base, "POST", JobPath(id, "/complete")).status == 200);
-
-  // GET /job/{id}/output
-  rapidjson::Document out = Output(pmmap, id);
-  REQUIRE(out.Size() == 5);
-  auto entries = ByKey(out);
-  for (const char* key : {"a0", "a1", "a2", "b0", "b1"}) {
-    INFO(key);
-    REQUIRE(entries.count(key) == 1);
-    const rapidjson::Value& e = *entries[key];
-    REQUIRE(e.HasMember("value"));
-    REQUIRE_FALSE(e.HasMember("error"));
-    REQUIRE(Str(e["value"]["key"]) == key);
-    REQUIRE(e["value"]["value"]["i"].GetInt() == key[1] - '0');
-  }
+  PutTwoBatches(base, id);
+  CompleteTwice(base, id);
+  CheckEchoedOutput(pmmap, id);
   rapidjson::Document done = GetJob(pmmap, id);
   REQUIRE(Str(done["state"]) == "done");
   REQUIRE(U64(done, "inputs") == 5);
@@ -289,17 +309,32 @@ TEST_CASE("every route answers its happy path", "[api]") {
 // ---------------------------------------------------------------------------
 // Outcomes of webhook calls
 
-TEST_CASE("each kind of webhook reply ends as the right entry", "[api]") {
-  Gate gate;
-  Webhook hook;
-  const std::string long_body = "no such thing: " + std::string(600, 'x');
-  std::mutex mutex;
-  std::map<std::string, int> seen;  // calls per key
-  hook.SetHandler([&](const Webhook::Call& call, httplib::Response& res) {
+namespace {
+
+using Entries = std::map<std::string, const rapidjson::Value*>;
+using CallCounts = std::map<std::string, int>;
+
+// A webhook handler that answers each of the keys json, empty, nocontent,
+// text, notfound, flaky, throttled, down and slow with its own kind of
+// reply, echoes any other, and counts the calls per key. "slow" holds its
+// calls until the gate opens.
+class ReplyKinds {
+ public:
+  explicit ReplyKinds(Gate& gate) : gate_(gate) {}
+  ReplyKinds(const ReplyKinds&) = delete;
+  ReplyKinds& operator=(const ReplyKinds&) = delete;
+
+  static const std::string& LongBody() {
+    static const std::string kLongBody = "no such thing: " + std::string(600, 'x');
+    return kLongBody;
+  }
+
+  // Called from the webhook's threads.
+  void Answer(const Webhook::Call& call, httplib::Response& res) {
     int n;
     {
-      std::lock_guard<std::mutex> lock(mutex);
-      n = ++seen[call.key];
+      std::lock_guard<std::mutex> lock(mutex_);
+      n = ++seen_[call.key];
     }
     const std::string& key = call.key;
     if (key == "json") {
@@ -312,65 +347,64 @@ TEST_CASE("each kind of webhook reply ends as the right entry", "[api]") {
       res.set_content("plain text, not JSON", "text/plain");
     } else if (key == "notfound") {
       res.status = 404;
-      res.set_content(long_body, "text/plain");
+      res.set_content(LongBody(), "text/plain");
     } else if (key == "flaky") {
-      if (n == 1) {
-        res.status = 503;
-        res.set_content("try again", "text/plain");
-      } else {
-        res.set_content("{\"ok\":true}", "application/json");
-      }
+      AnswerFlaky(n, res);
     } else if (key == "throttled") {
-      // 429 and 408 are retried too.
-      if (n == 1) {
-        res.status = 429;
-      } else if (n == 2) {
-        res.status = 408;
-      } else {
-        res.set_content("\"finally\"", "application/json");
-      }
+      AnswerThrottled(n, res);
     } else if (key == "down") {
       res.status = 500;
       res.set_content("boom", "text/plain");
     } else if (key == "slow") {
-      gate.Wait();  // beyond timeout_ms: pmmap gives up first
+      gate_.Wait();  // beyond timeout_ms: pmmap gives up first
       res.set_content("{\"late\":true}", "application/json");
     } else {
       Echo(call, res);
     }
-  });
-  PmmapProcess pmmap;
-  OpenAtExit open_at_exit(gate);
-  const int max_attempts = 3;
-  std::string id = CreateJob(
-      pmmap, JobBody(hook.url(), "\"concurrency\":4,\"timeout_ms\":300,\"max_attempts\":" +
-                                     std::to_string(max_attempts) + "," + kFastRetry));
-  std::vector<std::string> keys = {"json",  "empty",     "nocontent", "text", "notfound",
-                                   "flaky", "throttled", "down",      "slow"};
+  }
+
+  CallCounts calls() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return seen_;
+  }
+
+ private:
+  // The first call gets a 503, later ones succeed.
+  static void AnswerFlaky(int n, httplib::Response& res) {
+    if (n == 1) {
+      res.status = 503;
+      res.set_content("try again", "text/plain");
+    } else {
+      res.set_content("{\"ok\":true}", "application/json");
+    }
+  }
+  // 429 and 408 are retried too.
+  static void AnswerThrottled(int n, httplib::Response& res) {
+    if (n == 1) {
+      res.status = 429;
+    } else if (n == 2) {
+      res.status = 408;
+    } else {
+      res.set_content("\"finally\"", "application/json");
+    }
+  }
+
+  Gate& gate_;
+  std::mutex mutex_;
+  CallCounts seen_;  // calls per key
+};
+
+// A JSON array of one input per key, each valued {"k": key}.
+std::string InputsFor(const std::vector<std::string>& keys) {
   std::string inputs = "[";
   for (const std::string& key : keys) {
     if (inputs.size() > 1) inputs += ",";
     inputs += OneInput(key, "{\"k\":" + Quote(key) + "}");
   }
-  inputs += "]";
-  REQUIRE(Http(pmmap.base_url(), "PUT", JobPath(id, "/input"), inputs).status == 201);
-  REQUIRE(Http(pmmap.base_url(), "POST", JobPath(id, "/complete")).status == 200);
-  rapidjson::Document out = Output(pmmap, id);
-  INFO("output: " << [&] {
-    rapidjson::StringBuffer b;
-    rapidjson::Writer<rapidjson::StringBuffer> w(b);
-    out.Accept(w);
-    return std::string(b.GetString());
-  }());
-  REQUIRE(out.Size() == keys.size());
-  auto e = ByKey(out);
-  REQUIRE(e.size() == keys.size());
-  std::map<std::string, int> calls;
-  {
-    std::lock_guard<std::mutex> lock(mutex);
-    calls = seen;
-  }
+  return inputs + "]";
+}
 
+void CheckSuccessfulReplies(Entries& e, CallCounts& calls) {
   {
     INFO("a JSON reply is the value, parsed");
     const rapidjson::Value& v = (*e["json"])["value"];
@@ -394,31 +428,26 @@ TEST_CASE("each kind of webhook reply ends as the right entry", "[api]") {
     INFO("a reply that is not JSON is kept as a string");
     REQUIRE(Str((*e["text"])["value"]) == "plain text, not JSON");
   }
-  {
-    INFO("a 4xx is a final error after one attempt, with the status and the body's start");
-    const rapidjson::Value& entry = *e["notfound"];
-    REQUIRE_FALSE(entry.HasMember("value"));
-    REQUIRE(entry["error"].IsObject());
-    REQUIRE(entry["error"]["status"].GetInt() == 404);
-    REQUIRE(entry["error"]["message"].IsString());
-    REQUIRE(entry["error"]["message"].GetStringLength() > 0);
-    std::string body = Str(entry["error"]["body"]);
-    REQUIRE(body.size() >= 10);
-    REQUIRE(body.size() <= long_body.size());
-    REQUIRE(long_body.compare(0, body.size(), body) == 0);
-    REQUIRE(entry["attempts"].GetInt() == 1);
-    REQUIRE(calls["notfound"] == 1);
-  }
-  {
-    INFO("a 5xx, 429 or 408 is retried, and the later success is the value");
-    REQUIRE((*e["flaky"])["value"]["ok"].GetBool());
-    REQUIRE_FALSE(e["flaky"]->HasMember("error"));
-    REQUIRE(calls["flaky"] == 2);
-    REQUIRE(Str((*e["throttled"])["value"]) == "finally");
-    REQUIRE(calls["throttled"] == 3);
-    rapidjson::Document job = GetJob(pmmap, id);
-    REQUIRE(U64(job, "retries") >= 1 + 2 + 2 * (max_attempts - 1));
-  }
+}
+
+void CheckClientError(Entries& e, CallCounts& calls) {
+  INFO("a 4xx is a final error after one attempt, with the status and the body's start");
+  const rapidjson::Value& entry = *e["notfound"];
+  REQUIRE_FALSE(entry.HasMember("value"));
+  REQUIRE(entry["error"].IsObject());
+  REQUIRE(entry["error"]["status"].GetInt() == 404);
+  REQUIRE(entry["error"]["message"].IsString());
+  REQUIRE(entry["error"]["message"].GetStringLength() > 0);
+  std::string body = Str(entry["error"]["body"]);
+  const std::string& long_body = ReplyKinds::LongBody();
+  REQUIRE(body.size() >= 10);
+  REQUIRE(body.size() <= long_body.size());
+  REQUIRE(long_body.compare(0, body.size(), body) == 0);
+  REQUIRE(entry["attempts"].GetInt() == 1);
+  REQUIRE(calls["notfound"] == 1);
+}
+
+void CheckGivenUpAfter(int max_attempts, Entries& e, CallCounts& calls) {
   {
     INFO("a webhook that always fails ends as an error after max_attempts");
     const rapidjson::Value& entry = *e["down"];
@@ -437,6 +466,46 @@ TEST_CASE("each kind of webhook reply ends as the right entry", "[api]") {
     REQUIRE(entry["attempts"].GetInt() == max_attempts);
     REQUIRE(calls["slow"] == max_attempts);
   }
+}
+
+}  // namespace
+
+TEST_CASE("each kind of webhook reply ends as the right entry", "[api]") {
+  Gate gate;
+  ReplyKinds kinds(gate);  // before the webhook, whose handlers use it
+  Webhook hook;
+  hook.SetHandler(
+      [&kinds](const Webhook::Call& call, httplib::Response& res) { kinds.Answer(call, res); });
+  PmmapProcess pmmap;
+  OpenAtExit open_at_exit(gate);
+  const int max_attempts = 3;
+  std::string id = CreateJob(
+      pmmap, JobBody(hook.url(), "\"concurrency\":4,\"timeout_ms\":300,\"max_attempts\":" +
+                                     std::to_string(max_attempts) + "," + kFastRetry));
+  const std::vector<std::string> keys = {"json",  "empty",     "nocontent", "text", "notfound",
+                                         "flaky", "throttled", "down",      "slow"};
+  REQUIRE(Http(pmmap.base_url(), "PUT", JobPath(id, "/input"), InputsFor(keys)).status == 201);
+  REQUIRE(Http(pmmap.base_url(), "POST", JobPath(id, "/complete")).status == 200);
+  rapidjson::Document out = Output(pmmap, id);
+  INFO("output: " << Json(out));
+  REQUIRE(out.Size() == keys.size());
+  Entries e = ByKey(out);
+  REQUIRE(e.size() == keys.size());
+  CallCounts calls = kinds.calls();
+
+  CheckSuccessfulReplies(e, calls);
+  CheckClientError(e, calls);
+  {
+    INFO("a 5xx, 429 or 408 is retried, and the later success is the value");
+    REQUIRE((*e["flaky"])["value"]["ok"].GetBool());
+    REQUIRE_FALSE(e["flaky"]->HasMember("error"));
+    REQUIRE(calls["flaky"] == 2);
+    REQUIRE(Str((*e["throttled"])["value"]) == "finally");
+    REQUIRE(calls["throttled"] == 3);
+    rapidjson::Document job = GetJob(pmmap, id);
+    REQUIRE(U64(job, "retries") >= 1 + 2 + 2 * (max_attempts - 1));
+  }
+  CheckGivenUpAfter(max_attempts, e, calls);
   {
     INFO("the counters add up");
     rapidjson::Document job = GetJob(pmmap, id);
@@ -835,83 +904,73 @@ TEST_CASE("a blocked PUT and a blocked GET output answer 404 at once when their 
 // ---------------------------------------------------------------------------
 // Refused requests
 
+namespace {
+
+// A POST /job body that must be refused with 400.
+struct BadJobBody {
+  std::string why;
+  std::string body;
+  bool names_offset;  // whether the error message must give the offset
+};
+
+// The bodies POST /job refuses, all naming url as their webhook where they
+// name one.
+std::vector<BadJobBody> BadJobBodies(const std::string& url) {
+  std::vector<BadJobBody> bad = {
+      {"not JSON: the message gives the offset", "{\"url\": ", true},
+      {"not JSON: the message gives the offset", "nope", true},
+      {"not JSON: the message gives the offset", "{\"url\":\"" + url + "\",}", true},
+      {"an empty body", "", false},
+      {"invalid UTF-8",
+       "{\"url\":\"" + url +
+           "\",\"secret\":\"a\xFF\xFE"
+           "b\"}",
+       false},
+      {"invalid UTF-8", "{\"url\":\"" + url + "\xC3\x28\"}", false},
+  };
+  for (const std::string& body : {
+           std::string("[]"),
+           std::string("\"" + url + "\""),
+           std::string("{\"url\":5}"),
+           std::string("{\"url\":[\"" + url + "\"]}"),
+           std::string("{\"url\":\"" + url + "\",\"secret\":5}"),
+           std::string("{\"url\":\"" + url + "\",\"concurrency\":\"4\"}"),
+           std::string("{\"url\":\"" + url + "\",\"concurrency\":2.5}"),
+           std::string("{\"url\":\"" + url + "\",\"maxsize\":true}"),
+           std::string("{\"url\":\"" + url + "\",\"maxsize\":{}}"),
+       }) {
+    bad.push_back({"wrong types", body, false});
+  }
+  bad.push_back({"a missing url", "{}", false});
+  bad.push_back({"a missing url", "{\"secret\":\"s\",\"concurrency\":2}", false});
+  for (const char* bad_url : {"ftp://127.0.0.1/hook", "file:///etc/passwd", "gopher://127.0.0.1/x",
+                              "127.0.0.1:9/hook", "/hook", "", "http://", "http:// 127.0.0.1/x"}) {
+    bad.push_back({"a url that is not http(s) with a host", JobBody(bad_url), false});
+  }
+  for (const char* extra : {"\"concurrency\":0", "\"concurrency\":-1", "\"concurrency\":1025",
+                            "\"concurrency\":99999999999999999999", "\"maxsize\":0",
+                            "\"maxsize\":-5", "\"maxsize\":1000001"}) {
+    bad.push_back({"concurrency and maxsize out of range", JobBody(url, extra), false});
+  }
+  bad.push_back({"deep nesting", std::string(100000, '['), false});
+  bad.push_back({"deep nesting", std::string(100000, '{'), false});
+  bad.push_back(
+      {"deep nesting", "{\"url\":\"" + url + "\",\"secret\":" + std::string(100000, '['), false});
+  return bad;
+}
+
+}  // namespace
+
 TEST_CASE("POST /job refuses bad bodies with 400 and creates nothing", "[api]") {
   PmmapProcess pmmap;
   const std::string base = pmmap.base_url();
   const std::string url = "http://127.0.0.1:9/hook";
 
-  {
-    INFO("not JSON: the message gives the offset");
-    for (const std::string& body :
-         std::vector<std::string>{std::string("{\"url\": "), std::string("nope"),
-                                  std::string("{\"url\":\"" + url + "\",}")}) {
-      INFO("body " << body);
-      HttpResult r = Http(base, "POST", "/job", body);
-      RequireError(r, 400);
-      REQUIRE(ErrorMessage(r).find("offset") != std::string::npos);
-    }
-  }
-  {
-    INFO("an empty body");
-    RequireError(Http(base, "POST", "/job", ""), 400);
-  }
-  {
-    INFO("invalid UTF-8");
-    RequireError(Http(base, "POST", "/job",
-                      "{\"url\":\"" + url +
-                          "\",\"secret\":\"a\xFF\xFE"
-                          "b\"}"),
-                 400);
-    RequireError(Http(base, "POST", "/job", "{\"url\":\"" + url + "\xC3\x28\"}"), 400);
-  }
-  {
-    INFO("wrong types");
-    for (const std::string& body : std::vector<std::string>{
-             std::string("[]"),
-             std::string("\"" + url + "\""),
-             std::string("{\"url\":5}"),
-             std::string("{\"url\":[\"" + url + "\"]}"),
-             std::string("{\"url\":\"" + url + "\",\"secret\":5}"),
-             std::string("{\"url\":\"" + url + "\",\"concurrency\":\"4\"}"),
-             std::string("{\"url\":\"" + url + "\",\"concurrency\":2.5}"),
-             std::string("{\"url\":\"" + url + "\",\"maxsize\":true}"),
-             std::string("{\"url\":\"" + url + "\",\"maxsize\":{}}"),
-         }) {
-      INFO("body " << body);
-      RequireError(Http(base, "POST", "/job", body), 400);
-    }
-  }
-  {
-    INFO("a missing url");
-    RequireError(Http(base, "POST", "/job", "{}"), 400);
-    RequireError(Http(base, "POST", "/job", "{\"secret\":\"s\",\"concurrency\":2}"), 400);
-  }
-  {
-    INFO("a url that is not http(s) with a host");
-    for (const std::string& bad : std::vector<std::string>{
-             "ftp://127.0.0.1/hook", "file:///etc/passwd", "gopher://127.0.0.1/x",
-             "127.0.0.1:9/hook", "/hook", "", "http://", "http:// 127.0.0.1/x"}) {
-      INFO("url " << bad);
-      RequireError(Http(base, "POST", "/job", JobBody(bad)), 400);
-    }
-  }
-  {
-    INFO("concurrency and maxsize out of range");
-    for (const std::string& extra :
-         std::vector<std::string>{"\"concurrency\":0", "\"concurrency\":-1", "\"concurrency\":1025",
-                                  "\"concurrency\":99999999999999999999", "\"maxsize\":0",
-                                  "\"maxsize\":-5", "\"maxsize\":1000001"}) {
-      INFO("extra " << extra);
-      RequireError(Http(base, "POST", "/job", JobBody(url, extra)), 400);
-    }
-  }
-  {
-    INFO("deep nesting");
-    RequireError(Http(base, "POST", "/job", std::string(100000, '[')), 400);
-    RequireError(Http(base, "POST", "/job", std::string(100000, '{')), 400);
-    RequireError(Http(base, "POST", "/job",
-                      "{\"url\":\"" + url + "\",\"secret\":" + std::string(100000, '[')),
-                 400);
+  for (const BadJobBody& bad : BadJobBodies(url)) {
+    INFO(bad.why << ": body " << bad.body.substr(0, 200));
+    HttpResult r = Http(base, "POST", "/job", bad.body);
+    RequireError(r, 400);
+    if (bad.names_offset) REQUIRE(ErrorMessage(r).find("offset") != std::string::npos);
   }
   REQUIRE(JobCount(pmmap) == 0);
   // The limits themselves are accepted.
@@ -1155,75 +1214,100 @@ int AcceptedConnections(int port) {
   return n;
 }
 
+const int kParallelJobs = 20;
+const int kInputsPerJob = 50;
+
+// What one job of the parallel test saw.
+struct Outcome {
+  std::string id;
+  std::string error;  // empty: all fine
+};
+
+// Why the output body of a job whose keys start with prefix is not the
+// echo of its kInputsPerJob inputs, or "" if it is.
+std::string OutputProblem(const std::string& body, const std::string& prefix) {
+  rapidjson::Document out;
+  out.Parse(body.c_str());
+  if (out.HasParseError() || !out.IsArray()) return "bad output " + body;
+  if (out.Size() != kInputsPerJob) return "output has " + std::to_string(out.Size()) + " entries";
+  std::set<std::string> keys;
+  for (const auto& e : out.GetArray()) {
+    if (!e.IsObject() || !e.HasMember("key") || !e["key"].IsString() || !e.HasMember("value") ||
+        !e["value"].IsObject() || !e["value"].HasMember("value") ||
+        !e["value"]["value"].IsObject() || !e["value"]["value"].HasMember("i")) {
+      return "bad entry in " + body;
+    }
+    std::string key = e["key"].GetString();
+    if (key.compare(0, prefix.size(), prefix) != 0) return "foreign key " + key;
+    if (std::string(e["value"]["key"].GetString()) != key ||
+        e["value"]["value"]["i"].GetInt() != std::stoi(key.substr(prefix.size()))) {
+      return "wrong value for " + key;
+    }
+    keys.insert(key);
+  }
+  if (keys.size() != static_cast<size_t>(kInputsPerJob)) return "repeated keys";
+  return "";
+}
+
+// Runs job j from start to end on one kept-alive connection, its keys
+// "j<j>_0"..., and fulfils created once its job exists. Reports what went
+// wrong instead of asserting, since it runs on its own thread.
+Outcome RunJob(const std::string& base, const std::string& hook_url, int j,
+               std::shared_ptr<std::promise<void>> created) {
+  Outcome o;
+  auto fail = [&o](std::string message) {
+    o.error = std::move(message);
+    return o;
+  };
+  KeptAliveClient client(base);
+  const std::string prefix = "j" + std::to_string(j) + "_";
+  Reply r = client.Send("POST", "/job", JobBody(hook_url, "\"concurrency\":4,\"maxsize\":10"));
+  created->set_value();
+  if (r.status != 201)
+    return fail("POST /job: " + std::to_string(r.status) + " " + r.error + r.body);
+  rapidjson::Document job;
+  job.Parse(r.body.c_str());
+  if (job.HasParseError() || !job.IsObject() || !job.HasMember("id"))
+    return fail("bad job " + r.body);
+  o.id = job["id"].GetString();
+  r = client.Send("PUT", "/job/" + o.id + "/input", MakeInputs(kInputsPerJob, prefix));
+  if (r.status != 201) return fail("PUT: " + std::to_string(r.status) + " " + r.error + r.body);
+  r = client.Send("POST", "/job/" + o.id + "/complete");
+  if (r.status != 200)
+    return fail("complete: " + std::to_string(r.status) + " " + r.error + r.body);
+  r = client.Send("GET", "/job/" + o.id + "/output");
+  if (r.status != 200) return fail("output: " + std::to_string(r.status) + " " + r.error + r.body);
+  std::string problem = OutputProblem(r.body, prefix);
+  if (!problem.empty()) return fail(problem);
+  return o;
+}
+
+// Checks that each call carried the id of the job its key belongs to.
+void CheckCallsCarryTheirJob(Webhook& hook, std::map<std::string, std::string>& id_by_prefix) {
+  std::vector<Webhook::Call> calls = hook.calls();
+  REQUIRE(calls.size() == static_cast<size_t>(kParallelJobs * kInputsPerJob));
+  for (const Webhook::Call& call : calls) {
+    std::string prefix = call.key.substr(0, call.key.find('_'));
+    INFO("key " << call.key);
+    REQUIRE(id_by_prefix.count(prefix) == 1);
+    REQUIRE(HeaderOf(call.headers, "PMMAP-job") == id_by_prefix[prefix]);
+  }
+}
+
 }  // namespace
 
 TEST_CASE("many jobs run in parallel, each with all its replies", "[api]") {
   Webhook hook;
   PmmapProcess pmmap;
-  const std::string base = pmmap.base_url();
-  const int kJobs = 20;
-  const int kInputs = 50;
-  struct Outcome {
-    std::string id;
-    std::string error;  // empty: all fine
-  };
-  // Runs one job from start to end on one kept-alive connection, and says
-  // when its job exists. Reports what went wrong instead of asserting.
-  auto run = [base, &hook](int j, std::shared_ptr<std::promise<void>> created) {
-    Outcome o;
-    auto fail = [&o](std::string message) {
-      o.error = std::move(message);
-      return o;
-    };
-    KeptAliveClient client(base);
-    const std::string prefix = "j" + std::to_string(j) + "_";
-    Reply r = client.Send("POST", "/job", JobBody(hook.url(), "\"concurrency\":4,\"maxsize\":10"));
-    created->set_value();
-    if (r.status != 201)
-      return fail("POST /job: " + std::to_string(r.status) + " " + r.error + r.body);
-    rapidjson::Document job;
-    job.Parse(r.body.c_str());
-    if (job.HasParseError() || !job.IsObject() || !job.HasMember("id"))
-      return fail("bad job " + r.body);
-    o.id = job["id"].GetString();
-    r = client.Send("PUT", "/job/" + o.id + "/input", MakeInputs(kInputs, prefix));
-    if (r.status != 201) return fail("PUT: " + std::to_string(r.status) + " " + r.error + r.body);
-    r = client.Send("POST", "/job/" + o.id + "/complete");
-    if (r.status != 200)
-      return fail("complete: " + std::to_string(r.status) + " " + r.error + r.body);
-    r = client.Send("GET", "/job/" + o.id + "/output");
-    if (r.status != 200)
-      return fail("output: " + std::to_string(r.status) + " " + r.error + r.body);
-    rapidjson::Document out;
-    out.Parse(r.body.c_str());
-    if (out.HasParseError() || !out.IsArray()) return fail("bad output " + r.body);
-    if (out.Size() != kInputs) return fail("output has " + std::to_string(out.Size()) + " entries");
-    std::set<std::string> keys;
-    for (const auto& e : out.GetArray()) {
-      if (!e.IsObject() || !e.HasMember("key") || !e["key"].IsString() || !e.HasMember("value") ||
-          !e["value"].IsObject() || !e["value"].HasMember("value") ||
-          !e["value"]["value"].IsObject() || !e["value"]["value"].HasMember("i")) {
-        return fail("bad entry in " + r.body);
-      }
-      std::string key = e["key"].GetString();
-      if (key.compare(0, prefix.size(), prefix) != 0) return fail("foreign key " + key);
-      if (std::string(e["value"]["key"].GetString()) != key ||
-          e["value"]["value"]["i"].GetInt() != std::stoi(key.substr(prefix.size()))) {
-        return fail("wrong value for " + key);
-      }
-      keys.insert(key);
-    }
-    if (keys.size() != static_cast<size_t>(kInputs)) return fail("repeated keys");
-    return o;
-  };
   // The threads start one after another (each once the previous one's job
   // exists), so that their connections do not arrive in one burst (see the
   // burst test below); their jobs then run side by side.
   std::vector<std::future<Outcome>> futures;
-  for (int j = 0; j < kJobs; ++j) {
+  for (int j = 0; j < kParallelJobs; ++j) {
     auto created = std::make_shared<std::promise<void>>();
     std::future<void> job_exists = created->get_future();
-    futures.push_back(std::async(std::launch::async, run, j, created));
+    futures.push_back(
+        std::async(std::launch::async, RunJob, pmmap.base_url(), hook.url(), j, created));
     CHECK(job_exists.wait_for(seconds(10)) == std::future_status::ready);
   }
   std::vector<Outcome> outcomes;
@@ -1232,25 +1316,17 @@ TEST_CASE("many jobs run in parallel, each with all its replies", "[api]") {
     outcomes.push_back(f.get());
   }
   std::map<std::string, std::string> id_by_prefix;
-  for (int j = 0; j < kJobs; ++j) {
+  for (int j = 0; j < kParallelJobs; ++j) {
     INFO("job " << j << ": " << outcomes[j].error);
     REQUIRE(outcomes[j].error.empty());
     id_by_prefix["j" + std::to_string(j)] = outcomes[j].id;
   }
-  // Each call carried the id of the job its key belongs to.
-  std::vector<Webhook::Call> calls = hook.calls();
-  REQUIRE(calls.size() == static_cast<size_t>(kJobs * kInputs));
-  for (const Webhook::Call& call : calls) {
-    std::string prefix = call.key.substr(0, call.key.find('_'));
-    INFO("key " << call.key);
-    REQUIRE(id_by_prefix.count(prefix) == 1);
-    REQUIRE(HeaderOf(call.headers, "PMMAP-job") == id_by_prefix[prefix]);
-  }
-  for (int j = 0; j < kJobs; ++j) {
+  CheckCallsCarryTheirJob(hook, id_by_prefix);
+  for (int j = 0; j < kParallelJobs; ++j) {
     rapidjson::Document job = GetJob(pmmap, outcomes[j].id);
     REQUIRE(Str(job["state"]) == "done");
-    REQUIRE(U64(job, "inputs") == kInputs);
-    REQUIRE(U64(job, "outputs") == kInputs);
+    REQUIRE(U64(job, "inputs") == kInputsPerJob);
+    REQUIRE(U64(job, "outputs") == kInputsPerJob);
   }
 }
 

@@ -359,33 +359,85 @@ TEST_CASE("a new job echoes its delivery policy, defaults included, and starts a
   }
 }
 
+namespace {
+
+// Answers by key prefix: a, b, c always 500; d fails twice, then succeeds
+// with {"ok": <attempt>}; e is 404.
+void FailByPrefix(const Webhook::Call& call, httplib::Response& res) {
+  char kind = call.key.empty() ? '?' : call.key[0];
+  if (kind == 'd' && AttemptOf(call) >= 3) {
+    res.set_content("{\"ok\":" + std::to_string(AttemptOf(call)) + "}", "application/json");
+  } else if (kind == 'e') {
+    res.status = 404;
+    res.set_content("no such thing", "text/plain");
+  } else {
+    res.status = 500;
+    res.set_content("boom", "text/plain");
+  }
+}
+
+// One job of keys prefix0.. against FailByPrefix, with its policy fields.
+struct AttemptsCase {
+  std::string prefix;
+  int keys;
+  std::string fields;
+  int attempts;  // calls expected per key
+  bool success;
+  long status;  // of the error entry
+};
+
+// Checks one output entry (compact JSON) of c's job.
+void CheckAttemptsEntry(const AttemptsCase& c, const std::string& text) {
+  rapidjson::Document entry = ParseJson(text);
+  INFO("entry " << text);
+  if (c.success) {
+    REQUIRE(entry.HasMember("value"));
+    CHECK(entry["value"]["ok"].GetInt() == c.attempts);
+    CHECK_FALSE(entry.HasMember("error"));
+  } else {
+    REQUIRE(entry.HasMember("error"));
+    CHECK(entry["error"]["status"].GetInt() == c.status);
+    CHECK(Text(entry["error"], "message").find(std::to_string(c.status)) != std::string::npos);
+    CHECK(Text(entry["error"], "body") == (c.status == 500 ? "boom" : "no such thing"));
+    REQUIRE(entry.HasMember("attempts"));
+    CHECK(entry["attempts"].GetInt() == c.attempts);
+    CHECK_FALSE(entry.HasMember("value"));
+  }
+}
+
+// Checks c's job once done: its counters, the attempts the webhook saw per
+// key, and its output.
+void CheckAttemptsCase(const PmmapProcess& pmmap, Webhook& hook, const AttemptsCase& c,
+                       const std::string& id) {
+  INFO("case " << c.prefix << ": " << c.fields);
+  rapidjson::Document job = WaitForState(pmmap, id, "done");
+  auto by_key = CallsByKey(hook.calls());
+  CheckCounters(job);
+  CHECK(U64(job, "outputs") == static_cast<uint64_t>(c.keys));
+  CHECK(U64(job, "retries") == static_cast<uint64_t>(c.keys * (c.attempts - 1)));
+  CHECK(U64(job, "succeeded") == (c.success ? static_cast<uint64_t>(c.keys) : 0));
+  CHECK(U64(job, "failed") == (c.success ? 0 : static_cast<uint64_t>(c.keys)));
+  for (int k = 0; k < c.keys; ++k) {
+    std::string key = c.prefix + std::to_string(k);
+    INFO("key " << key);
+    const auto& calls = by_key[key];
+    REQUIRE(calls.size() == static_cast<size_t>(c.attempts));
+    for (int n = 0; n < c.attempts; ++n) CHECK(AttemptOf(calls[n]) == n + 1);
+  }
+  std::vector<std::string> entries = ArrayEntries(GetOutput(pmmap, id));
+  REQUIRE(entries.size() == static_cast<size_t>(c.keys));
+  for (const std::string& text : entries) CheckAttemptsEntry(c, text);
+}
+
+}  // namespace
+
 TEST_CASE("a failing webhook gets exactly max_attempts calls per key, then an error entry",
           "[delivery]") {
   Webhook hook;
-  // By key prefix: a, b, c always 500; d fails twice, then succeeds; e is 404.
-  hook.SetHandler([](const Webhook::Call& call, httplib::Response& res) {
-    char kind = call.key.empty() ? '?' : call.key[0];
-    if (kind == 'd' && AttemptOf(call) >= 3) {
-      res.set_content("{\"ok\":" + std::to_string(AttemptOf(call)) + "}", "application/json");
-    } else if (kind == 'e') {
-      res.status = 404;
-      res.set_content("no such thing", "text/plain");
-    } else {
-      res.status = 500;
-      res.set_content("boom", "text/plain");
-    }
-  });
+  hook.SetHandler(FailByPrefix);
   PmmapProcess pmmap;
 
-  struct Case {
-    std::string prefix;
-    int keys;
-    std::string fields;
-    int attempts;  // calls expected per key
-    bool success;
-    long status;  // of the error entry
-  };
-  const std::vector<Case> cases = {
+  const std::vector<AttemptsCase> cases = {
       {"a", 4, "\"max_attempts\":3,\"backoff_ms\":1,\"max_backoff_ms\":5,\"concurrency\":2", 3,
        false, 500},
       {"b", 3, "\"max_attempts\":1,\"concurrency\":3", 1, false, 500},
@@ -394,51 +446,15 @@ TEST_CASE("a failing webhook gets exactly max_attempts calls per key, then an er
       {"e", 2, "\"max_attempts\":9,\"backoff_ms\":0", 1, false, 404},  // not retried
   };
   std::vector<std::string> ids;
-  for (const Case& c : cases) {
+  for (const AttemptsCase& c : cases) {
     ids.push_back(CreateJob(pmmap, JobBody(hook.url(), c.fields)));
     PutInputs(pmmap, ids.back(), MakeInputs(c.keys, c.prefix));
     Complete(pmmap, ids.back());
   }
-  for (size_t i = 0; i < cases.size(); ++i) {
-    const Case& c = cases[i];
-    INFO("case " << c.prefix << ": " << c.fields);
-    rapidjson::Document job = WaitForState(pmmap, ids[i], "done");
-    auto by_key = CallsByKey(hook.calls());
-    CheckCounters(job);
-    CHECK(U64(job, "outputs") == static_cast<uint64_t>(c.keys));
-    CHECK(U64(job, "retries") == static_cast<uint64_t>(c.keys * (c.attempts - 1)));
-    CHECK(U64(job, "succeeded") == (c.success ? static_cast<uint64_t>(c.keys) : 0));
-    CHECK(U64(job, "failed") == (c.success ? 0 : static_cast<uint64_t>(c.keys)));
-    for (int k = 0; k < c.keys; ++k) {
-      std::string key = c.prefix + std::to_string(k);
-      INFO("key " << key);
-      const auto& calls = by_key[key];
-      REQUIRE(calls.size() == static_cast<size_t>(c.attempts));
-      for (int n = 0; n < c.attempts; ++n) CHECK(AttemptOf(calls[n]) == n + 1);
-    }
-    std::vector<std::string> entries = ArrayEntries(GetOutput(pmmap, ids[i]));
-    REQUIRE(entries.size() == static_cast<size_t>(c.keys));
-    for (const std::string& text : entries) {
-      rapidjson::Document entry = ParseJson(text);
-      INFO("entry " << text);
-      if (c.success) {
-        REQUIRE(entry.HasMember("value"));
-        CHECK(entry["value"]["ok"].GetInt() == c.attempts);
-        CHECK_FALSE(entry.HasMember("error"));
-      } else {
-        REQUIRE(entry.HasMember("error"));
-        CHECK(entry["error"]["status"].GetInt() == c.status);
-        CHECK(Text(entry["error"], "message").find(std::to_string(c.status)) != std::string::npos);
-        CHECK(Text(entry["error"], "body") == (c.status == 500 ? "boom" : "no such thing"));
-        REQUIRE(entry.HasMember("attempts"));
-        CHECK(entry["attempts"].GetInt() == c.attempts);
-        CHECK_FALSE(entry.HasMember("value"));
-      }
-    }
-  }
+  for (size_t i = 0; i < cases.size(); ++i) CheckAttemptsCase(pmmap, hook, cases[i], ids[i]);
   // Nothing was called beyond what the cases account for.
   size_t expected_calls = 0;
-  for (const Case& c : cases) expected_calls += static_cast<size_t>(c.keys * c.attempts);
+  for (const AttemptsCase& c : cases) expected_calls += static_cast<size_t>(c.keys * c.attempts);
   CHECK(hook.call_count() == expected_calls);
 }
 
@@ -803,22 +819,103 @@ TEST_CASE("a tiny rate_per_sec holds calls back without wedging the job or the s
 
 // 2. Live counters.
 
+namespace {
+
+// Slow (5 ms a call); k%7 fails for good (400); k%3 fails its first
+// attempt (500); the rest succeed.
+void AnswerMixed(const Webhook::Call& call, httplib::Response& res) {
+  std::this_thread::sleep_for(milliseconds(5));
+  int index = IndexOf(call.key);
+  if (index % 7 == 0) {
+    res.status = 400;
+    res.set_content("refused", "text/plain");
+  } else if (index % 3 == 0 && AttemptOf(call) == 1) {
+    res.status = 500;
+  } else {
+    res.set_content("{\"ok\":true}", "application/json");
+  }
+}
+
+// GET /jobs lists every job (jobs of them) in the same form as GET
+// /job/{id}, with the same invariants.
+void CheckListedCounters(const PmmapProcess& pmmap, size_t jobs) {
+  HttpResult list = Http(pmmap.base_url(), "GET", "/jobs");
+  REQUIRE(list.status == 200);
+  rapidjson::Document all = ParseJson(list.body);
+  REQUIRE(all.IsArray());
+  REQUIRE(all.Size() == jobs);
+  for (const auto& listed : all.GetArray()) CheckCounters(listed);
+}
+
+// Reads completed job id, of n inputs, until it is done, checking its
+// counters at every read and those of GET /jobs (jobs jobs) at every
+// fourth; returns the last read. Counts the reads in *reads, and in
+// *reads_midway those made while some but not all inputs were answered.
+rapidjson::Document ReadUntilDone(const PmmapProcess& pmmap, const std::string& id, int n,
+                                  size_t jobs, int* reads, int* reads_midway) {
+  rapidjson::Document job;
+  uint64_t last_outputs = 0;
+  uint64_t last_retries = 0;
+  auto deadline = SteadyClock::now() + std::chrono::seconds(20);
+  for (;;) {
+    job = GetJob(pmmap, id);
+    ++*reads;
+    CheckCounters(job);
+    std::string state = State(job);
+    REQUIRE((state == "closing" || state == "done"));
+    CHECK(U64(job, "inputs") == static_cast<uint64_t>(n));
+    uint64_t outputs = U64(job, "outputs");
+    uint64_t retries = U64(job, "retries");
+    CHECK(outputs >= last_outputs);
+    CHECK(retries >= last_retries);
+    last_outputs = outputs;
+    last_retries = retries;
+    if (outputs > 0 && outputs < static_cast<uint64_t>(n)) ++*reads_midway;
+    if (state == "closing") {
+      CHECK(job["done_at"].IsNull());
+    } else {
+      break;
+    }
+    if (*reads % 4 == 0) CheckListedCounters(pmmap, jobs);
+    REQUIRE(SteadyClock::now() < deadline);
+  }
+  return job;
+}
+
+// Checks the last read of a done job whose n inputs AnswerMixed answered;
+// returns how many of them were retried.
+int CheckMixedJobDone(const rapidjson::Value& job, int n) {
+  // 0, 7, ..., 119 fail; multiples of 3 but not of 7 are retried once.
+  int failed = 0;
+  int retried = 0;
+  for (int i = 0; i < n; ++i) {
+    if (i % 7 == 0) {
+      ++failed;
+    } else if (i % 3 == 0) {
+      ++retried;
+    }
+  }
+  CHECK(State(job) == "done");
+  CHECK(U64(job, "outputs") == static_cast<uint64_t>(n));
+  CHECK(U64(job, "failed") == static_cast<uint64_t>(failed));
+  CHECK(U64(job, "succeeded") == static_cast<uint64_t>(n - failed));
+  CHECK(U64(job, "retries") == static_cast<uint64_t>(retried));
+  CHECK(U64(job, "pending") == 0);
+  CHECK(U64(job, "in_flight") == 0);
+  CheckTimestamp(job["created_at"]);
+  CheckTimestamp(job["done_at"]);
+  CHECK(Text(job, "created_at") <= Text(job, "done_at"));
+  return retried;
+}
+
+}  // namespace
+
 TEST_CASE("the counters add up at every read while a job runs", "[delivery]") {
   auto gate = std::make_shared<Gate>();
   Webhook hook;
-  // Slow (5 ms a call); k%7 fails for good (400); k%3 fails its first attempt (500).
   hook.SetHandler([gate](const Webhook::Call& call, httplib::Response& res) {
     gate->Wait();
-    std::this_thread::sleep_for(milliseconds(5));
-    int index = IndexOf(call.key);
-    if (index % 7 == 0) {
-      res.status = 400;
-      res.set_content("refused", "text/plain");
-    } else if (index % 3 == 0 && AttemptOf(call) == 1) {
-      res.status = 500;
-    } else {
-      res.set_content("{\"ok\":true}", "application/json");
-    }
+    AnswerMixed(call, res);
   });
   PmmapProcess pmmap;
   OpenAtExit open_at_exit(*gate);
@@ -851,62 +948,11 @@ TEST_CASE("the counters add up at every read while a job runs", "[delivery]") {
   gate->Open();
   int reads = 0;
   int reads_midway = 0;
-  uint64_t last_outputs = 0;
-  uint64_t last_retries = 0;
-  auto deadline = SteadyClock::now() + std::chrono::seconds(20);
-  for (;;) {
-    job = GetJob(pmmap, id);
-    ++reads;
-    CheckCounters(job);
-    std::string state = State(job);
-    REQUIRE((state == "closing" || state == "done"));
-    CHECK(U64(job, "inputs") == static_cast<uint64_t>(n));
-    uint64_t outputs = U64(job, "outputs");
-    uint64_t retries = U64(job, "retries");
-    CHECK(outputs >= last_outputs);
-    CHECK(retries >= last_retries);
-    last_outputs = outputs;
-    last_retries = retries;
-    if (outputs > 0 && outputs < static_cast<uint64_t>(n)) ++reads_midway;
-    if (state == "closing") {
-      CHECK(job["done_at"].IsNull());
-    } else {
-      break;
-    }
-    if (reads % 4 == 0) {
-      // GET /jobs lists every job in the same form, with the same invariants.
-      HttpResult list = Http(pmmap.base_url(), "GET", "/jobs");
-      REQUIRE(list.status == 200);
-      rapidjson::Document all = ParseJson(list.body);
-      REQUIRE(all.IsArray());
-      REQUIRE(all.Size() == 2);
-      for (const auto& listed : all.GetArray()) CheckCounters(listed);
-    }
-    REQUIRE(SteadyClock::now() < deadline);
-  }
+  job = ReadUntilDone(pmmap, id, n, 2, &reads, &reads_midway);
   INFO(reads << " reads, " << reads_midway << " midway");
   CHECK(reads_midway >= 1);
 
-  // 0, 7, ..., 119 fail; multiples of 3 but not of 7 are retried once.
-  int failed = 0;
-  int retried = 0;
-  for (int i = 0; i < n; ++i) {
-    if (i % 7 == 0) {
-      ++failed;
-    } else if (i % 3 == 0) {
-      ++retried;
-    }
-  }
-  CHECK(State(job) == "done");
-  CHECK(U64(job, "outputs") == static_cast<uint64_t>(n));
-  CHECK(U64(job, "failed") == static_cast<uint64_t>(failed));
-  CHECK(U64(job, "succeeded") == static_cast<uint64_t>(n - failed));
-  CHECK(U64(job, "retries") == static_cast<uint64_t>(retried));
-  CHECK(U64(job, "pending") == 0);
-  CHECK(U64(job, "in_flight") == 0);
-  CheckTimestamp(job["created_at"]);
-  CheckTimestamp(job["done_at"]);
-  CHECK(Text(job, "created_at") <= Text(job, "done_at"));
+  int retried = CheckMixedJobDone(job, n);
   CHECK(hook.call_count() == static_cast<size_t>(n + retried));
   CHECK(State(GetJob(pmmap, other)) == "open");
 }
@@ -961,6 +1007,44 @@ TEST_CASE("GET /jobs lists every job in the form of GET /job/{id}", "[delivery]"
 
 // 3. Cancel.
 
+namespace {
+
+// Checks the answer of POST /job/{id}/cancel for a job of n inputs: every
+// one of them is answered, as a failure.
+void CheckCancelledAtOnce(const rapidjson::Value& job, int n) {
+  CheckCounters(job);
+  CHECK(State(job) == "cancelled");
+  CHECK(U64(job, "inputs") == static_cast<uint64_t>(n));
+  CHECK(U64(job, "outputs") == static_cast<uint64_t>(n));
+  CHECK(U64(job, "failed") == static_cast<uint64_t>(n));
+  CHECK(U64(job, "succeeded") == 0);
+  CHECK(U64(job, "pending") == 0);
+  CHECK(U64(job, "in_flight") == 0);
+  CheckTimestamp(job["done_at"]);
+}
+
+// Checks the output of a cancelled job of n inputs: one "cancelled" error
+// per key, with one attempt if the key is among those called, else none.
+void CheckCancelledOutput(const HttpResult& out, int n, const std::set<std::string>& called) {
+  CHECK(HeaderOf(out.headers, "PMMAP-state") == "cancelled");
+  std::vector<std::string> entries = ArrayEntries(out);
+  REQUIRE(entries.size() == static_cast<size_t>(n));
+  std::set<std::string> keys;
+  for (const std::string& text : entries) {
+    rapidjson::Document entry = ParseJson(text);
+    INFO(text);
+    std::string key = Text(entry, "key");
+    keys.insert(key);
+    REQUIRE(entry.HasMember("error"));
+    CHECK(entry["error"]["status"].GetInt() == 0);
+    CHECK(Text(entry["error"], "message") == "cancelled");
+    CHECK(entry["attempts"].GetInt() == (called.count(key) ? 1 : 0));
+  }
+  CHECK(keys.size() == static_cast<size_t>(n));
+}
+
+}  // namespace
+
 TEST_CASE("cancel stops a running job: calls aborted, nothing more sent, every input answered",
           "[delivery]") {
   auto gate = std::make_shared<Gate>();
@@ -981,16 +1065,7 @@ TEST_CASE("cancel stops a running job: calls aborted, nothing more sent, every i
   // pmmap holds one connection per call in flight.
   REQUIRE(WaitUntil([&] { return EstablishedTo(hook.port()) == 2; }));
 
-  job = Cancel(pmmap, id);
-  CheckCounters(job);
-  CHECK(State(job) == "cancelled");
-  CHECK(U64(job, "inputs") == static_cast<uint64_t>(n));
-  CHECK(U64(job, "outputs") == static_cast<uint64_t>(n));
-  CHECK(U64(job, "failed") == static_cast<uint64_t>(n));
-  CHECK(U64(job, "succeeded") == 0);
-  CHECK(U64(job, "pending") == 0);
-  CHECK(U64(job, "in_flight") == 0);
-  CheckTimestamp(job["done_at"]);
+  CheckCancelledAtOnce(Cancel(pmmap, id), n);
   const size_t calls_at_cancel = hook.call_count();
   CHECK(calls_at_cancel == 2);
 
@@ -1018,22 +1093,7 @@ TEST_CASE("cancel stops a running job: calls aborted, nothing more sent, every i
   std::set<std::string> called;
   for (const auto& call : hook.calls()) called.insert(call.key);
   for (int read = 0; read < 2; ++read) {  // readable again and again until DELETE
-    HttpResult out = GetOutput(pmmap, id);
-    CHECK(HeaderOf(out.headers, "PMMAP-state") == "cancelled");
-    std::vector<std::string> entries = ArrayEntries(out);
-    REQUIRE(entries.size() == static_cast<size_t>(n));
-    std::set<std::string> keys;
-    for (const std::string& text : entries) {
-      rapidjson::Document entry = ParseJson(text);
-      INFO(text);
-      std::string key = Text(entry, "key");
-      keys.insert(key);
-      REQUIRE(entry.HasMember("error"));
-      CHECK(entry["error"]["status"].GetInt() == 0);
-      CHECK(Text(entry["error"], "message") == "cancelled");
-      CHECK(entry["attempts"].GetInt() == (called.count(key) ? 1 : 0));
-    }
-    CHECK(keys.size() == static_cast<size_t>(n));
+    CheckCancelledOutput(GetOutput(pmmap, id), n, called);
   }
   // A cancelled job takes no more inputs.
   RequireError(Http(pmmap.base_url(), "PUT", "/job/" + id + "/input", MakeInputs(1, "late")), 409);

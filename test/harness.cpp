@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <netinet/in.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
@@ -98,7 +99,7 @@ std::string PmmapBinary() {
 }
 
 pid_t Spawn(const std::vector<std::string>& args, const std::map<std::string, std::string>& env,
-            int out_fd, int err_fd) {
+            int out_fd, int err_fd, int run_as_uid) {
   // Everything the child needs is built before fork: after it, only
   // async-signal-safe calls.
   std::vector<std::string> env_strings;
@@ -127,6 +128,11 @@ pid_t Spawn(const std::vector<std::string>& args, const std::map<std::string, st
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
     signal(SIGPIPE, SIG_DFL);
+    if (run_as_uid != kSameUid &&
+        (setgroups(0, nullptr) != 0 || setgid(static_cast<gid_t>(run_as_uid)) != 0 ||
+         setuid(static_cast<uid_t>(run_as_uid)) != 0)) {
+      _exit(126);
+    }
     execve(argv[0], argv.data(), envp.data());
     _exit(127);
   }

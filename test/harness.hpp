@@ -106,11 +106,17 @@ class TempDir {
 // The binary under test: $PMMAP_BIN, or ./pmmap.
 std::string PmmapBinary();
 
+// Run a child as the test's own user (Spawn's run_as_uid).
+constexpr int kSameUid = -1;
+
 // Forks and execs args[0] with args, the test's environment plus env (which
 // overrides it), stdin from /dev/null, stdout and stderr on out_fd and
-// err_fd, and no signal blocked or ignored. Returns the child's pid.
+// err_fd, and no signal blocked or ignored. Unless run_as_uid is kSameUid,
+// the child drops to that uid (and the gid of the same number) first, which
+// needs root: how a test running as root sees what a file's mode bits deny.
+// Returns the child's pid; a child that cannot drop exits 126.
 pid_t Spawn(const std::vector<std::string>& args, const std::map<std::string, std::string>& env,
-            int out_fd, int err_fd);
+            int out_fd, int err_fd, int run_as_uid = kSameUid);
 
 // Waits at most timeout for pid to exit; returns its exit code (128+signal
 // if a signal ended it), or -1 if it had to be killed at the deadline.

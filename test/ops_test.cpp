@@ -89,17 +89,17 @@ struct RunResult {
 };
 
 // Runs the pmmap binary with args to completion (at most timeout),
-// capturing stdout and stderr.
+// capturing stdout and stderr; as run_as_uid unless kSameUid (see Spawn).
 RunResult RunBinary(const std::vector<std::string>& args,
                     const std::map<std::string, std::string>& env = {},
-                    milliseconds timeout = seconds(10)) {
+                    milliseconds timeout = seconds(10), int run_as_uid = kSameUid) {
   int out_pipe[2];
   int err_pipe[2];
   REQUIRE(pipe2(out_pipe, O_CLOEXEC) == 0);
   REQUIRE(pipe2(err_pipe, O_CLOEXEC) == 0);
   std::vector<std::string> full = {PmmapBinary()};
   full.insert(full.end(), args.begin(), args.end());
-  pid_t pid = Spawn(full, env, out_pipe[1], err_pipe[1]);
+  pid_t pid = Spawn(full, env, out_pipe[1], err_pipe[1], run_as_uid);
   close(out_pipe[1]);
   close(err_pipe[1]);
   RunResult result;
@@ -366,6 +366,113 @@ bool ParseValue(const std::string& text, double* out) {
   return end == text.c_str() + text.size();
 }
 
+// Reads a "# HELP name text" or "# TYPE name type" line into e; other
+// comments are skipped. where prefixes the errors it finds.
+void ParseComment(const std::string& line, const std::string& where, Exposition* e) {
+  std::istringstream words(line);
+  std::string hash, kind, name;
+  words >> hash >> kind >> name;
+  if (kind != "HELP" && kind != "TYPE") return;  // a plain comment
+  if (name.empty()) {
+    e->errors.push_back(where + "no metric name");
+    return;
+  }
+  std::string rest;
+  std::getline(words, rest);
+  rest.erase(0, rest.find_first_not_of(' '));
+  auto& table = kind == "HELP" ? e->help : e->type;
+  if (table.count(name)) e->errors.push_back(where + "a second " + kind + " for " + name);
+  if (kind == "TYPE") {
+    static const std::set<std::string> kTypes = {"counter", "gauge", "histogram", "summary",
+                                                 "untyped"};
+    if (!kTypes.count(rest)) e->errors.push_back(where + "unknown type");
+    for (const Sample& s : e->samples) {
+      if (s.name == name) e->errors.push_back(where + "TYPE after the family's samples");
+    }
+  }
+  if (kind == "HELP" && rest.empty()) e->errors.push_back(where + "empty HELP");
+  table[name] = rest;
+}
+
+// Reads a label value from line[*i], just past its opening quote, through
+// its closing quote, undoing backslash escapes (\n is a line break);
+// returns false if the line ends first.
+bool ParseLabelValue(const std::string& line, size_t* i, std::string* value) {
+  while (*i < line.size() && line[*i] != '"') {
+    if (line[*i] == '\\' && *i + 1 < line.size()) {
+      ++*i;
+      value->push_back(line[*i] == 'n' ? '\n' : line[*i]);
+    } else {
+      value->push_back(line[*i]);
+    }
+    ++*i;
+  }
+  if (*i >= line.size()) return false;
+  ++*i;  // the closing quote
+  return true;
+}
+
+// Reads a sample's labels from line[*i], just past its '{', through its
+// '}'; returns false if they are malformed or a label repeats.
+bool ParseLabels(const std::string& line, size_t* i, std::map<std::string, std::string>* labels) {
+  bool ok = true;
+  for (;;) {
+    while (*i < line.size() && line[*i] == ' ') ++*i;
+    if (*i < line.size() && line[*i] == '}') {
+      ++*i;
+      return ok;
+    }
+    size_t start = *i;
+    while (*i < line.size() && IsNameChar(line[*i]) && line[*i] != ':') ++*i;
+    std::string label = line.substr(start, *i - start);
+    if (label.empty() || *i + 1 >= line.size() || line[*i] != '=' || line[*i + 1] != '"') {
+      return false;
+    }
+    *i += 2;
+    std::string value;
+    if (!ParseLabelValue(line, i, &value)) return false;
+    if (labels->count(label)) ok = false;
+    (*labels)[label] = value;
+    if (*i < line.size() && line[*i] == ',') ++*i;
+  }
+}
+
+// Reads a sample line into e unless it is malformed; where prefixes the
+// errors it finds, and seen holds the samples read so far, to find repeats.
+void ParseSample(const std::string& line, const std::string& where, std::set<std::string>* seen,
+                 Exposition* e) {
+  Sample s;
+  size_t i = 0;
+  if (!IsNameStart(line[0])) {
+    e->errors.push_back(where + "bad metric name");
+    return;
+  }
+  while (i < line.size() && IsNameChar(line[i])) ++i;
+  s.name = line.substr(0, i);
+  bool ok = true;
+  if (i < line.size() && line[i] == '{') {
+    ++i;
+    ok = ParseLabels(line, &i, &s.labels);
+  }
+  if (!ok || i >= line.size() || line[i] != ' ') {
+    e->errors.push_back(where + "bad labels or no value");
+    return;
+  }
+  std::istringstream rest(line.substr(i + 1));
+  std::string value_text, timestamp, extra;
+  rest >> value_text >> timestamp >> extra;
+  if (!ParseValue(value_text, &s.value) || !extra.empty()) {
+    e->errors.push_back(where + "bad value");
+    return;
+  }
+  std::string family = e->FamilyOf(s.name);
+  if (family.empty()) e->errors.push_back(where + "no TYPE line before this sample");
+  std::string id = s.name + "{";
+  for (const auto& kv : s.labels) id += kv.first + "=" + kv.second + ",";
+  if (!seen->insert(id).second) e->errors.push_back(where + "a repeated sample");
+  e->samples.push_back(std::move(s));
+}
+
 Exposition ParseExposition(const std::string& text) {
   Exposition e;
   std::set<std::string> seen_samples;
@@ -377,93 +484,10 @@ Exposition ParseExposition(const std::string& text) {
     std::string where = "line " + std::to_string(line_no) + " \"" + line + "\": ";
     if (line.empty()) continue;
     if (line[0] == '#') {
-      std::istringstream words(line);
-      std::string hash, kind, name;
-      words >> hash >> kind >> name;
-      if (kind != "HELP" && kind != "TYPE") continue;  // a plain comment
-      if (name.empty()) {
-        e.errors.push_back(where + "no metric name");
-        continue;
-      }
-      std::string rest;
-      std::getline(words, rest);
-      rest.erase(0, rest.find_first_not_of(' '));
-      auto& table = kind == "HELP" ? e.help : e.type;
-      if (table.count(name)) e.errors.push_back(where + "a second " + kind + " for " + name);
-      if (kind == "TYPE") {
-        static const std::set<std::string> kTypes = {"counter", "gauge", "histogram", "summary",
-                                                     "untyped"};
-        if (!kTypes.count(rest)) e.errors.push_back(where + "unknown type");
-        for (const Sample& s : e.samples) {
-          if (s.name == name) e.errors.push_back(where + "TYPE after the family's samples");
-        }
-      }
-      if (kind == "HELP" && rest.empty()) e.errors.push_back(where + "empty HELP");
-      table[name] = rest;
-      continue;
+      ParseComment(line, where, &e);
+    } else {
+      ParseSample(line, where, &seen_samples, &e);
     }
-    Sample s;
-    size_t i = 0;
-    if (!IsNameStart(line[0])) {
-      e.errors.push_back(where + "bad metric name");
-      continue;
-    }
-    while (i < line.size() && IsNameChar(line[i])) ++i;
-    s.name = line.substr(0, i);
-    bool ok = true;
-    if (i < line.size() && line[i] == '{') {
-      ++i;
-      for (;;) {
-        while (i < line.size() && line[i] == ' ') ++i;
-        if (i < line.size() && line[i] == '}') {
-          ++i;
-          break;
-        }
-        size_t start = i;
-        while (i < line.size() && IsNameChar(line[i]) && line[i] != ':') ++i;
-        std::string label = line.substr(start, i - start);
-        if (label.empty() || i + 1 >= line.size() || line[i] != '=' || line[i + 1] != '"') {
-          ok = false;
-          break;
-        }
-        i += 2;
-        std::string value;
-        while (i < line.size() && line[i] != '"') {
-          if (line[i] == '\\' && i + 1 < line.size()) {
-            ++i;
-            value.push_back(line[i] == 'n' ? '\n' : line[i]);
-          } else {
-            value.push_back(line[i]);
-          }
-          ++i;
-        }
-        if (i >= line.size()) {
-          ok = false;
-          break;
-        }
-        ++i;  // the closing quote
-        if (s.labels.count(label)) ok = false;
-        s.labels[label] = value;
-        if (i < line.size() && line[i] == ',') ++i;
-      }
-    }
-    if (!ok || i >= line.size() || line[i] != ' ') {
-      e.errors.push_back(where + "bad labels or no value");
-      continue;
-    }
-    std::istringstream rest(line.substr(i + 1));
-    std::string value_text, timestamp, extra;
-    rest >> value_text >> timestamp >> extra;
-    if (!ParseValue(value_text, &s.value) || !extra.empty()) {
-      e.errors.push_back(where + "bad value");
-      continue;
-    }
-    std::string family = e.FamilyOf(s.name);
-    if (family.empty()) e.errors.push_back(where + "no TYPE line before this sample");
-    std::string id = s.name + "{";
-    for (const auto& kv : s.labels) id += kv.first + "=" + kv.second + ",";
-    if (!seen_samples.insert(id).second) e.errors.push_back(where + "a repeated sample");
-    e.samples.push_back(std::move(s));
   }
   if (!text.empty() && text.back() != '\n')
     e.errors.push_back("the text does not end with a newline");
@@ -676,62 +700,51 @@ TEST_CASE("GET /metrics is well-formed Prometheus text before any job", "[ops]")
   REQUIRE(ParseExposition("# HELP x X.\n# TYPE x counter\nx{a=\"b\"} 1\n").errors.empty());
 }
 
-TEST_CASE("metrics count inputs, outputs, calls by outcome, retries and in-flight calls", "[ops]") {
-  Gate hold_gate;
-  Gate slow_gate;
-  Gate stuck_gate;
-  Webhook hook;
-  OpenAtExit open_hold(hold_gate);
-  OpenAtExit open_slow(slow_gate);
-  OpenAtExit open_stuck(stuck_gate);
-  hook.SetHandler([&](const Webhook::Call& call, httplib::Response& res) {
-    const std::string& key = call.key;
-    if (StartsWith(key, "flaky") && AttemptOf(call) < 3) {
-      res.status = 500;
-      res.set_content("try again", "text/plain");
-      return;
-    }
-    if (StartsWith(key, "bad")) {
-      res.status = 404;
-      res.set_content("no such thing", "text/plain");
-      return;
-    }
-    if (StartsWith(key, "moved")) {
-      res.status = 302;
-      res.set_header("Location", "/elsewhere");
-      return;
-    }
-    if (StartsWith(key, "hold")) hold_gate.Wait(seconds(20));
-    if (StartsWith(key, "slow")) slow_gate.Wait(seconds(20));
-    if (StartsWith(key, "stuck")) stuck_gate.Wait(seconds(20));
-    res.set_content("{\"ok\":true}", "application/json");
-  });
-  RefusingPort refusing;
-  PmmapProcess pmmap;
+namespace {
+
+// The gates on which the metrics test's webhook holds calls, by key prefix.
+struct MetricsGates {
+  Gate hold;
+  Gate slow;
+  Gate stuck;
+};
+
+// Answers by key prefix: flaky 500 until its third attempt, bad 404, moved
+// 302; hold, slow and stuck wait (at most 20 s) for their gate; then, as
+// for any other key, 200 {"ok":true}.
+void AnswerByPrefix(MetricsGates& gates, const Webhook::Call& call, httplib::Response& res) {
+  const std::string& key = call.key;
+  if (StartsWith(key, "flaky") && AttemptOf(call) < 3) {
+    res.status = 500;
+    res.set_content("try again", "text/plain");
+    return;
+  }
+  if (StartsWith(key, "bad")) {
+    res.status = 404;
+    res.set_content("no such thing", "text/plain");
+    return;
+  }
+  if (StartsWith(key, "moved")) {
+    res.status = 302;
+    res.set_header("Location", "/elsewhere");
+    return;
+  }
+  if (StartsWith(key, "hold")) gates.hold.Wait(seconds(20));
+  if (StartsWith(key, "slow")) gates.slow.Wait(seconds(20));
+  if (StartsWith(key, "stuck")) gates.stuck.Wait(seconds(20));
+  res.set_content("{\"ok\":true}", "application/json");
+}
+
+// The metrics test's jobs, by the letters its comments give them.
+struct MetricsJobs {
+  std::string a, b, c, e;
+};
+
+// Job A: successes, 500s then success, 4xx, a 3xx, and one call held
+// until hold opens. Checks the metrics while that call is held, then lets
+// it end and waits until the job is done. Returns its id.
+std::string RunMixedJob(const PmmapProcess& pmmap, Webhook& hook, Gate& hold) {
   const std::string base = pmmap.base_url();
-  Exposition before = Scrape(base);
-
-  // Job B: one input whose calls time out twice.
-  std::string b =
-      CreateJob(pmmap, "{\"url\":\"" + hook.url() +
-                           "\",\"timeout_ms\":400,\"max_attempts\":2,\"backoff_ms\":5}");
-  REQUIRE(Http(base, "PUT", "/job/" + b + "/input", "[{\"key\":\"slow0\",\"value\":1}]").status ==
-          201);
-  REQUIRE(Http(base, "POST", "/job/" + b + "/complete").status == 200);
-  // Job C: one input whose webhook refuses connections, twice.
-  std::string c =
-      CreateJob(pmmap, "{\"url\":\"http://127.0.0.1:" + std::to_string(refusing.port()) +
-                           "/hook\",\"max_attempts\":2,\"backoff_ms\":5}");
-  REQUIRE(Http(base, "PUT", "/job/" + c + "/input", "[{\"key\":\"c0\",\"value\":1}]").status ==
-          201);
-  REQUIRE(Http(base, "POST", "/job/" + c + "/complete").status == 200);
-  REQUIRE(JobIs(WaitForJob(pmmap, b, [](const rapidjson::Document& j) { return JobIs(j, "done"); }),
-                "done"));
-  REQUIRE(JobIs(WaitForJob(pmmap, c, [](const rapidjson::Document& j) { return JobIs(j, "done"); }),
-                "done"));
-  slow_gate.Open();  // pmmap gave up on those calls; let the webhook's handlers end
-
-  // Job A: successes, 500s then success, 4xx, a 3xx, and one held call.
   std::string a = CreateJob(pmmap, "{\"url\":\"" + hook.url() +
                                        "\",\"concurrency\":4,\"max_attempts\":5,\"backoff_ms\":5}");
   std::string inputs =
@@ -754,22 +767,32 @@ TEST_CASE("metrics count inputs, outputs, calls by outcome, retries and in-fligh
   REQUIRE(during.Get("pmmap_jobs", {{"state", "closing"}}) == 1);
   REQUIRE(during.Get("pmmap_jobs", {{"state", "done"}}) == 2);
   REQUIRE(during.Get("pmmap_jobs", {{"state", "open"}}) == 0);
-  hold_gate.Open();
+  hold.Open();
   rapidjson::Document job_a =
       WaitForJob(pmmap, a, [](const rapidjson::Document& j) { return JobIs(j, "done"); });
   REQUIRE(JobIs(job_a, "done"));
   REQUIRE(U64(job_a, "succeeded") == 7);
   REQUIRE(U64(job_a, "failed") == 3);
   REQUIRE(U64(job_a, "retries") == 4);
+  return a;
+}
 
-  // Job E: cancelled with one call in flight and one input queued. The
-  // abandoned call is no call at all; both inputs are failures.
+// Job E: cancelled with one call in flight and one input queued. Returns
+// its id.
+std::string RunCancelledJob(const PmmapProcess& pmmap, Webhook& hook) {
+  const std::string base = pmmap.base_url();
   std::string e = CreateJob(pmmap, "{\"url\":\"" + hook.url() + "\",\"concurrency\":1}");
   REQUIRE(Http(base, "PUT", "/job/" + e + "/input",
                "[{\"key\":\"stuck0\",\"value\":0},{\"key\":\"stuck1\",\"value\":1}]")
               .status == 201);
   REQUIRE(WaitForCall(hook, "stuck0"));
   REQUIRE(Http(base, "POST", "/job/" + e + "/cancel").status == 200);
+  return e;
+}
+
+// Scrapes until no call is in flight (bounded), and returns that scrape;
+// fails the test if calls stay in flight.
+Exposition ScrapeOnceIdle(const std::string& base) {
   Exposition after;
   bool settled = WaitUntil(
       [&] {
@@ -779,6 +802,11 @@ TEST_CASE("metrics count inputs, outputs, calls by outcome, retries and in-fligh
       seconds(10));
   INFO("in flight after cancel: " << after.Get("pmmap_webhook_calls_in_flight"));
   REQUIRE(settled);
+  return after;
+}
+
+// Checks what the metrics test's jobs added between two scrapes.
+void CheckMetricsAdded(const Exposition& before, const Exposition& after) {
   auto delta = [&](const std::string& name, const std::map<std::string, std::string>& labels = {}) {
     return after.Get(name, labels) - before.Get(name, labels);
   };
@@ -807,7 +835,10 @@ TEST_CASE("metrics count inputs, outputs, calls by outcome, retries and in-fligh
   CHECK(delta(h + "_sum") >= 0.75);
   CHECK(after.Get(h + "_bucket", {{"le", "+Inf"}}) - after.Get(h + "_bucket", {{"le", "0.25"}}) >=
         2);
-  // What the webhook saw agrees.
+}
+
+// Checks that what the webhook saw agrees with the metrics.
+void CheckMetricsCallsSeen(Webhook& hook) {
   auto attempts = AttemptsByKey(hook);
   CHECK(attempts["flaky0"] == std::vector<int>{1, 2, 3});
   CHECK(attempts["flaky1"] == std::vector<int>{1, 2, 3});
@@ -817,20 +848,67 @@ TEST_CASE("metrics count inputs, outputs, calls by outcome, retries and in-fligh
   CHECK(attempts["stuck0"] == std::vector<int>{1});
   CHECK(attempts.count("stuck1") == 0);
   CHECK(hook.call_count() == 17);  // and 2 refused connections
-  // One log line per final failure.
-  std::string log = pmmap.log();
+}
+
+// Checks the log has one line per final failure of the metrics test's
+// jobs, and one for the cancel.
+void CheckMetricsLog(const std::string& log, const MetricsJobs& jobs) {
   INFO("log:\n" << log);
   for (const char* key : {"bad0", "bad1", "moved0"}) {
-    CHECK(Contains(log, "job " + a + " failure: key " + key + ": "));
+    CHECK(Contains(log, "job " + jobs.a + " failure: key " + key + ": "));
   }
-  CHECK(Contains(log, "job " + b + " failure: key slow0: "));
-  CHECK(Contains(log, "job " + c + " failure: key c0: "));
+  CHECK(Contains(log, "job " + jobs.b + " failure: key slow0: "));
+  CHECK(Contains(log, "job " + jobs.c + " failure: key c0: "));
   size_t failures = 0;
   for (const auto& line : SplitLines(log)) {
     if (Contains(line, " failure: ")) ++failures;
   }
   CHECK(failures == 5);
-  CHECK(Contains(log, "job " + e + " cancelled"));
+  CHECK(Contains(log, "job " + jobs.e + " cancelled"));
+}
+
+}  // namespace
+
+TEST_CASE("metrics count inputs, outputs, calls by outcome, retries and in-flight calls", "[ops]") {
+  MetricsGates gates;
+  Webhook hook;
+  OpenAtExit open_hold(gates.hold);
+  OpenAtExit open_slow(gates.slow);
+  OpenAtExit open_stuck(gates.stuck);
+  hook.SetHandler([&gates](const Webhook::Call& call, httplib::Response& res) {
+    AnswerByPrefix(gates, call, res);
+  });
+  RefusingPort refusing;
+  PmmapProcess pmmap;
+  const std::string base = pmmap.base_url();
+  Exposition before = Scrape(base);
+  MetricsJobs jobs;
+
+  // Job B: one input whose calls time out twice.
+  jobs.b = CreateJob(pmmap, "{\"url\":\"" + hook.url() +
+                                "\",\"timeout_ms\":400,\"max_attempts\":2,\"backoff_ms\":5}");
+  REQUIRE(
+      Http(base, "PUT", "/job/" + jobs.b + "/input", "[{\"key\":\"slow0\",\"value\":1}]").status ==
+      201);
+  REQUIRE(Http(base, "POST", "/job/" + jobs.b + "/complete").status == 200);
+  // Job C: one input whose webhook refuses connections, twice.
+  jobs.c = CreateJob(pmmap, "{\"url\":\"http://127.0.0.1:" + std::to_string(refusing.port()) +
+                                "/hook\",\"max_attempts\":2,\"backoff_ms\":5}");
+  REQUIRE(Http(base, "PUT", "/job/" + jobs.c + "/input", "[{\"key\":\"c0\",\"value\":1}]").status ==
+          201);
+  REQUIRE(Http(base, "POST", "/job/" + jobs.c + "/complete").status == 200);
+  for (const std::string& id : {jobs.b, jobs.c}) {
+    REQUIRE(
+        JobIs(WaitForJob(pmmap, id, [](const rapidjson::Document& j) { return JobIs(j, "done"); }),
+              "done"));
+  }
+  gates.slow.Open();  // pmmap gave up on those calls; let the webhook's handlers end
+
+  jobs.a = RunMixedJob(pmmap, hook, gates.hold);
+  jobs.e = RunCancelledJob(pmmap, hook);
+  CheckMetricsAdded(before, ScrapeOnceIdle(base));
+  CheckMetricsCallsSeen(hook);
+  CheckMetricsLog(pmmap.log(), jobs);
 }
 
 // ===========================================================================
@@ -893,30 +971,39 @@ size_t CountEvents(const std::vector<LogEvent>& events, const std::string& job,
   return n;
 }
 
+// Answers flaky0's first attempt with a 503 and bad0 with a 404; every
+// other call with 200 {"ok":true}.
+void AnswerForEventLog(const Webhook::Call& call, httplib::Response& res) {
+  if (call.key == "flaky0" && AttemptOf(call) < 2) {
+    res.status = 503;
+    return;
+  }
+  if (call.key == "bad0") {
+    res.status = 404;
+    res.set_content("gone", "text/plain");
+    return;
+  }
+  res.set_content("{\"ok\":true}", "application/json");
+}
+
+// The event-log test's jobs, by the letters its comments give them.
+struct EventLogJobs {
+  std::string a, b, d, e;
+};
+
 // Runs jobs through every event (created, completed, failure, done,
-// cancelled, deleted, expired) and checks the log has one line for each.
-void CheckEventLog(bool json) {
-  Webhook hook;
-  hook.SetHandler([](const Webhook::Call& call, httplib::Response& res) {
-    if (call.key == "flaky0" && AttemptOf(call) < 2) {
-      res.status = 503;
-      return;
-    }
-    if (call.key == "bad0") {
-      res.status = 404;
-      res.set_content("gone", "text/plain");
-      return;
-    }
-    res.set_content("{\"ok\":true}", "application/json");
-  });
-  PmmapProcess pmmap({"--job-ttl", "1", "--log-format", json ? "json" : "text"});
+// cancelled, deleted, expired) on a pmmap whose jobs expire after a second
+// and whose log is in the json or the text format, and waits until both
+// expiries are logged.
+EventLogJobs RunEveryEvent(const PmmapProcess& pmmap, const std::string& hook_url, bool json) {
   const std::string base = pmmap.base_url();
-  const std::string job_body =
-      "{\"url\":\"" + hook.url() + "\",\"backoff_ms\":5,\"max_attempts\":3}";
+  const std::string job_body = "{\"url\":\"" + hook_url + "\",\"backoff_ms\":5,\"max_attempts\":3}";
+  EventLogJobs jobs;
   // E stays open to the end: it must not expire.
-  std::string e = CreateJob(pmmap, job_body);
+  jobs.e = CreateJob(pmmap, job_body);
   // A: created, completed, one failure (bad0; flaky0 is retried, not failed), done, expired.
-  std::string a = CreateJob(pmmap, job_body);
+  jobs.a = CreateJob(pmmap, job_body);
+  const std::string& a = jobs.a;
   REQUIRE(Http(base, "PUT", "/job/" + a + "/input",
                "[{\"key\":\"ok0\",\"value\":0},{\"key\":\"flaky0\",\"value\":1},{\"key\":\"bad0\","
                "\"value\":2}]")
@@ -927,42 +1014,35 @@ void CheckEventLog(bool json) {
   REQUIRE(out.status == 200);
   REQUIRE(ParseJson(out.body).Size() == 3);
   // B: created, deleted while open.
-  std::string b = CreateJob(pmmap, job_body);
-  REQUIRE(Http(base, "DELETE", "/job/" + b).status == 200);
+  jobs.b = CreateJob(pmmap, job_body);
+  REQUIRE(Http(base, "DELETE", "/job/" + jobs.b).status == 200);
   // D: created, cancelled, expired.
-  std::string d = CreateJob(pmmap, job_body);
-  REQUIRE(Http(base, "POST", "/job/" + d + "/cancel").status == 200);
+  jobs.d = CreateJob(pmmap, job_body);
+  REQUIRE(Http(base, "POST", "/job/" + jobs.d + "/cancel").status == 200);
 
   REQUIRE(WaitGone(base, a, seconds(8)));
-  REQUIRE(WaitGone(base, d, seconds(8)));
+  REQUIRE(WaitGone(base, jobs.d, seconds(8)));
   REQUIRE(WaitUntil(
       [&] {
         auto events = ParseLog(pmmap.log(), json);
-        return CountEvents(events, a, "expired") == 1 && CountEvents(events, d, "expired") == 1;
+        return CountEvents(events, a, "expired") == 1 &&
+               CountEvents(events, jobs.d, "expired") == 1;
       },
       seconds(5)));
-  // E outlived an expiry pass that came after it was a second old.
-  REQUIRE(JobIs(GetJob(pmmap, e), "open"));
-  REQUIRE(pmmap.Stop(SIGTERM) == 0);
+  return jobs;
+}
 
-  std::string log = pmmap.log();
-  INFO("log:\n" << log);
-  std::vector<LogEvent> events = ParseLog(log, json);
-  bool listening = false;
-  for (const auto& ev : events) {
-    if (ev.job.empty() &&
-        Contains(ev.event, "listening on http://127.0.0.1:" + std::to_string(pmmap.port()))) {
-      listening = true;
-    }
-  }
-  REQUIRE(listening);
+// Checks that events hold exactly the job events RunEveryEvent caused:
+// one of each, no other, the failure naming its key and status, and the
+// done line counting outcomes.
+void CheckJobEvents(const std::vector<LogEvent>& events, const EventLogJobs& jobs) {
   const std::vector<std::string> kEvents = {"created", "completed", "done",   "cancelled",
                                             "deleted", "expired",   "failure"};
   std::map<std::string, std::map<std::string, size_t>> expected = {
-      {a, {{"created", 1}, {"completed", 1}, {"failure", 1}, {"done", 1}, {"expired", 1}}},
-      {b, {{"created", 1}, {"deleted", 1}}},
-      {d, {{"created", 1}, {"cancelled", 1}, {"expired", 1}}},
-      {e, {{"created", 1}}},
+      {jobs.a, {{"created", 1}, {"completed", 1}, {"failure", 1}, {"done", 1}, {"expired", 1}}},
+      {jobs.b, {{"created", 1}, {"deleted", 1}}},
+      {jobs.d, {{"created", 1}, {"cancelled", 1}, {"expired", 1}}},
+      {jobs.e, {{"created", 1}}},
   };
   for (const auto& job : expected) {
     for (const std::string& event : kEvents) {
@@ -980,12 +1060,37 @@ void CheckEventLog(bool json) {
   }
   // The failure names its key and why; the done line counts outcomes.
   for (const auto& ev : events) {
-    if (ev.job == a && ev.event == "failure") {
+    if (ev.job == jobs.a && ev.event == "failure") {
       CHECK(Contains(ev.detail, "bad0"));
       CHECK(Contains(ev.detail, "404"));
     }
-    if (ev.job == a && ev.event == "done") CHECK(Contains(ev.detail, "2 succeeded, 1 failed"));
+    if (ev.job == jobs.a && ev.event == "done") CHECK(Contains(ev.detail, "2 succeeded, 1 failed"));
   }
+}
+
+// Runs jobs through every event and checks the log, in the json or the
+// text format, has one line for each.
+void CheckEventLog(bool json) {
+  Webhook hook;
+  hook.SetHandler(AnswerForEventLog);
+  PmmapProcess pmmap({"--job-ttl", "1", "--log-format", json ? "json" : "text"});
+  EventLogJobs jobs = RunEveryEvent(pmmap, hook.url(), json);
+  // E outlived an expiry pass that came after it was a second old.
+  REQUIRE(JobIs(GetJob(pmmap, jobs.e), "open"));
+  REQUIRE(pmmap.Stop(SIGTERM) == 0);
+
+  std::string log = pmmap.log();
+  INFO("log:\n" << log);
+  std::vector<LogEvent> events = ParseLog(log, json);
+  bool listening = false;
+  for (const auto& ev : events) {
+    if (ev.job.empty() &&
+        Contains(ev.event, "listening on http://127.0.0.1:" + std::to_string(pmmap.port()))) {
+      listening = true;
+    }
+  }
+  REQUIRE(listening);
+  CheckJobEvents(events, jobs);
 }
 
 }  // namespace
@@ -1746,6 +1851,42 @@ TEST_CASE("SIGINT stops the server like SIGTERM", "[ops]") {
   RequireError(get.Read(seconds(5)), 503);
   CHECK(Contains(pmmap.log(), "stopping on Interrupt"));
   CHECK(ListDir(data.path()).size() == 3);  // durable: kept for the next start
+}
+
+TEST_CASE("a data dir pmmap cannot write is refused at start: exit 1, naming the dir and why",
+          "[ops]") {
+  TempDir tmp("pmmap-ops-unwritable");
+  // An existing regular file: mkdir finds it there, and nothing can be made
+  // in it, for root too.
+  const std::string file = tmp.File("a-file");
+  std::ofstream(file) << "not a directory\n";
+  std::vector<std::string> args = {"--listen", "127.0.0.1:0", "--data-dir", file};
+  RunResult not_dir = RunBinary(args, {}, seconds(10));
+  INFO("stdout: " << not_dir.out << " stderr: " << not_dir.err);
+  CHECK(not_dir.exit_code == 1);
+  CHECK(Contains(not_dir.err, "pmmap: cannot write to " + file + ": Not a directory"));
+  CHECK(not_dir.out.empty());
+
+  // A directory of mode 0500, as a volume another user owns looks to pmmap.
+  // Root ignores mode bits, so a root test runs pmmap as nobody (uid 65534),
+  // given the dir and a way through its parent.
+  const int kNobody = 65534;
+  const bool root = geteuid() == 0;
+  const int uid = root ? kNobody : static_cast<int>(geteuid());
+  const std::string dir = tmp.File("read-only");
+  REQUIRE(mkdir(dir.c_str(), 0500) == 0);
+  if (root) {
+    REQUIRE(chown(dir.c_str(), kNobody, kNobody) == 0);
+    REQUIRE(chmod(tmp.path().c_str(), 0711) == 0);
+  }
+  args.back() = dir;
+  RunResult denied = RunBinary(args, {}, seconds(10), root ? kNobody : kSameUid);
+  INFO("stdout: " << denied.out << " stderr: " << denied.err);
+  CHECK(denied.exit_code == 1);
+  CHECK(Contains(denied.err, "pmmap: cannot write to " + dir + ": Permission denied"));
+  CHECK(Contains(denied.err, "writable by uid " + std::to_string(uid)));
+  CHECK(denied.out.empty());
+  CHECK(ListDir(dir).empty());
 }
 
 TEST_CASE("without --data-dir, the data dir made under TMPDIR is removed on SIGTERM", "[ops]") {
