@@ -126,6 +126,21 @@ void FeedAll(const std::string& base_url, const std::string& id, int inputs, int
   }
 }
 
+// Kills pmmap with SIGKILL, then joins the thread that was feeding it,
+// whether the test got that far or failed first.
+class KillAndJoin {
+ public:
+  KillAndJoin(PmmapProcess* pmmap, std::thread* feeder) : pmmap_(pmmap), feeder_(feeder) {}
+  ~KillAndJoin() {
+    pmmap_->Stop(SIGKILL);
+    feeder_->join();
+  }
+
+ private:
+  PmmapProcess* pmmap_;
+  std::thread* feeder_;
+};
+
 TEST_CASE("a job killed with SIGKILL again and again ends with exactly one outcome per input",
           "[durable]") {
   TempDir data("pmmap-durable");
@@ -147,12 +162,11 @@ TEST_CASE("a job killed with SIGKILL again and again ends with exactly one outco
     // answer would: a key repeated with the same value is accepted once.
     // The PUTs wait for room in the queue, so the job runs while they do.
     std::thread feeder(FeedAll, pmmap.base_url(), id, kInputs, kBatch);
+    KillAndJoin kill_at_exit(&pmmap, &feeder);
     const uint64_t kill_at = static_cast<uint64_t>((round + 1) * kInputs / (kKills + 1));
     WaitForJob(
         pmmap, id, [&](const rapidjson::Document& j) { return U64(j, "outputs") >= kill_at; },
         seconds(60));
-    pmmap.Stop(SIGKILL);
-    feeder.join();
   }
   PmmapProcess pmmap({"--data-dir", data.path()});
   FeedAll(pmmap.base_url(), id, kInputs, kBatch);
