@@ -28,19 +28,6 @@ void AppendField(const char* name, uint64_t value, std::string* out) {
   out->append(",\"").append(name).append("\":").append(std::to_string(value));
 }
 
-// Hashes each key of batch into *hashes. Returns the index of the first key
-// that repeats an earlier one, or batch.size() if none does.
-size_t HashKeys(const std::vector<Input>& batch, std::vector<uint64_t>* hashes) {
-  hashes->resize(batch.size());
-  size_t first_repeat = batch.size();
-  KeySet batch_keys;
-  for (size_t i = 0; i < batch.size(); ++i) {
-    (*hashes)[i] = KeySet::Hash(batch[i].key);
-    if (!batch_keys.Insert((*hashes)[i]) && first_repeat == batch.size()) first_repeat = i;
-  }
-  return first_repeat;
-}
-
 // The job's settings, as ToJson shows them.
 void AppendOptions(const JobOptions& options, std::string* out) {
   AppendField("concurrency", static_cast<uint64_t>(options.concurrency), out);
@@ -132,14 +119,14 @@ Status Job::DiscardedStatus() const {
 }
 
 Status Job::Add(std::vector<Input> batch) {
-  // Hashing the keys and finding repeats within the batch need no lock:
+  // Hashing the inputs and finding repeats within the batch need no lock:
   // done first, so that workers wait less for it.
-  std::vector<uint64_t> hashes;
-  size_t first_repeat = HashKeys(batch, &hashes);
+  std::vector<InputHashes> hashes;
+  size_t first_clash = HashBatch(batch, &hashes);
   MutexLock lock(&mutex_);
-  Status checked = CheckBatch(batch, hashes, first_repeat);
+  Status checked = CheckBatch(batch, first_clash, &hashes);
   if (!checked.ok()) return checked;
-  for (uint64_t h : hashes) keys_.Insert(h);
+  KeepNewInputs(hashes, &batch);
 
   ++adders_;
   size_t next = 0;
@@ -169,8 +156,27 @@ Status Job::Add(std::vector<Input> batch) {
                           std::to_string(batch.size()) + " inputs of this batch were queued");
 }
 
-Status Job::CheckBatch(const std::vector<Input>& batch, const std::vector<uint64_t>& hashes,
-                       size_t first_repeat) {
+size_t Job::HashBatch(const std::vector<Input>& batch, std::vector<InputHashes>* hashes) {
+  hashes->resize(batch.size());
+  size_t first_clash = batch.size();
+  KeyTable batch_keys;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    InputHashes& h = (*hashes)[i];
+    h.key = KeyTable::KeyHash(batch[i].key);
+    h.value = KeyTable::ValueHash(batch[i].key, batch[i].value);
+    uint64_t earlier = 0;
+    if (batch_keys.Find(h.key, &earlier)) {
+      h.repeat = true;
+      if (earlier != h.value && first_clash == batch.size()) first_clash = i;
+    } else {
+      batch_keys.Insert(h.key, h.value);
+    }
+  }
+  return first_clash;
+}
+
+Status Job::CheckBatch(const std::vector<Input>& batch, size_t first_clash,
+                       std::vector<InputHashes>* hashes) {
   if (discarded()) return DiscardedStatus();
   if (state_ == JobState::kCancelled) {
     return Status::Conflict("job " + id_ + " is cancelled: it accepts no more inputs");
@@ -179,16 +185,32 @@ Status Job::CheckBatch(const std::vector<Input>& batch, const std::vector<uint64
     return Status::Conflict("job " + id_ + " is complete: it accepts no more inputs");
   }
   for (size_t i = 0; i < batch.size(); ++i) {
-    if (keys_.Contains(hashes[i])) {
-      return Status::Conflict("input[" + std::to_string(i) + "].key \"" + batch[i].key +
-                              "\" is already used in this job");
+    InputHashes& h = (*hashes)[i];
+    uint64_t accepted = 0;
+    if (!h.repeat && keys_.Find(h.key, &accepted)) {
+      if (accepted != h.value) {
+        return Status::Conflict("input[" + std::to_string(i) + "].key \"" + batch[i].key +
+                                "\" is already used in this job with a different value");
+      }
+      h.repeat = true;
     }
-    if (i == first_repeat) {
+    if (i == first_clash) {
       return Status::Conflict("input[" + std::to_string(i) + "].key \"" + batch[i].key +
-                              "\" repeats an earlier key of this batch");
+                              "\" repeats an earlier key of this batch with a different value");
     }
   }
   return Status::OK();
+}
+
+void Job::KeepNewInputs(const std::vector<InputHashes>& hashes, std::vector<Input>* batch) {
+  size_t kept = 0;
+  for (size_t i = 0; i < batch->size(); ++i) {
+    if (hashes[i].repeat) continue;
+    keys_.Insert(hashes[i].key, hashes[i].value);
+    if (kept != i) (*batch)[kept] = std::move((*batch)[i]);
+    ++kept;
+  }
+  batch->resize(kept);
 }
 
 int Job::Enqueue(Input* first, size_t n) {
