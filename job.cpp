@@ -30,19 +30,6 @@ void AppendField(const char* name, uint64_t value, std::string* out) {
   out->append(",\"").append(name).append("\":").append(std::to_string(value));
 }
 
-// Hashes each key of batch into *hashes. Returns the index of the first key
-// that repeats an earlier one, or batch.size() if none does.
-size_t HashKeys(const std::vector<Input>& batch, std::vector<uint64_t>* hashes) {
-  hashes->resize(batch.size());
-  size_t first_repeat = batch.size();
-  KeySet batch_keys;
-  for (size_t i = 0; i < batch.size(); ++i) {
-    (*hashes)[i] = KeySet::Hash(batch[i].key);
-    if (!batch_keys.Insert((*hashes)[i]) && first_repeat == batch.size()) first_repeat = i;
-  }
-  return first_repeat;
-}
-
 // The job's settings, as ToJson shows them.
 void AppendOptions(const JobOptions& options, std::string* out) {
   AppendField("concurrency", static_cast<uint64_t>(options.concurrency), out);
@@ -190,20 +177,21 @@ Status Job::DiscardedStatus() const {
 }
 
 Status Job::Add(std::vector<Input> batch) {
-  // Hashing the keys and finding repeats within the batch need no lock:
+  // Hashing the inputs and finding repeats within the batch need no lock:
   // done first, so that workers wait less for it.
-  std::vector<uint64_t> hashes;
-  size_t first_repeat = HashKeys(batch, &hashes);
+  std::vector<InputHashes> hashes;
+  size_t first_clash = HashBatch(batch, &hashes);
   MutexLock lock(&mutex_);
-  Status checked = CheckBatch(batch, hashes, first_repeat);
+  Status checked = CheckBatch(batch, first_clash, &hashes);
   if (!checked.ok()) return checked;
+  KeepNewInputs(&hashes, &batch);
   // Accepted once journaled: a refused write (a full disk) accepts nothing.
   uint64_t journal_end = 0;
   if (journal_) {
     Status s = journal_->Append(batch, 0, batch.size(), &journal_end);
     if (!s.ok()) return s;
   }
-  for (uint64_t h : hashes) keys_.Insert(h);
+  for (const InputHashes& h : hashes) keys_.Insert(h.key, h.value);
 
   ++adders_;
   size_t next = 0;
@@ -251,8 +239,27 @@ void Job::StartWorkers(int n) {
   workers_ -= failed;
 }
 
-Status Job::CheckBatch(const std::vector<Input>& batch, const std::vector<uint64_t>& hashes,
-                       size_t first_repeat) {
+size_t Job::HashBatch(const std::vector<Input>& batch, std::vector<InputHashes>* hashes) {
+  hashes->resize(batch.size());
+  size_t first_clash = batch.size();
+  KeyTable batch_keys;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    InputHashes& h = (*hashes)[i];
+    h.key = KeyTable::KeyHash(batch[i].key);
+    h.value = KeyTable::ValueHash(batch[i].key, batch[i].value);
+    uint64_t earlier = 0;
+    if (batch_keys.Find(h.key, &earlier)) {
+      h.repeat = true;
+      if (earlier != h.value && first_clash == batch.size()) first_clash = i;
+    } else {
+      batch_keys.Insert(h.key, h.value);
+    }
+  }
+  return first_clash;
+}
+
+Status Job::CheckBatch(const std::vector<Input>& batch, size_t first_clash,
+                       std::vector<InputHashes>* hashes) {
   if (discarded()) return DiscardedStatus();
   if (state_ == JobState::kCancelled) {
     return Status::Conflict("job " + id_ + " is cancelled: it accepts no more inputs");
@@ -261,16 +268,35 @@ Status Job::CheckBatch(const std::vector<Input>& batch, const std::vector<uint64
     return Status::Conflict("job " + id_ + " is complete: it accepts no more inputs");
   }
   for (size_t i = 0; i < batch.size(); ++i) {
-    if (keys_.Contains(hashes[i])) {
-      return Status::Conflict("input[" + std::to_string(i) + "].key \"" + batch[i].key +
-                              "\" is already used in this job");
+    InputHashes& h = (*hashes)[i];
+    uint64_t accepted = 0;
+    if (!h.repeat && keys_.Find(h.key, &accepted)) {
+      if (accepted != h.value) {
+        return Status::Conflict("input[" + std::to_string(i) + "].key \"" + batch[i].key +
+                                "\" is already used in this job with a different value");
+      }
+      h.repeat = true;
     }
-    if (i == first_repeat) {
+    if (i == first_clash) {
       return Status::Conflict("input[" + std::to_string(i) + "].key \"" + batch[i].key +
-                              "\" repeats an earlier key of this batch");
+                              "\" repeats an earlier key of this batch with a different value");
     }
   }
   return Status::OK();
+}
+
+void Job::KeepNewInputs(std::vector<InputHashes>* hashes, std::vector<Input>* batch) {
+  size_t kept = 0;
+  for (size_t i = 0; i < batch->size(); ++i) {
+    if ((*hashes)[i].repeat) continue;
+    if (kept != i) {
+      (*batch)[kept] = std::move((*batch)[i]);
+      (*hashes)[kept] = (*hashes)[i];
+    }
+    ++kept;
+  }
+  batch->resize(kept);
+  hashes->resize(kept);
 }
 
 int Job::Enqueue(Input* first, size_t n) {
@@ -331,7 +357,7 @@ void Job::CancelBacklog() {
   Input input;
   std::string error;
   while (backlog_left_ > 0 && backlog_->Next(&input, &error)) {
-    if (backlog_done_.Contains(KeySet::Hash(input.key))) continue;
+    if (backlog_done_.Contains(KeyTable::KeyHash(input.key))) continue;
     StoreCancelled(input);
     --backlog_left_;
   }
@@ -343,7 +369,7 @@ void Job::RefillQueue() {
   Input input;
   std::string error;
   while (backlog_left_ > 0 && queue_.size() < maxsize && backlog_->Next(&input, &error)) {
-    if (backlog_done_.Contains(KeySet::Hash(input.key))) continue;
+    if (backlog_done_.Contains(KeyTable::KeyHash(input.key))) continue;
     input.attempts = 0;
     queue_.push_back(std::move(input));
     --backlog_left_;
@@ -362,7 +388,7 @@ void Job::DropBacklog(const std::string& error) {
     backlog_left_ = 0;
   }
   backlog_.reset();
-  backlog_done_ = KeySet();
+  backlog_done_ = KeyTable();
 }
 
 Status Job::Resume(const JobRecord& record) {
@@ -395,14 +421,14 @@ Status Job::Resume(const JobRecord& record) {
   return Status::OK();
 }
 
-Status Job::ReadBackJournal(KeySet done_keys) {
+Status Job::ReadBackJournal(KeyTable done_keys) {
   JournalReader reader(journal_->path(), 0, journal_->size());
   Input input;
   std::string error;
   uint64_t left = 0;
   while (reader.Next(&input, &error)) {
-    uint64_t hash = KeySet::Hash(input.key);
-    keys_.Insert(hash);
+    uint64_t hash = KeyTable::KeyHash(input.key);
+    keys_.Insert(hash, KeyTable::ValueHash(input.key, input.value));
     if (!done_keys.Contains(hash)) ++left;
   }
   if (!error.empty()) return Status::Internal("cannot read " + journal_->path() + ": " + error);

@@ -41,7 +41,7 @@
 #include <string>
 #include <vector>
 
-#include "key_set.hpp"
+#include "key_table.hpp"
 #include "mutex.hpp"
 #include "output.hpp"
 #include "status.hpp"
@@ -144,8 +144,10 @@ class Job : public std::enable_shared_from_this<Job> {
 
   // Queues the batch, blocking while the queue is full, and returns once all
   // of it is queued. The batch is checked whole first (the job is open, no
-  // key repeats one already used or one earlier in the batch), so a refused
-  // batch adds nothing.
+  // key comes again, from an earlier batch or earlier in this one, with a
+  // different value), so a refused batch adds nothing. An input whose key
+  // came before with the same value is a repeat: accepted, but neither
+  // queued nor counted again, so that a client may resend a PUT.
   Status Add(std::vector<Input> batch);
   // No more inputs will come. Harmless to repeat.
   Status Complete();
@@ -217,11 +219,27 @@ class Job : public std::enable_shared_from_this<Job> {
   bool NextInputLocked(Input* input) REQUIRES(mutex_);
   void StoreOutcomeLocked(Input* input, const std::string& entry, bool success) REQUIRES(mutex_);
   void RetryLaterLocked(Input* input, Clock::duration delay, bool pause_job) REQUIRES(mutex_);
-  // Add's parts: refuses the batch unless the job is open and its keys are
-  // new (hashes[i] is batch[i]'s, first_repeat the index of the first key
-  // repeating an earlier one of the batch, or batch.size()).
-  Status CheckBatch(const std::vector<Input>& batch, const std::vector<uint64_t>& hashes,
-                    size_t first_repeat) REQUIRES(mutex_);
+  // An input's hashes (key_table.hpp), and whether its key came before with
+  // the same value: then it is accepted but neither queued nor counted again.
+  struct InputHashes {
+    uint64_t key = 0;
+    uint64_t value = 0;
+    bool repeat = false;
+  };
+  // Add's parts, in order. HashBatch, which needs no lock, fills (*hashes)[i]
+  // with batch[i]'s hashes and marks the inputs whose key came earlier in the
+  // batch with the same value; it returns the index of the first input
+  // whose key came earlier in the batch with a different value, or
+  // batch.size().
+  static size_t HashBatch(const std::vector<Input>& batch, std::vector<InputHashes>* hashes);
+  // Refuses the batch unless the job is open and no key comes again with a
+  // different value (first_clash: what HashBatch returned); marks the inputs
+  // whose key was accepted before with the same value.
+  Status CheckBatch(const std::vector<Input>& batch, size_t first_clash,
+                    std::vector<InputHashes>* hashes) REQUIRES(mutex_);
+  // Drops the batch's repeats, and their hashes, keeping the new inputs in
+  // order; Add records their keys once they are journaled.
+  static void KeepNewInputs(std::vector<InputHashes>* hashes, std::vector<Input>* batch);
   // Queues the n inputs from first on and wakes workers for them. Returns
   // how many more workers to start, already counted in workers_.
   int Enqueue(Input* first, size_t n) REQUIRES(mutex_);
@@ -235,7 +253,7 @@ class Job : public std::enable_shared_from_this<Job> {
   void DropBacklog(const std::string& error) REQUIRES(mutex_);
   // Resume's parts: reads the journal to rebuild the keys and the backlog
   // (done_keys: the keys with an outcome), then sends or ends what is left.
-  Status ReadBackJournal(KeySet done_keys) REQUIRES(mutex_);
+  Status ReadBackJournal(KeyTable done_keys) REQUIRES(mutex_);
   void ResumeWork() REQUIRES(mutex_);
   // Opens the outcome file for appending, creating it if create.
   Status OpenOutcomeFile(bool create) REQUIRES(mutex_);
@@ -301,12 +319,12 @@ class Job : public std::enable_shared_from_this<Job> {
   // The inputs taken and not yet finished, each at its in_flight_slot: a
   // vector, so that taking and finishing allocate nothing.
   std::vector<Input*> in_flight_ GUARDED_BY(mutex_);
-  KeySet keys_ GUARDED_BY(mutex_);
+  KeyTable keys_ GUARDED_BY(mutex_);  // every accepted key, with its value's hash
   // A resumed job's journaled inputs without an outcome that are not yet
   // queued: backlog_ reads them in order, skipping the keys in
   // backlog_done_ (those with an outcome), backlog_left_ of them remain.
   std::unique_ptr<JournalReader> backlog_ GUARDED_BY(mutex_);
-  KeySet backlog_done_ GUARDED_BY(mutex_);
+  KeyTable backlog_done_ GUARDED_BY(mutex_);
   uint64_t backlog_left_ GUARDED_BY(mutex_) = 0;
   int adders_ GUARDED_BY(mutex_) = 0;   // Add calls still queuing a batch
   int workers_ GUARDED_BY(mutex_) = 0;  // worker threads started and not yet exited

@@ -377,7 +377,7 @@ class EntryCounter {
     if (scan_->entries > 0 && scan_->entries % stride_ == 0) scan_->index.push_back(scan_->bytes);
     ++scan_->entries;
     ++(handler_.success() ? scan_->succeeded : scan_->failed);
-    if (!scan_->keys.Insert(KeySet::Hash(handler_.key()))) ++scan_->repeated_keys;
+    if (!scan_->keys.Insert(KeyTable::KeyHash(handler_.key()), 0)) ++scan_->repeated_keys;
     scan_->bytes += size + 1;
     return true;
   }

@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "job.hpp"
-#include "key_set.hpp"
+#include "key_table.hpp"
 #include "status.hpp"
 
 // The version written in every record; LoadJobRecord refuses any other.
@@ -65,12 +65,12 @@ struct OutcomeScan {
   uint64_t failed = 0;
   uint64_t bytes = 0;           // of the whole entries kept; the file is cut to this
   std::vector<uint64_t> index;  // byte offset of entry i * stride, as Job keeps it
-  KeySet keys;                  // KeySet::Hash of every key with an entry
+  KeyTable keys;                  // KeyTable::Hash of every key with an entry
   uint64_t repeated_keys = 0;   // entries whose key had an entry before (never, unless a bug)
 };
 
 // Reads the outcome file at path whole (a block at a time; memory: the
-// KeySet, the index and the longest line) into *scan, counting its
+// KeyTable, the index and the longest line) into *scan, counting its
 // entries. A torn or unreadable line (no newline, not JSON, no string
 // "key", not exactly one of "value" and "error") ends the entries kept:
 // the file is cut there with ftruncate (and flushed), so that what follows

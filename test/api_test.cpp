@@ -26,6 +26,7 @@
 #include <fstream>
 #include <future>
 #include <map>
+#include <regex>
 #include <set>
 #include <sstream>
 
@@ -1051,7 +1052,8 @@ TEST_CASE("PUT input refuses bad batches with 400 and queues nothing", "[api]") 
   REQUIRE(Http(base, "PUT", path, "[" + good + "]").status == 201);
 }
 
-TEST_CASE("PUT input refuses repeated keys and inputs after complete with 409", "[api]") {
+TEST_CASE("PUT input refuses keys repeated with another value and inputs after complete with 409",
+          "[api]") {
   Webhook hook;
   PmmapProcess pmmap;
   const std::string base = pmmap.base_url();
@@ -1059,12 +1061,16 @@ TEST_CASE("PUT input refuses repeated keys and inputs after complete with 409", 
   const std::string path = JobPath(id, "/input");
 
   REQUIRE(Http(base, "PUT", path, "[" + OneInput("a", "1") + "]").status == 201);
-  // A key used by an earlier call.
-  RequireError(Http(base, "PUT", path, "[" + OneInput("b", "2") + "," + OneInput("a", "3") + "]"),
-               409);
-  // A key repeated within the batch.
-  RequireError(Http(base, "PUT", path, "[" + OneInput("c", "4") + "," + OneInput("c", "5") + "]"),
-               409);
+  // A key used by an earlier call, with another value.
+  CHECK_THAT(
+      RequireError(
+          Http(base, "PUT", path, "[" + OneInput("b", "2") + "," + OneInput("a", "3") + "]"), 409),
+      Catch::Contains("input[1].key \"a\"") && Catch::Contains("different value"));
+  // A key repeated within the batch, with another value.
+  CHECK_THAT(
+      RequireError(
+          Http(base, "PUT", path, "[" + OneInput("c", "4") + "," + OneInput("c", "5") + "]"), 409),
+      Catch::Contains("input[1].key \"c\"") && Catch::Contains("different value"));
   rapidjson::Document job = GetJob(pmmap, id);
   REQUIRE(U64(job, "inputs") == 1);
   // The refused batches reserved nothing: b and c are still free.
@@ -1084,6 +1090,71 @@ TEST_CASE("PUT input refuses repeated keys and inputs after complete with 409", 
   REQUIRE((*entries["c"])["value"]["value"].GetInt() == 7);
   REQUIRE(U64(GetJob(pmmap, id), "inputs") == 3);
   REQUIRE(hook.call_count() == 3);
+}
+
+TEST_CASE("a PUT sent again whole after its 201 is accepted and its inputs counted once", "[api]") {
+  Webhook hook;
+  PmmapProcess pmmap;
+  const std::string base = pmmap.base_url();
+  std::string id = CreateJob(pmmap, JobBody(hook.url(), "\"concurrency\":4"));
+  const std::string path = JobPath(id, "/input");
+  const int n = 50;
+  const std::string body = MakeInputs(n);
+
+  REQUIRE(Http(base, "PUT", path, body).status == 201);
+  // The client got no answer, say, and sends the same PUT again, twice, the
+  // second time spaced out: values are compared as stored, compact.
+  std::string spaced = std::regex_replace(body, std::regex("\":"), "\": ");
+  REQUIRE(spaced != body);
+  for (const std::string& resent : {body, spaced}) {
+    HttpResult again = Http(base, "PUT", path, resent);
+    INFO(again.body);
+    REQUIRE(again.status == 201);
+    REQUIRE(U64(ParseJson(again.body), "inputs") == static_cast<uint64_t>(n));
+  }
+  REQUIRE(Http(base, "POST", JobPath(id, "/complete")).status == 200);
+  // A repeat after complete is refused like any input.
+  RequireError(Http(base, "PUT", path, body), 409);
+
+  rapidjson::Document out = Output(pmmap, id);
+  REQUIRE(ByKey(out).size() == static_cast<size_t>(n));  // one entry per key
+  rapidjson::Document job = GetJob(pmmap, id);
+  CHECK(U64(job, "inputs") == static_cast<uint64_t>(n));
+  CHECK(U64(job, "outputs") == static_cast<uint64_t>(n));
+  std::map<std::string, int> calls;
+  for (const Webhook::Call& call : hook.calls()) ++calls[call.key];
+  CHECK(calls.size() == static_cast<size_t>(n));
+  for (const auto& [key, count] : calls) {
+    INFO("key " << key);
+    CHECK(count == 1);
+  }
+}
+
+TEST_CASE("a PUT sent again with one value changed is refused with 409 naming the key", "[api]") {
+  Webhook hook;
+  PmmapProcess pmmap;
+  const std::string base = pmmap.base_url();
+  std::string id = CreateJob(pmmap, JobBody(hook.url()));
+  const std::string path = JobPath(id, "/input");
+
+  REQUIRE(Http(base, "PUT", path,
+               "[" + OneInput("a", "1") + "," + OneInput("b", "2") + "," + OneInput("c", "3") + "]")
+              .status == 201);
+  // The same batch, b's value changed, and a new key d.
+  std::string error = RequireError(Http(base, "PUT", path,
+                                        "[" + OneInput("a", "1") + "," + OneInput("b", "20") + "," +
+                                            OneInput("c", "3") + "," + OneInput("d", "4") + "]"),
+                                   409);
+  CHECK_THAT(error, Catch::Contains("input[1].key \"b\"") && Catch::Contains("different value"));
+  REQUIRE(U64(GetJob(pmmap, id), "inputs") == 3);
+  REQUIRE(Http(base, "POST", JobPath(id, "/complete")).status == 200);
+
+  rapidjson::Document out = Output(pmmap, id);
+  auto entries = ByKey(out);
+  REQUIRE(entries.size() == 3);
+  CHECK(entries.count("d") == 0);
+  CHECK((*entries["b"])["value"]["value"].GetInt() == 2);
+  CHECK(hook.call_count() == 3);
 }
 
 TEST_CASE("every route answers 404 for an unknown id, 405 for a wrong method", "[api]") {

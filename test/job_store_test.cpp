@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "key_set.hpp"
+#include "key_table.hpp"
 #include "log.hpp"
 #include "output.hpp"
 #include "request.hpp"
@@ -332,10 +332,10 @@ TEST_CASE("ScanOutcomes holds exactly the decoded keys written", "[job_store][un
   OutcomeScan scan = Scan(path);
   REQUIRE(scan.entries == keys.size() + 1);
   REQUIRE(scan.keys.size() == keys.size() + 1);
-  for (const std::string& key : keys) REQUIRE(scan.keys.Contains(KeySet::Hash(key)));
-  REQUIRE(scan.keys.Contains(KeySet::Hash("\xC3\xA9sc/aped\xF0\x9F\x98\x80")));
-  REQUIRE_FALSE(scan.keys.Contains(KeySet::Hash("nul")));
-  REQUIRE_FALSE(scan.keys.Contains(KeySet::Hash("2")));  // a "key" nested in a value
+  for (const std::string& key : keys) REQUIRE(scan.keys.Contains(KeyTable::KeyHash(key)));
+  REQUIRE(scan.keys.Contains(KeyTable::KeyHash("\xC3\xA9sc/aped\xF0\x9F\x98\x80")));
+  REQUIRE_FALSE(scan.keys.Contains(KeyTable::KeyHash("nul")));
+  REQUIRE_FALSE(scan.keys.Contains(KeyTable::KeyHash("2")));  // a "key" nested in a value
 }
 
 TEST_CASE("ScanOutcomes cuts a torn last entry at every byte, keeping those before it",
@@ -354,7 +354,7 @@ TEST_CASE("ScanOutcomes cuts a torn last entry at every byte, keeping those befo
     REQUIRE(scan.entries == 2);
     REQUIRE(scan.bytes == kept.size());
     REQUIRE(scan.index == std::vector<uint64_t>{0, entries[0].size() + 1});
-    REQUIRE_FALSE(scan.keys.Contains(KeySet::Hash("last")));
+    REQUIRE_FALSE(scan.keys.Contains(KeyTable::KeyHash("last")));
     REQUIRE(ReadFile(path) == kept);
   }
   // With its newline, the line is whole.
@@ -396,7 +396,7 @@ TEST_CASE("ScanOutcomes reads lines longer than its block and files of many bloc
   REQUIRE(scan.entries == entries.size());
   REQUIRE(scan.bytes == Lines(entries).size());
   REQUIRE(scan.index.size() == 20);
-  REQUIRE(scan.keys.Contains(KeySet::Hash("long")));
+  REQUIRE(scan.keys.Contains(KeyTable::KeyHash("long")));
   REQUIRE(scan.repeated_keys == 0);
 }
 

@@ -1,8 +1,8 @@
 // Unit tests of Job (job.hpp) driven directly, without a Dispatcher: the
 // test plays both the HTTP handlers and job table (Add, Complete, Cancel,
 // Discard, WaitDone, OpenOutput) and the workers (NextInput, StoreOutcome,
-// RetryLater). Also KeySet
-// (key_set.hpp), which Job uses to refuse repeated keys.
+// RetryLater). Also KeyTable (key_table.hpp), which Job uses to accept a
+// repeated key once and to refuse one repeated with a different value.
 
 #include "job.hpp"
 #include "job_store.hpp"
@@ -22,7 +22,7 @@
 #include <thread>
 #include <vector>
 
-#include "key_set.hpp"
+#include "key_table.hpp"
 #include "log.hpp"
 #include "output.hpp"
 #include "test/harness.hpp"
@@ -74,6 +74,13 @@ std::vector<Input> Batch(const std::vector<std::string>& keys) {
     batch[i].key = keys[i];
     batch[i].value = ValueFor(keys[i]);
   }
+  return batch;
+}
+
+// batch with input i's value changed: its key now comes with a value other
+// than the one Batch gives it.
+std::vector<Input> Changed(std::vector<Input> batch, size_t i) {
+  batch[i].value = "{\"changed\":true}";
   return batch;
 }
 
@@ -190,52 +197,79 @@ std::string NextAndStore(Job* job, bool success = true) {
 
 }  // namespace
 
-// KeySet
+// KeyTable
 
-TEST_CASE("KeySet contains what was inserted and nothing else", "[unit][job][key_set]") {
-  KeySet set;
-  uint64_t a = KeySet::Hash("a");
-  uint64_t b = KeySet::Hash("b");
-  CHECK_FALSE(set.Contains(a));
-  CHECK(set.Insert(a));
-  CHECK(set.Contains(a));
-  CHECK_FALSE(set.Contains(b));
-  CHECK_FALSE(set.Insert(a));
-  CHECK(set.size() == 1);
-  CHECK(set.Insert(b));
-  CHECK(set.size() == 2);
+TEST_CASE("KeyTable finds what was inserted, with its value hash, and nothing else",
+          "[unit][job][key_set]") {
+  KeyTable table;
+  uint64_t a = KeyTable::KeyHash("a");
+  uint64_t b = KeyTable::KeyHash("b");
+  uint64_t value = 0;
+  CHECK_FALSE(table.Find(a, &value));
+  CHECK(table.Insert(a, 11));
+  REQUIRE(table.Find(a, &value));
+  CHECK(value == 11);
+  CHECK_FALSE(table.Find(b, &value));
+  // A second Insert of a key changes nothing, its value hash included.
+  CHECK_FALSE(table.Insert(a, 12));
+  REQUIRE(table.Find(a, &value));
+  CHECK(value == 11);
+  CHECK(table.size() == 1);
+  CHECK(table.Insert(b, 0));
+  REQUIRE(table.Find(b, &value));
+  CHECK(value == 0);
+  CHECK(table.size() == 2);
 }
 
-TEST_CASE("KeySet keeps every key as it grows past many thousands", "[unit][job][key_set]") {
-  KeySet set;
+TEST_CASE("KeyTable keeps every key and its value hash as it grows past many thousands",
+          "[unit][job][key_set]") {
+  KeyTable table;
   const int n = 200000;
-  for (int i = 0; i < n; ++i) REQUIRE(set.Insert(KeySet::Hash("key" + std::to_string(i))));
-  CHECK(set.size() == static_cast<size_t>(n));
-  for (int i = 0; i < n; ++i) REQUIRE(set.Contains(KeySet::Hash("key" + std::to_string(i))));
-  for (int i = 0; i < n; i += 97) {
-    REQUIRE_FALSE(set.Insert(KeySet::Hash("key" + std::to_string(i))));
+  auto key = [](int i) { return KeyTable::KeyHash("key" + std::to_string(i)); };
+  for (int i = 0; i < n; ++i) REQUIRE(table.Insert(key(i), static_cast<uint64_t>(i) * 3));
+  CHECK(table.size() == static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    uint64_t value = 0;
+    REQUIRE(table.Find(key(i), &value));
+    REQUIRE(value == static_cast<uint64_t>(i) * 3);
   }
+  for (int i = 0; i < n; i += 97) REQUIRE_FALSE(table.Insert(key(i), 1));
   int absent_found = 0;
   for (int i = 0; i < 10000; ++i) {
-    absent_found += set.Contains(KeySet::Hash("other" + std::to_string(i)));
+    uint64_t value = 0;
+    absent_found += table.Find(KeyTable::KeyHash("other" + std::to_string(i)), &value);
   }
   CHECK(absent_found == 0);
-  CHECK(set.size() == static_cast<size_t>(n));
+  CHECK(table.size() == static_cast<size_t>(n));
 }
 
-TEST_CASE("KeySet probes past hashes that collide in their low bits", "[unit][job][key_set]") {
-  KeySet set;
-  for (uint64_t i = 1; i <= 3000; ++i) REQUIRE(set.Insert((i << 40) | 7));
-  for (uint64_t i = 1; i <= 3000; ++i) REQUIRE(set.Contains((i << 40) | 7));
-  CHECK_FALSE(set.Contains((3001ULL << 40) | 7));
-  CHECK(set.size() == 3000);
+TEST_CASE("KeyTable probes past hashes that collide in their low bits", "[unit][job][key_set]") {
+  KeyTable table;
+  uint64_t value = 0;
+  for (uint64_t i = 1; i <= 3000; ++i) REQUIRE(table.Insert((i << 40) | 7, i));
+  for (uint64_t i = 1; i <= 3000; ++i) {
+    REQUIRE(table.Find((i << 40) | 7, &value));
+    REQUIRE(value == i);
+  }
+  CHECK_FALSE(table.Find((3001ULL << 40) | 7, &value));
+  CHECK(table.size() == 3000);
 }
 
-TEST_CASE("KeySet::Hash is never 0, the empty-slot marker", "[unit][job][key_set]") {
-  CHECK(KeySet::Hash("") != 0);
-  for (int i = 0; i < 100000; ++i) REQUIRE(KeySet::Hash(std::to_string(i)) != 0);
-  CHECK(KeySet::Hash("a") == KeySet::Hash(std::string("a")));
-  CHECK(KeySet::Hash("a") != KeySet::Hash("b"));
+TEST_CASE("KeyTable::KeyHash is never 0, the empty-slot marker", "[unit][job][key_set]") {
+  CHECK(KeyTable::KeyHash("") != 0);
+  for (int i = 0; i < 100000; ++i) REQUIRE(KeyTable::KeyHash(std::to_string(i)) != 0);
+  CHECK(KeyTable::KeyHash("a") == KeyTable::KeyHash(std::string("a")));
+  CHECK(KeyTable::KeyHash("a") != KeyTable::KeyHash("b"));
+}
+
+TEST_CASE("KeyTable::ValueHash differs with the value and with the key", "[unit][job][key_set]") {
+  CHECK(KeyTable::ValueHash("a", "1") == KeyTable::ValueHash(std::string("a"), "1"));
+  CHECK(KeyTable::ValueHash("a", "1") != KeyTable::ValueHash("a", "2"));
+  CHECK(KeyTable::ValueHash("a", "1") != KeyTable::ValueHash("b", "1"));
+  // The key and the value are hashed apart, not as one string.
+  CHECK(KeyTable::ValueHash("a", "12") != KeyTable::ValueHash("a1", "2"));
+  // Not the key's own hash with another name.
+  CHECK(KeyTable::ValueHash("a", "") != KeyTable::KeyHash("a"));
 }
 
 // Outcome entries
@@ -394,25 +428,31 @@ TEST_CASE("Job takes inputs in the order they were added, across batches", "[uni
   CHECK(Read(t.job.get()).outputs == 3);
 }
 
-TEST_CASE("Job::Add refuses a key already used by an earlier batch and adds nothing",
+TEST_CASE("Job::Add refuses a key used by an earlier batch with another value and adds nothing",
           "[unit][job]") {
   TestJob t;
   REQUIRE(t.job->Add(Batch({"a", "b"})).ok());
-  Status s = t.job->Add(Batch({"c", "b", "d"}));
+  Status s = t.job->Add(Changed(Batch({"c", "b", "d"}), 1));
   CHECK(s.code() == Status::kConflict);
   CHECK_THAT(s.message(), Catch::Contains("input[1]"));
   CHECK_THAT(s.message(), Catch::Contains("\"b\""));
-  CHECK(Read(t.job.get()).inputs == 2);
-  // The refused batch reserved none of its keys.
+  CHECK_THAT(s.message(), Catch::Contains("different value"));
+  Counters c = Read(t.job.get());
+  CHECK(c.inputs == 2);
+  CHECK(c.pending == 2);
+  // The refused batch reserved none of its keys, and b keeps its first value.
   CHECK(t.job->Add(Batch({"c", "d"})).ok());
   CHECK(Read(t.job.get()).inputs == 4);
+  CHECK(t.job->Add(Changed(Batch({"b"}), 0)).code() == Status::kConflict);
 }
 
-TEST_CASE("Job::Add refuses a key repeated inside one batch and adds nothing", "[unit][job]") {
+TEST_CASE("Job::Add refuses a key repeated inside one batch with another value and adds nothing",
+          "[unit][job]") {
   TestJob t;
-  Status s = t.job->Add(Batch({"x", "y", "x"}));
+  Status s = t.job->Add(Changed(Batch({"x", "y", "x"}), 2));
   CHECK(s.code() == Status::kConflict);
   CHECK_THAT(s.message(), Catch::Contains("input[2]"));
+  CHECK_THAT(s.message(), Catch::Contains("different value"));
   Counters c = Read(t.job.get());
   CHECK(c.inputs == 0);
   CHECK(c.pending == 0);
@@ -420,11 +460,69 @@ TEST_CASE("Job::Add refuses a key repeated inside one batch and adds nothing", "
   CHECK(Read(t.job.get()).inputs == 2);
 }
 
-TEST_CASE("Job::Add refuses a key whose input has already finished", "[unit][job]") {
+TEST_CASE("Job::Add refuses a key whose input has already finished, with another value",
+          "[unit][job]") {
   TestJob t;
   REQUIRE(t.job->Add(Batch({"a"})).ok());
   NextAndStore(t.job.get());
-  CHECK(t.job->Add(Batch({"a"})).code() == Status::kConflict);
+  CHECK(t.job->Add(Changed(Batch({"a"}), 0)).code() == Status::kConflict);
+}
+
+TEST_CASE("Job::Add accepts a key sent again with the same value, counts it once, sends it once",
+          "[unit][job]") {
+  TestJob t;
+  Job* job = t.job.get();
+  REQUIRE(job->Add(Batch({"a", "b"})).ok());
+  REQUIRE(job->Add(Batch({"a", "b"})).ok());
+  Counters c = Read(job);
+  CHECK(c.inputs == 2);
+  CHECK(c.pending == 2);
+  CHECK(NextAndStore(job) == "a");
+  // Once its input has finished too.
+  REQUIRE(job->Add(Batch({"a"})).ok());
+  CHECK(NextAndStore(job) == "b");
+  REQUIRE(job->Add(Batch({"b", "a"})).ok());
+  c = Read(job);
+  CHECK(c.inputs == 2);
+  CHECK(c.pending == 0);
+  CHECK(c.outputs == 2);
+  REQUIRE(job->Complete().ok());
+  CHECK(Read(job).state == "done");
+  CHECK(NdjsonKeys(ReadOutput(job, 0, UINT64_MAX, OutputReader::kNdjson)) ==
+        std::vector<std::string>{"a", "b"});
+  // After complete, a repeat is refused like any input.
+  Status s = job->Add(Batch({"a"}));
+  CHECK(s.code() == Status::kConflict);
+  CHECK_THAT(s.message(), Catch::Contains("complete"));
+}
+
+TEST_CASE("Job::Add queues a key repeated inside one batch with the same value once",
+          "[unit][job]") {
+  TestJob t;
+  Job* job = t.job.get();
+  REQUIRE(job->Add(Batch({"x", "y", "x", "x", "y"})).ok());
+  Counters c = Read(job);
+  CHECK(c.inputs == 2);
+  CHECK(c.pending == 2);
+  CHECK(NextAndStore(job) == "x");
+  CHECK(NextAndStore(job) == "y");
+  CHECK(Read(job).pending == 0);
+}
+
+TEST_CASE("Job::Add queues and counts every new key of a batch that repeats an accepted one",
+          "[unit][job]") {
+  TestJob t;
+  Job* job = t.job.get();
+  REQUIRE(job->Add(Batch({"a"})).ok());
+  REQUIRE(job->Add(Batch({"b", "a", "c", "d"})).ok());
+  Counters c = Read(job);
+  CHECK(c.inputs == 4);
+  CHECK(c.pending == 4);
+  CHECK(NextAndStore(job) == "a");
+  CHECK(NextAndStore(job) == "b");
+  CHECK(NextAndStore(job) == "c");
+  CHECK(NextAndStore(job) == "d");
+  CHECK(Read(job).pending == 0);
 }
 
 // Complete and the job's state
@@ -1130,11 +1228,12 @@ TEST_CASE("a job discarded while an Add waits for room never becomes done", "[un
     returned = true;
   });
   // Bounded wait until the Add is blocked, having reserved its key. The
-  // probe repeats "b" inside its own batch, so it is refused either way and
-  // never blocks or reserves; the message tells whether "b" was taken.
+  // probe repeats "b" inside its own batch with two values, so it is
+  // refused either way and never blocks or reserves; the message tells
+  // whether "b" was taken (its first value differs from the blocked Add's).
   bool blocked = false;
   for (int i = 0; i < 2000 && !blocked; ++i) {
-    Status probe = t.job->Add(Batch({"b", "b"}));
+    Status probe = t.job->Add(Changed(Batch({"b", "b"}), 0));
     blocked = probe.message().find("already used") != std::string::npos;
     if (!blocked) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }

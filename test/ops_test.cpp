@@ -1167,9 +1167,9 @@ TEST_CASE("the secret never appears in logs, metrics, job JSON, outputs or the c
               .status == 201);
   keep(Http(base, "GET", "/job/" + a));
   keep(Http(base, "GET", "/jobs"));
-  // Refusals too: a repeated key, a wrong method, a job without a url.
+  // Refusals too: a key repeated with another value, a wrong method, a job without a url.
   REQUIRE(
-      keep(Http(base, "PUT", "/job/" + a + "/input", "[{\"key\":\"ok0\",\"value\":0}]")).status ==
+      keep(Http(base, "PUT", "/job/" + a + "/input", "[{\"key\":\"ok0\",\"value\":9}]")).status ==
       409);
   REQUIRE(keep(Http(base, "PUT", "/job/" + a, "{}")).status == 405);
   REQUIRE(keep(Http(base, "POST", "/job", "{\"secret\":" + Quote(kSecret) + "}")).status == 400);
