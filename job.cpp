@@ -214,9 +214,8 @@ Status Job::Add(std::vector<Input> batch) {
   MaybeDone();
   if (next < batch.size()) {
     if (discarded()) return DiscardedStatus();
-    return Status::Conflict("job " + id_ + " was cancelled after " + std::to_string(next) +
-                            " of " + std::to_string(batch.size()) +
-                            " inputs of this batch were queued");
+    return Status::Conflict("job " + id_ + " was cancelled after " + std::to_string(next) + " of " +
+                            std::to_string(batch.size()) + " inputs of this batch were queued");
   }
   if (!journal_) return Status::OK();
   // Under --fsync always, the answer waits for the disk; concurrent PUTs

@@ -157,8 +157,8 @@ class Job : public std::enable_shared_from_this<Job> {
   // Takes the job out of service for reason (never kNone), the job table
   // having removed it: stores nothing more, wakes every waiter (they answer
   // 404 for kDeleted and kExpired, 503 for kShutdown) and removes the
-  // job's files (a durable job's stay on kShutdown, for the next start). Calls in flight and the completion callback are
-  // abandoned, except on kShutdown, which leaves them a grace period: call
+  // job's files (a durable job's stay on kShutdown, for the next start). Calls in flight and the
+  // completion callback are abandoned, except on kShutdown, which leaves them a grace period: call
   // AbandonCalls when it is over. Only the first call counts.
   void Discard(DiscardReason reason);
   // Abandons every call of the job in flight, the completion callback's

@@ -65,7 +65,7 @@ struct OutcomeScan {
   uint64_t failed = 0;
   uint64_t bytes = 0;           // of the whole entries kept; the file is cut to this
   std::vector<uint64_t> index;  // byte offset of entry i * stride, as Job keeps it
-  KeyTable keys;                  // KeyTable::Hash of every key with an entry
+  KeyTable keys;                // KeyTable::Hash of every key with an entry
   uint64_t repeated_keys = 0;   // entries whose key had an entry before (never, unless a bug)
 };
 

@@ -27,8 +27,7 @@ class JobTable {
   // Jobs keep their files as files says; at most max_jobs are held at
   // once. start_worker and on_end are given to every job (on_end only to
   // jobs with a callback_url).
-  JobTable(JobFiles files, size_t max_jobs, Job::WorkerStarter start_worker,
-           Job::EndHook on_end);
+  JobTable(JobFiles files, size_t max_jobs, Job::WorkerStarter start_worker, Job::EndHook on_end);
   JobTable(const JobTable&) = delete;
   JobTable& operator=(const JobTable&) = delete;
 

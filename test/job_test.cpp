@@ -5,7 +5,6 @@
 // repeated key once and to refuse one repeated with a different value.
 
 #include "job.hpp"
-#include "job_store.hpp"
 
 #include <dirent.h>
 #include <rapidjson/document.h>
@@ -22,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "job_store.hpp"
 #include "key_table.hpp"
 #include "log.hpp"
 #include "output.hpp"

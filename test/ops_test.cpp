@@ -1731,7 +1731,7 @@ TEST_CASE("SIGTERM answers waiting callers 503, exits 0 and keeps a durable job'
   std::string id = CreateJob(pmmap, JobBody(hook.url(), "\"concurrency\":1,\"maxsize\":1"));
   std::string idle = CreateJob(pmmap, JobBody(hook.url()));
   std::vector<std::string> files = ListDir(data.path());
-  const std::set<std::string> job_files = {id + ".job",    id + ".journal",    id + ".ndjson",
+  const std::set<std::string> job_files = {id + ".job",   id + ".journal",   id + ".ndjson",
                                            idle + ".job", idle + ".journal", idle + ".ndjson"};
   REQUIRE(std::set<std::string>(files.begin(), files.end()) == job_files);
 
