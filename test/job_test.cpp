@@ -14,6 +14,7 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <set>
@@ -1263,4 +1264,139 @@ TEST_CASE("job times are RFC 3339 in UTC with milliseconds", "[unit][job]") {
   std::chrono::system_clock::time_point t{std::chrono::milliseconds(1234)};
   CHECK(Rfc3339(t) == "1970-01-01T00:00:01.234Z");
   CHECK(Rfc3339(t + std::chrono::hours(24 * 365)) == "1971-01-01T00:00:01.234Z");
+}
+
+// Resume: a durable job read back from its files, as a restart does.
+
+namespace {
+
+// A durable job "job1" in dir, opened, whose worker is the test.
+std::shared_ptr<Job> DurableJob(const TempDir& dir, JobOptions options = Options()) {
+  auto job =
+      std::make_shared<Job>("job1", std::move(options), FilesIn(dir, true), &PretendToStartWorker);
+  REQUIRE(job->Open().ok());
+  return job;
+}
+
+// job1 of dir read back from its files, with options (its record's own
+// unless given), as a restarted server would.
+std::shared_ptr<Job> ResumedJob(const TempDir& dir, const JobOptions* options = nullptr) {
+  JobRecord record;
+  REQUIRE(LoadJobRecord(JobRecordPath(dir.path(), "job1"), &record).ok());
+  if (options != nullptr) record.options = *options;
+  auto job =
+      std::make_shared<Job>("job1", record.options, FilesIn(dir, true), &PretendToStartWorker);
+  Status s = job->Resume(record);
+  INFO(s.message());
+  REQUIRE(s.ok());
+  return job;
+}
+
+// Drops the outcome file's last line, as if it never reached the disk.
+void DropLastOutcome(const TempDir& dir) {
+  std::string path = OutcomePath(dir.path(), "job1");
+  std::string text = ReadFile(path);
+  REQUIRE(text.size() > 1);
+  size_t cut = text.rfind('\n', text.size() - 2);
+  REQUIRE(truncate(path.c_str(), cut == std::string::npos ? 0 : cut + 1) == 0);
+}
+
+}  // namespace
+
+TEST_CASE("a resumed job sends its journaled inputs without an outcome, in journal order",
+          "[unit][job][resume]") {
+  TempDir dir;
+  {
+    auto job = DurableJob(dir);
+    REQUIRE(job->Add(Batch(Keys(10))).ok());
+    REQUIRE(job->Add(Batch(Keys(15, "m"))).ok());
+    for (int i = 0; i < 5; ++i) CHECK(NextAndStore(job.get()) == "k" + std::to_string(i));
+    // Gone without a shutdown, as in a crash: the files stay.
+  }
+  // A queue of 4: the 20 inputs left are read from the journal 4 at a time.
+  JobOptions small = Options(4);
+  auto job = ResumedJob(dir, &small);
+  Counters c = Read(job.get());
+  CHECK(c.state == "open");
+  CHECK(c.inputs == 25);
+  CHECK(c.outputs == 5);
+  CHECK(c.pending == 20);
+  std::vector<std::string> expected;
+  for (int i = 5; i < 10; ++i) expected.push_back("k" + std::to_string(i));
+  for (const std::string& key : Keys(15, "m")) expected.push_back(key);
+  std::vector<std::string> sent;
+  for (size_t i = 0; i < expected.size(); ++i) sent.push_back(NextAndStore(job.get()));
+  CHECK(sent == expected);
+  // It is still open: it takes more inputs, refuses a clash, and ends.
+  CHECK(job->Add(Batch({"k0", "new"})).ok());  // k0 again with its value: a repeat
+  CHECK(job->Add(Changed(Batch({"m3"}), 0)).code() == Status::kConflict);
+  CHECK(NextAndStore(job.get()) == "new");
+  REQUIRE(job->Complete().ok());
+  c = Read(job.get());
+  CHECK(c.state == "done");
+  CHECK(c.inputs == 26);
+  CHECK(NdjsonKeys(ReadOutput(job.get(), 0, UINT64_MAX, OutputReader::kNdjson)).size() == 26);
+}
+
+TEST_CASE("a resumed job whose outcome file has entries the journal lacks still adds up",
+          "[unit][job][resume]") {
+  TempDir dir;
+  {
+    auto job = DurableJob(dir);
+    REQUIRE(job->Add(Batch(Keys(3))).ok());
+    NextAndStore(job.get());
+  }
+  // An outcome whose input's journal record was lost (a power cut).
+  {
+    std::ofstream out(OutcomePath(dir.path(), "job1"), std::ios::app);
+    out << SuccessEntry("ghost", "1") << "\n";
+  }
+  auto job = ResumedJob(dir);
+  Counters c = Read(job.get());  // checks inputs == pending + in_flight + outputs
+  CHECK(c.outputs == 2);
+  CHECK(c.pending == 2);
+  NextAndStore(job.get());
+  NextAndStore(job.get());
+  REQUIRE(job->Complete().ok());
+  CHECK(Read(job.get()).state == "done");
+}
+
+TEST_CASE("a done job whose last outcome was lost sends that input again, then is done",
+          "[unit][job][resume]") {
+  TempDir dir;
+  {
+    auto job = DurableJob(dir);
+    REQUIRE(job->Add(Batch(Keys(3))).ok());
+    for (int i = 0; i < 3; ++i) NextAndStore(job.get());
+    REQUIRE(job->Complete().ok());
+    REQUIRE(Read(job.get()).state == "done");
+  }
+  DropLastOutcome(dir);
+  auto job = ResumedJob(dir);
+  Counters c = Read(job.get());
+  CHECK(c.state == "closing");
+  CHECK(c.pending == 1);
+  CHECK(NextAndStore(job.get()) == "k2");
+  c = Read(job.get());
+  CHECK(c.state == "done");
+  CHECK(c.outputs == 3);
+}
+
+TEST_CASE("a cancelled job whose last outcome was lost stores its cancelled entry again",
+          "[unit][job][resume]") {
+  TempDir dir;
+  {
+    auto job = DurableJob(dir);
+    REQUIRE(job->Add(Batch(Keys(3))).ok());
+    NextAndStore(job.get());
+    REQUIRE(job->Cancel().ok());
+  }
+  DropLastOutcome(dir);
+  auto job = ResumedJob(dir);
+  Counters c = Read(job.get());
+  CHECK(c.state == "cancelled");
+  CHECK(c.outputs == 3);
+  CHECK(c.failed == 2);
+  std::string output = ReadOutput(job.get(), 0, UINT64_MAX, OutputReader::kNdjson);
+  CHECK(NdjsonKeys(output) == std::vector<std::string>({"k0", "k1", "k2"}));
 }
