@@ -97,24 +97,17 @@ Job::Job(std::string id, JobOptions options, JobFiles files, WorkerStarter start
 Job::~Job() {
   // A job that goes without Discard (a test's, or one whose creation
   // failed) keeps its files only if they are durable.
-  if (file_ == nullptr) return;
-  fclose(file_);
+  if (fd_ < 0) return;
+  WriteOutcomes();
+  close(fd_);
   if (!files_.durable) unlink(path_.c_str());
 }
 
 Status Job::OpenOutcomeFile(bool create) {
-  int flags = O_RDWR | O_APPEND | O_CLOEXEC | (create ? O_CREAT | O_EXCL : 0);
-  int fd = open(path_.c_str(), flags, 0600);
-  if (fd >= 0) file_ = fdopen(fd, "a+");
-  if (file_ == nullptr) {
-    Status s = Status::Internal("cannot open " + path_ + ": " + strerror(errno));
-    if (fd >= 0) close(fd);
-    return s;
-  }
-  // glibc ignores the size unless it is given the buffer too, and would
-  // write every 4 KiB.
-  file_buffer_.reset(new char[kFileBufferBytes]);
-  setvbuf(file_, file_buffer_.get(), _IOFBF, kFileBufferBytes);
+  int flags = O_WRONLY | O_APPEND | O_CLOEXEC | (create ? O_CREAT | O_EXCL : 0);
+  fd_ = open(path_.c_str(), flags, 0600);
+  if (fd_ < 0) return Status::Internal("cannot open " + path_ + ": " + strerror(errno));
+  unwritten_.reserve(kFileBufferBytes);
   return Status::OK();
 }
 
@@ -146,9 +139,10 @@ void Job::SaveRecord() {
 }
 
 void Job::CloseFiles() {
-  if (file_ != nullptr) {
-    fclose(file_);
-    file_ = nullptr;
+  if (fd_ >= 0) {
+    WriteOutcomes();
+    close(fd_);
+    fd_ = -1;
   }
   // A shutdown keeps a durable job: what it accepted reaches the disk.
   if (journal_ && files_.durable && discarded_ == DiscardReason::kShutdown) {
@@ -163,10 +157,16 @@ void Job::CloseFiles() {
   }
 }
 
-void Job::SyncJournal() {
-  if (!journal_) return;
-  Status s = journal_->SyncIfDirty();
-  if (!s.ok()) LogJobEvent(id_, "failure", s.message());
+void Job::Tick() {
+  if (journal_) {
+    Status s = journal_->SyncIfDirty();
+    if (!s.ok()) LogJobEvent(id_, "failure", s.message());
+  }
+  MutexLock lock(&mutex_);
+  if (storage_error_.empty() || discarded() || Clock::now() < storage_retry_at_) return;
+  if (!WriteOutcomes()) return;
+  MaybeDone();
+  work_cv_.SignalAll();  // paused workers go on
 }
 
 Status Job::DiscardedStatus() const {
@@ -496,14 +496,14 @@ Status Job::OpenOutput(uint64_t offset, uint64_t limit, OutputReader::Format for
                        std::unique_ptr<OutputReader>* reader) {
   MutexLock lock(&mutex_);
   if (discarded()) return DiscardedStatus();
-  if (fflush(file_) != 0 && write_error_.empty()) write_error_ = strerror(errno);
-  if (!write_error_.empty()) {
-    return Status::Internal("outcomes of job " + id_ + " could not be stored: " + write_error_);
-  }
+  // What could not be written yet (a full disk) is not shown yet either:
+  // a reader gets the whole entries on disk.
+  WriteOutcomes();
+  const uint64_t on_disk = outputs_ - std::count(unwritten_.begin(), unwritten_.end(), '\n');
   int fd = open(path_.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return Status::Unavailable("cannot read " + path_ + ": " + strerror(errno));
-  uint64_t first = std::min(offset, outputs_);
-  uint64_t count = std::min(limit, outputs_ - first);
+  uint64_t first = std::min(offset, on_disk);
+  uint64_t count = std::min(limit, on_disk - first);
   uint64_t begin = count == 0 ? 0 : index_[first / kIndexStride];
   reader->reset(new OutputReader(fd, begin, first % kIndexStride, count, format));
   return Status::OK();
@@ -539,6 +539,12 @@ std::string Job::ToJson() {
   }
   out.append(",\"callback\":");
   AppendCallback(options_.callback_url, callback_, &out);
+  out.append(",\"storage_error\":");
+  if (storage_error_.empty()) {
+    out.append("null");
+  } else {
+    AppendJsonString(storage_error_, &out);
+  }
   out.push_back('}');
   return out;
 }
@@ -591,6 +597,11 @@ bool Job::NextInputLocked(Input* input) {
     if (stopped()) break;
     if (backlog_left_ > 0 && queue_.size() * 2 <= static_cast<size_t>(options_.maxsize)) {
       RefillQueue();
+    }
+    Clock::time_point storage_wake;
+    if (!StorageWritable(&storage_wake)) {
+      work_cv_.WaitUntil(storage_wake);
+      continue;
     }
     if (pending() == 0 && state_ != JobState::kOpen && adders_ == 0) break;
     // The common case needs no clock: no retry waits, no pause, no rate
@@ -684,19 +695,49 @@ void Job::WriteEntry(const std::string& entry) {
   if (outputs_ % kIndexStride == 0 && outputs_ / kIndexStride >= index_.size()) {
     index_.push_back(file_bytes_);
   }
-  // Unlocked stdio: mutex_ already serialises every use of file_.
-  if ((fwrite_unlocked(entry.data(), 1, entry.size(), file_) != entry.size() ||
-       fputc_unlocked('\n', file_) == EOF) &&
-      write_error_.empty()) {
-    write_error_ = strerror(errno);
-  }
+  unwritten_.append(entry).push_back('\n');
   file_bytes_ += entry.size() + 1;
+  if (unwritten_.size() >= kFileBufferBytes && storage_error_.empty()) WriteOutcomes();
+}
+
+bool Job::WriteOutcomes() {
+  size_t done = 0;
+  while (done < unwritten_.size()) {
+    ssize_t n = write(fd_, unwritten_.data() + done, unwritten_.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      std::string error = strerror(errno);
+      unwritten_.erase(0, done);
+      if (storage_error_.empty()) {
+        LogJobEvent(id_, "failure", "cannot write outcomes, pausing: " + error);
+      }
+      storage_error_ = "cannot write to " + path_ + ": " + error;
+      storage_retry_at_ = Clock::now() + kStorageRetry;
+      return false;
+    }
+    done += static_cast<size_t>(n);
+  }
+  unwritten_.clear();
+  if (!storage_error_.empty()) {
+    storage_error_.clear();
+    LogJobEvent(id_, "resumed", "outcomes are written again");
+  }
+  return true;
+}
+
+bool Job::StorageWritable(Clock::time_point* wake) {
+  if (storage_error_.empty()) return true;
+  if (Clock::now() >= storage_retry_at_ && WriteOutcomes()) return true;
+  *wake = storage_retry_at_;
+  return false;
 }
 
 void Job::MaybeDone() {
   // A discarded job never ends: its file is gone and its waiters answered.
   if (discarded()) return;
   if (state_ != JobState::kClosing || adders_ > 0 || pending() > 0 || !in_flight_.empty()) return;
+  // Not done before every outcome is written: Tick tries again.
+  if (!WriteOutcomes()) return;
   state_ = JobState::kDone;
   OnEnd();
 }
@@ -704,7 +745,7 @@ void Job::MaybeDone() {
 void Job::OnEnd() {
   done_at_ = std::chrono::system_clock::now();
   // The outcomes reach the file before the record says the job ended.
-  fflush(file_);
+  WriteOutcomes();
   SaveRecord();
   LogJobEvent(id_, JobStateName(state_),
               std::to_string(succeeded_) + " succeeded, " + std::to_string(failed_) + " failed");

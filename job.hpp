@@ -167,9 +167,10 @@ class Job : public std::enable_shared_from_this<Job> {
     calls_abandoned_ = true;
     callback_abandoned_ = true;
   }
-  // Durable jobs: flushes the journal to disk if it changed (the server
-  // calls it every second under --fsync everysec). Safe from any thread.
-  void SyncJournal();
+  // The server calls it every second: flushes a durable job's journal to
+  // disk if it changed (--fsync everysec), and tries again to write the
+  // outcomes that a failed write left (a full disk). Safe from any thread.
+  void Tick();
   // True if the job ended (done or cancelled) at or before cutoff.
   bool EndedBy(std::chrono::system_clock::time_point cutoff);
   // Waits for duration unless the job is discarded first; returns false if it was.
@@ -214,6 +215,8 @@ class Job : public std::enable_shared_from_this<Job> {
   // Entries are indexed every kIndexStride, so that an offset is found
   // without reading the file from the start.
   static constexpr uint64_t kIndexStride = 1024;
+  // How often a job paused by a failed outcome write tries it again.
+  static constexpr std::chrono::seconds kStorageRetry{1};
 
   // NextInput, StoreOutcome and RetryLater, for a caller holding mutex_.
   bool NextInputLocked(Input* input) REQUIRES(mutex_);
@@ -272,7 +275,14 @@ class Job : public std::enable_shared_from_this<Job> {
   void StartFlight(Input* input) REQUIRES(mutex_);
   // Removes input from in_flight_; false if it was not there.
   bool EndFlight(Input* input) REQUIRES(mutex_);
+  // Stores entry as the outcome file's next line.
   void WriteEntry(const std::string& entry) REQUIRES(mutex_);
+  // Writes unwritten_ to the outcome file; on failure keeps what is left,
+  // sets storage_error_ and returns false.
+  bool WriteOutcomes() REQUIRES(mutex_);
+  // While the outcome file cannot be written, tries again when it is time;
+  // returns whether inputs may be sent, else sets *wake to the next try.
+  bool StorageWritable(Clock::time_point* wake) REQUIRES(mutex_);
   // Moves a closing job to done once every input has its outcome.
   void MaybeDone() REQUIRES(mutex_);
   // Called once, on entering done or cancelled.
@@ -336,13 +346,20 @@ class Job : public std::enable_shared_from_this<Job> {
   Clock::time_point paused_until_ GUARDED_BY(mutex_);
   double tokens_ GUARDED_BY(mutex_) = 0;
   Clock::time_point tokens_at_ GUARDED_BY(mutex_);
-  std::FILE* file_ GUARDED_BY(mutex_) = nullptr;
-  // file_'s buffer, freed after file_ is closed.
-  std::unique_ptr<char[]> file_buffer_ GUARDED_BY(mutex_);
-  uint64_t file_bytes_ GUARDED_BY(mutex_) = 0;
+  int fd_ GUARDED_BY(mutex_) = -1;  // the outcome file, opened for appending
+  // Outcome lines stored but not yet written to fd_: written in runs of
+  // kFileBufferBytes, and whenever a reader or the job's end needs them, so
+  // that storing an outcome is a memcpy, not a system call. A failed write
+  // keeps what it could not write here, to try again.
+  std::string unwritten_ GUARDED_BY(mutex_);
+  uint64_t file_bytes_ GUARDED_BY(mutex_) = 0;  // written and unwritten
+  // Why the last write to the outcome file failed (a full disk, say); ""
+  // once one succeeds. While it is set, no input is sent: the job pauses
+  // and tries the write again every kStorageRetry.
+  std::string storage_error_ GUARDED_BY(mutex_);
+  Clock::time_point storage_retry_at_ GUARDED_BY(mutex_);
   std::vector<uint64_t> index_ GUARDED_BY(mutex_);  // byte offset of entry i * kIndexStride
   CallbackStatus callback_ GUARDED_BY(mutex_);
-  std::string write_error_ GUARDED_BY(mutex_);  // the first failure to write the outcome file
 };
 
 #endif  // PMMAP_JOB_HPP_

@@ -107,7 +107,6 @@ void JobTable::AbortCallsInFlight() {
   for (auto& job : List()) job->AbandonCalls();
 }
 
-void JobTable::SyncJournals() {
-  if (!files_.durable) return;
-  for (auto& job : List()) job->SyncJournal();
+void JobTable::Tick() {
+  for (auto& job : List()) job->Tick();
 }

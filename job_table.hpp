@@ -52,8 +52,8 @@ class JobTable {
   // Calls in flight go on until AbortCallsInFlight.
   void StopAll();
   void AbortCallsInFlight();
-  // Flushes every durable job's journal that changed since the last call.
-  void SyncJournals();
+  // Every second: Job::Tick for every job.
+  void Tick();
 
  private:
   const JobFiles files_;

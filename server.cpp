@@ -498,7 +498,7 @@ void Server::ExpireJobsUntilStopping() {
     stop_mutex_.Unlock();
     table_->ExpireEndedBefore(std::chrono::system_clock::now() -
                               std::chrono::seconds(flags_.job_ttl_seconds));
-    table_->SyncJournals();
+    table_->Tick();
     stop_mutex_.Lock();
   }
 }

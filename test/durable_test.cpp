@@ -263,3 +263,47 @@ TEST_CASE("deleting a durable job removes its files; a restart does not bring it
   PmmapProcess pmmap({"--data-dir", data.path()});
   RequireError(Http(pmmap.base_url(), "GET", "/job/" + id), 404);
 }
+
+TEST_CASE("outcomes that cannot be written pause the job, GET /job says why, and none is lost",
+          "[durable]") {
+  TempDir tmp("pmmap-durable");
+  Webhook hook;
+  // pmmap's files may not grow past 16 KiB (EFBIG) until the test lifts the
+  // limit; set around its start only, as in the 507 test.
+  struct rlimit saved;
+  REQUIRE(getrlimit(RLIMIT_FSIZE, &saved) == 0);
+  struct rlimit small = saved;
+  small.rlim_cur = 16 * 1024;
+  REQUIRE(setrlimit(RLIMIT_FSIZE, &small) == 0);
+  std::unique_ptr<PmmapProcess> started;
+  try {
+    started.reset(new PmmapProcess({}, {{"TMPDIR", tmp.path()}}));
+  } catch (...) {
+    setrlimit(RLIMIT_FSIZE, &saved);
+    throw;
+  }
+  REQUIRE(setrlimit(RLIMIT_FSIZE, &saved) == 0);
+  PmmapProcess& pmmap = *started;
+  std::string id = CreateJob(pmmap, JobBody(hook.url(), "\"concurrency\":4,\"maxsize\":5000"));
+  const int kInputs = 3000;  // about 130 KiB of outcomes
+  PutOk(pmmap, id, Batch(0, kInputs));
+  REQUIRE(Http(pmmap.base_url(), "POST", "/job/" + id + "/complete").status == 200);
+  rapidjson::Document paused = WaitForJob(
+      pmmap, id, [](const rapidjson::Document& j) { return j["storage_error"].IsString(); });
+  CHECK(Text(paused, "storage_error").find("File too large") != std::string::npos);
+  // Paused: the calls in flight end, and no more start.
+  size_t calls = hook.call_count();
+  std::this_thread::sleep_for(milliseconds(1500));
+  CHECK(hook.call_count() <= calls + 4);
+  rapidjson::Document still = GetJob(pmmap, id);
+  CHECK(Text(still, "state") == "closing");
+  CHECK(U64(still, "outputs") < kInputs);
+  // Room again: the job goes on by itself and loses nothing.
+  REQUIRE(prlimit(pmmap.pid(), RLIMIT_FSIZE, &saved, nullptr) == 0);
+  rapidjson::Document done =
+      WaitForJob(pmmap, id, [](const rapidjson::Document& j) { return HasState(j, "done"); });
+  CHECK(done["storage_error"].IsNull());
+  std::map<std::string, int> entries = EntriesByKey(OutputNow(pmmap, id));
+  CHECK(entries.size() == static_cast<size_t>(kInputs));
+  for (const auto& entry : entries) CHECK(entry.second == 1);
+}
