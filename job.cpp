@@ -302,9 +302,7 @@ int Job::Enqueue(Input* first, size_t n) {
   for (size_t i = 0; i < n; ++i) queue_.push_back(std::move(first[i]));
   inputs_ += n;
   Metrics::Global().InputsAccepted(n);
-  int wanted = static_cast<int>(std::min<size_t>(queue_.size(), options_.concurrency));
-  int to_start = std::max(0, wanted - workers_);
-  workers_ += to_start;
+  int to_start = CountMoreWorkers();
   if (n >= static_cast<size_t>(workers_)) {
     work_cv_.SignalAll();
   } else {
@@ -449,10 +447,15 @@ void Job::ResumeWork() {
   if (state_ == JobState::kDone && backlog_left_ > 0) state_ = JobState::kClosing;
   if (ended()) return;
   RefillQueue();
-  int wanted = static_cast<int>(std::min<size_t>(queue_.size(), options_.concurrency));
-  workers_ += wanted;
-  StartWorkers(wanted);
+  StartWorkers(CountMoreWorkers());
   MaybeDone();
+}
+
+int Job::CountMoreWorkers() {
+  int wanted = static_cast<int>(std::min<size_t>(queue_.size(), options_.concurrency));
+  int more = std::max(0, wanted - workers_);
+  workers_ += more;
+  return more;
 }
 
 void Job::Discard(DiscardReason reason) {

@@ -267,6 +267,9 @@ class Job : public std::enable_shared_from_this<Job> {
   JobRecord Record() const REQUIRES(mutex_);
   // Durable jobs: saves Record(), so that a restart sees the state.
   void SaveRecord() REQUIRES(mutex_);
+  // How many more workers the queue wants, up to concurrency; counts them
+  // in workers_ before StartWorkers starts them.
+  int CountMoreWorkers() REQUIRES(mutex_);
   // Starts n more workers, dropping mutex_ meanwhile.
   void StartWorkers(int n) REQUIRES(mutex_);
   // Moves the queue's first input into *input and counts it in flight.
