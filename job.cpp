@@ -16,10 +16,6 @@
 
 namespace {
 
-// Outcome lines are buffered in user space and flushed when a reader needs
-// them, so that storing an outcome is a memcpy, not a system call.
-constexpr size_t kFileBufferBytes = 64 * 1024;
-
 bool LaterFirst(const Input& a, const Input& b) { return a.not_before > b.not_before; }
 
 void AppendTime(std::chrono::system_clock::time_point t, std::string* out) {
@@ -101,72 +97,6 @@ Job::~Job() {
   WriteOutcomes();
   close(fd_);
   if (!files_.durable) unlink(path_.c_str());
-}
-
-Status Job::OpenOutcomeFile(bool create) {
-  int flags = O_WRONLY | O_APPEND | O_CLOEXEC | (create ? O_CREAT | O_EXCL : 0);
-  fd_ = open(path_.c_str(), flags, 0600);
-  if (fd_ < 0) return Status::Internal("cannot open " + path_ + ": " + strerror(errno));
-  unwritten_.reserve(kFileBufferBytes);
-  return Status::OK();
-}
-
-Status Job::Open() {
-  MutexLock lock(&mutex_);
-  index_.push_back(0);
-  Status s = OpenOutcomeFile(/*create=*/true);
-  if (!s.ok() || !files_.durable) return s;
-  uint64_t records = 0;
-  s = Journal::Open(JournalPath(files_.dir, id_), files_.fsync, &journal_, &records);
-  if (s.ok()) s = SaveJobRecord(files_.dir, Record());
-  return s;
-}
-
-JobRecord Job::Record() const {
-  JobRecord record;
-  record.id = id_;
-  record.options = options_;
-  record.state = state_;
-  record.created_at = created_at_;
-  record.done_at = done_at_;
-  return record;
-}
-
-void Job::SaveRecord() {
-  if (!files_.durable) return;
-  Status s = SaveJobRecord(files_.dir, Record());
-  if (!s.ok()) LogJobEvent(id_, "failure", "cannot save the job's state: " + s.message());
-}
-
-void Job::CloseFiles() {
-  if (fd_ >= 0) {
-    WriteOutcomes();
-    close(fd_);
-    fd_ = -1;
-  }
-  // A shutdown keeps a durable job: what it accepted reaches the disk.
-  if (journal_ && files_.durable && discarded_ == DiscardReason::kShutdown) {
-    Status s = journal_->SyncIfDirty();
-    if (!s.ok()) LogJobEvent(id_, "failure", s.message());
-    return;
-  }
-  unlink(path_.c_str());
-  if (files_.durable) {
-    unlink(JournalPath(files_.dir, id_).c_str());
-    unlink(JobRecordPath(files_.dir, id_).c_str());
-  }
-}
-
-void Job::Tick() {
-  if (journal_) {
-    Status s = journal_->SyncIfDirty();
-    if (!s.ok()) LogJobEvent(id_, "failure", s.message());
-  }
-  MutexLock lock(&mutex_);
-  if (storage_error_.empty() || discarded() || Clock::now() < storage_retry_at_) return;
-  if (!WriteOutcomes()) return;
-  MaybeDone();
-  work_cv_.SignalAll();  // paused workers go on
 }
 
 Status Job::DiscardedStatus() const {
@@ -348,107 +278,6 @@ void Job::StoreCancelled(const Input& input) {
   ++failed_;
   ++outputs_;
   Metrics::Global().OutputStored(false);
-}
-
-void Job::CancelBacklog() {
-  Input input;
-  std::string error;
-  while (backlog_left_ > 0 && backlog_->Next(&input, &error)) {
-    if (backlog_done_.Contains(KeyTable::KeyHash(input.key))) continue;
-    StoreCancelled(input);
-    --backlog_left_;
-  }
-  DropBacklog(error);
-}
-
-void Job::RefillQueue() {
-  const size_t maxsize = static_cast<size_t>(options_.maxsize);
-  Input input;
-  std::string error;
-  while (backlog_left_ > 0 && queue_.size() < maxsize && backlog_->Next(&input, &error)) {
-    if (backlog_done_.Contains(KeyTable::KeyHash(input.key))) continue;
-    input.attempts = 0;
-    queue_.push_back(std::move(input));
-    --backlog_left_;
-  }
-  if (backlog_left_ == 0 || !error.empty()) DropBacklog(error);
-}
-
-void Job::DropBacklog(const std::string& error) {
-  if (backlog_left_ > 0) {
-    // The journal could not be read to its end: what is left is lost, and
-    // no longer counted, so that the job can still end.
-    LogJobEvent(id_, "failure",
-                "journal: " + (error.empty() ? std::string("ended early") : error) + "; " +
-                    std::to_string(backlog_left_) + " inputs without an outcome are lost");
-    inputs_ -= backlog_left_;
-    backlog_left_ = 0;
-  }
-  backlog_.reset();
-  backlog_done_ = KeyTable();
-}
-
-Status Job::Resume(const JobRecord& record) {
-  MutexLock lock(&mutex_);
-  state_ = record.state;
-  created_at_ = record.created_at;
-  done_at_ = record.done_at;
-  OutcomeScan scan;
-  Status s = ScanOutcomes(path_, kIndexStride, &scan);
-  if (s.ok()) s = OpenOutcomeFile(/*create=*/false);
-  if (!s.ok()) return s;
-  outputs_ = scan.entries;
-  succeeded_ = scan.succeeded;
-  failed_ = scan.failed;
-  file_bytes_ = scan.bytes;
-  index_ = std::move(scan.index);
-  if (index_.empty()) index_.push_back(0);
-  uint64_t records = 0;
-  s = Journal::Open(JournalPath(files_.dir, id_), files_.fsync, &journal_, &records);
-  if (!s.ok()) return s;
-  // An ended job with every outcome takes no more inputs: its keys are not
-  // needed, and a long journal need not be read.
-  if (ended() && records <= outputs_) {
-    inputs_ = outputs_;
-    return Status::OK();
-  }
-  s = ReadBackJournal(std::move(scan.keys));
-  if (!s.ok()) return s;
-  ResumeWork();
-  return Status::OK();
-}
-
-Status Job::ReadBackJournal(KeyTable done_keys) {
-  JournalReader reader(journal_->path(), 0, journal_->size());
-  Input input;
-  std::string error;
-  uint64_t left = 0;
-  while (reader.Next(&input, &error)) {
-    uint64_t hash = KeyTable::KeyHash(input.key);
-    keys_.Insert(hash, KeyTable::ValueHash(input.key, input.value));
-    if (!done_keys.Contains(hash)) ++left;
-  }
-  if (!error.empty()) return Status::Internal("cannot read " + journal_->path() + ": " + error);
-  // Counted so that inputs == pending + in flight + outputs, as always.
-  inputs_ = outputs_ + left;
-  backlog_left_ = left;
-  if (left > 0) {
-    backlog_.reset(new JournalReader(journal_->path(), 0, journal_->size()));
-    backlog_done_ = std::move(done_keys);
-  }
-  return Status::OK();
-}
-
-void Job::ResumeWork() {
-  // Outcomes written but lost before they reached the disk, although the
-  // record said the job had ended: a done job sends those inputs again, a
-  // cancelled one stores their "cancelled" entries.
-  if (state_ == JobState::kCancelled) CancelBacklog();
-  if (state_ == JobState::kDone && backlog_left_ > 0) state_ = JobState::kClosing;
-  if (ended()) return;
-  RefillQueue();
-  StartWorkers(CountMoreWorkers());
-  MaybeDone();
 }
 
 int Job::CountMoreWorkers() {
@@ -692,47 +521,6 @@ void Job::RetryLaterLocked(Input* input, Clock::duration delay, bool pause_job) 
   delayed_.push_back(std::move(*input));
   std::push_heap(delayed_.begin(), delayed_.end(), LaterFirst);
   work_cv_.Signal();
-}
-
-void Job::WriteEntry(const std::string& entry) {
-  if (outputs_ % kIndexStride == 0 && outputs_ / kIndexStride >= index_.size()) {
-    index_.push_back(file_bytes_);
-  }
-  unwritten_.append(entry).push_back('\n');
-  file_bytes_ += entry.size() + 1;
-  if (unwritten_.size() >= kFileBufferBytes && storage_error_.empty()) WriteOutcomes();
-}
-
-bool Job::WriteOutcomes() {
-  size_t done = 0;
-  while (done < unwritten_.size()) {
-    ssize_t n = write(fd_, unwritten_.data() + done, unwritten_.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      std::string error = strerror(errno);
-      unwritten_.erase(0, done);
-      if (storage_error_.empty()) {
-        LogJobEvent(id_, "failure", "cannot write outcomes, pausing: " + error);
-      }
-      storage_error_ = "cannot write to " + path_ + ": " + error;
-      storage_retry_at_ = Clock::now() + kStorageRetry;
-      return false;
-    }
-    done += static_cast<size_t>(n);
-  }
-  unwritten_.clear();
-  if (!storage_error_.empty()) {
-    storage_error_.clear();
-    LogJobEvent(id_, "resumed", "outcomes are written again");
-  }
-  return true;
-}
-
-bool Job::StorageWritable(Clock::time_point* wake) {
-  if (storage_error_.empty()) return true;
-  if (Clock::now() >= storage_retry_at_ && WriteOutcomes()) return true;
-  *wake = storage_retry_at_;
-  return false;
 }
 
 void Job::MaybeDone() {
