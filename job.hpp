@@ -168,8 +168,9 @@ class Job : public std::enable_shared_from_this<Job> {
     callback_abandoned_ = true;
   }
   // The server calls it every second: flushes a durable job's journal to
-  // disk if it changed (--fsync everysec), and tries again to write the
-  // outcomes that a failed write left (a full disk). Safe from any thread.
+  // disk if it changed (--fsync everysec), writes out the outcomes stored
+  // since, and tries again when a write failed (a full disk). Safe from
+  // any thread.
   void Tick();
   // True if the job ended (done or cancelled) at or before cutoff.
   bool EndedBy(std::chrono::system_clock::time_point cutoff);
@@ -254,9 +255,12 @@ class Job : public std::enable_shared_from_this<Job> {
   void CancelBacklog() REQUIRES(mutex_);
   // Forgets the backlog; what is left of it (a read failed: error) is lost.
   void DropBacklog(const std::string& error) REQUIRES(mutex_);
-  // Resume's parts: reads the journal to rebuild the keys and the backlog
-  // (done_keys: the keys with an outcome), then sends or ends what is left.
-  Status ReadBackJournal(KeyTable done_keys) REQUIRES(mutex_);
+  // Resume's parts: the journal's records (records of them) into keys_;
+  // the outcome file's counts and index, marking in keys_ the keys that
+  // have an outcome if mark_keys (*marked: how many); then sending or
+  // ending what is left.
+  Status ReadBackJournal(uint64_t records) REQUIRES(mutex_);
+  Status ReadBackOutcomes(bool mark_keys, uint64_t* marked) REQUIRES(mutex_);
   void ResumeWork() REQUIRES(mutex_);
   // Opens the outcome file for appending, creating it if create.
   Status OpenOutcomeFile(bool create) REQUIRES(mutex_);
@@ -334,10 +338,9 @@ class Job : public std::enable_shared_from_this<Job> {
   std::vector<Input*> in_flight_ GUARDED_BY(mutex_);
   KeyTable keys_ GUARDED_BY(mutex_);  // every accepted key, with its value's hash
   // A resumed job's journaled inputs without an outcome that are not yet
-  // queued: backlog_ reads them in order, skipping the keys in
-  // backlog_done_ (those with an outcome), backlog_left_ of them remain.
+  // queued: backlog_ reads them in order, skipping the keys that keys_
+  // marks done (with an outcome, or queued already); backlog_left_ remain.
   std::unique_ptr<JournalReader> backlog_ GUARDED_BY(mutex_);
-  KeyTable backlog_done_ GUARDED_BY(mutex_);
   uint64_t backlog_left_ GUARDED_BY(mutex_) = 0;
   int adders_ GUARDED_BY(mutex_) = 0;   // Add calls still queuing a batch
   int workers_ GUARDED_BY(mutex_) = 0;  // worker threads started and not yet exited

@@ -81,8 +81,14 @@ void Job::Tick() {
     if (!s.ok()) LogJobEvent(id_, "failure", s.message());
   }
   MutexLock lock(&mutex_);
-  if (storage_error_.empty() || discarded() || Clock::now() < storage_retry_at_) return;
-  if (!WriteOutcomes()) return;
+  if (discarded()) return;
+  // Outcomes are written out at least once a second, so that a crash loses
+  // no more than a second of them (their inputs are sent again).
+  if (storage_error_.empty()) {
+    if (!unwritten_.empty()) WriteOutcomes();
+    return;
+  }
+  if (Clock::now() < storage_retry_at_ || !WriteOutcomes()) return;
   MaybeDone();
   work_cv_.SignalAll();  // paused workers go on
 }
@@ -91,7 +97,8 @@ void Job::CancelBacklog() {
   Input input;
   std::string error;
   while (backlog_left_ > 0 && backlog_->Next(&input, &error)) {
-    if (backlog_done_.Contains(KeyTable::KeyHash(input.key))) continue;
+    // Skips the inputs with an outcome, and any later copy of one it took.
+    if (!keys_.MarkDone(KeyTable::KeyHash(input.key))) continue;
     StoreCancelled(input);
     --backlog_left_;
   }
@@ -103,7 +110,8 @@ void Job::RefillQueue() {
   Input input;
   std::string error;
   while (backlog_left_ > 0 && queue_.size() < maxsize && backlog_->Next(&input, &error)) {
-    if (backlog_done_.Contains(KeyTable::KeyHash(input.key))) continue;
+    // Skips the inputs with an outcome, and any later copy of one it took.
+    if (!keys_.MarkDone(KeyTable::KeyHash(input.key))) continue;
     input.attempts = 0;
     queue_.push_back(std::move(input));
     --backlog_left_;
@@ -122,7 +130,6 @@ void Job::DropBacklog(const std::string& error) {
     backlog_left_ = 0;
   }
   backlog_.reset();
-  backlog_done_ = KeyTable();
 }
 
 Status Job::Resume(const JobRecord& record) {
@@ -130,9 +137,54 @@ Status Job::Resume(const JobRecord& record) {
   state_ = record.state;
   created_at_ = record.created_at;
   done_at_ = record.done_at;
-  OutcomeScan scan;
-  Status s = ScanOutcomes(path_, kIndexStride, &scan);
+  uint64_t records = 0;
+  Status s = Journal::Open(JournalPath(files_.dir, id_), files_.fsync, &journal_, &records);
+  uint64_t marked = 0;
+  if (s.ok() && ended()) {
+    s = ReadBackOutcomes(/*mark_keys=*/false, &marked);
+    // An ended job with every outcome takes no more inputs: its keys are not
+    // needed, and a long journal need not be read.
+    if (s.ok() && records <= outputs_) {
+      inputs_ = outputs_;
+      return OpenOutcomeFile(/*create=*/false);
+    }
+  }
+  // The journal's keys first, then the outcomes mark theirs: one table.
+  if (s.ok()) s = ReadBackJournal(records);
+  if (s.ok()) s = ReadBackOutcomes(/*mark_keys=*/true, &marked);
   if (s.ok()) s = OpenOutcomeFile(/*create=*/false);
+  if (!s.ok()) return s;
+  const uint64_t left = keys_.size() - marked;
+  // Counted so that inputs == pending + in flight + outputs, as always.
+  inputs_ = outputs_ + left;
+  backlog_left_ = left;
+  if (left > 0) backlog_.reset(new JournalReader(journal_->path(), 0, journal_->size()));
+  ResumeWork();
+  return Status::OK();
+}
+
+Status Job::ReadBackJournal(uint64_t records) {
+  keys_.Reserve(records);
+  JournalReader reader(journal_->path(), 0, journal_->size());
+  Input input;
+  std::string error;
+  while (reader.Next(&input, &error)) {
+    keys_.Insert(KeyTable::KeyHash(input.key), KeyTable::ValueHash(input.key, input.value));
+  }
+  if (!error.empty()) return Status::Internal("cannot read " + journal_->path() + ": " + error);
+  return Status::OK();
+}
+
+Status Job::ReadBackOutcomes(bool mark_keys, uint64_t* marked) {
+  OutcomeScan scan;
+  // Marks through a pointer taken with mutex_ held: the scan calls back
+  // within this call.
+  KeyTable* keys = &keys_;
+  *marked = 0;
+  scan.on_key = [mark_keys, keys, marked](uint64_t hash) {
+    if (mark_keys && keys->MarkDone(hash)) ++*marked;
+  };
+  Status s = ScanOutcomes(path_, kIndexStride, &scan);
   if (!s.ok()) return s;
   outputs_ = scan.entries;
   succeeded_ = scan.succeeded;
@@ -140,39 +192,6 @@ Status Job::Resume(const JobRecord& record) {
   file_bytes_ = scan.bytes;
   index_ = std::move(scan.index);
   if (index_.empty()) index_.push_back(0);
-  uint64_t records = 0;
-  s = Journal::Open(JournalPath(files_.dir, id_), files_.fsync, &journal_, &records);
-  if (!s.ok()) return s;
-  // An ended job with every outcome takes no more inputs: its keys are not
-  // needed, and a long journal need not be read.
-  if (ended() && records <= outputs_) {
-    inputs_ = outputs_;
-    return Status::OK();
-  }
-  s = ReadBackJournal(std::move(scan.keys));
-  if (!s.ok()) return s;
-  ResumeWork();
-  return Status::OK();
-}
-
-Status Job::ReadBackJournal(KeyTable done_keys) {
-  JournalReader reader(journal_->path(), 0, journal_->size());
-  Input input;
-  std::string error;
-  uint64_t left = 0;
-  while (reader.Next(&input, &error)) {
-    uint64_t hash = KeyTable::KeyHash(input.key);
-    keys_.Insert(hash, KeyTable::ValueHash(input.key, input.value));
-    if (!done_keys.Contains(hash)) ++left;
-  }
-  if (!error.empty()) return Status::Internal("cannot read " + journal_->path() + ": " + error);
-  // Counted so that inputs == pending + in flight + outputs, as always.
-  inputs_ = outputs_ + left;
-  backlog_left_ = left;
-  if (left > 0) {
-    backlog_.reset(new JournalReader(journal_->path(), 0, journal_->size()));
-    backlog_done_ = std::move(done_keys);
-  }
   return Status::OK();
 }
 

@@ -377,7 +377,12 @@ class EntryCounter {
     if (scan_->entries > 0 && scan_->entries % stride_ == 0) scan_->index.push_back(scan_->bytes);
     ++scan_->entries;
     ++(handler_.success() ? scan_->succeeded : scan_->failed);
-    if (!scan_->keys.Insert(KeyTable::KeyHash(handler_.key()), 0)) ++scan_->repeated_keys;
+    uint64_t hash = KeyTable::KeyHash(handler_.key());
+    if (scan_->on_key) {
+      scan_->on_key(hash);
+    } else if (!scan_->keys.Insert(hash, 0)) {
+      ++scan_->repeated_keys;
+    }
     scan_->bytes += size + 1;
     return true;
   }
@@ -494,6 +499,7 @@ Status ScanOutcomes(const std::string& path, uint64_t stride, OutcomeScan* scan)
   ScopedFd fd(open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
   if (fd.get() < 0) return SystemError("cannot open", path);
   OutcomeScan result;
+  result.on_key = std::move(scan->on_key);
   result.index.push_back(0);
   EntryCounter counter(stride, &result);
   Status s = CountEntries(fd.get(), path, &counter);

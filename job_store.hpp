@@ -15,6 +15,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -67,6 +68,9 @@ struct OutcomeScan {
   std::vector<uint64_t> index;  // byte offset of entry i * stride, as Job keeps it
   KeyTable keys;                // KeyTable::Hash of every key with an entry
   uint64_t repeated_keys = 0;   // entries whose key had an entry before (never, unless a bug)
+  // If set, each entry's key hash goes here instead of into keys, which
+  // stays empty: a resuming job marks its own table, holding no second one.
+  std::function<void(uint64_t key_hash)> on_key;
 };
 
 // Reads the outcome file at path whole (a block at a time; memory: the

@@ -12,7 +12,10 @@
 // never sent, only if its value hash matched too; since the value hash
 // covers the key's bytes as well (ValueHash), that takes a second,
 // independent 64-bit collision, odds about n^2 / 2^129, even when the two
-// keys carry the same value. Not thread-safe: Job guards it with its mutex.
+// keys carry the same value. The value hash's lowest bit is the table's
+// own: a job resumed from its files marks there the keys that already have
+// an outcome (MarkDone), so that it holds one table, not two. Not
+// thread-safe: Job guards it with its mutex.
 
 #ifndef PMMAP_KEY_TABLE_HPP_
 #define PMMAP_KEY_TABLE_HPP_
@@ -35,8 +38,10 @@ class KeyTable {
   // The hash of value (compact JSON, as in Input::value) sent with key. It
   // hashes the key again, with another seed, before the value, so that two
   // different keys whose KeyHash collide still differ here.
+  // Its lowest bit is always 0: the table keeps its own mark there
+  // (MarkDone).
   static uint64_t ValueHash(const std::string& key, const std::string& value) {
-    return Mix(HashBytes(value, HashBytes(key, Seed() ^ kValueTweak)));
+    return Mix(HashBytes(value, HashBytes(key, Seed() ^ kValueTweak))) & ~kDoneBit;
   }
 
   // Sets *value_hash to key_hash's value hash and returns true, or returns
@@ -45,7 +50,7 @@ class KeyTable {
     if (slots_.empty()) return false;
     for (size_t i = key_hash & mask();; i = (i + 1) & mask()) {
       if (slots_[i].key_hash == key_hash) {
-        *value_hash = slots_[i].value_hash;
+        *value_hash = slots_[i].value_hash & ~kDoneBit;
         return true;
       }
       if (slots_[i].key_hash == kEmpty) return false;
@@ -73,6 +78,28 @@ class KeyTable {
 
   size_t size() const { return size_; }
 
+  // Makes room for n keys in all, so that adding them never grows the
+  // table (which holds the old and the new slots at once while it does).
+  void Reserve(size_t n) {
+    size_t slots = kInitialSlots;
+    while (n * 10 > slots * 7) slots *= 2;
+    if (slots > slots_.size()) Grow(slots);
+  }
+
+  // Marks key_hash as having an outcome, for a job resumed from its files
+  // (which then holds one table, not two). Returns false if key_hash is
+  // not in the table or was marked before.
+  bool MarkDone(uint64_t key_hash) {
+    Slot* slot = SlotOf(key_hash);
+    if (slot == nullptr || (slot->value_hash & kDoneBit) != 0) return false;
+    slot->value_hash |= kDoneBit;
+    return true;
+  }
+  bool IsDone(uint64_t key_hash) {
+    Slot* slot = SlotOf(key_hash);
+    return slot != nullptr && (slot->value_hash & kDoneBit) != 0;
+  }
+
  private:
   struct Slot {
     uint64_t key_hash;
@@ -83,6 +110,15 @@ class KeyTable {
   static constexpr uint64_t kEmpty = 0;  // a free slot's key_hash
   static constexpr size_t kInitialSlots = 64;
   static constexpr uint64_t kValueTweak = 0x5851F42D4C957F2Dull;
+  static constexpr uint64_t kDoneBit = 1;  // in value_hash: MarkDone's mark
+
+  Slot* SlotOf(uint64_t key_hash) {
+    if (slots_.empty()) return nullptr;
+    for (size_t i = key_hash & mask();; i = (i + 1) & mask()) {
+      if (slots_[i].key_hash == key_hash) return &slots_[i];
+      if (slots_[i].key_hash == kEmpty) return nullptr;
+    }
+  }
 
   static uint64_t Seed() {
     static const uint64_t seed = std::random_device{}() * 0x9E3779B97F4A7C15ull;
@@ -104,10 +140,13 @@ class KeyTable {
 
   size_t mask() const { return slots_.size() - 1; }
 
-  void Grow() {
+  void Grow() { Grow(slots_.empty() ? kInitialSlots : slots_.size() * 2); }
+
+  // Moves every slot into a table of `slots` slots, a power of 2.
+  void Grow(size_t slots) {
     std::vector<Slot> old;
     old.swap(slots_);
-    slots_.assign(old.empty() ? kInitialSlots : old.size() * 2, Slot{kEmpty, 0});
+    slots_.assign(slots, Slot{kEmpty, 0});
     size_ = 0;
     for (const Slot& slot : old) {
       if (slot.key_hash != kEmpty) Insert(slot.key_hash, slot.value_hash);

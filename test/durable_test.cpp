@@ -194,6 +194,7 @@ TEST_CASE("torn tails of the journal and the outcome file are cut off on restart
     id = CreateJob(pmmap, JobBody(hook.url()));
     PutOk(pmmap, id, Batch(0, 5));
     WaitForJob(pmmap, id, [](const rapidjson::Document& j) { return U64(j, "outputs") == 5; });
+    REQUIRE(OutputNow(pmmap, id).size() == 5);  // a read writes the outcomes out
     pmmap.Stop(SIGKILL);
   }
   // A crash mid-write: half a record, and zeros, at the end of each file.
