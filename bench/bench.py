@@ -99,10 +99,10 @@ class Processes:
         for proc in list(self.running):
             self.stop(proc, grace=5)
 
-    def start(self, what, args, log_path):
+    def start(self, what, args, log_path, env=None):
         with open(log_path, "wb") as out:
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT)
+                                    stderr=subprocess.STDOUT, env=env)
         self.running[proc] = what
         return proc
 
@@ -426,19 +426,34 @@ class Run:
     detail: str = ""
 
 
-def start_pmmap(rig, run_dir):
-    """A fresh pmmap on a free port with its data in run_dir: (process, port) or None."""
-    os.makedirs(run_dir)
-    log_path = os.path.join(run_dir, "pmmap.log")
-    proc = rig.procs.start("pmmap", [rig.settings.pmmap, "--listen", "127.0.0.1:0",
-                                     "--data-dir", os.path.join(run_dir, "data")], log_path)
-    for _ in range(200):
+def pmmap_command(rig, run_dir, fsync):
+    """pmmap's arguments and environment. Without `fsync` it runs as it does without
+    --data-dir: its job files in a fresh folder under $TMPDIR, here run_dir, on the same
+    disk as the bench's temp dir (not a tmpfs), removed on exit. With `fsync` ("everysec"
+    or "always") its jobs are durable, in run_dir/data."""
+    args = [rig.settings.pmmap, "--listen", "127.0.0.1:0"]
+    env = {k: v for k, v in os.environ.items() if k != "PMMAP_DATA_DIR"}
+    if fsync is None:
+        return args, dict(env, TMPDIR=run_dir)
+    return args + ["--data-dir", os.path.join(run_dir, "data"), "--fsync", fsync], env
+
+
+def start_pmmap(rig, run_dir, fsync=None, log_name="pmmap.log", wait_seconds=10):
+    """A pmmap on a free port with its data in run_dir (see pmmap_command), once it says
+    where it listens, which a durable one does after loading the jobs it finds there:
+    (process, port) or None."""
+    os.makedirs(run_dir, exist_ok=True)
+    log_path = os.path.join(run_dir, log_name)
+    args, env = pmmap_command(rig, run_dir, fsync)
+    proc = rig.procs.start("pmmap", args, log_path, env)
+    deadline = time.monotonic() + wait_seconds
+    while True:
         with open(log_path) as f:
             text = f.read()
         port = re.search(r"listening on http://127\.0\.0\.1:(\d+)", text)
         if port:
             return proc, int(port.group(1))
-        if proc.poll() is not None:
+        if proc.poll() is not None or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     rig.fail(f"pmmap did not start: {text}")
@@ -471,11 +486,12 @@ def timed_job(rig, port, c, batches):
         return time.perf_counter() - t0, job, fed, got
 
 
-def run_pmmap(rig, label, c, n, batches, stream=False):
+def run_pmmap(rig, label, c, n, batches, stream=False, fsync=None):
     """A fresh pmmap, one job of n inputs at concurrency c, checked; where the CPU went.
-    With `stream`, also times one more GET /output of the done job."""
+    With `stream`, also times one more GET /output of the done job; with `fsync`, pmmap
+    is durable (see pmmap_command)."""
     run_dir = os.path.join(rig.tmp, f"run-{label}")
-    started = start_pmmap(rig, run_dir)
+    started = start_pmmap(rig, run_dir, fsync)
     if started is None:
         return Run()
     proc, port = started
@@ -665,14 +681,22 @@ def first_line(*command):
     return (done.stdout or done.stderr).splitlines()[0]
 
 
-def describe_setup(settings):
-    """The report's first lines: when, the machine, the tools, the load, the settings."""
+def filesystem_of(path):
+    """The type of the filesystem holding path, as stat names it (ext2/ext3, tmpfs...)."""
+    done = subprocess.run(["stat", "-f", "-c", "%T", path], capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
+def describe_setup(settings, tmp):
+    """The report's first lines: when, the machine, the tools, the load, the settings,
+    where pmmap's files go."""
     with open("/proc/cpuinfo") as f:
         cpu = re.search(r"^model name\s*: (.*)$", f.read(), re.M).group(1)
     with open("/proc/meminfo") as f:
         mem_gb = int(re.search(r"MemTotal:\s*(\d+)", f.read()).group(1)) / 1048576
     curl = first_line("curl", "--version").split()
     load = os.getloadavg()
+    fs = filesystem_of(tmp)
     return "\n".join([
         f"pmmap benchmark, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"machine: {CPUS} CPUs, {cpu}, {mem_gb:.1f} GB RAM, kernel {os.uname().sysname} "
@@ -687,7 +711,10 @@ def describe_setup(settings):
         f"setup:   N={settings.n} inputs of {VALUE_BYTES}-byte values, PUT batches of "
         f"{settings.batch} over one connection, maxsize {settings.maxsize}; wrk "
         f"{settings.wrk_seconds}s; memory run: {settings.big_n} inputs at concurrency "
-        f"{BIG_CONCURRENCY}"]), cpu
+        f"{BIG_CONCURRENCY}",
+        f"files:   pmmap's job files under {tmp}, on {fs}"
+        + (": a tmpfs, not a disk; set TMPDIR to a folder on disk" if fs == "tmpfs" else "")
+    ]), cpu
 
 
 def print_tables(settings, cpu, rows, put_inputs_per_s, big):
@@ -722,7 +749,7 @@ def print_tables(settings, cpu, rows, put_inputs_per_s, big):
 def bench(rig):
     """The whole run, in the report's order; the exit code."""
     settings = rig.settings
-    setup, cpu = describe_setup(settings)
+    setup, cpu = describe_setup(settings, rig.tmp)
     print(setup + "\n", flush=True)
     log("bench: building bare_loop")
     build_tools(rig)
