@@ -6,8 +6,17 @@ Over loopback, against nginx as the webhook, at each concurrency: wrk's rate (th
 loopback's limit), then BENCH_REPEAT rounds of bench/bare_loop.cpp with and without
 pmmap's headers (the design's limit) and of a fresh pmmap on one job, timed from
 POST /job to the last byte of GET /output, every output entry checked. Then the PUT
-rate and a memory run. Everything it starts is stopped and its temp dir removed on
-exit; it exits 1 if any check failed.
+rate and a memory run. pmmap runs there without --data-dir, its job files under the
+bench's temp dir (TMPDIR), on disk unless that is a tmpfs.
+
+Then the durable runs, beside those: BENCH_REPEAT rounds at concurrency 32 of the bare
+loop and of pmmap without --data-dir, with --data-dir --fsync everysec and with --fsync
+always; the PUT rate of each; and a resume run, where a job of BENCH_BIG_N inputs is
+killed at half its outcomes and resumed with maxsize 1000. BENCH_ONLY picks some of
+"main", "durable" and "resume" (all by default).
+
+Everything it starts is stopped and its temp dir removed on exit; it exits 1 if any
+check failed.
 """
 
 import collections
@@ -32,6 +41,12 @@ VALUE_BYTES = 80
 BIG_CONCURRENCY = 32  # the memory run's
 QUIET_PERCENT = 10  # the machine counts as idle when under this busy for a second
 PUT_RATE_JOB = {"maxsize": 1000000, "rate_per_sec": 0.001}  # room for all; one call out
+FSYNC_MODES = (None, "everysec", "always")  # pmmap without --data-dir, then durable with each
+DURABLE_CONCURRENCY = 32  # the durable runs'
+RESUME_MAXSIZE = 1000  # the resumed job's queue bound
+RESUME_RSS_LIMIT_MB = 64  # issue 13's bound on the resumed job's peak RSS (MiB, as peak_rss_mb)
+RESUME_START_SECONDS = 300  # the longest a restarted pmmap may take to load its jobs
+PARTS = ("main", "durable", "resume")  # what BENCH_ONLY may name
 CPUS = os.cpu_count()
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"  # /usr/sbin may not be on PATH
@@ -53,6 +68,7 @@ class Settings:
     pin: bool  # nginx's worker on CPU 0, everything else on CPU 1
     quiet_wait: int  # most seconds to wait for an idle machine before a measurement
     pmmap: str
+    only: frozenset  # of PARTS: the main table, the durable runs, the resume run
 
 
 def read_settings(env):
@@ -75,7 +91,10 @@ def read_settings(env):
         wrk_seconds=whole("BENCH_WRK_SECONDS", 3, 1), repeat=whole("BENCH_REPEAT", 5, 1),
         batch=whole("BENCH_BATCH", 1000, 1), maxsize=whole("BENCH_MAXSIZE", 1000, 1),
         pin=env.get("BENCH_PIN") == "1", quiet_wait=whole("BENCH_QUIET_WAIT", 60),
-        pmmap=env.get("PMMAP_BIN", os.path.join(ROOT, "pmmap")))
+        pmmap=env.get("PMMAP_BIN", os.path.join(ROOT, "pmmap")),
+        only=frozenset(env.get("BENCH_ONLY", " ".join(PARTS)).split()))
+    if not settings.only or not settings.only <= set(PARTS):
+        sys.exit(f"bench: BENCH_ONLY must name some of {' '.join(PARTS)}")
     if settings.pin and CPUS < 2:
         sys.exit("bench: BENCH_PIN=1 needs 2 CPUs")
     if not os.access(settings.pmmap, os.X_OK):
@@ -99,10 +118,10 @@ class Processes:
         for proc in list(self.running):
             self.stop(proc, grace=5)
 
-    def start(self, what, args, log_path):
+    def start(self, what, args, log_path, env=None):
         with open(log_path, "wb") as out:
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT)
+                                    stderr=subprocess.STDOUT, env=env)
         self.running[proc] = what
         return proc
 
@@ -127,6 +146,12 @@ class Processes:
                 log(f"bench: {self.running[proc]} {proc.pid} ignored SIGTERM; killing it")
                 proc.kill()
                 proc.wait()
+        self.running.pop(proc, None)
+
+    def kill(self, proc):
+        """SIGKILL, as a crash would."""
+        proc.kill()
+        proc.wait()
         self.running.pop(proc, None)
 
 
@@ -426,19 +451,34 @@ class Run:
     detail: str = ""
 
 
-def start_pmmap(rig, run_dir):
-    """A fresh pmmap on a free port with its data in run_dir: (process, port) or None."""
-    os.makedirs(run_dir)
-    log_path = os.path.join(run_dir, "pmmap.log")
-    proc = rig.procs.start("pmmap", [rig.settings.pmmap, "--listen", "127.0.0.1:0",
-                                     "--data-dir", os.path.join(run_dir, "data")], log_path)
-    for _ in range(200):
+def pmmap_command(rig, run_dir, fsync):
+    """pmmap's arguments and environment. Without `fsync` it runs as it does without
+    --data-dir: its job files in a fresh folder under $TMPDIR, here run_dir, on the same
+    disk as the bench's temp dir (not a tmpfs), removed on exit. With `fsync` ("everysec"
+    or "always") its jobs are durable, in run_dir/data."""
+    args = [rig.settings.pmmap, "--listen", "127.0.0.1:0"]
+    env = {k: v for k, v in os.environ.items() if k != "PMMAP_DATA_DIR"}
+    if fsync is None:
+        return args, dict(env, TMPDIR=run_dir)
+    return args + ["--data-dir", os.path.join(run_dir, "data"), "--fsync", fsync], env
+
+
+def start_pmmap(rig, run_dir, fsync=None, log_name="pmmap.log", wait_seconds=10):
+    """A pmmap on a free port with its data in run_dir (see pmmap_command), once it says
+    where it listens, which a durable one does after loading the jobs it finds there:
+    (process, port) or None."""
+    os.makedirs(run_dir, exist_ok=True)
+    log_path = os.path.join(run_dir, log_name)
+    args, env = pmmap_command(rig, run_dir, fsync)
+    proc = rig.procs.start("pmmap", args, log_path, env)
+    deadline = time.monotonic() + wait_seconds
+    while True:
         with open(log_path) as f:
             text = f.read()
         port = re.search(r"listening on http://127\.0\.0\.1:(\d+)", text)
         if port:
             return proc, int(port.group(1))
-        if proc.poll() is not None:
+        if proc.poll() is not None or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     rig.fail(f"pmmap did not start: {text}")
@@ -471,11 +511,12 @@ def timed_job(rig, port, c, batches):
         return time.perf_counter() - t0, job, fed, got
 
 
-def run_pmmap(rig, label, c, n, batches, stream=False):
+def run_pmmap(rig, label, c, n, batches, stream=False, fsync=None):
     """A fresh pmmap, one job of n inputs at concurrency c, checked; where the CPU went.
-    With `stream`, also times one more GET /output of the done job."""
+    With `stream`, also times one more GET /output of the done job; with `fsync`, pmmap
+    is durable (see pmmap_command)."""
     run_dir = os.path.join(rig.tmp, f"run-{label}")
-    started = start_pmmap(rig, run_dir)
+    started = start_pmmap(rig, run_dir, fsync)
     if started is None:
         return Run()
     proc, port = started
@@ -514,12 +555,12 @@ def run_pmmap(rig, label, c, n, batches, stream=False):
     return run
 
 
-def last_readings(rig, proc, run_dir):
+def last_readings(rig, proc, run_dir, log_name="pmmap.log"):
     """pmmap's peak RSS, CPU and its live threads' CPU, read just before it is stopped;
     Nones and a failure if it already exited."""
     if proc.poll() is None:
         return peak_rss_mb(proc.pid), cpu_seconds(proc.pid), live_threads_cpu_seconds(proc.pid)
-    with open(os.path.join(run_dir, "pmmap.log")) as f:
+    with open(os.path.join(run_dir, log_name)) as f:
         rig.fail(f"pmmap exited before the end: {f.read()[-500:]}")
     return None, None, 0
 
@@ -608,26 +649,29 @@ def measure_concurrency(rig, c):
     return row
 
 
-def put_rate(rig):
+def put_rate(rig, fsync=None):
     """PUT /input alone: N inputs into a job whose queue never fills and whose rate limit
-    lets one call out, so what is timed is reading, parsing, validating and queuing, over
-    one connection. Inputs/s, or None."""
-    wait_quiet(rig, "the PUT rate")
-    proc, port = start_pmmap(rig, os.path.join(rig.tmp, "run-put")) or (None, None)
+    lets one call out, so what is timed is reading, parsing, validating, journaling if
+    `fsync` makes pmmap durable, and queuing, over one connection. Inputs/s, or None."""
+    what = f"the PUT rate ({mode_name(fsync)})"
+    wait_quiet(rig, what)
+    run_dir = os.path.join(rig.tmp, f"run-put-{fsync or 'none'}")
+    proc, port = start_pmmap(rig, run_dir, fsync) or (None, None)
     job = post_job(rig, port, PUT_RATE_JOB) if proc else None
     if job is None:
-        rig.fail("PUT rate: pmmap did not start or refused POST /job")
+        rig.fail(f"{what}: pmmap did not start or refused POST /job")
         return None
     t0 = time.perf_counter()
     fed = feed(port, job, rig.batches, complete=False)
     seconds = time.perf_counter() - t0
     rig.procs.stop(proc)
+    shutil.rmtree(run_dir)
     if fed.statuses != {201: len(rig.batches)}:
-        rig.fail(f"PUT rate: statuses {describe_statuses(fed.statuses)}")
+        rig.fail(f"{what}: statuses {describe_statuses(fed.statuses)}")
         return None
     rate = round(rig.settings.n / seconds)
-    print(f"PUT /input with room in the queue: {rig.settings.n} inputs in {seconds:.3f} s = "
-          f"{rate} inputs/s ({describe_statuses(fed.statuses)})", flush=True)
+    print(f"PUT /input with room in the queue, {mode_name(fsync)}: {rig.settings.n} inputs in "
+          f"{seconds:.3f} s = {rate} inputs/s ({describe_statuses(fed.statuses)})", flush=True)
     return rate
 
 
@@ -644,6 +688,168 @@ def memory_run(rig):
           f" 1000 inputs\n  pmmap: {run.detail}\n"
           f"  streaming the whole output of the done job once: {run.stream}", flush=True)
     return run
+
+
+# --- the durable runs ------------------------------------------------------------------
+
+
+def mode_name(fsync):
+    return "no --data-dir" if fsync is None else f"--data-dir, --fsync {fsync}"
+
+
+def measure_durable_round(rig, round_number):
+    """One round at concurrency 32: the bare loop, then a fresh pmmap in each of
+    FSYNC_MODES on one job of N inputs: (Bare, {fsync: Run})."""
+    c = DURABLE_CONCURRENCY
+    log(f"bench: durable, round {round_number} of {rig.settings.repeat}: bare loop, then pmmap"
+        " without --data-dir, with --fsync everysec and with --fsync always")
+    wait_quiet(rig, f"bare_loop -c{c}")
+    bare = bare_rps(rig, c, "contract")
+    runs = {}
+    for fsync in FSYNC_MODES:
+        wait_quiet(rig, f"pmmap -c{c} ({mode_name(fsync)})")
+        runs[fsync] = run_pmmap(rig, f"durable-{fsync or 'none'}-{round_number}", c,
+                                rig.settings.n, rig.batches, fsync=fsync)
+    print(f"durable, round {round_number}: bare loop {fmt(bare.rps)} req/s; pmmap inputs/s: "
+          + ", ".join(f"{mode_name(f)} {fmt(run.ips, '', 'FAIL')}" for f, run in runs.items()))
+    for fsync, run in runs.items():
+        print(f"  pmmap, {mode_name(fsync)}: {run.detail}", flush=True)
+    return bare, runs
+
+
+@dataclasses.dataclass
+class DurableRow:
+    """One mode's line of the durable table, in its order."""
+    mode: str
+    ips: int
+    ratio_bare: float
+    ratio_volatile: float  # to pmmap without --data-dir, in the same round
+    rss: float
+    put_rate: int
+
+
+def measure_durable(rig, put_rates):
+    """BENCH_REPEAT rounds at concurrency 32, one row per mode: the median rate, the
+    medians of the rounds' own ratios, the highest peak RSS, the mode's PUT rate."""
+    rounds = [measure_durable_round(rig, r) for r in range(1, rig.settings.repeat + 1)]
+    rows = []
+    for fsync in FSYNC_MODES:
+        by_bare = [ratio(runs[fsync].ips, bare.rps) for bare, runs in rounds]
+        by_volatile = [ratio(runs[fsync].ips, runs[None].ips) for _, runs in rounds]
+        ips = [runs[fsync].ips for _, runs in rounds]
+        rows.append(DurableRow(mode_name(fsync), median(ips), median(by_bare),
+                               median(by_volatile),
+                               max((runs[fsync].rss or 0 for _, runs in rounds), default=None),
+                               put_rates.get(fsync)))
+        print(f"durable, {mode_name(fsync)}: inputs/s {' '.join(fmt(v) for v in ips)}; "
+              f"pmmap/bare by round {' '.join(fmt(v, '.3f') for v in by_bare)} (median "
+              f"{fmt(rows[-1].ratio_bare, '.2f')}); / no --data-dir by round "
+              f"{' '.join(fmt(v, '.3f') for v in by_volatile)}", flush=True)
+    return rows
+
+
+# --- the resume run --------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Resumed:
+    """The resume run's results; None where it failed before."""
+    journaled: int = None  # inputs in the journal when pmmap was killed
+    stored: int = None  # outcomes on disk then
+    start_s: float = None  # from the restart to /healthz's 200
+    start_rss: float = None  # peak RSS by then, MB
+    finish_s: float = None  # from the restart to the last byte of GET /output
+    rss: float = None  # peak RSS from the restart to the end, MB
+    verdict: str = "not run"
+
+
+def fill_and_kill(rig, run_dir, n, batches):
+    """A durable pmmap, one job at concurrency 32 with room for all n inputs, PUT and
+    completed; SIGKILL once half its outcomes are stored. The job's id, or None."""
+    proc, port = start_pmmap(rig, run_dir, "everysec") or (None, None)
+    job = post_job(rig, port, {"concurrency": DURABLE_CONCURRENCY, "maxsize": n}) if proc else None
+    if job is None:
+        rig.fail("resume run: pmmap did not start or refused POST /job")
+        return None
+    fed = feed(port, job, batches, complete=True)
+    while fed.statuses == {201: len(batches)} and fed.complete == "200":
+        try:
+            status, reply = request(port, "GET", f"/job/{job}")
+            if status != 200 or json.loads(reply)["outputs"] >= n // 2:
+                break
+        except (OSError, http.client.HTTPException, ValueError, KeyError):
+            break
+        time.sleep(0.02)
+    rig.procs.kill(proc)
+    if fed.statuses != {201: len(batches)} or fed.complete != "200":
+        rig.fail(f"resume run: PUTs {describe_statuses(fed.statuses)}, complete {fed.complete}")
+        return None
+    return job
+
+
+def shrink_queue(data_dir, job, maxsize):
+    """Sets the job's maxsize in its record ({id}.job, JSON) while pmmap is down. Had the
+    job had this maxsize from the start, each PUT would have waited for room in its queue,
+    and the journal would never have run far ahead of the outcomes; this way the restart
+    resumes a long journal through a short queue."""
+    path = os.path.join(data_dir, f"{job}.job")
+    with open(path) as f:
+        record = json.load(f)
+    record["options"]["maxsize"] = maxsize
+    with open(path, "w") as f:
+        json.dump(record, f, separators=(",", ":"))
+
+
+def count_lines(path):
+    with open(path, "rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
+def resume_and_finish(rig, run_dir, job, n, resumed):
+    """Restarts pmmap on run_dir's data and times it to /healthz and to the end of the
+    job's output, reading its peak RSS at both; checks the output. Fills in `resumed`."""
+    t0 = time.perf_counter()
+    proc, port = start_pmmap(rig, run_dir, "everysec", "pmmap-resumed.log",
+                             RESUME_START_SECONDS) or (None, None)
+    if proc is None:
+        return
+    if request(port, "GET", "/healthz")[0] != 200:  # it listens: it answers
+        rig.fail("resume run: /healthz did not answer 200")
+    resumed.start_s = time.perf_counter() - t0
+    resumed.start_rss = peak_rss_mb(proc.pid)
+    status, output, _ = get_output(port, job)
+    resumed.finish_s = time.perf_counter() - t0
+    resumed.rss, _, _ = last_readings(rig, proc, run_dir, "pmmap-resumed.log")
+    rig.procs.stop(proc)
+    ok, resumed.verdict = check_output(output, n) if status == 200 else (
+        False, f"GET /output: {status} {output[:300]}")
+    if not ok:
+        rig.fail(f"resume run: {resumed.verdict}")
+
+
+def resume_run(rig):
+    """BENCH_BIG_N inputs journaled, half their outcomes stored, pmmap killed; the job
+    resumed with maxsize 1000, whose RSS issue 13 bounds (RESUME_RSS_LIMIT_MB)."""
+    n = rig.settings.big_n
+    log(f"bench: resume run: {n} inputs, pmmap killed at half of them, resumed with maxsize"
+        f" {RESUME_MAXSIZE}")
+    run_dir, resumed = os.path.join(rig.tmp, "run-resume"), Resumed()
+    data_dir = os.path.join(run_dir, "data")
+    job = fill_and_kill(rig, run_dir, n, make_batches(n, rig.settings.batch))
+    if job is None:
+        return resumed
+    shrink_queue(data_dir, job, RESUME_MAXSIZE)
+    resumed.journaled, resumed.stored = n, count_lines(os.path.join(data_dir, f"{job}.ndjson"))
+    wait_quiet(rig, "the resumed pmmap")
+    resume_and_finish(rig, run_dir, job, n, resumed)
+    shutil.rmtree(run_dir)
+    print(f"resume run: {resumed.journaled} inputs journaled, {resumed.stored} outcomes stored "
+          f"at the kill; restarted with maxsize {RESUME_MAXSIZE}: /healthz after "
+          f"{fmt(resumed.start_s, '.2f')} s (peak RSS {fmt(resumed.start_rss, '.1f')} MB), the "
+          f"whole output after {fmt(resumed.finish_s, '.2f')} s (peak RSS "
+          f"{fmt(resumed.rss, '.1f')} MB, bound {RESUME_RSS_LIMIT_MB}); {resumed.verdict}",
+          flush=True)
+    return resumed
 
 
 # --- the report ------------------------------------------------------------------------
@@ -665,14 +871,22 @@ def first_line(*command):
     return (done.stdout or done.stderr).splitlines()[0]
 
 
-def describe_setup(settings):
-    """The report's first lines: when, the machine, the tools, the load, the settings."""
+def filesystem_of(path):
+    """The type of the filesystem holding path, as stat names it (ext2/ext3, tmpfs...)."""
+    done = subprocess.run(["stat", "-f", "-c", "%T", path], capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
+def describe_setup(settings, tmp):
+    """The report's first lines: when, the machine, the tools, the load, the settings,
+    where pmmap's files go."""
     with open("/proc/cpuinfo") as f:
         cpu = re.search(r"^model name\s*: (.*)$", f.read(), re.M).group(1)
     with open("/proc/meminfo") as f:
         mem_gb = int(re.search(r"MemTotal:\s*(\d+)", f.read()).group(1)) / 1048576
     curl = first_line("curl", "--version").split()
     load = os.getloadavg()
+    fs = filesystem_of(tmp)
     return "\n".join([
         f"pmmap benchmark, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"machine: {CPUS} CPUs, {cpu}, {mem_gb:.1f} GB RAM, kernel {os.uname().sysname} "
@@ -687,27 +901,90 @@ def describe_setup(settings):
         f"setup:   N={settings.n} inputs of {VALUE_BYTES}-byte values, PUT batches of "
         f"{settings.batch} over one connection, maxsize {settings.maxsize}; wrk "
         f"{settings.wrk_seconds}s; memory run: {settings.big_n} inputs at concurrency "
-        f"{BIG_CONCURRENCY}"]), cpu
+        f"{BIG_CONCURRENCY}",
+        f"files:   pmmap's job files under {tmp}, on {fs}"
+        + (": a tmpfs, not a disk; set TMPDIR to a folder on disk" if fs == "tmpfs" else "")
+    ]), cpu
 
 
-def print_tables(settings, cpu, rows, put_inputs_per_s, big):
-    """The table, then the same in markdown with the PUT rate and the memory run."""
-    cells = [[fmt(value, spec) for value, spec in zip(dataclasses.astuple(row), ROW_FORMATS)]
-             for row in rows]
-    print()
-    for line in [[heading for heading, _, _ in COLUMNS]] + cells:
+DURABLE_COLUMNS = [
+    ("durable, concurrency 32", -32, "pmmap at concurrency 32"),
+    ("pmmap in/s", 10, "pmmap inputs/s"), ("pmmap/bare", 11, "pmmap/bare"),
+    ("/no data dir", 13, "pmmap / pmmap without --data-dir"),
+    ("peak RSS (MB)", 14, "pmmap peak RSS (MB)"), ("PUT in/s", 10, "PUT /input inputs/s"),
+]
+DURABLE_FORMATS = ["", "", ".2f", ".2f", ".1f", ""]
+RESUME_COLUMNS = [
+    ("resume run", -30, "resume run"), ("stored", 8, "outcomes stored at the kill"),
+    ("start s", 8, "restart to /healthz (s)"), ("start RSS", 10, "peak RSS by then (MB)"),
+    ("finish s", 9, "restart to the output's end (s)"), ("peak RSS", 9, "peak RSS (MB)"),
+    (f"< {RESUME_RSS_LIMIT_MB} MiB", 9, f"under {RESUME_RSS_LIMIT_MB} MiB"),
+    ("output", 7, "output"),
+]
+
+
+@dataclasses.dataclass
+class Results:
+    """What bench measured, for the tables; empty where a part did not run."""
+    rows: list = dataclasses.field(default_factory=list)  # a Row per concurrency
+    put_rates: dict = dataclasses.field(default_factory=dict)  # by FSYNC_MODES
+    big: Run = None
+    durable: list = dataclasses.field(default_factory=list)  # a DurableRow per mode
+    resumed: Resumed = None
+
+
+def resume_cells(resumed):
+    """The resume run's line of its table."""
+    ok = resumed.verdict.startswith("ok")
+    under = None if resumed.rss is None else ("yes" if resumed.rss < RESUME_RSS_LIMIT_MB else "NO")
+    return [f"{fmt(resumed.journaled)} inputs, maxsize {RESUME_MAXSIZE}", fmt(resumed.stored),
+            fmt(resumed.start_s, ".2f"), fmt(resumed.start_rss, ".1f"),
+            fmt(resumed.finish_s, ".2f"), fmt(resumed.rss, ".1f"), fmt(under),
+            "ok" if ok else "FAIL"]
+
+
+def print_table(columns, cells, markdown=False):
+    """A table, its columns (heading, width: negative to the left, markdown heading)."""
+    if markdown:
+        print("| " + " | ".join(heading for _, _, heading in columns) + " |")
+        print("|" + "---:|" * len(columns))
+        for line in cells:
+            print("| " + " | ".join(line) + " |")
+        return
+    for line in [[heading for heading, _, _ in columns]] + cells:
         print(" ".join(f"{cell:{'<' if width < 0 else '>'}{abs(width)}}"
-                       for cell, (_, width, _) in zip(line, COLUMNS)))
+                       for cell, (_, width, _) in zip(line, columns)))
+
+
+def print_tables(settings, cpu, results):
+    """The tables, then the same in markdown with the PUT rate and the memory run."""
+    def cells_of(rows, formats):
+        return [[fmt(value, spec) for value, spec in zip(dataclasses.astuple(row), formats)]
+                for row in rows]
+
+    tables = [(COLUMNS, cells_of(results.rows, ROW_FORMATS)),
+              (DURABLE_COLUMNS, cells_of(results.durable, DURABLE_FORMATS)),
+              (RESUME_COLUMNS, [resume_cells(results.resumed)] if results.resumed else [])]
+    tables = [(columns, cells) for columns, cells in tables if cells]
+    for columns, cells in tables:
+        print()
+        print_table(columns, cells)
     print(f"\nMarkdown:\n\nMachine: {CPUS} CPUs ({cpu}), kernel {os.uname().release}. Webhook: "
           f"nginx {first_line(NGINX, '-v').rsplit('/', 1)[-1]}, 1 worker, loopback. "
           f"{settings.n} inputs of {VALUE_BYTES}-byte values, PUT batches of {settings.batch} "
-          f"over one kept-alive connection, maxsize {settings.maxsize}.\n")
-    print("| " + " | ".join(markdown for _, _, markdown in COLUMNS) + " |")
-    print("|" + "---:|" * len(COLUMNS))
-    for line in cells:
-        print("| " + " | ".join(line) + " |")
+          f"over one kept-alive connection, maxsize {settings.maxsize}.")
+    for columns, cells in tables:
+        print()
+        print_table(columns, cells, markdown=True)
+        if columns is COLUMNS:
+            print_put_and_memory(settings, results)
+
+
+def print_put_and_memory(settings, results):
+    """The markdown's lines below the main table: the PUT rate, the memory run."""
     print(f"\nPUT /input with room in the queue (parse, validate, enqueue): "
-          f"{fmt(put_inputs_per_s)} inputs/s.")
+          f"{fmt(results.put_rates.get(None))} inputs/s.")
+    big = results.big
     if big is not None:
         print("\n| memory run | pmmap inputs/s | pmmap peak RSS | CPU s per 1000 inputs | "
               "streaming the done output (one GET) |\n|---|---:|---:|---:|---|")
@@ -719,10 +996,27 @@ def print_tables(settings, cpu, rows, put_inputs_per_s, big):
 # --- main ------------------------------------------------------------------------------
 
 
+def measure(rig):
+    """The parts BENCH_ONLY names, in the report's order: Results."""
+    settings, results = rig.settings, Results()
+    if "main" in settings.only:
+        results.rows = [measure_concurrency(rig, c) for c in settings.concurrencies]
+    if settings.only & {"main", "durable"}:
+        results.put_rates[None] = put_rate(rig)
+    if "durable" in settings.only:
+        results.put_rates.update((f, put_rate(rig, f)) for f in FSYNC_MODES if f)
+        results.durable = measure_durable(rig, results.put_rates)
+    if "main" in settings.only and settings.big_n > 0:
+        results.big = memory_run(rig)
+    if "resume" in settings.only and settings.big_n > 0:
+        results.resumed = resume_run(rig)
+    return results
+
+
 def bench(rig):
     """The whole run, in the report's order; the exit code."""
     settings = rig.settings
-    setup, cpu = describe_setup(settings)
+    setup, cpu = describe_setup(settings, rig.tmp)
     print(setup + "\n", flush=True)
     log("bench: building bare_loop")
     build_tools(rig)
@@ -732,10 +1026,7 @@ def bench(rig):
     if settings.pin:  # the bench, and all it starts from now on, on CPU 1
         os.sched_setaffinity(rig.nginx_worker, {0})
         os.sched_setaffinity(0, {1})
-    rows = [measure_concurrency(rig, c) for c in settings.concurrencies]
-    put_inputs_per_s = put_rate(rig)
-    big = memory_run(rig) if settings.big_n > 0 else None
-    print_tables(settings, cpu, rows, put_inputs_per_s, big)
+    print_tables(settings, cpu, measure(rig))
     with open(os.path.join(rig.tmp, "nginx", "error.log")) as f:
         errors = [line for line in f if re.search(r"\[(error|crit|alert)\]", line)]
     if errors:
