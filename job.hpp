@@ -14,7 +14,10 @@
 // Done and cancelled are the ended states: entering one runs the EndHook,
 // once. Apart from that lifecycle, the job table may discard a job in any
 // state (Discard, with why: deleted, expired, shutdown): it then stores
-// nothing more, never ends, answers every waiter, and its file is removed.
+// nothing more, never ends, answers every waiter, and its files are removed
+// (a durable job's stay on shutdown). A durable job (JobFiles) also
+// journals its accepted inputs and saves its state on every change, so
+// that a restarted server can Resume it where it stopped.
 // Two flags, read without the lock by calls in flight, say what must be
 // abandoned: calls_abandoned (set by Cancel, by Discard, and by
 // AbandonCalls) and callback_abandoned (set by Discard and AbandonCalls).
@@ -25,8 +28,11 @@
 // GUARDED_BY(mutex_) are read and written only with mutex_ held, which
 // clang's -Wthread-safety checks (make lint). Methods wait only on
 // condition variables, which release the mutex; with it held they do no
-// more than buffered file writes and, when the job ends, the EndHook. Nothing
-// here calls the webhook, so a blocked Add never delays ToJson for long.
+// more than file writes (an outcome buffer written out, a batch appended
+// to the journal in one write, the record saved on a state change) and,
+// when the job ends, the EndHook; the journal's fdatasync under --fsync
+// always is waited for without it. Nothing here calls the webhook, so a
+// blocked Add never delays ToJson for long.
 
 #ifndef PMMAP_JOB_HPP_
 #define PMMAP_JOB_HPP_
