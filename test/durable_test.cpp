@@ -11,6 +11,7 @@
 #include <chrono>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <thread>
@@ -62,6 +63,28 @@ int FileMode(const std::string& path) {
   struct stat st;
   REQUIRE(stat(path.c_str(), &st) == 0);
   return st.st_mode & 0777;
+}
+
+// Starts pmmap with args and env, its files unable to grow past bytes
+// (RLIMIT_FSIZE: a write past it fails with EFBIG). The limit is set in
+// this process around the start only: the child keeps it, this process
+// gets its own back.
+std::unique_ptr<PmmapProcess> StartWithFileLimit(rlim_t bytes, const std::vector<std::string>& args,
+                                                 const std::map<std::string, std::string>& env) {
+  struct rlimit saved;
+  REQUIRE(getrlimit(RLIMIT_FSIZE, &saved) == 0);
+  struct rlimit small = saved;
+  small.rlim_cur = bytes;
+  REQUIRE(setrlimit(RLIMIT_FSIZE, &small) == 0);
+  std::unique_ptr<PmmapProcess> pmmap;
+  try {
+    pmmap.reset(new PmmapProcess(args, env));
+  } catch (...) {
+    setrlimit(RLIMIT_FSIZE, &saved);
+    throw;
+  }
+  REQUIRE(setrlimit(RLIMIT_FSIZE, &saved) == 0);
+  return pmmap;
 }
 
 }  // namespace
@@ -217,21 +240,9 @@ TEST_CASE("torn tails of the journal and the outcome file are cut off on restart
 TEST_CASE("a batch that cannot be journaled is refused with 507 and accepts nothing", "[durable]") {
   TempDir data("pmmap-durable");
   Webhook hook;
-  // Files of pmmap's over 64 KiB fail to grow (EFBIG). Set around the start
-  // only: the child keeps the limit, this process gets its own back.
-  struct rlimit saved;
-  REQUIRE(getrlimit(RLIMIT_FSIZE, &saved) == 0);
-  struct rlimit small = saved;
-  small.rlim_cur = 64 * 1024;
-  REQUIRE(setrlimit(RLIMIT_FSIZE, &small) == 0);
-  std::unique_ptr<PmmapProcess> pmmap;
-  try {
-    pmmap.reset(new PmmapProcess({"--data-dir", data.path(), "--fsync", "always"}));
-  } catch (...) {
-    setrlimit(RLIMIT_FSIZE, &saved);
-    throw;
-  }
-  REQUIRE(setrlimit(RLIMIT_FSIZE, &saved) == 0);
+  // Files of pmmap's over 64 KiB fail to grow (EFBIG).
+  std::unique_ptr<PmmapProcess> pmmap =
+      StartWithFileLimit(64 * 1024, {"--data-dir", data.path(), "--fsync", "always"}, {});
   std::string id = CreateJob(*pmmap, JobBody(hook.url(), "\"maxsize\":10000"));
   PutOk(*pmmap, id, Batch(0, 10));
   // About 100 KiB of inputs: over the limit.
@@ -270,20 +281,9 @@ TEST_CASE("outcomes that cannot be written pause the job, GET /job says why, and
   TempDir tmp("pmmap-durable");
   Webhook hook;
   // pmmap's files may not grow past 16 KiB (EFBIG) until the test lifts the
-  // limit; set around its start only, as in the 507 test.
-  struct rlimit saved;
-  REQUIRE(getrlimit(RLIMIT_FSIZE, &saved) == 0);
-  struct rlimit small = saved;
-  small.rlim_cur = 16 * 1024;
-  REQUIRE(setrlimit(RLIMIT_FSIZE, &small) == 0);
-  std::unique_ptr<PmmapProcess> started;
-  try {
-    started.reset(new PmmapProcess({}, {{"TMPDIR", tmp.path()}}));
-  } catch (...) {
-    setrlimit(RLIMIT_FSIZE, &saved);
-    throw;
-  }
-  REQUIRE(setrlimit(RLIMIT_FSIZE, &saved) == 0);
+  // limit.
+  std::unique_ptr<PmmapProcess> started =
+      StartWithFileLimit(16 * 1024, {}, {{"TMPDIR", tmp.path()}});
   PmmapProcess& pmmap = *started;
   std::string id = CreateJob(pmmap, JobBody(hook.url(), "\"concurrency\":4,\"maxsize\":5000"));
   const int kInputs = 3000;  // about 130 KiB of outcomes
@@ -300,7 +300,9 @@ TEST_CASE("outcomes that cannot be written pause the job, GET /job says why, and
   CHECK(Text(still, "state") == "closing");
   CHECK(U64(still, "outputs") < kInputs);
   // Room again: the job goes on by itself and loses nothing.
-  REQUIRE(prlimit(pmmap.pid(), RLIMIT_FSIZE, &saved, nullptr) == 0);
+  struct rlimit unlimited;
+  REQUIRE(getrlimit(RLIMIT_FSIZE, &unlimited) == 0);  // this process's own
+  REQUIRE(prlimit(pmmap.pid(), RLIMIT_FSIZE, &unlimited, nullptr) == 0);
   rapidjson::Document done =
       WaitForJob(pmmap, id, [](const rapidjson::Document& j) { return HasState(j, "done"); });
   CHECK(done["storage_error"].IsNull());

@@ -146,8 +146,9 @@ curl -sS --max-time "$OUTPUT_SECONDS" -o "$tmp/output" "$api/job/$id/output" ||
 check_output "$tmp/output"
 say "job $id: its output has every one of the $INPUTS entries, each right"
 files=$(timeout "$START_SECONDS" "$engine" run --rm "${limits[@]}" -v "$volume:/data" "$BASE_IMAGE" \
-  ls -A /data)
-[ "$files" = "$id.ndjson" ] || fail "the volume holds '$files', not $id.ndjson"
+  ls -A /data | tr '\n' ' ')
+expected="$id.job $id.journal $id.ndjson "
+[ "$files" = "$expected" ] || fail "the volume holds '$files', not the job's record, journal and outcomes ($expected)"
 say "the volume holds $files"
 
 timeout "$STOP_SECONDS" "$engine" stop -t "$STOP_SECONDS" "$name" >/dev/null ||
