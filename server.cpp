@@ -296,17 +296,17 @@ void Server::AddInputs(const httplib::Request& req, std::string body, httplib::R
 }
 
 void Server::CompleteJob(const httplib::Request& req, std::string, httplib::Response& res) {
-  std::shared_ptr<Job> job = FindJob(req, res);
-  if (!job) return;
-  Status s = job->Complete();
-  if (!s.ok()) return ReplyError(res, s);
-  Reply(res, 200, job->ToJson());
+  ActOnJob(req, &Job::Complete, res);
 }
 
 void Server::CancelJob(const httplib::Request& req, std::string, httplib::Response& res) {
+  ActOnJob(req, &Job::Cancel, res);
+}
+
+void Server::ActOnJob(const httplib::Request& req, Status (Job::*act)(), httplib::Response& res) {
   std::shared_ptr<Job> job = FindJob(req, res);
   if (!job) return;
-  Status s = job->Cancel();
+  Status s = ((*job).*act)();
   if (!s.ok()) return ReplyError(res, s);
   Reply(res, 200, job->ToJson());
 }

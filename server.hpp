@@ -68,6 +68,9 @@ class Server {
   void Health(const httplib::Request& req, std::string body, httplib::Response& res);
   void ShowMetrics(const httplib::Request& req, std::string body, httplib::Response& res);
 
+  // Does act to the job named in the path and answers with the job, or
+  // with act's refusal (complete and cancel).
+  void ActOnJob(const httplib::Request& req, Status (Job::*act)(), httplib::Response& res);
   // The job named by the path's first group, or null after answering 404.
   std::shared_ptr<Job> FindJob(const httplib::Request& req, httplib::Response& res);
   // Registers every route of kRoutes, and the answers to what none takes.
