@@ -159,9 +159,12 @@ const Server::Route Server::kRoutes[] = {
     {"GET", R"(/jobs)", &Server::ListJobs},
     {"GET", R"(/job/([^/]+))", &Server::ShowJob},
     {"DELETE", R"(/job/([^/]+))", &Server::DeleteJob},
+    {"PATCH", R"(/job/([^/]+))", &Server::ChangeJob},
     {"PUT", R"(/job/([^/]+)/input)", &Server::AddInputs},
     {"POST", R"(/job/([^/]+)/complete)", &Server::CompleteJob},
     {"POST", R"(/job/([^/]+)/cancel)", &Server::CancelJob},
+    {"POST", R"(/job/([^/]+)/pause)", &Server::PauseJob},
+    {"POST", R"(/job/([^/]+)/resume)", &Server::ResumeJob},
     {"GET", R"(/job/([^/]+)/output)", &Server::StreamOutput},
     {"GET", R"(/healthz)", &Server::Health},
     {"GET", R"(/metrics)", &Server::ShowMetrics},
@@ -195,6 +198,7 @@ void Server::InstallRoutes() {
     if (method == "POST") http_.Post(route.pattern, with_body);
     if (method == "PUT") http_.Put(route.pattern, with_body);
     if (method == "DELETE") http_.Delete(route.pattern, with_body);
+    if (method == "PATCH") http_.Patch(route.pattern, with_body);
   }
   for (const auto& entry : methods_by_pattern) {
     allowed_methods_.emplace_back(std::regex(entry.first), entry.second);
@@ -301,6 +305,22 @@ void Server::CompleteJob(const httplib::Request& req, std::string, httplib::Resp
 
 void Server::CancelJob(const httplib::Request& req, std::string, httplib::Response& res) {
   ActOnJob(req, &Job::Cancel, res);
+}
+
+void Server::PauseJob(const httplib::Request& req, std::string, httplib::Response& res) {
+  ActOnJob(req, &Job::Pause, res);
+}
+
+void Server::ResumeJob(const httplib::Request& req, std::string, httplib::Response& res) {
+  ActOnJob(req, &Job::Unpause, res);
+}
+
+void Server::ChangeJob(const httplib::Request& req, std::string body, httplib::Response& res) {
+  std::shared_ptr<Job> job = FindJob(req, res);
+  if (!job) return;
+  Status s = job->Change([&body](JobOptions* options) { return ParseJobPatch(body, options); });
+  if (!s.ok()) return ReplyError(res, s);
+  Reply(res, 200, job->ToJson());
 }
 
 void Server::ActOnJob(const httplib::Request& req, Status (Job::*act)(), httplib::Response& res) {

@@ -64,12 +64,15 @@ class Server {
   void AddInputs(const httplib::Request& req, std::string body, httplib::Response& res);
   void CompleteJob(const httplib::Request& req, std::string body, httplib::Response& res);
   void CancelJob(const httplib::Request& req, std::string body, httplib::Response& res);
+  void PauseJob(const httplib::Request& req, std::string body, httplib::Response& res);
+  void ResumeJob(const httplib::Request& req, std::string body, httplib::Response& res);
+  void ChangeJob(const httplib::Request& req, std::string body, httplib::Response& res);
   void StreamOutput(const httplib::Request& req, std::string body, httplib::Response& res);
   void Health(const httplib::Request& req, std::string body, httplib::Response& res);
   void ShowMetrics(const httplib::Request& req, std::string body, httplib::Response& res);
 
   // Does act to the job named in the path and answers with the job, or
-  // with act's refusal (complete and cancel).
+  // with act's refusal (complete, cancel, pause and resume).
   void ActOnJob(const httplib::Request& req, Status (Job::*act)(), httplib::Response& res);
   // The job named by the path's first group, or null after answering 404.
   std::shared_ptr<Job> FindJob(const httplib::Request& req, httplib::Response& res);

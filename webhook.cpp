@@ -95,9 +95,10 @@ std::string WebhookUrl(const std::string& url, const std::string& key) {
   return urls.Url();
 }
 
-WebhookClient::WebhookClient(const Options& options, const Job& job, const std::atomic<bool>* abort)
+WebhookClient::WebhookClient(const Options& options, const std::string& job_id,
+                             const JobOptions& job_options, const std::atomic<bool>* abort)
     : max_reply_bytes_(options.max_reply_bytes),
-      secret_(job.options().secret),
+      secret_(job_options.secret),
       curl_(curl_easy_init()),
       multi_(curl_multi_init()),
       abort_(abort) {
@@ -105,7 +106,7 @@ WebhookClient::WebhookClient(const Options& options, const Job& job, const std::
   // webhook parses it, so a call sends only the headers it needs.
   curl_slist* h = curl_slist_append(nullptr, "Content-Type: application/json");
   job_headers_ = h;
-  h = h ? curl_slist_append(h, ("PMMAP-job: " + job.id()).c_str()) : nullptr;
+  h = h ? curl_slist_append(h, ("PMMAP-job: " + job_id).c_str()) : nullptr;
   if (h != nullptr && !secret_.empty())
     h = curl_slist_append(h, ("PMMAP-auth: " + secret_).c_str());
   if (h == nullptr || curl_ == nullptr || multi_ == nullptr) {
@@ -131,7 +132,7 @@ WebhookClient::WebhookClient(const Options& options, const Job& job, const std::
     curl_easy_setopt(curl_, CURLOPT_PROXY, "");
     curl_easy_setopt(curl_, CURLOPT_NOPROXY, "");
   }
-  curl_easy_setopt(curl_, CURLOPT_TIMEOUT_MS, static_cast<long>(job.options().timeout_ms));
+  SetTimeout(job_options.timeout_ms);
   curl_easy_setopt(curl_, CURLOPT_WRITEFUNCTION, &WebhookClient::OnBody);
   curl_easy_setopt(curl_, CURLOPT_WRITEDATA, this);
   if (!options.ca_file.empty()) curl_easy_setopt(curl_, CURLOPT_CAINFO, options.ca_file.c_str());
@@ -178,6 +179,11 @@ void WebhookClient::Call(CURLU* url, const std::string& body, int attempt, CallR
     // Only a reply that slows the job is read for Retry-After: asked of
     // libcurl afterwards, not given to a header callback line by line.
     if (SlowsJob(result->status)) result->retry_after = LastHeader("Retry-After");
+    if (result->code != CURLE_OK) {
+      long request_bytes = 0;
+      curl_easy_getinfo(curl_, CURLINFO_REQUEST_SIZE, &request_bytes);
+      result->sent = request_bytes > 0;
+    }
     curl_off_t micros = 0;
     curl_easy_getinfo(curl_, CURLINFO_TOTAL_TIME_T, &micros);
     Metrics::Global().CallEnded(OutcomeOf(*result), static_cast<double>(micros) / 1e6);
@@ -186,6 +192,10 @@ void WebhookClient::Call(CURLU* url, const std::string& body, int attempt, CallR
   }
   curl_easy_setopt(curl_, CURLOPT_ERRORBUFFER, nullptr);
   result_ = nullptr;
+}
+
+void WebhookClient::SetTimeout(int64_t timeout_ms) {
+  curl_easy_setopt(curl_, CURLOPT_TIMEOUT_MS, static_cast<long>(timeout_ms));
 }
 
 // What curl_easy_perform does, in fewer system calls: that polls before
@@ -266,6 +276,18 @@ Verdict Judge(CURLcode code, long status) {
   if (status >= 200 && status < 300) return Verdict::kSuccess;
   if (status == 408 || status == 429 || status >= 500) return Verdict::kRetry;
   return Verdict::kFail;
+}
+
+Signal ClassifyCall(const CallResult& r) {
+  if (r.too_large) return Signal::kAnswer;  // the webhook did answer
+  if (r.code == CURLE_OK) {
+    if (r.status == 429 || r.status == 503) return Signal::kOverload;
+    return r.status >= 500 ? Signal::kFault : Signal::kAnswer;
+  }
+  // Errors of the request itself, which no webhook's health explains.
+  if (Judge(r.code, r.status) == Verdict::kFail) return Signal::kAnswer;
+  if (!r.sent) return Signal::kUnreachable;
+  return Signal::kOverload;  // timed out or reset with the request out
 }
 
 Clock::duration BackoffDelay(int attempts, int64_t base_ms, int64_t cap_ms, std::mt19937_64* rng) {

@@ -77,6 +77,7 @@ struct CallResult {
   std::string body;
   std::string retry_after;            // the Retry-After header, read only when SlowsJob(status)
   bool too_large = false;             // the reply passed max_reply_bytes and was abandoned
+  bool sent = false;                  // some of the request went out
   char error[CURL_ERROR_SIZE] = {0};  // libcurl's detail of code, if any
 
   // Readies the result for the next call, keeping its buffers' capacity.
@@ -86,6 +87,7 @@ struct CallResult {
     body.clear();
     retry_after.clear();
     too_large = false;
+    sent = false;
     error[0] = '\0';
   }
 };
@@ -106,9 +108,10 @@ class WebhookClient {
     bool proxy_from_env = true;
   };
 
-  // Calls job's webhooks with its headers, each limited to the job's
-  // timeout_ms and abandoned once *abort is true.
-  WebhookClient(const Options& options, const Job& job, const std::atomic<bool>* abort);
+  // Calls the webhooks of job job_id, set up as job_options say, with its
+  // headers, each call limited to timeout_ms and abandoned once *abort is true.
+  WebhookClient(const Options& options, const std::string& job_id, const JobOptions& job_options,
+                const std::atomic<bool>* abort);
   ~WebhookClient();
   WebhookClient(const WebhookClient&) = delete;
   WebhookClient& operator=(const WebhookClient&) = delete;
@@ -117,6 +120,8 @@ class WebhookClient {
   // attempt, blocking until the reply, an error, the timeout or the abort,
   // and stores what came of it in *result.
   void Call(CURLU* url, const std::string& body, int attempt, CallResult* result);
+  // Limits every call from now on to timeout_ms (the job's was changed).
+  void SetTimeout(int64_t timeout_ms);
 
  private:
   CURLcode Perform();
@@ -155,6 +160,10 @@ Verdict Judge(CURLcode code, long status);
 
 // True if the reply asks the whole job to slow down (429 or 503).
 inline bool SlowsJob(long status) { return status == 429 || status == 503; }
+
+// What a call's result says about the webhook's health, for the job's
+// circuit: a real answer, a fault, an overload, or nothing sent at all.
+Signal ClassifyCall(const CallResult& result);
 
 // The wait before the attempt after `attempts` attempts: a uniform random
 // duration in [0, min(cap, base * 2^(attempts-1))] ("full jitter").
