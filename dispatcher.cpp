@@ -99,7 +99,7 @@ void Dispatcher::RunWorker(const std::shared_ptr<Job>& job) {
   bool more = job->NextInput(&input);
   while (more) {
     client.Call(urls.For(input.key), input.value, input.attempts, &result);
-    Verdict verdict = result.too_large ? Verdict::kFail : Judge(result.code, result.status);
+    Verdict verdict = Judge(result);
     if (verdict == Verdict::kRetry && input.attempts < options.max_attempts) {
       more = job->RetryLaterAndNext(&input, RetryDelay(result, input.attempts, options, &rng),
                                     SlowsJob(result.status));
@@ -149,7 +149,7 @@ void Dispatcher::RunCallback(const std::shared_ptr<Job>& job) {
     client.Call(url.get(), job->ToJson(), status.attempts, &result);
     status.status = result.status;
     // The callback's reply body does not matter, only its status.
-    Verdict verdict = Judge(result.too_large ? CURLE_OK : result.code, result.status);
+    Verdict verdict = result.too_large ? Judge(CURLE_OK, result.status) : Judge(result);
     if (verdict == Verdict::kSuccess) {
       status.state = CallbackStatus::kSucceeded;
       status.message.clear();
