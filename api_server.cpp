@@ -21,10 +21,15 @@ constexpr std::chrono::milliseconds kStopCheck{250};
 // to cpp-httplib's line reader, which asks for one at a time.
 constexpr size_t kReadBufferBytes = 4096;
 // The answer to a connection past the cap, written without waiting.
-constexpr char kTooManyConnections[] =
-    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-    "Content-Length: 61\r\nConnection: close\r\n\r\n"
-    "{\"error\":\"too many connections (--max-connections); retry\"}\n";
+const std::string& TooManyConnectionsReply() {
+  static const std::string body =
+      "{\"error\":\"too many connections (--max-connections); retry later\"}\n";
+  static const std::string reply =
+      "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+      "Content-Length: " +
+      std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
+  return reply;
+}
 
 // Waits until fd is readable (or writable, with POLLOUT), until the
 // deadline passes, or until stopping() holds; returns whether it is.
@@ -76,11 +81,14 @@ class ConnectionStream : public httplib::Stream {
     lines_ = 0;
   }
   void HeadersDone() { in_headers_ = false; }
+  // Whether the headers came too slowly or too long: the connection is then
+  // closed without an answer, which cpp-httplib would otherwise give.
+  bool failed() const { return failed_; }
   bool buffered() const { return start_ < end_; }
 
   bool is_readable() const override { return buffered() || WaitFor(fd_, POLLIN, ReadBy(), Never); }
   bool is_writable() const override {
-    return WaitFor(fd_, POLLOUT, Clock::now() + write_timeout_, stopping_);
+    return !failed_ && WaitFor(fd_, POLLOUT, Clock::now() + write_timeout_, stopping_);
   }
   ssize_t read(char* ptr, size_t size) override;
   ssize_t write(const char* ptr, size_t size) override;
@@ -112,13 +120,17 @@ class ConnectionStream : public httplib::Stream {
   size_t line_bytes_ = 0;  // of the header line being read
   size_t lines_ = 0;       // header lines finished; the first is the request line
   bool bounded_line_ = true;
+  bool failed_ = false;
 };
 
 ssize_t ConnectionStream::read(char* ptr, size_t size) {
   if (!buffered()) {
     // While waiting for headers the stop check ends the wait; a body being
     // read is let finish.
-    if (!WaitFor(fd_, POLLIN, ReadBy(), in_headers_ ? stopping_ : Never)) return -1;
+    if (!WaitFor(fd_, POLLIN, ReadBy(), in_headers_ ? stopping_ : Never)) {
+      failed_ = in_headers_;
+      return -1;
+    }
     ssize_t n;
     do {
       n = recv(fd_, buffer_, sizeof(buffer_), 0);
@@ -128,7 +140,10 @@ ssize_t ConnectionStream::read(char* ptr, size_t size) {
     end_ = static_cast<size_t>(n);
   }
   size_t n = std::min(size, end_ - start_);
-  if (in_headers_ && !WithinBounds(buffer_ + start_, n)) return -1;
+  if (in_headers_ && !WithinBounds(buffer_ + start_, n)) {
+    failed_ = true;
+    return -1;
+  }
   memcpy(ptr, buffer_ + start_, n);
   start_ += n;
   return static_cast<ssize_t>(n);
@@ -156,6 +171,7 @@ bool ConnectionStream::WithinBounds(const char* data, size_t n) {
 }
 
 ssize_t ConnectionStream::write(const char* ptr, size_t size) {
+  if (failed_) return -1;
   size_t sent = 0;
   while (sent < size) {
     ssize_t n = send(fd_, ptr + sent, size - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -185,8 +201,8 @@ bool ApiServer::process_and_close_socket(socket_t sock) {
     --open_;
     ++refused_;
     // Best effort: a client that sent nothing yet may still read it.
-    ssize_t ignored = send(sock, kTooManyConnections, sizeof(kTooManyConnections) - 1,
-                           MSG_NOSIGNAL | MSG_DONTWAIT);
+    const std::string& reply = TooManyConnectionsReply();
+    ssize_t ignored = send(sock, reply.data(), reply.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     (void)ignored;
     close(sock);
     return false;
@@ -227,6 +243,6 @@ void ApiServer::Serve(socket_t sock) {
             connection_closed = true;
           }
         });
-    if (!ok || connection_closed || close_connection) return;
+    if (!ok || connection_closed || close_connection || stream.failed()) return;
   }
 }
