@@ -24,9 +24,7 @@ using SteadyClock = std::chrono::steady_clock;
 
 const char kToken[] = "s3cret-token";
 
-httplib::Headers Bearer(const std::string& token) {
-  return {{"Authorization", "Bearer " + token}};
-}
+httplib::Headers Bearer(const std::string& token) { return {{"Authorization", "Bearer " + token}}; }
 
 // A TCP connection to 127.0.0.1:port, closed when the object goes.
 class RawConnection {
@@ -155,9 +153,10 @@ TEST_CASE("ParseCidr reads IPv4 and IPv6 nets and bare addresses, and says what 
   }
 }
 
-TEST_CASE("NetRules deny link-local by default, judge mapped addresses as IPv4, and let allowed "
-          "nets win",
-          "[security]") {
+TEST_CASE(
+    "NetRules deny link-local by default, judge mapped addresses as IPv4, and let allowed "
+    "nets win",
+    "[security]") {
   NetRules rules;
   NetJudgement j;
   REQUIRE(rules.JudgeLiteral("169.254.169.254", &j));
@@ -218,9 +217,10 @@ TEST_CASE("CheckUrlAddress names the field, the address and the rule of a denied
 // ---------------------------------------------------------------------------
 // The API token.
 
-TEST_CASE("with --api-token every route but /healthz needs the token, and a refusal changes "
-          "nothing",
-          "[security]") {
+TEST_CASE(
+    "with --api-token every route but /healthz needs the token, and a refusal changes "
+    "nothing",
+    "[security]") {
   Webhook hook;
   PmmapProcess pmmap({"--api-token", kToken});
   const std::string base = pmmap.base_url();
@@ -230,12 +230,10 @@ TEST_CASE("with --api-token every route but /healthz needs the token, and a refu
     std::string path;
   };
   const std::vector<Route> routes = {
-      {"POST", "/job"},          {"GET", "/jobs"},
-      {"GET", "/job/x"},         {"DELETE", "/job/x"},
-      {"PUT", "/job/x/input"},   {"POST", "/job/x/complete"},
-      {"POST", "/job/x/cancel"}, {"GET", "/job/x/output"},
-      {"GET", "/metrics"},       {"GET", "/no/such/path"},
-      {"POST", "/no/such/path"}, {"PATCH", "/jobs"},
+      {"POST", "/job"},          {"GET", "/jobs"},          {"GET", "/job/x"},
+      {"DELETE", "/job/x"},      {"PUT", "/job/x/input"},   {"POST", "/job/x/complete"},
+      {"POST", "/job/x/cancel"}, {"GET", "/job/x/output"},  {"GET", "/metrics"},
+      {"GET", "/no/such/path"},  {"POST", "/no/such/path"}, {"PATCH", "/jobs"},
       {"GET", "/healthz/"},
   };
   for (const Route& route : routes) {
@@ -245,8 +243,8 @@ TEST_CASE("with --api-token every route but /healthz needs the token, and a refu
     CHECK(HeaderOf(missing.headers, "WWW-Authenticate") == "Bearer");
     HttpResult wrong = Http(base, route.method, route.path, body, Bearer("s3cret-tokeN"));
     CHECK(Contains(RequireError(wrong, 401), "wrong API token"));
-    HttpResult basic = Http(base, route.method, route.path, body,
-                            {{"Authorization", "Basic czNjcmV0LXRva2Vu"}});
+    HttpResult basic =
+        Http(base, route.method, route.path, body, {{"Authorization", "Basic czNjcmV0LXRva2Vu"}});
     CHECK(Contains(RequireError(basic, 401), "Bearer"));
     HttpResult right = Http(base, route.method, route.path, body, Bearer(kToken));
     CHECK(right.status != 401);
@@ -262,9 +260,10 @@ TEST_CASE("with --api-token every route but /healthz needs the token, and a refu
   CHECK(hook.call_count() == 0);
 }
 
-TEST_CASE("a refused request with a body closes its connection, so its body is never read as a "
-          "request",
-          "[security]") {
+TEST_CASE(
+    "a refused request with a body closes its connection, so its body is never read as a "
+    "request",
+    "[security]") {
   PmmapProcess pmmap({"--api-token", kToken});
   RawConnection c(pmmap.port());
   const std::string smuggled = "GET /jobs HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -415,8 +414,8 @@ TEST_CASE("--allow-net lets calls through inside a denied net; PMMAP_DENY_NET li
     for (const char* bad : {"10.0.0.1/8", "nonsense", "10.0.0.0/40"}) {
       INFO(bad);
       int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
-      pid_t pid = Spawn({PmmapBinary(), "--listen", "127.0.0.1:0", "--deny-net", bad}, {},
-                        devnull, devnull);
+      pid_t pid = Spawn({PmmapBinary(), "--listen", "127.0.0.1:0", "--deny-net", bad}, {}, devnull,
+                        devnull);
       close(devnull);
       CHECK(WaitExit(pid, seconds(10)) == 2);
     }
@@ -506,8 +505,8 @@ TEST_CASE("a client sending its headers a byte at a time is dropped at the heade
           "[security]") {
   PmmapProcess pmmap;
   RawConnection slow(pmmap.port());
-  const std::string request = "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: " +
-                              std::string(200, 'p') + "\r\n\r\n";
+  const std::string request =
+      "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: " + std::string(200, 'p') + "\r\n\r\n";
   auto start = SteadyClock::now();
   bool closed = false;
   for (size_t i = 0; i < request.size(); ++i) {
