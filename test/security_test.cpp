@@ -494,11 +494,18 @@ TEST_CASE("connections past --max-connections are answered 503 and closed, not q
   std::string reply = past.ReadUntilClosed(seconds(3), &closed);
   CHECK(closed);
   CHECK(SteadyClock::now() - start < milliseconds(1000));
-  // With the idle ones gone, requests are served again.
+  // With the idle ones gone, requests are served again, and /metrics
+  // counts the refusals.
   idle.clear();
+  HttpResult metrics;
   REQUIRE(WaitUntil(
-      [&] { return Http(pmmap.base_url(), "GET", "/healthz", "", {}, seconds(5)).status == 200; },
+      [&] {
+        metrics = Http(pmmap.base_url(), "GET", "/metrics", "", {}, seconds(5));
+        return metrics.status == 200;
+      },
       seconds(5), milliseconds(50)));
+  CHECK(Contains(metrics.body, "pmmap_api_connections 1\n"));  // this request's own
+  CHECK_FALSE(Contains(metrics.body, "pmmap_api_connections_refused_total 0\n"));
 }
 
 TEST_CASE("a client sending its headers a byte at a time is dropped at the header deadline",
