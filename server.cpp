@@ -439,13 +439,14 @@ void Server::ShowMetrics(const httplib::Request&, std::string, httplib::Response
       {"open", 0}, {"closing", 0}, {"done", 0}, {"cancelled", 0}};
   for (const auto& job : table_->List()) ++jobs_by_state[JobStateName(job->state())];
   std::string text = Metrics::Global().Render(jobs_by_state);
-  text += "# HELP pmmap_api_connections API connections open now.\n"
-          "# TYPE pmmap_api_connections gauge\npmmap_api_connections " +
-          std::to_string(http_.open_connections()) +
-          "\n# HELP pmmap_api_connections_refused_total API connections refused past "
-          "--max-connections.\n# TYPE pmmap_api_connections_refused_total counter\n"
-          "pmmap_api_connections_refused_total " +
-          std::to_string(http_.refused_connections()) + "\n";
+  text +=
+      "# HELP pmmap_api_connections API connections open now.\n"
+      "# TYPE pmmap_api_connections gauge\npmmap_api_connections " +
+      std::to_string(http_.open_connections()) +
+      "\n# HELP pmmap_api_connections_refused_total API connections refused past "
+      "--max-connections.\n# TYPE pmmap_api_connections_refused_total counter\n"
+      "pmmap_api_connections_refused_total " +
+      std::to_string(http_.refused_connections()) + "\n";
   res.set_content(text, "text/plain; version=0.0.4");
 }
 
