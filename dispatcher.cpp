@@ -104,7 +104,7 @@ void Dispatcher::RunWorker(const std::shared_ptr<Job>& job) {
   while (more) {
     if (job->RefreshOptions(&options_version, &options)) client.SetTimeout(options.timeout_ms);
     client.Call(urls.For(input.key), input.value, input.calls, &result);
-    Verdict verdict = result.too_large ? Verdict::kFail : Judge(result.code, result.status);
+    Verdict verdict = Judge(result);
     end.signal = ClassifyCall(result);
     end.error.clear();
     if (verdict != Verdict::kSuccess) end.error = FailureMessage(result, options);
@@ -162,7 +162,7 @@ void Dispatcher::RunCallback(const std::shared_ptr<Job>& job) {
     client.Call(url.get(), job->ToJson(), status.attempts, &result);
     status.status = result.status;
     // The callback's reply body does not matter, only its status.
-    Verdict verdict = Judge(result.too_large ? CURLE_OK : result.code, result.status);
+    Verdict verdict = result.too_large ? Judge(CURLE_OK, result.status) : Judge(result);
     if (verdict == Verdict::kSuccess) {
       status.state = CallbackStatus::kSucceeded;
       status.message.clear();

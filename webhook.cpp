@@ -2,6 +2,7 @@
 
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -98,6 +99,7 @@ std::string WebhookUrl(const std::string& url, const std::string& key) {
 WebhookClient::WebhookClient(const Options& options, const std::string& job_id,
                              const JobOptions& job_options, const std::atomic<bool>* abort)
     : max_reply_bytes_(options.max_reply_bytes),
+      net_rules_(options.net_rules),
       secret_(job_options.secret),
       curl_(curl_easy_init()),
       multi_(curl_multi_init()),
@@ -135,6 +137,13 @@ WebhookClient::WebhookClient(const Options& options, const std::string& job_id,
   SetTimeout(job_options.timeout_ms);
   curl_easy_setopt(curl_, CURLOPT_WRITEFUNCTION, &WebhookClient::OnBody);
   curl_easy_setopt(curl_, CURLOPT_WRITEDATA, this);
+  // A redirect could lead anywhere, past the rules' check of the URL: a 3xx
+  // is a final failure (libcurl's default, stated so that it stays).
+  curl_easy_setopt(curl_, CURLOPT_FOLLOWLOCATION, 0L);
+  if (net_rules_ != nullptr) {
+    curl_easy_setopt(curl_, CURLOPT_OPENSOCKETFUNCTION, &WebhookClient::OnOpenSocket);
+    curl_easy_setopt(curl_, CURLOPT_OPENSOCKETDATA, this);
+  }
   if (!options.ca_file.empty()) curl_easy_setopt(curl_, CURLOPT_CAINFO, options.ca_file.c_str());
 }
 
@@ -191,6 +200,8 @@ void WebhookClient::Call(CURLU* url, const std::string& body, int attempt, CallR
     Metrics::Global().CallAbandoned();
   }
   curl_easy_setopt(curl_, CURLOPT_ERRORBUFFER, nullptr);
+  // An address refused while another was dialled and answered is no failure.
+  if (result->code == CURLE_OK) result->denied.clear();
   result_ = nullptr;
 }
 
@@ -257,6 +268,24 @@ size_t WebhookClient::OnBody(char* data, size_t size, size_t n, void* self_ptr) 
   return size * n;
 }
 
+// Judges the address libcurl has resolved and is about to connect to, so
+// that a name (or DNS rebinding) cannot lead past the rules: a denied one
+// gets no socket, and the call fails without any connection.
+curl_socket_t WebhookClient::OnOpenSocket(void* self_ptr, curlsocktype, curl_sockaddr* address) {
+  WebhookClient* self = static_cast<WebhookClient*>(self_ptr);
+  NetJudgement judgement = self->net_rules_->Judge(&address->addr);
+  if (!judgement.allowed) {
+    if (self->result_ != nullptr) self->result_->denied = judgement.Reason();
+    return CURL_SOCKET_BAD;
+  }
+  return socket(address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
+}
+
+Verdict Judge(const CallResult& result) {
+  if (!result.denied.empty() || result.too_large) return Verdict::kFail;
+  return Judge(result.code, result.status);
+}
+
 Verdict Judge(CURLcode code, long status) {
   switch (code) {
     case CURLE_OK:
@@ -279,7 +308,8 @@ Verdict Judge(CURLcode code, long status) {
 }
 
 Signal ClassifyCall(const CallResult& r) {
-  if (r.too_large) return Signal::kAnswer;  // the webhook did answer
+  // A reply too long was an answer; a denied address says nothing of the webhook.
+  if (r.too_large || !r.denied.empty()) return Signal::kAnswer;
   if (r.code == CURLE_OK) {
     if (r.status == 429 || r.status == 503) return Signal::kOverload;
     return r.status >= 500 ? Signal::kFault : Signal::kAnswer;
@@ -307,6 +337,7 @@ Clock::duration RetryDelay(const CallResult& result, int attempts, const JobOpti
 }
 
 std::string FailureMessage(const CallResult& r, const JobOptions& options) {
+  if (!r.denied.empty()) return "not called: " + r.denied + " (--deny-net)";
   if (r.too_large) return "the reply is larger than the limit";
   if (r.code == CURLE_OK) return "the webhook answered HTTP " + std::to_string(r.status);
   if (r.code == CURLE_OPERATION_TIMEDOUT) {

@@ -20,10 +20,12 @@
 #include <cstddef>
 #include <cstdint>
 #include <ctime>
+#include <memory>
 #include <random>
 #include <string>
 
 #include "job.hpp"
+#include "net_rules.hpp"
 
 // Appends key percent-encoded as one URL path segment: every byte outside
 // A-Z a-z 0-9 - . _ ~ becomes %xx, in lowercase hex.
@@ -79,6 +81,11 @@ struct CallResult {
   bool too_large = false;             // the reply passed max_reply_bytes and was abandoned
   bool sent = false;                  // some of the request went out
   char error[CURL_ERROR_SIZE] = {0};  // libcurl's detail of code, if any
+  // Why the call was refused before any connection, when every address it
+  // resolved to is denied by the net rules ("address 127.0.0.1 is in denied
+  // net 127.0.0.0/8"); "" otherwise. A final failure, never retried, and no
+  // sign that the webhook is down.
+  std::string denied;
 
   // Readies the result for the next call, keeping its buffers' capacity.
   void Clear() {
@@ -89,6 +96,7 @@ struct CallResult {
     too_large = false;
     sent = false;
     error[0] = '\0';
+    denied.clear();
   }
 };
 
@@ -106,6 +114,9 @@ class WebhookClient {
     // Whether the environment may name a proxy (http_proxy and the like).
     // When false, calls skip libcurl's search of the environment.
     bool proxy_from_env = true;
+    // Which addresses may be dialled; null allows every one. Each address
+    // libcurl is about to connect to is judged (a proxy's, when one is used).
+    std::shared_ptr<const NetRules> net_rules;
   };
 
   // Calls the webhooks of job job_id, set up as job_options say, with its
@@ -127,8 +138,10 @@ class WebhookClient {
   CURLcode Perform();
   std::string LastHeader(const char* name);
   static size_t OnBody(char* data, size_t size, size_t n, void* self_ptr);
+  static curl_socket_t OnOpenSocket(void* self_ptr, curlsocktype purpose, curl_sockaddr* address);
 
   const size_t max_reply_bytes_;
+  const std::shared_ptr<const NetRules> net_rules_;
   const std::string secret_;
   CURL* const curl_;
   CURLM* const multi_;  // drives curl_ and keeps its connection between calls
@@ -157,6 +170,9 @@ enum class Verdict { kSuccess, kRetry, kFail };
 // What to do with one attempt's result: code is libcurl's, status the HTTP
 // status (0 when no reply came).
 Verdict Judge(CURLcode code, long status);
+// The same for a whole result: a denied address or a reply over the limit
+// is a final failure, whatever the code.
+Verdict Judge(const CallResult& result);
 
 // True if the reply asks the whole job to slow down (429 or 503).
 inline bool SlowsJob(long status) { return status == 429 || status == 503; }
