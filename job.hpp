@@ -256,6 +256,11 @@ class Job : public std::enable_shared_from_this<Job> {
                            const CallEnd& end = CallEnd());
   bool RetryLaterAndNext(Input* input, Clock::duration delay, bool pause_job,
                          const CallEnd& end = CallEnd());
+  // Hands back *input, given by NextInput and not sent, to be sent first:
+  // nothing is spent. The worker leaves, yielding its slot of the
+  // Dispatcher's budget; it stays counted in workers_, since the Dispatcher
+  // starts another for the job when its turn comes.
+  void GiveBack(Input* input);
   // True once calls in flight must be abandoned. Safe from any thread.
   const std::atomic<bool>& calls_abandoned() const { return calls_abandoned_; }
   // True once the completion callback must be abandoned too.
