@@ -2,12 +2,16 @@
 
 #include <netdb.h>
 #include <poll.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
+#include <climits>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 namespace {
 
@@ -60,10 +64,104 @@ void AddressText(int fd, bool peer, std::string& ip, int& port) {
   port = atoi(service);
 }
 
+// How long, and for how many bytes, a connection closed with a body's rest
+// unread waits for the client to close it after the reply (Linger).
+constexpr std::chrono::seconds kLinger{1};
+constexpr size_t kMaxLingerBytes = 1 << 20;
+// The longest chunk-size or trailer line of a chunked body that is followed;
+// a longer one closes the connection.
+constexpr size_t kMaxFramingLine = 1024;
+
+// Where a request's body ends, found by following the bytes read after its
+// headers with the framing cpp-httplib reads it by: chunks (a first
+// Transfer-Encoding of "chunked") to the empty one and the blank line after
+// it, else Content-Length bytes, else none. cpp-httplib reads a chunk-size
+// line a byte at a time and a chunk no further than its end, so it never
+// reads past the body; whether it read all of it is what this tells.
+class BodyFraming {
+ public:
+  void Start(const httplib::Request& req) {
+    line_.clear();
+    left_ = 0;
+    state_ = kDone;
+    if (strcasecmp(req.get_header_value("Transfer-Encoding").c_str(), "chunked") == 0) {
+      state_ = kSizeLine;
+    } else if (req.has_header("Content-Length")) {
+      left_ = strtoull(req.get_header_value("Content-Length").c_str(), nullptr, 10);
+      if (left_ > 0) state_ = kLength;
+    }
+  }
+  // Follows the next n bytes, as far as the body goes; returns how many
+  // were the body's.
+  size_t Take(const char* data, size_t n);
+  bool done() const { return state_ == kDone; }
+  // Whether the framing is malformed, or bytes past the body's end were
+  // read with it: where the next request starts is then unknown.
+  bool broken() const { return state_ == kBroken; }
+  void Break() { state_ = kBroken; }
+
+ private:
+  enum State { kDone, kLength, kSizeLine, kData, kDataEnd, kTrailer, kBroken };
+  void EndLine();
+
+  State state_ = kDone;
+  uint64_t left_ = 0;  // of the Content-Length, or of the chunk
+  std::string line_;   // the framing line being read, with its '\n'
+};
+
+size_t BodyFraming::Take(const char* data, size_t n) {
+  size_t i = 0;
+  while (i < n && state_ != kDone && state_ != kBroken) {
+    if (state_ == kLength || state_ == kData) {
+      size_t k = static_cast<size_t>(std::min<uint64_t>(left_, n - i));
+      i += k;
+      left_ -= k;
+      if (left_ == 0) state_ = state_ == kLength ? kDone : kDataEnd;
+    } else if (line_.size() >= kMaxFramingLine) {
+      state_ = kBroken;
+    } else {
+      line_.push_back(data[i++]);
+      if (line_.back() == '\n') {
+        EndLine();
+        line_.clear();
+      }
+    }
+  }
+  return i;
+}
+
+void BodyFraming::EndLine() {
+  switch (state_) {
+    case kSizeLine: {
+      // As cpp-httplib reads it.
+      char* end = nullptr;
+      unsigned long size = strtoul(line_.c_str(), &end, 16);
+      if (end == line_.c_str() || size == ULONG_MAX) {
+        state_ = kBroken;
+      } else if (size == 0) {
+        state_ = kTrailer;
+      } else {
+        left_ = size;
+        state_ = kData;
+      }
+      break;
+    }
+    case kDataEnd:
+      state_ = line_ == "\r\n" ? kSizeLine : kBroken;
+      break;
+    case kTrailer:
+      if (line_ == "\r\n" || line_ == "\n") state_ = kDone;
+      break;
+    default:
+      break;
+  }
+}
+
 // One API connection as cpp-httplib reads and writes it. Until HeadersDone,
 // reads end at the header deadline and the request line and any Range
 // header are bounded (kMaxMatchedLineBytes); then each read and write may
-// take the server's read and write timeouts.
+// take the server's read and write timeouts, and the reads are followed to
+// the end of the request's body.
 class ConnectionStream : public httplib::Stream {
  public:
   ConnectionStream(int fd, Clock::duration read_timeout, Clock::duration write_timeout,
@@ -80,7 +178,23 @@ class ConnectionStream : public httplib::Stream {
     line_bytes_ = 0;
     lines_ = 0;
   }
-  void HeadersDone() { in_headers_ = false; }
+  void HeadersDone(const httplib::Request& req) {
+    in_headers_ = false;
+    body_.Start(req);
+  }
+  // Called before the reply is written: reads and drops the rest of the
+  // request's body, up to budget bytes by deadline. Returns whether the
+  // next request may be read from here; if not, the connection is to close
+  // after the reply (closing()). So it must when the headers were not read
+  // whole (cpp-httplib answers 400 without them).
+  bool FinishRequest(Clock::time_point deadline, size_t budget);
+  void CloseAfterReply() { closing_ = true; }
+  bool closing() const { return closing_; }
+  // Ends the sending side, then reads and drops what the client still
+  // sends, up to budget bytes by deadline or until it closes, so that the
+  // close that follows does not reset the connection (TCP's answer to
+  // unread bytes) before the client has read the reply.
+  void Linger(Clock::time_point deadline, size_t budget);
   // Whether the headers came too slowly or too long: the connection is then
   // closed without an answer, which cpp-httplib would otherwise give.
   bool failed() const { return failed_; }
@@ -105,6 +219,11 @@ class ConnectionStream : public httplib::Stream {
   Clock::time_point ReadBy() const {
     return in_headers_ ? header_deadline_ : Clock::now() + read_timeout_;
   }
+  // Reads what is there into the (used up) buffer; returns recv's result.
+  ssize_t Receive();
+  // Reads what is there into the buffer, once readable by deadline (and
+  // unless stop() holds first); false if nothing came.
+  bool Fill(Clock::time_point deadline, const std::function<bool()>& stop);
   // Counts the header bytes handed out; false once a bounded line is too long.
   bool WithinBounds(const char* data, size_t n);
 
@@ -121,7 +240,25 @@ class ConnectionStream : public httplib::Stream {
   size_t lines_ = 0;       // header lines finished; the first is the request line
   bool bounded_line_ = true;
   bool failed_ = false;
+  BodyFraming body_;
+  bool closing_ = false;
 };
+
+ssize_t ConnectionStream::Receive() {
+  ssize_t n;
+  do {
+    n = recv(fd_, buffer_, sizeof(buffer_), 0);
+  } while (n < 0 && errno == EINTR);
+  if (n > 0) {
+    start_ = 0;
+    end_ = static_cast<size_t>(n);
+  }
+  return n;
+}
+
+bool ConnectionStream::Fill(Clock::time_point deadline, const std::function<bool()>& stop) {
+  return WaitFor(fd_, POLLIN, deadline, stop) && Receive() > 0;
+}
 
 ssize_t ConnectionStream::read(char* ptr, size_t size) {
   if (!buffered()) {
@@ -131,13 +268,8 @@ ssize_t ConnectionStream::read(char* ptr, size_t size) {
       failed_ = in_headers_;
       return -1;
     }
-    ssize_t n;
-    do {
-      n = recv(fd_, buffer_, sizeof(buffer_), 0);
-    } while (n < 0 && errno == EINTR);
+    ssize_t n = Receive();
     if (n <= 0) return n;
-    start_ = 0;
-    end_ = static_cast<size_t>(n);
   }
   size_t n = std::min(size, end_ - start_);
   if (in_headers_ && !WithinBounds(buffer_ + start_, n)) {
@@ -146,7 +278,30 @@ ssize_t ConnectionStream::read(char* ptr, size_t size) {
   }
   memcpy(ptr, buffer_ + start_, n);
   start_ += n;
+  // Bytes past the body's end are the next request's, and now lost.
+  if (!in_headers_ && body_.Take(ptr, n) < n) body_.Break();
   return static_cast<ssize_t>(n);
+}
+
+void ConnectionStream::Linger(Clock::time_point deadline, size_t budget) {
+  shutdown(fd_, SHUT_WR);
+  start_ = end_;
+  while (budget > 0 && Fill(deadline, stopping_)) {
+    budget -= std::min(budget, end_ - start_);
+    start_ = end_;
+  }
+}
+
+bool ConnectionStream::FinishRequest(Clock::time_point deadline, size_t budget) {
+  if (in_headers_) return false;
+  while (!body_.done()) {
+    if (body_.broken() || budget == 0) return false;
+    if (!buffered() && !Fill(deadline, stopping_)) return false;
+    size_t n = body_.Take(buffer_ + start_, std::min(end_ - start_, budget));
+    start_ += n;
+    budget -= n;
+  }
+  return true;
 }
 
 bool ConnectionStream::WithinBounds(const char* data, size_t n) {
@@ -188,13 +343,36 @@ ssize_t ConnectionStream::write(const char* ptr, size_t size) {
   return static_cast<ssize_t>(sent);
 }
 
+// The connection this thread serves, for the post-routing handler.
+thread_local ConnectionStream* t_stream = nullptr;
+
 }  // namespace
 
 ApiServer::ApiServer(size_t max_connections, std::chrono::milliseconds header_timeout,
                      CloseAfter close)
     : max_connections_(max_connections),
       header_timeout_(header_timeout),
-      close_after_(std::move(close)) {}
+      close_after_(std::move(close)) {
+  httplib::Server::set_post_routing_handler(
+      [this](const httplib::Request& req, httplib::Response& res) {
+        if (post_routing_) post_routing_(req, res);
+        ConnectionStream* stream = t_stream;
+        if (stream == nullptr) return;
+        // A reply that closes the connection (close_after_, the client's
+        // "Connection: close", the last request allowed) leaves the body.
+        if (res.get_header_value("Connection") == "close") return;
+        if (!stream->FinishRequest(Clock::now() + header_timeout_, kMaxDrainBytes)) {
+          stream->CloseAfterReply();
+          res.headers.erase("Keep-Alive");
+          res.set_header("Connection", "close");
+        }
+      });
+}
+
+ApiServer& ApiServer::set_post_routing_handler(Handler handler) {
+  post_routing_ = std::move(handler);
+  return *this;
+}
 
 bool ApiServer::process_and_close_socket(socket_t sock) {
   if (open_.fetch_add(1) >= max_connections_) {
@@ -218,6 +396,10 @@ void ApiServer::Serve(socket_t sock) {
   auto stopping = [this] { return svr_sock_ == INVALID_SOCKET; };
   ConnectionStream stream(sock, std::chrono::seconds(read_timeout_sec_),
                           std::chrono::seconds(write_timeout_sec_), stopping);
+  t_stream = &stream;
+  struct Unset {
+    ~Unset() { t_stream = nullptr; }
+  } unset;
   auto deadline = Clock::now() + header_timeout_;
   for (size_t served = 0; served < keep_alive_max_count_; ++served) {
     if (served > 0) {
@@ -234,7 +416,7 @@ void ApiServer::Serve(socket_t sock) {
     bool connection_closed = false;
     bool ok =
         process_request(stream, close_connection, connection_closed, [&](httplib::Request& req) {
-          stream.HeadersDone();
+          stream.HeadersDone(req);
           if (close_after_ && close_after_(req)) {
             // Read again when the reply is written, so
             // that it says "Connection: close".
@@ -243,6 +425,10 @@ void ApiServer::Serve(socket_t sock) {
             connection_closed = true;
           }
         });
+    if (stream.closing()) {
+      if (ok) stream.Linger(Clock::now() + kLinger, kMaxLingerBytes);
+      return;
+    }
     if (!ok || connection_closed || close_connection || stream.failed()) return;
   }
 }

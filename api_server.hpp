@@ -9,7 +9,15 @@
 //    sending a byte at a time (slowloris) renews forever;
 //  - a bounded request line and Range header: cpp-httplib matches both
 //    with libstdc++'s std::regex, which recurses once per character, so
-//    that these bounds are what lets the HTTP threads have a small stack.
+//    that these bounds are what lets the HTTP threads have a small stack;
+//  - a kept-alive connection's next request starts where the last one's
+//    body ends: the rest of a body its route left unread (a 413 past
+//    --max-body) is read and dropped before the reply, up to
+//    kMaxDrainBytes within the header deadline, else the reply says
+//    "Connection: close" and the connection is closed. (cpp-httplib made
+//    a new stream for each request, dropping what it had buffered, so a
+//    body's rest was lost if it came in the same read, else parsed as the
+//    next request.)
 // cpp-httplib parses each request and runs the routes, through its
 // protected process_request, on a Stream of this file's making.
 //
@@ -29,6 +37,9 @@
 // the connection unanswered. The longest of pmmap's own request lines is
 // about 120 bytes.
 constexpr size_t kMaxMatchedLineBytes = 1024;
+// The most of a body's rest, unread by its route, that is read and dropped
+// to keep the connection; past it the connection is closed instead.
+constexpr size_t kMaxDrainBytes = 64 << 10;
 
 class ApiServer : public httplib::Server {
  public:
@@ -43,6 +54,10 @@ class ApiServer : public httplib::Server {
   ApiServer(const ApiServer&) = delete;
   ApiServer& operator=(const ApiServer&) = delete;
 
+  // ApiServer's own post-routing handler finishes each request's body; this
+  // one, if set, runs before it.
+  ApiServer& set_post_routing_handler(Handler handler);
+
   // The connections open now, and those refused so far for the cap.
   size_t open_connections() const { return open_.load(); }
   uint64_t refused_connections() const { return refused_.load(); }
@@ -56,6 +71,7 @@ class ApiServer : public httplib::Server {
   const size_t max_connections_;
   const std::chrono::milliseconds header_timeout_;
   const CloseAfter close_after_;
+  Handler post_routing_;
   std::atomic<size_t> open_{0};
   std::atomic<uint64_t> refused_{0};
 };

@@ -32,7 +32,6 @@
 #include <cstdint>
 #include <string>
 
-
 struct JobOptions;  // job.hpp
 
 // The clock of every deadline of a job's.
@@ -65,7 +64,9 @@ class Circuit {
 
   // True if a call may start now with in_flight calls out, without the
   // clock: the circuit is closed and the limit allows one more.
-  bool Admits(size_t in_flight) const { return state_ == CircuitState::kClosed && in_flight < cap_; }
+  bool Admits(size_t in_flight) const {
+    return state_ == CircuitState::kClosed && in_flight < cap_;
+  }
   // When the circuit is open: true if a probe may start at now (then call
   // StartProbe with the call's ticket), else false with *wake set to when
   // to ask again. False while a probe is out.
@@ -111,9 +112,9 @@ class Circuit {
 
   CircuitState state_ = CircuitState::kClosed;
   int failures_in_a_row_ = 0;
-  double limit_;         // calls in flight allowed, fractional as it creeps up
-  size_t cap_;           // limit_ as a whole number, at least 1
-  double slow_start_;    // below this, each real answer raises the limit by one
+  double limit_;             // calls in flight allowed, fractional as it creeps up
+  size_t cap_;               // limit_ as a whole number, at least 1
+  double slow_start_;        // below this, each real answer raises the limit by one
   uint32_t generation_ = 0;  // bumped whenever the limit is cut or the circuit changes
   Clock::time_point opened_at_;
   Clock::time_point probe_at_;

@@ -581,7 +581,7 @@ bool Job::NextInputLocked(Input* input) {
 }
 
 bool Job::MayCall(Clock::time_point now, Clock::time_point* wake, bool* probe) {
-  if (paused_) return false;  // Unpause wakes the workers
+  if (paused_) return false;                                      // Unpause wakes the workers
   if (paused_until_ <= now) paused_until_ = Clock::time_point();  // over: back to the fast path
   if (paused_until_ > now) {
     *wake = std::min(*wake, paused_until_);

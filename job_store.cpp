@@ -253,7 +253,8 @@ Status ParseRecord(const std::string& text, const std::string& file_id, JobRecor
     if (!seen.insert(name).second) return Status::Invalid(quoted + ": given twice");
   }
   for (const std::string& name : kFields) {
-    if (!doc.HasMember(name.c_str()) && name != "paused") return Status::Invalid(name + ": missing");
+    if (!doc.HasMember(name.c_str()) && name != "paused")
+      return Status::Invalid(name + ": missing");
   }
   if (!doc["version"].IsInt() || doc["version"].GetInt() != kJobRecordVersion) {
     return Status::Invalid("version: expected " + std::to_string(kJobRecordVersion));

@@ -5,11 +5,11 @@
 #include <rapidjson/error/en.h>
 #include <rapidjson/memorystream.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <algorithm>
 #include <set>
 
 #include "json.hpp"
@@ -353,9 +353,8 @@ Status ParseJobField(const std::string& name, const rapidjson::Value& v, JobOpti
 }
 
 // The fields PATCH /job/{id} may change.
-const char* const kLiveFields[] = {"concurrency",  "rate_per_sec",   "timeout_ms",
-                                   "max_attempts", "backoff_ms",     "max_backoff_ms",
-                                   "max_outage_ms", "adaptive"};
+const char* const kLiveFields[] = {"concurrency", "rate_per_sec",   "timeout_ms",    "max_attempts",
+                                   "backoff_ms",  "max_backoff_ms", "max_outage_ms", "adaptive"};
 
 // Sets the live field name of *to to its value in from.
 void CopyLiveField(const std::string& name, const JobOptions& from, JobOptions* to) {

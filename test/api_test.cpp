@@ -522,9 +522,10 @@ TEST_CASE("an unreachable webhook ends as an error with status 0 after max_attem
   RefusingPort refusing;
   PmmapProcess pmmap;
   // Without the circuit breaker, which would hold the job for max_outage_ms.
-  std::string id = CreateJob(pmmap, JobBody(refusing.url(), "\"max_attempts\":3,\"timeout_ms\":2000,"
-                                                            "\"max_outage_ms\":0," +
-                                                                std::string(kFastRetry)));
+  std::string id = CreateJob(pmmap, JobBody(refusing.url(),
+                                            "\"max_attempts\":3,\"timeout_ms\":2000,"
+                                            "\"max_outage_ms\":0," +
+                                                std::string(kFastRetry)));
   REQUIRE(Http(pmmap.base_url(), "PUT", JobPath(id, "/input"), MakeInputs(2)).status == 201);
   REQUIRE(Http(pmmap.base_url(), "POST", JobPath(id, "/complete")).status == 200);
   rapidjson::Document out = Output(pmmap, id);

@@ -2,9 +2,10 @@
 // with a clock the test moves by hand, and of ClassifyCall (webhook.hpp),
 // which tells Circuit what a call's result means.
 
+#include "circuit.hpp"
+
 #include <catch2/catch.hpp>
 
-#include "circuit.hpp"
 #include "job.hpp"
 #include "webhook.hpp"
 
@@ -59,8 +60,9 @@ TEST_CASE("ClassifyCall tells real answers from faults, overloads and calls that
   CHECK(ClassifyCall(r) == Signal::kAnswer);
 }
 
-TEST_CASE("Circuit opens after kOpenAfter failures in a row, and an answer between resets the count",
-          "[unit][circuit]") {
+TEST_CASE(
+    "Circuit opens after kOpenAfter failures in a row, and an answer between resets the count",
+    "[unit][circuit]") {
   const JobOptions options = Options();
   Circuit circuit(options);
   Clock::time_point now = Clock::now();
@@ -85,7 +87,8 @@ TEST_CASE("Circuit sends one probe after backoff_ms, doubling the wait up to max
   const JobOptions options = Options();
   Circuit circuit(options);
   Clock::time_point now = Clock::now();
-  for (int i = 0; i < Circuit::kOpenAfter; ++i) RecordNow(&circuit, Signal::kUnreachable, now, options);
+  for (int i = 0; i < Circuit::kOpenAfter; ++i)
+    RecordNow(&circuit, Signal::kUnreachable, now, options);
   REQUIRE(circuit.state() == CircuitState::kOpen);
   int64_t expected_wait_ms = options.backoff_ms;
   for (int round = 0; round < 4; ++round) {
@@ -111,7 +114,8 @@ TEST_CASE("Circuit closes on a real answer and ramps up from one call rather tha
   Circuit circuit(options);
   Clock::time_point now = Clock::now();
   CHECK(circuit.limit() == 16);  // a job starts at its ceiling
-  for (int i = 0; i < Circuit::kOpenAfter; ++i) RecordNow(&circuit, Signal::kUnreachable, now, options);
+  for (int i = 0; i < Circuit::kOpenAfter; ++i)
+    RecordNow(&circuit, Signal::kUnreachable, now, options);
   Clock::time_point wake;
   REQUIRE(circuit.ProbeDue(now + milliseconds(options.backoff_ms), &wake));
   Circuit::Ticket probe = circuit.Issue();

@@ -159,16 +159,17 @@ TEST_CASE("An outage of a few seconds in the middle of a job ends with every inp
   webhook->SetHandler(slow_echo);
   PmmapProcess pmmap;
   // Five attempts would be spent in about a second without the breaker.
-  std::string id = CreateJob(pmmap, JobBody(url, "\"concurrency\":8,\"max_attempts\":2,"
-                                                 "\"backoff_ms\":50,\"max_backoff_ms\":400"));
+  std::string id = CreateJob(pmmap, JobBody(url,
+                                            "\"concurrency\":8,\"max_attempts\":2,"
+                                            "\"backoff_ms\":50,\"max_backoff_ms\":400"));
   const int n = 2000;
   REQUIRE(Http(pmmap.base_url(), "PUT", "/job/" + id + "/input", MakeInputs(n)).status == 201);
   REQUIRE(Http(pmmap.base_url(), "POST", "/job/" + id + "/complete").status == 200);
   REQUIRE(WaitUntil([&] { return webhook->call_count() >= 200; }));
   webhook.reset();  // the webhook goes down
 
-  rapidjson::Document open =
-      WaitForJob(pmmap, id, [](const rapidjson::Document& j) { return Text(j, "circuit") != "closed"; });
+  rapidjson::Document open = WaitForJob(
+      pmmap, id, [](const rapidjson::Document& j) { return Text(j, "circuit") != "closed"; });
   CHECK(open["outage_since"].IsString());
   REQUIRE(open["last_error"].IsObject());
   CHECK_THAT(Text(open["last_error"], "message"), Catch::Contains("connect"));
@@ -193,8 +194,9 @@ TEST_CASE("A webhook that sheds load ends with every input succeeded under a low
           "[outage]") {
   SheddingWebhook webhook(4);
   PmmapProcess pmmap;
-  std::string id = CreateJob(pmmap, JobBody(webhook.url(), "\"concurrency\":64,\"backoff_ms\":10,"
-                                                           "\"max_backoff_ms\":100"));
+  std::string id = CreateJob(pmmap, JobBody(webhook.url(),
+                                            "\"concurrency\":64,\"backoff_ms\":10,"
+                                            "\"max_backoff_ms\":100"));
   const int n = 600;
   REQUIRE(Http(pmmap.base_url(), "PUT", "/job/" + id + "/input", MakeInputs(n)).status == 201);
   REQUIRE(Http(pmmap.base_url(), "POST", "/job/" + id + "/complete").status == 200);
@@ -218,9 +220,10 @@ TEST_CASE("A webhook that never comes back ends the job after max_outage_ms, say
           "[outage]") {
   RefusingPort refusing;
   PmmapProcess pmmap;
-  std::string id = CreateJob(pmmap, JobBody(refusing.url(), "\"concurrency\":4,\"backoff_ms\":20,"
-                                                            "\"max_backoff_ms\":100,"
-                                                            "\"max_outage_ms\":1000"));
+  std::string id = CreateJob(pmmap, JobBody(refusing.url(),
+                                            "\"concurrency\":4,\"backoff_ms\":20,"
+                                            "\"max_backoff_ms\":100,"
+                                            "\"max_outage_ms\":1000"));
   REQUIRE(Http(pmmap.base_url(), "PUT", "/job/" + id + "/input", MakeInputs(10)).status == 201);
   auto start = std::chrono::steady_clock::now();
   REQUIRE(Http(pmmap.base_url(), "POST", "/job/" + id + "/complete").status == 200);
@@ -246,17 +249,18 @@ TEST_CASE("A webhook that answers 500 to everything holds the job until max_outa
   Webhook webhook;
   webhook.SetHandler([](const Webhook::Call&, httplib::Response& res) { res.status = 500; });
   PmmapProcess pmmap;
-  std::string id = CreateJob(pmmap, JobBody(webhook.url(), "\"backoff_ms\":20,"
-                                                           "\"max_backoff_ms\":100,"
-                                                           "\"max_outage_ms\":800"));
+  std::string id = CreateJob(pmmap, JobBody(webhook.url(),
+                                            "\"backoff_ms\":20,"
+                                            "\"max_backoff_ms\":100,"
+                                            "\"max_outage_ms\":800"));
   REQUIRE(Http(pmmap.base_url(), "PUT", "/job/" + id + "/input", MakeInputs(3)).status == 201);
   REQUIRE(Http(pmmap.base_url(), "POST", "/job/" + id + "/complete").status == 200);
   rapidjson::Document done = WaitForJob(pmmap, id, Ended, seconds(15));
   CHECK(U64(done, "failed") == 3);
   HttpResult out = Http(pmmap.base_url(), "GET", "/job/" + id + "/output?format=ndjson");
   for (const rapidjson::Document& e : ParseLines(out.body)) {
-    CHECK_THAT(Str(e["error"], "message"), Catch::Contains("max_outage_ms") &&
-                                               Catch::Contains("HTTP 500"));
+    CHECK_THAT(Str(e["error"], "message"),
+               Catch::Contains("max_outage_ms") && Catch::Contains("HTTP 500"));
   }
   // Probes kept coming while it waited, one at a time.
   CHECK(webhook.call_count() > 5);
@@ -283,10 +287,11 @@ TEST_CASE("max_outage_ms 0 restores fast failure, and adaptive false keeps the c
           "[outage]") {
   RefusingPort refusing;
   PmmapProcess pmmap;
-  std::string fast = CreateJob(pmmap, JobBody(refusing.url(), "\"max_attempts\":2,\"backoff_ms\":1,"
-                                                              "\"max_outage_ms\":0,"
-                                                              "\"adaptive\":false,"
-                                                              "\"concurrency\":4"));
+  std::string fast = CreateJob(pmmap, JobBody(refusing.url(),
+                                              "\"max_attempts\":2,\"backoff_ms\":1,"
+                                              "\"max_outage_ms\":0,"
+                                              "\"adaptive\":false,"
+                                              "\"concurrency\":4"));
   REQUIRE(Http(pmmap.base_url(), "PUT", "/job/" + fast + "/input", MakeInputs(20)).status == 201);
   REQUIRE(Http(pmmap.base_url(), "POST", "/job/" + fast + "/complete").status == 200);
   rapidjson::Document done = WaitForJob(pmmap, fast, Ended);
@@ -298,10 +303,11 @@ TEST_CASE("max_outage_ms 0 restores fast failure, and adaptive false keeps the c
   CHECK(U64(done, "max_outage_ms") == 0);
 
   // The same refusals with adaptive on (and the breaker off) cut the limit.
-  std::string adaptive = CreateJob(pmmap, JobBody(refusing.url(), "\"max_attempts\":2,"
-                                                                  "\"backoff_ms\":1,"
-                                                                  "\"max_outage_ms\":0,"
-                                                                  "\"concurrency\":4"));
+  std::string adaptive = CreateJob(pmmap, JobBody(refusing.url(),
+                                                  "\"max_attempts\":2,"
+                                                  "\"backoff_ms\":1,"
+                                                  "\"max_outage_ms\":0,"
+                                                  "\"concurrency\":4"));
   REQUIRE(Http(pmmap.base_url(), "PUT", "/job/" + adaptive + "/input", MakeInputs(20)).status ==
           201);
   REQUIRE(Http(pmmap.base_url(), "POST", "/job/" + adaptive + "/complete").status == 200);
@@ -310,8 +316,7 @@ TEST_CASE("max_outage_ms 0 restores fast failure, and adaptive false keeps the c
   CHECK(U64(done, "effective_concurrency") < 4);
 }
 
-TEST_CASE("Pause stops calls, resume restarts them, and pause on an ended job is 409",
-          "[outage]") {
+TEST_CASE("Pause stops calls, resume restarts them, and pause on an ended job is 409", "[outage]") {
   Webhook webhook;
   PmmapProcess pmmap;
   std::string id = CreateJob(pmmap, JobBody(webhook.url(), "\"maxsize\":10"));
@@ -374,10 +379,14 @@ TEST_CASE("PATCH changes a running job's settings and refuses bad values, changi
   // The raised ceiling lets more calls out at once.
   CHECK(WaitUntil([&] { return webhook.in_flight() == 3; }));
 
-  const char* const bad[] = {
-      "{\"concurrency\":0}",         "{\"url\":\"http://127.0.0.1:1/x\"}", "{\"maxsize\":5}",
-      "{\"max_outage_ms\":-1}",      "{\"adaptive\":\"yes\"}",             "not json",
-      "{\"timeout_ms\":1,\"timeout_ms\":2}", "[1]"};
+  const char* const bad[] = {"{\"concurrency\":0}",
+                             "{\"url\":\"http://127.0.0.1:1/x\"}",
+                             "{\"maxsize\":5}",
+                             "{\"max_outage_ms\":-1}",
+                             "{\"adaptive\":\"yes\"}",
+                             "not json",
+                             "{\"timeout_ms\":1,\"timeout_ms\":2}",
+                             "[1]"};
   for (const char* body : bad) {
     INFO(body);
     RequireError(Http(pmmap.base_url(), "PATCH", job, body), 400);

@@ -11,7 +11,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
+#include <cstdio>
+#include <string>
+#include <thread>
 
 #include "net_rules.hpp"
 #include "test/harness.hpp"
@@ -275,6 +279,65 @@ TEST_CASE(
   CHECK(closed);
   CHECK(reply.rfind("HTTP/1.1 401", 0) == 0);
   CHECK(reply.find("HTTP/1.1", 5) == std::string::npos);  // one reply, not two
+}
+
+namespace {
+
+// A chunked body of size bytes in chunks of chunk bytes, with its last chunk.
+std::string ChunkedBody(size_t size, size_t chunk) {
+  std::string body;
+  for (size_t at = 0; at < size; at += chunk) {
+    size_t n = std::min(chunk, size - at);
+    char line[16];
+    snprintf(line, sizeof(line), "%zx\r\n", n);
+    body += line + std::string(n, 'x') + "\r\n";
+  }
+  return body + "0\r\n\r\n";
+}
+
+}  // namespace
+
+TEST_CASE(
+    "the rest of a body refused with 413 is skipped to keep the connection, or, when large, the "
+    "reply says Connection: close and the connection closes",
+    "[security]") {
+  PmmapProcess pmmap({"--max-body", "1000"});
+  const std::string head = "POST /job HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+  SECTION("the rest comes later, in pieces") {
+    RawConnection c(pmmap.port());
+    std::string body = ChunkedBody(3000, 600);
+    c.Send(head + body.substr(0, 1300));
+    std::this_thread::sleep_for(milliseconds(200));
+    c.Send(body.substr(1300, 1000));
+    std::this_thread::sleep_for(milliseconds(200));
+    c.Send(body.substr(2300) + "GET /jobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    bool closed = false;
+    std::string reply = c.ReadUntilClosed(seconds(10), &closed);
+    INFO(reply);
+    CHECK(closed);
+    CHECK(reply.rfind("HTTP/1.1 413", 0) == 0);
+    size_t second = reply.find("HTTP/1.1", 5);
+    REQUIRE(second != std::string::npos);
+    CHECK(reply.compare(second, 12, "HTTP/1.1 200") == 0);
+    CHECK(reply.find("HTTP/1.1", second + 5) == std::string::npos);
+  }
+  SECTION("the rest is past kMaxDrainBytes") {
+    RawConnection c(pmmap.port());
+    std::string request = head + ChunkedBody(200 << 10, 4096) +
+                          "GET /jobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    // The server may close before taking it all; what it answers is what counts.
+    ssize_t ignored = send(c.fd(), request.data(), request.size(), MSG_NOSIGNAL);
+    (void)ignored;
+    bool closed = false;
+    std::string reply = c.ReadUntilClosed(seconds(10), &closed);
+    INFO(reply.substr(0, 300));
+    CHECK(closed);
+    CHECK(reply.rfind("HTTP/1.1 413", 0) == 0);
+    CHECK(reply.find("\r\nConnection: close\r\n") != std::string::npos);
+    CHECK(reply.find("HTTP/1.1", 5) == std::string::npos);  // the GET was never read
+  }
+  // Nothing was created, and the server still answers.
+  CHECK(ParseJson(Http(pmmap.base_url(), "GET", "/jobs").body).Size() == 0);
 }
 
 TEST_CASE("the token may come from a file or the environment; --metrics-open opens /metrics only",
