@@ -98,8 +98,15 @@ void Dispatcher::RunWorker(const std::shared_ptr<Job>& job) {
   std::string entry;
   bool more = job->NextInput(&input);
   while (more) {
+    const Clock::time_point start = Clock::now();
     client.Call(urls.For(input.key), input.value, input.attempts, &result);
+    const Clock::time_point end = Clock::now();
     Verdict verdict = result.too_large ? Verdict::kFail : Judge(result.code, result.status);
+    // A call aborted by cancel or delete is no call of the webhook's.
+    const bool aborted = result.code == CURLE_ABORTED_BY_CALLBACK;
+    std::string message;
+    if (verdict != Verdict::kSuccess && !aborted) message = FailureMessage(result, options);
+    if (!aborted) job->stats().RecordCall(end, end - start, verdict == Verdict::kSuccess, message);
     if (verdict == Verdict::kRetry && input.attempts < options.max_attempts) {
       more = job->RetryLaterAndNext(&input, RetryDelay(result, input.attempts, options, &rng),
                                     SlowsJob(result.status));
@@ -116,14 +123,14 @@ void Dispatcher::RunWorker(const std::shared_ptr<Job>& job) {
         AppendJsonString(result.body, &value);
       }
       AppendSuccessEntry(input.key, value, &entry);
-    } else if (result.code == CURLE_ABORTED_BY_CALLBACK) {
+    } else if (aborted) {
       // Cancelled or discarded: Cancel has stored this input's entry and
       // StoreOutcomeAndNext drops this one; it is here only so that no path
       // loses it.
       entry = ErrorEntry(input.key, 0, "cancelled", "", input.attempts);
     } else {
-      std::string message = FailureMessage(result, options);
       LogJobEvent(job->id(), "failure", "key " + input.key + ": " + message);
+      job->stats().RecordFailure(input.key, result.status, message, input.attempts);
       entry = ErrorEntry(input.key, result.status, message, result.body.substr(0, kErrorBodyBytes),
                          input.attempts);
     }

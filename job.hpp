@@ -47,6 +47,7 @@
 #include <string>
 #include <vector>
 
+#include "job_stats.hpp"
 #include "key_table.hpp"
 #include "mutex.hpp"
 #include "output.hpp"
@@ -213,6 +214,9 @@ class Job : public std::enable_shared_from_this<Job> {
   // which halves the contention between many workers.
   bool StoreOutcomeAndNext(Input* input, const std::string& entry, bool success);
   bool RetryLaterAndNext(Input* input, Clock::duration delay, bool pause_job);
+  // The page's numbers of the job's calls (job_stats.hpp): the workers
+  // record each finished attempt. Internally synchronized.
+  JobStats& stats() { return stats_; }
   // True once calls in flight must be abandoned. Safe from any thread.
   const std::atomic<bool>& calls_abandoned() const { return calls_abandoned_; }
   // True once the completion callback must be abandoned too.
@@ -326,6 +330,7 @@ class Job : public std::enable_shared_from_this<Job> {
   // See the top of this file. callback_abandoned_ implies calls_abandoned_.
   std::atomic<bool> calls_abandoned_{false};
   std::atomic<bool> callback_abandoned_{false};
+  JobStats stats_;
 
   // Every CondVar waits on mutex_; every field below it guards.
   Mutex mutex_;
