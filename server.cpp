@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -19,6 +20,7 @@
 #include "json.hpp"
 #include "log.hpp"
 #include "metrics.hpp"
+#include "page.hpp"
 #include "request.hpp"
 
 namespace {
@@ -165,6 +167,11 @@ const Server::Route Server::kRoutes[] = {
     {"GET", R"(/job/([^/]+)/output)", &Server::StreamOutput},
     {"GET", R"(/healthz)", &Server::Health},
     {"GET", R"(/metrics)", &Server::ShowMetrics},
+    {"GET", R"(/)", &Server::ServePage},
+    {"GET", R"(/page/([^/]+))", &Server::ServePage},
+    {"GET", R"(/events)", &Server::StreamJobsEvents},
+    {"GET", R"(/job/([^/]+)/events)", &Server::StreamJobEvents},
+    {"GET", R"(/job/([^/]+)/stats)", &Server::ShowJobStats},
 };
 
 void Server::InstallRoutes() {
@@ -363,9 +370,84 @@ void Server::ShowMetrics(const httplib::Request&, std::string, httplib::Response
   res.set_content(Metrics::Global().Render(jobs_by_state), "text/plain; version=0.0.4");
 }
 
+void Server::ServePage(const httplib::Request& req, std::string, httplib::Response& res) {
+  const std::string name = req.matches.size() > 1 ? req.matches[1].str() : "index.html";
+  for (size_t i = 0; i < kPageFileCount; ++i) {
+    const PageFile& file = kPageFiles[i];
+    if (name != file.name) continue;
+    // The page loads nothing from elsewhere, and the browser is told so
+    // (its bars' widths are inline styles).
+    res.set_header("Content-Security-Policy",
+                   "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+                   "script-src 'self'; connect-src 'self'; frame-ancestors 'none'");
+    res.set_header("Cache-Control", "no-cache");
+    res.set_header("X-Content-Type-Options", "nosniff");
+    res.set_content(reinterpret_cast<const char*>(file.data), file.size, file.content_type);
+    return;
+  }
+  ReplyError(res, Status::NotFound("no page file \"" + name + "\""));
+}
+
+EventStreams::HungUp Server::CallerHungUp(const httplib::Request& req) {
+  auto caller = std::make_shared<std::unique_ptr<CallerSocket>>();
+  const std::string local_addr = req.local_addr;
+  const std::string remote_addr = req.remote_addr;
+  const int local_port = req.local_port;
+  const int remote_port = req.remote_port;
+  return [=] {
+    if (!*caller) caller->reset(new CallerSocket(local_addr, local_port, remote_addr, remote_port));
+    return (*caller)->HungUp();
+  };
+}
+
+std::string Server::JobsSnapshot(const EventsQuery& query) {
+  const std::vector<std::shared_ptr<Job>> jobs = table_->List();  // oldest first
+  const Clock::time_point now = Clock::now();
+  std::string out = "{\"total\":" + std::to_string(jobs.size()) +
+                    ",\"offset\":" + std::to_string(query.offset) + ",\"jobs\":[";
+  for (uint64_t i = query.offset, shown = 0; i < jobs.size() && shown < query.limit;
+       ++i, ++shown) {
+    const std::shared_ptr<Job>& job = jobs[jobs.size() - 1 - i];
+    std::string json = job->ToJson();
+    json.pop_back();  // its closing brace: the stats' summary joins the object
+    out.append(shown > 0 ? "," : "").append(json).append(",\"stats\":");
+    out.append(job->stats().SummaryJson(now)).push_back('}');
+  }
+  out.append("]}");
+  return out;
+}
+
+std::string Server::JobSnapshot(const std::string& id) {
+  std::shared_ptr<Job> job = table_->Find(id);
+  if (!job) return std::string();
+  return "{\"job\":" + job->ToJson() + ",\"stats\":" + job->stats().ToJson(Clock::now()) + "}";
+}
+
+void Server::StreamJobsEvents(const httplib::Request& req, std::string, httplib::Response& res) {
+  EventsQuery query;
+  Status s = ParseEventsQuery(req.params, &query);
+  if (!s.ok()) return ReplyError(res, s);
+  events_.Serve(
+      res, [this, query] { return JobsSnapshot(query); }, CallerHungUp(req));
+}
+
+void Server::StreamJobEvents(const httplib::Request& req, std::string, httplib::Response& res) {
+  std::shared_ptr<Job> job = FindJob(req, res);
+  if (!job) return;
+  const std::string id = job->id();
+  events_.Serve(
+      res, [this, id] { return JobSnapshot(id); }, CallerHungUp(req));
+}
+
+void Server::ShowJobStats(const httplib::Request& req, std::string, httplib::Response& res) {
+  if (auto job = FindJob(req, res)) Reply(res, 200, job->stats().ToJson(Clock::now()));
+}
+
 // Life
 
-Server::Server(Flags flags) : flags_(std::move(flags)) {}
+Server::Server(Flags flags)
+    : flags_(std::move(flags)),
+      events_(std::min(kMaxEventStreams, std::max<size_t>(1, flags_.http_threads / 2))) {}
 
 Server::~Server() {
   // Jobs, and with them their files, are gone once the table is and every
@@ -505,6 +587,7 @@ void Server::ExpireJobsUntilStopping() {
 
 void Server::StopJobsAndListening() {
   table_->StopAll();  // answers every waiting caller; removes the files unless durable
+  events_.Stop();     // ends every event stream, which holds an API thread
   http_.stop();
 }
 

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "dispatcher.hpp"
+#include "events.hpp"
 #include "flags.hpp"
 #include "job_table.hpp"
 #include "mutex.hpp"
@@ -67,6 +68,19 @@ class Server {
   void StreamOutput(const httplib::Request& req, std::string body, httplib::Response& res);
   void Health(const httplib::Request& req, std::string body, httplib::Response& res);
   void ShowMetrics(const httplib::Request& req, std::string body, httplib::Response& res);
+  // The page at / and its files (page.hpp), its live feeds and a job's stats.
+  void ServePage(const httplib::Request& req, std::string body, httplib::Response& res);
+  void StreamJobsEvents(const httplib::Request& req, std::string body, httplib::Response& res);
+  void StreamJobEvents(const httplib::Request& req, std::string body, httplib::Response& res);
+  void ShowJobStats(const httplib::Request& req, std::string body, httplib::Response& res);
+
+  // What GET /events shows: the page of jobs that query asks for, newest
+  // first, each with its stats' summary, and how many jobs there are.
+  std::string JobsSnapshot(const EventsQuery& query);
+  // What GET /job/{id}/events shows: the job and its stats; "" once it is gone.
+  std::string JobSnapshot(const std::string& id);
+  // Whether the caller of req hung up; finds its socket on the first call.
+  static EventStreams::HungUp CallerHungUp(const httplib::Request& req);
 
   // Does act to the job named in the path and answers with the job, or
   // with act's refusal (complete and cancel).
@@ -91,6 +105,7 @@ class Server {
   void DrainConnections();
 
   Flags flags_;
+  EventStreams events_;  // bounded by flags_.http_threads: after it
   sigset_t stop_signals_;      // SIGINT and SIGTERM, blocked by Start
   bool own_data_dir_ = false;  // made by Start, removed by the destructor
   int bound_port_ = 0;
