@@ -58,7 +58,8 @@ FUZZ_SOURCES := test/fuzz_main.cpp json.cpp request.cpp job.cpp job_files.cpp ou
 LIB_OBJECTS := $(LIB_SOURCES:%.cpp=$(BUILD)/%.o)
 TEST_OBJECTS := $(TEST_SOURCES:%.cpp=$(BUILD)/%.o)
 
-.PHONY: all deps run test asan tsan fuzz soak demo bench clean lint format fresh-test image-test mutants
+.PHONY: all deps run test asan tsan fuzz soak demo bench clean lint format fresh-test image-test mutants \
+        ui-test
 
 all: $(PMMAP) $(PMMAP_TEST)
 
@@ -146,6 +147,16 @@ build/lint/%.ok: %.cpp
 
 format:
 	clang-format-14 -i $(FORMAT_FILES)
+
+# The page at / in a real browser: test/ui_test.py (Python's standard
+# library only) drives headless Chromium over its DevTools pipe against the
+# real binary and a slow webhook, and saves build/ui-list.png, ui-job.png
+# and ui-phone.png. Its last line is "N passed, N failed"; about 15 s.
+UI_PACKAGES := chromium
+ui-test: deps
+	$(call install,$(UI_PACKAGES))
+	$(MAKE) -j$(JOBS) $(PMMAP)
+	python3 test/ui_test.py --pmmap ./$(PMMAP) --out $(BUILD)
 
 # Every planted bug of test/mutants.txt, each alone in a scratch copy of the
 # tree: fails unless the tests it names catch it. MUTANTS="name ..." picks

@@ -265,7 +265,7 @@ function showList(ctl) {
       if (!tr) {
         tr = el('tr', {'data-job-id': j.id});
         for (const [key, label] of LIST_COLUMNS) {
-          tr.append(el('td', {'data-label': label, 'data-col': key, class: key + (['succeeded', 'failed', 'rate'].includes(key) ? ' num' : '')}));
+          tr.append(el('td', {'data-label': label, 'data-col': key, class: 'col-' + key + (['succeeded', 'failed', 'rate'].includes(key) ? ' num' : '')}));
         }
         rows.set(j.id, tr);
       }
