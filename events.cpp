@@ -19,7 +19,8 @@ struct Stream {
 };
 
 bool ParseCount(const std::string& text, uint64_t* value) {
-  if (text.empty() || text.size() > 18 || text.find_first_not_of("0123456789") != std::string::npos) {
+  if (text.empty() || text.size() > 18 ||
+      text.find_first_not_of("0123456789") != std::string::npos) {
     return false;
   }
   *value = strtoull(text.c_str(), nullptr, 10);
@@ -28,8 +29,7 @@ bool ParseCount(const std::string& text, uint64_t* value) {
 
 }  // namespace
 
-Status ParseEventsQuery(const std::multimap<std::string, std::string>& params,
-                        EventsQuery* query) {
+Status ParseEventsQuery(const std::multimap<std::string, std::string>& params, EventsQuery* query) {
   EventsQuery parsed;
   for (const auto& param : params) {
     if (params.count(param.first) > 1) {

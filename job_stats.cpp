@@ -34,7 +34,8 @@ JobStats::Block* JobStats::block() {
 
 uint64_t JobStats::SecondOf(Clock::time_point t) const {
   if (t < origin_) return 0;
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(t - origin_).count());
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::seconds>(t - origin_).count());
 }
 
 int JobStats::BucketOf(uint64_t us) {

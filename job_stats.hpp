@@ -60,8 +60,7 @@ class JobStats {
   void RecordCall(Clock::time_point end, Clock::duration latency, bool success,
                   const std::string& message = std::string());
   // One input's final failure, as its error entry says.
-  void RecordFailure(const std::string& key, long status, const std::string& message,
-                     int attempts);
+  void RecordFailure(const std::string& key, long status, const std::string& message, int attempts);
 
   // The estimated latency at quantile q (0 < q <= 1), in seconds, read from
   // the histogram (linear within a bucket); 0 if no call was recorded.

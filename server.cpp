@@ -377,9 +377,10 @@ void Server::ServePage(const httplib::Request& req, std::string, httplib::Respon
     if (name != file.name) continue;
     // The page loads nothing from elsewhere, and the browser is told so
     // (its bars' widths are inline styles).
-    res.set_header("Content-Security-Policy",
-                   "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
-                   "script-src 'self'; connect-src 'self'; frame-ancestors 'none'");
+    res.set_header(
+        "Content-Security-Policy",
+        "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+        "script-src 'self'; connect-src 'self'; frame-ancestors 'none'");
     res.set_header("Cache-Control", "no-cache");
     res.set_header("X-Content-Type-Options", "nosniff");
     res.set_content(reinterpret_cast<const char*>(file.data), file.size, file.content_type);
@@ -405,8 +406,7 @@ std::string Server::JobsSnapshot(const EventsQuery& query) {
   const Clock::time_point now = Clock::now();
   std::string out = "{\"total\":" + std::to_string(jobs.size()) +
                     ",\"offset\":" + std::to_string(query.offset) + ",\"jobs\":[";
-  for (uint64_t i = query.offset, shown = 0; i < jobs.size() && shown < query.limit;
-       ++i, ++shown) {
+  for (uint64_t i = query.offset, shown = 0; i < jobs.size() && shown < query.limit; ++i, ++shown) {
     const std::shared_ptr<Job>& job = jobs[jobs.size() - 1 - i];
     std::string json = job->ToJson();
     json.pop_back();  // its closing brace: the stats' summary joins the object

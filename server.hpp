@@ -105,7 +105,7 @@ class Server {
   void DrainConnections();
 
   Flags flags_;
-  EventStreams events_;  // bounded by flags_.http_threads: after it
+  EventStreams events_;        // bounded by flags_.http_threads: after it
   sigset_t stop_signals_;      // SIGINT and SIGTERM, blocked by Start
   bool own_data_dir_ = false;  // made by Start, removed by the destructor
   int bound_port_ = 0;

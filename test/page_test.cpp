@@ -45,7 +45,8 @@ class RawStream {
   bool ReadUntil(const std::string& needle, milliseconds timeout = seconds(10), size_t from = 0) {
     auto deadline = std::chrono::steady_clock::now() + timeout;
     while (received_.find(needle, from) == std::string::npos) {
-      auto left = std::chrono::duration_cast<milliseconds>(deadline - std::chrono::steady_clock::now());
+      auto left =
+          std::chrono::duration_cast<milliseconds>(deadline - std::chrono::steady_clock::now());
       if (left.count() <= 0 || closed_) return false;
       pollfd p = {fd_, POLLIN, 0};
       if (poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
@@ -94,8 +95,9 @@ TEST_CASE("GET / serves the page from the binary, naming nothing outside it", "[
   REQUIRE(page.body.find("<!doctype html>") == 0);
   REQUIRE(HeaderOf(page.headers, "Content-Security-Policy").find("default-src 'self'") == 0);
   // The page, its script and its style: every reference stays on this server.
-  const std::regex external(R"((src|href|action)\s*=\s*["']?\s*(https?:)?//|url\(\s*["']?(https?:)?//|@import)",
-                            std::regex::icase);
+  const std::regex external(
+      R"((src|href|action)\s*=\s*["']?\s*(https?:)?//|url\(\s*["']?(https?:)?//|@import)",
+      std::regex::icase);
   for (const std::string path : {"/", "/page/app.js", "/page/style.css"}) {
     HttpResult r = Http(pmmap.base_url(), "GET", path);
     INFO(path);
@@ -163,7 +165,8 @@ TEST_CASE("GET /job/{id}/events shows the job with its stats, and ends when it i
   REQUIRE(events.ReadUntil("\"recent_failures\":[{\"key\":\"bad\",\"status\":422"));
   REQUIRE(events.received().find("\"message\":\"the webhook answered HTTP 422\",\"count\":1") !=
           std::string::npos);
-  rapidjson::Document stats = ParseJson(Http(pmmap.base_url(), "GET", "/job/" + id + "/stats").body);
+  rapidjson::Document stats =
+      ParseJson(Http(pmmap.base_url(), "GET", "/job/" + id + "/stats").body);
   REQUIRE(U64(stats["latency"], "calls") == 2);
   REQUIRE(Http(pmmap.base_url(), "DELETE", "/job/" + id).status == 200);
   REQUIRE(events.ReadUntil("data: {\"gone\":true}\n\n"));
