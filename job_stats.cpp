@@ -115,8 +115,8 @@ void JobStats::RecordFailure(const std::string& key, long status, const std::str
   failure.attempts = attempts;
   failure.at = std::chrono::system_clock::now();
   MutexLock lock(&mutex_);
-  failures_.push_front(std::move(failure));
-  if (failures_.size() > kFailuresKept) failures_.pop_back();
+  if (failures_.size() == kFailuresKept) failures_.erase(failures_.begin());
+  failures_.push_back(std::move(failure));
 }
 
 double JobStats::Percentile(double q) const {
@@ -235,7 +235,8 @@ void JobStats::AppendLatency(std::string* out) const {
 void JobStats::AppendFailures(std::string* out) const {
   out->append("[");
   MutexLock lock(&mutex_);
-  for (const Failure& f : failures_) {
+  for (auto it = failures_.rbegin(); it != failures_.rend(); ++it) {
+    const Failure& f = *it;
     out->append(out->back() == '[' ? "{\"key\":" : ",{\"key\":");
     AppendJsonString(f.key, out);
     out->append(",\"status\":").append(std::to_string(f.status)).append(",\"message\":");

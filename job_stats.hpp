@@ -20,7 +20,6 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <deque>
 #include <map>
 #include <string>
 #include <vector>
@@ -127,7 +126,9 @@ class JobStats {
 
   mutable Mutex mutex_;
   std::map<std::string, uint64_t> messages_ GUARDED_BY(mutex_);
-  std::deque<Failure> failures_ GUARDED_BY(mutex_);  // newest first
+  // Oldest first. A vector, not a deque, which would allocate for every job
+  // up front.
+  std::vector<Failure> failures_ GUARDED_BY(mutex_);
 };
 
 #endif  // PMMAP_JOB_STATS_HPP_

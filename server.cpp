@@ -39,6 +39,10 @@ constexpr size_t kKeepAliveRequests = 10000;
 // A caller reading a large output may pause; give it time before dropping it.
 constexpr time_t kWriteTimeoutSeconds = 60;
 
+// How old a jobs snapshot of GET /events another stream may reuse: under
+// the streams' interval, so that each of them still sees every second.
+constexpr std::chrono::milliseconds kSnapshotReuse{500};
+
 // The file CheckWritable creates and removes in the data dir.
 constexpr char kWriteProbe[] = ".pmmap-write-test";
 
@@ -402,6 +406,23 @@ EventStreams::HungUp Server::CallerHungUp(const httplib::Request& req) {
 }
 
 std::string Server::JobsSnapshot(const EventsQuery& query) {
+  const auto now = std::chrono::steady_clock::now();
+  {
+    MutexLock lock(&snapshot_mutex_);
+    if (!snapshot_.empty() && snapshot_query_.offset == query.offset &&
+        snapshot_query_.limit == query.limit && now - snapshot_at_ < kSnapshotReuse) {
+      return snapshot_;
+    }
+  }
+  std::string snapshot = BuildJobsSnapshot(query);
+  MutexLock lock(&snapshot_mutex_);
+  snapshot_query_ = query;
+  snapshot_at_ = now;
+  snapshot_ = snapshot;
+  return snapshot;
+}
+
+std::string Server::BuildJobsSnapshot(const EventsQuery& query) {
   const std::vector<std::shared_ptr<Job>> jobs = table_->List();  // oldest first
   const Clock::time_point now = Clock::now();
   std::string out = "{\"total\":" + std::to_string(jobs.size()) +

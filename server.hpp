@@ -76,7 +76,10 @@ class Server {
 
   // What GET /events shows: the page of jobs that query asks for, newest
   // first, each with its stats' summary, and how many jobs there are.
+  // Streams that ask for the same page within kSnapshotReuse share one
+  // (BuildJobsSnapshot), so that many open pages cost one a second.
   std::string JobsSnapshot(const EventsQuery& query);
+  std::string BuildJobsSnapshot(const EventsQuery& query);
   // What GET /job/{id}/events shows: the job and its stats; "" once it is gone.
   std::string JobSnapshot(const std::string& id);
   // Whether the caller of req hung up; finds its socket on the first call.
@@ -114,6 +117,12 @@ class Server {
   httplib::Server http_;
   // Each path pattern of kRoutes, compiled, with the methods it allows ("GET, DELETE").
   std::vector<std::pair<std::regex, std::string>> allowed_methods_;
+
+  // The last jobs snapshot of GET /events, for JobsSnapshot to share.
+  Mutex snapshot_mutex_;
+  EventsQuery snapshot_query_ GUARDED_BY(snapshot_mutex_);
+  std::chrono::steady_clock::time_point snapshot_at_ GUARDED_BY(snapshot_mutex_);
+  std::string snapshot_ GUARDED_BY(snapshot_mutex_);
 
   Mutex stop_mutex_;
   CondVar stop_cv_{&stop_mutex_};

@@ -248,6 +248,7 @@ function showList(ctl) {
     el('div', {class: 'pager'}, prev, pageInfo, next));
 
   function render(snap) {
+    if (!snap) return;
     total = snap.total;
     const jobs = snap.jobs;
     const running = jobs.filter((j) => j.state === 'open' || j.state === 'closing').length;
@@ -482,5 +483,10 @@ function showJob(id, ctl) {
     renderJob(view, snap);
   }, ctl);
 }
+
+// Relative times age while no snapshot changes them (an ended job's).
+setInterval(() => {
+  for (const t of document.querySelectorAll('time[datetime]')) t.textContent = relTime(t.getAttribute('datetime'));
+}, 10000);
 
 route();

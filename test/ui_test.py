@@ -69,9 +69,9 @@ class Hook(http.server.BaseHTTPRequestHandler):
 
 # ------------------------------------------------------------------ pmmap
 
-def start_pmmap(binary, log_path):
+def start_pmmap(binary, log_path, extra=()):
     log = open(log_path, "w")
-    proc = subprocess.Popen([binary, "--listen", "127.0.0.1:0"], stdout=log, stderr=log)
+    proc = subprocess.Popen([binary, "--listen", "127.0.0.1:0", *extra], stdout=log, stderr=log)
     while time.monotonic() < DEADLINE:
         m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", open(log_path).read())
         if m:
@@ -320,6 +320,35 @@ def run(browser, base, out_dir):
     hook.shutdown()
 
 
+def run_with_token(browser, binary, tmp):
+    """With --api-token (where this pmmap has it): the page asks for the token once,
+    then shows the jobs, which it can only list with the token as a Bearer header."""
+    help_text = subprocess.run([binary, "--help"], capture_output=True, text=True).stdout
+    if "--api-token" not in help_text:
+        print("skip the token checks: this pmmap has no --api-token", flush=True)
+        return
+    token = "ui-test-token"
+    log_path = os.path.join(tmp, "pmmap-token.log")
+    proc, base = start_pmmap(binary, log_path, ["--api-token", token])
+    try:
+        req = urllib.request.Request(base + "/job", method="POST", headers={"Authorization": "Bearer " + token},
+                                     data=json.dumps({"url": "http://127.0.0.1:9/hook"}).encode())
+        with urllib.request.urlopen(req, timeout=10) as res:
+            job = json.loads(res.read())["id"]
+        browser.call("Page.navigate", {"url": base + "/"})
+        asked = browser.wait_for("(() => { const f = document.querySelector('#token-form'); return f && !f.hidden; })()")
+        check("with --api-token the page asks for the token", asked)
+        browser.eval("document.querySelector('#token-input').value = '%s'; "
+                     "document.querySelector('#token-form').requestSubmit()" % token)
+        shown = browser.wait_for("!!%s" % (ROW % job))
+        check("with the token it lists the jobs", shown)
+        kept = browser.eval("sessionStorage.getItem('pmmap-token') === '%s' && location.href.indexOf('%s') < 0" % (token, token))
+        check("the token is kept in the tab, not in the URL", kept)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--pmmap", default=os.environ.get("PMMAP_BIN", "./pmmap"))
@@ -333,6 +362,7 @@ def main():
         pmmap, base = start_pmmap(args.pmmap, os.path.join(tmp, "pmmap.log"))
         browser = Browser(args.chromium, os.path.join(tmp, "profile"))
         run(browser, base, args.out)
+        run_with_token(browser, args.pmmap, tmp)
     except Exception as e:  # a failed step fails the run, with what it was
         check("the run went to its end", False, repr(e))
     finally:
