@@ -86,30 +86,43 @@ void Dispatcher::JoinFinished() {
 }
 
 void Dispatcher::RunWorker(const std::shared_ptr<Job>& job) {
-  const JobOptions& options = job->options();
-  WebhookClient client(options_, *job, &job->calls_abandoned());
+  // A copy of the job's settings, refreshed when a PATCH changes them.
+  uint32_t options_version = ~0u;
+  JobOptions options;
+  job->RefreshOptions(&options_version, &options);
+  WebhookClient client(options_, job->id(), options, &job->calls_abandoned());
   std::mt19937_64 rng(std::random_device{}());
   // Reused from one input to the next, so that a call allocates little.
   Input input;
   CallResult result;
+  CallEnd end;
   JsonCompactor compactor;
   WebhookUrls urls(options.url);
   std::string value;
   std::string entry;
   bool more = job->NextInput(&input);
   while (more) {
-    const Clock::time_point start = Clock::now();
-    client.Call(urls.For(input.key), input.value, input.attempts, &result);
-    const Clock::time_point end = Clock::now();
-    Verdict verdict = result.too_large ? Verdict::kFail : Judge(result.code, result.status);
+    if (job->RefreshOptions(&options_version, &options)) client.SetTimeout(options.timeout_ms);
+    const Clock::time_point started = Clock::now();
+    client.Call(urls.For(input.key), input.value, input.calls, &result);
+    const Clock::time_point finished = Clock::now();
+    Verdict verdict = Judge(result);
+    end.signal = ClassifyCall(result);
+    end.error.clear();
+    if (verdict != Verdict::kSuccess) end.error = FailureMessage(result, options);
     // A call aborted by cancel or delete is no call of the webhook's.
-    const bool aborted = result.code == CURLE_ABORTED_BY_CALLBACK;
-    std::string message;
-    if (verdict != Verdict::kSuccess && !aborted) message = FailureMessage(result, options);
-    if (!aborted) job->stats().RecordCall(end, end - start, verdict == Verdict::kSuccess, message);
-    if (verdict == Verdict::kRetry && input.attempts < options.max_attempts) {
+    if (result.code != CURLE_ABORTED_BY_CALLBACK) {
+      job->stats().RecordCall(finished, finished - started, verdict == Verdict::kSuccess,
+                              end.error);
+    }
+    // With the circuit breaker on, attempts are spent on real answers
+    // only: not on a call that never went out, nor on one the webhook
+    // asked to be made later (429, 503).
+    end.spent = options.max_outage_ms == 0 || verdict != Verdict::kRetry ||
+                (end.signal != Signal::kUnreachable && !SlowsJob(result.status));
+    if (verdict == Verdict::kRetry && (!end.spent || input.attempts < options.max_attempts)) {
       more = job->RetryLaterAndNext(&input, RetryDelay(result, input.attempts, options, &rng),
-                                    SlowsJob(result.status));
+                                    SlowsJob(result.status), end);
       continue;
     }
     bool success = verdict == Verdict::kSuccess;
@@ -123,28 +136,29 @@ void Dispatcher::RunWorker(const std::shared_ptr<Job>& job) {
         AppendJsonString(result.body, &value);
       }
       AppendSuccessEntry(input.key, value, &entry);
-    } else if (aborted) {
+    } else if (result.code == CURLE_ABORTED_BY_CALLBACK) {
       // Cancelled or discarded: Cancel has stored this input's entry and
       // StoreOutcomeAndNext drops this one; it is here only so that no path
       // loses it.
       entry = ErrorEntry(input.key, 0, "cancelled", "", input.attempts);
     } else {
-      LogJobEvent(job->id(), "failure", "key " + input.key + ": " + message);
-      job->stats().RecordFailure(input.key, result.status, message, input.attempts);
-      entry = ErrorEntry(input.key, result.status, message, result.body.substr(0, kErrorBodyBytes),
-                         input.attempts);
+      LogJobEvent(job->id(), "failure", "key " + input.key + ": " + end.error);
+      job->stats().RecordFailure(input.key, result.status, end.error, input.attempts);
+      entry = ErrorEntry(input.key, result.status, end.error,
+                         result.body.substr(0, kErrorBodyBytes), input.attempts);
     }
     // Freed here, not under the job's lock in StoreOutcomeAndNext: the value was
     // allocated by the thread that parsed it, and freeing it may have to
-    // wait for that thread's malloc arena.
-    std::string().swap(input.value);
-    more = job->StoreOutcomeAndNext(&input, entry, success);
+    // wait for that thread's malloc arena. Only after a real answer, which
+    // an open circuit cannot send back to the queue.
+    if (end.signal == Signal::kAnswer) std::string().swap(input.value);
+    more = job->StoreOutcomeAndNext(&input, entry, success, end);
   }
 }
 
 void Dispatcher::RunCallback(const std::shared_ptr<Job>& job) {
-  const JobOptions& options = job->options();
-  WebhookClient client(options_, *job, &job->callback_abandoned());
+  const JobOptions options = job->options();
+  WebhookClient client(options_, job->id(), options, &job->callback_abandoned());
   std::unique_ptr<CURLU, void (*)(CURLU*)> url(ParseUrl(options.callback_url), curl_url_cleanup);
   std::mt19937_64 rng(std::random_device{}());
   CallbackStatus status;
@@ -156,7 +170,7 @@ void Dispatcher::RunCallback(const std::shared_ptr<Job>& job) {
     client.Call(url.get(), job->ToJson(), status.attempts, &result);
     status.status = result.status;
     // The callback's reply body does not matter, only its status.
-    Verdict verdict = Judge(result.too_large ? CURLE_OK : result.code, result.status);
+    Verdict verdict = result.too_large ? Judge(CURLE_OK, result.status) : Judge(result);
     if (verdict == Verdict::kSuccess) {
       status.state = CallbackStatus::kSucceeded;
       status.message.clear();

@@ -99,6 +99,10 @@ void WriteOptions(const JobOptions& o, JsonWriter* w) {
   } else {
     WriteString(o.callback_url, w);
   }
+  w->Key("max_outage_ms");
+  w->Int64(o.max_outage_ms);
+  w->Key("adaptive");
+  w->Bool(o.adaptive);
   w->EndObject();
 }
 
@@ -118,6 +122,8 @@ std::string RecordJson(const JobRecord& record) {
   WriteString(Rfc3339(record.created_at), &w);
   w.Key("done_at");
   WriteTime(record.done_at, &w);
+  w.Key("paused");
+  w.Bool(record.paused);
   w.EndObject();
   return std::string(buffer.GetString(), buffer.GetSize()) + "\n";
 }
@@ -235,8 +241,9 @@ Status ParseRecord(const std::string& text, const std::string& file_id, JobRecor
   rapidjson::Document doc;
   doc.Parse<rapidjson::kParseValidateEncodingFlag>(text.data(), text.size());
   if (doc.HasParseError() || !doc.IsObject()) return Status::Invalid("not a JSON object");
-  static const std::set<std::string> kFields = {"version", "id",         "options",
-                                                "state",   "created_at", "done_at"};
+  // "paused" came later: a record without it is not paused.
+  static const std::set<std::string> kFields = {"version",    "id",      "options", "state",
+                                                "created_at", "done_at", "paused"};
   std::set<std::string> seen;
   for (const auto& member : doc.GetObject()) {
     std::string name(member.name.GetString(), member.name.GetStringLength());
@@ -246,7 +253,8 @@ Status ParseRecord(const std::string& text, const std::string& file_id, JobRecor
     if (!seen.insert(name).second) return Status::Invalid(quoted + ": given twice");
   }
   for (const std::string& name : kFields) {
-    if (!doc.HasMember(name.c_str())) return Status::Invalid(name + ": missing");
+    if (!doc.HasMember(name.c_str()) && name != "paused")
+      return Status::Invalid(name + ": missing");
   }
   if (!doc["version"].IsInt() || doc["version"].GetInt() != kJobRecordVersion) {
     return Status::Invalid("version: expected " + std::to_string(kJobRecordVersion));
@@ -261,6 +269,13 @@ Status ParseRecord(const std::string& text, const std::string& file_id, JobRecor
   if (s.ok()) s = ParseStateField(doc["state"], &parsed.state);
   if (s.ok()) s = ParseTimeField("created_at", doc["created_at"], false, &parsed.created_at);
   if (s.ok()) s = ParseTimeField("done_at", doc["done_at"], true, &parsed.done_at);
+  if (s.ok() && doc.HasMember("paused")) {
+    if (doc["paused"].IsBool()) {
+      parsed.paused = doc["paused"].GetBool();
+    } else {
+      s = Status::Invalid("paused: expected true or false");
+    }
+  }
   if (s.ok()) *record = std::move(parsed);
   return s;
 }

@@ -25,11 +25,17 @@ constexpr int64_t kMaxBackoffMsLimit = 3600000;  // of backoff_ms and max_backof
 // One call in about 17 minutes: slower rates are surely a mistake.
 constexpr double kMinRatePerSec = 0.001;
 constexpr double kMaxRatePerSec = 1e6;
+constexpr int64_t kMaxMaxOutageMs = 7 * 24 * 3600 * 1000ll;  // a week
 // The longest key accepted, in bytes, before percent-encoding.
 constexpr size_t kMaxKeyBytes = 1024;
 
 // Parses the body of POST /job.
 Status ParseJobOptions(const std::string& body, JobOptions* options);
+// Parses the body of PATCH /job/{id}, an object of some of the settings a
+// live job may change (Job::Change), each checked as ParseJobOptions
+// checks it (null: the default), into *options; any other field is
+// refused, naming it, and *options left unchanged.
+Status ParseJobPatch(const std::string& body, JobOptions* options);
 
 // Parses the body of PUT /job/{id}/input: [{"key": "...", "value": ...}, ...].
 // Each value is kept as compact JSON, its numbers exactly as written.
