@@ -356,14 +356,14 @@ function statBox(label, value, field) {
   return '<div class="stat"><b' + (field ? ' data-field="' + field + '"' : '') + '>' + esc(value) + '</b><span>' + esc(label) + '</span></div>';
 }
 
-const SETTINGS = ['url', 'concurrency', 'effective_concurrency', 'maxsize', 'timeout_ms', 'max_attempts', 'backoff_ms', 'max_backoff_ms', 'rate_per_sec'];
+const SETTINGS = ['url', 'concurrency', 'effective_concurrency', 'maxsize', 'timeout_ms', 'max_attempts', 'backoff_ms', 'max_backoff_ms', 'rate_per_sec', 'max_outage_ms', 'adaptive'];
 
 function settingsHtml(j) {
   let html = '<dl class="settings">';
   for (const k of SETTINGS) {
     if (!(k in j)) continue;
     const v = j[k];
-    html += '<dt>' + esc(k) + '</dt><dd>' + esc(v === null ? 'none' : typeof v === 'number' ? fmtInt(v) : v) + '</dd>';
+    html += '<dt>' + esc(k) + '</dt><dd>' + esc(v === null ? 'none' : typeof v === 'number' ? fmtInt(v) : String(v)) + '</dd>';
   }
   if (j.callback) html += '<dt>callback</dt><dd>' + esc(j.callback.url + ' (' + j.callback.state + ')') + '</dd>';
   return html + '</dl>';

@@ -293,6 +293,18 @@ def run(browser, base, out_dir):
     ready = browser.wait_for("(() => { const b = document.querySelector('#btn-cancel'); "
                              "return b && !b.disabled && document.querySelector('#job-title').textContent.includes('%s'); })()" % slow)
     check("the second job's page has an enabled cancel button", ready)
+    if "paused" in api(base, "GET", "/job/" + slow):  # a server with pause and resume
+        for action, want in (("Pause", True), ("Resume", False)):
+            label = browser.wait_for("(() => { const b = document.querySelector('#btn-pause'); "
+                                     "return b && !b.hidden && b.textContent === '%s' ? b.textContent : null; })()" % action)
+            browser.eval("document.querySelector('#btn-pause').click()")
+            end = time.monotonic() + 10
+            while time.monotonic() < min(end, DEADLINE) and api(base, "GET", "/job/" + slow)["paused"] != want:
+                time.sleep(0.1)
+            check("its %s button %s it, as the API says" % (action.lower(), "pauses" if want else "resumes"),
+                  label == action and api(base, "GET", "/job/" + slow)["paused"] == want, label)
+    else:
+        print("skip the pause checks: this pmmap has no pause", flush=True)
     dialogs_before = len(browser.dialogs)
     browser.eval("document.querySelector('#btn-cancel').click()")
     state = None
