@@ -52,7 +52,7 @@ TEST_SOURCES := test/main.cpp test/harness.cpp test/json_test.cpp test/request_t
                 test/job_test.cpp test/webhook_test.cpp test/api_test.cpp test/delivery_test.cpp \
                 test/ops_test.cpp test/https_test.cpp test/journal_test.cpp test/job_store_test.cpp \
                 test/durable_test.cpp test/circuit_test.cpp test/outage_test.cpp test/security_test.cpp \
-                test/job_stats_test.cpp test/page_test.cpp
+                test/budget_test.cpp test/job_stats_test.cpp test/page_test.cpp
 FUZZ_SOURCES := test/fuzz_main.cpp json.cpp request.cpp job.cpp circuit.cpp job_files.cpp output.cpp log.cpp metrics.cpp \
                 journal.cpp crc32c.cpp job_store.cpp net_rules.cpp job_stats.cpp
 

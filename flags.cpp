@@ -160,6 +160,12 @@ const std::vector<FlagSpec>& Specs() {
        [](const std::string& v, Flags* f, std::string*) {
          return ParseSize(v, 1, SIZE_MAX, &f->max_jobs);
        }},
+      {"--max-workers", "PMMAP_MAX_WORKERS", "N",
+       "most webhook calls in flight across all jobs, shared fairly among them" +
+           Default(kDefaultMaxWorkers),
+       [](const std::string& v, Flags* f, std::string*) {
+         return ParseSize(v, 1, kMaxMaxWorkers, &f->max_workers);
+       }},
       {"--job-ttl", "PMMAP_JOB_TTL", "SECONDS",
        "ended jobs nobody deleted are removed this long after they end" +
            Default(kDefaultJobTtlSeconds),

@@ -26,6 +26,8 @@ constexpr size_t kMaxDefaultMaxConnections = 4096;
 size_t DefaultMaxConnections();
 constexpr size_t kDefaultMaxBody = 32 * 1024 * 1024;
 constexpr size_t kDefaultMaxJobs = 10000;
+constexpr size_t kDefaultMaxWorkers = 4096;
+constexpr size_t kMaxMaxWorkers = 100000;
 constexpr size_t kDefaultJobTtlSeconds = 24 * 60 * 60;
 constexpr size_t kMaxJobTtlSeconds = 100ull * 365 * 24 * 60 * 60;  // "never", without overflow
 
@@ -39,6 +41,7 @@ struct Flags {
   size_t http_threads = 0;  // 0: as many as max_connections, so none waits for a thread
   size_t max_body = kDefaultMaxBody;
   size_t max_jobs = kDefaultMaxJobs;
+  size_t max_workers = kDefaultMaxWorkers;
   size_t job_ttl_seconds = kDefaultJobTtlSeconds;
   std::string ca_file;  // empty: libcurl's bundle, or the first usual one found
   LogFormat log_format = LogFormat::kText;

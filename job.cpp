@@ -674,13 +674,20 @@ bool Job::RecordCall(Input* input, const CallEnd& end) {
   } else if (circuit_.limit() > limit) {
     work_cv_.Signal();  // room for one more call
   }
+  if (put_back) Metrics::Global().RefusedByCircuit();
   return put_back;
+}
+
+void Job::GiveBack(Input* input) {
+  MutexLock lock(&mutex_);
+  if (!EndFlight(input) || discarded()) return;
+  --input->calls;
+  PutBack(input);
 }
 
 void Job::PutBack(Input* input) {
   --input->attempts;
   input->not_before = Clock::time_point();
-  Metrics::Global().RefusedByCircuit();
   delayed_.push_back(std::move(*input));
   std::push_heap(delayed_.begin(), delayed_.end(), LaterFirst);
   work_cv_.Signal();

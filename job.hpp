@@ -257,6 +257,11 @@ class Job : public std::enable_shared_from_this<Job> {
                            const CallEnd& end = CallEnd());
   bool RetryLaterAndNext(Input* input, Clock::duration delay, bool pause_job,
                          const CallEnd& end = CallEnd());
+  // Hands back *input, given by NextInput and not sent, to be sent first:
+  // nothing is spent. The worker leaves, yielding its slot of the
+  // Dispatcher's budget; it stays counted in workers_, since the Dispatcher
+  // starts another for the job when its turn comes.
+  void GiveBack(Input* input);
   // The page's numbers of the job's calls (job_stats.hpp): the workers
   // record each finished attempt. Internally synchronized.
   JobStats& stats() { return stats_; }

@@ -34,6 +34,13 @@ class Metrics {
     open_circuits_.fetch_add(1, std::memory_order_relaxed);
   }
   void CircuitClosed() { open_circuits_.fetch_sub(1, std::memory_order_relaxed); }
+  // The worker budget (dispatcher.hpp): its size, the workers running, and
+  // the requests for one waiting.
+  void SetWorkers(size_t max, size_t running, size_t waiting) {
+    workers_max_.store(max, std::memory_order_relaxed);
+    workers_running_.store(running, std::memory_order_relaxed);
+    workers_waiting_.store(waiting, std::memory_order_relaxed);
+  }
   // An input put back to the queue by an open circuit, its attempt unspent.
   void RefusedByCircuit() { refused_by_circuit_.fetch_add(1, std::memory_order_relaxed); }
 
@@ -52,6 +59,9 @@ class Metrics {
   std::atomic<uint64_t> circuit_openings_{0};
   std::atomic<int64_t> open_circuits_{0};
   std::atomic<uint64_t> refused_by_circuit_{0};
+  std::atomic<uint64_t> workers_max_{0};
+  std::atomic<uint64_t> workers_running_{0};
+  std::atomic<uint64_t> workers_waiting_{0};
   std::atomic<uint64_t> calls_[kOutcomes] = {};
   std::atomic<uint64_t> duration_buckets_[kBuckets] = {};  // not cumulative
   std::atomic<uint64_t> duration_count_{0};

@@ -607,7 +607,7 @@ Server::~Server() {
 bool Server::Start(std::string* error) {
   stop_signals_ = BlockSignals();
   if (!PrepareDataDir(error)) return false;
-  dispatcher_.reset(new Dispatcher(DispatcherOptions(flags_, net_rules_)));
+  dispatcher_.reset(new Dispatcher(DispatcherOptions(flags_, net_rules_), flags_.max_workers));
   Dispatcher* dispatcher = dispatcher_.get();
   JobFiles files;
   files.dir = flags_.data_dir;
