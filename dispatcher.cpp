@@ -201,11 +201,18 @@ bool Dispatcher::Work(const std::shared_ptr<Job>& job) {
       return true;
     }
     if (job->RefreshOptions(&options_version, &options)) client.SetTimeout(options.timeout_ms);
+    const Clock::time_point started = Clock::now();
     client.Call(urls.For(input.key), input.value, input.calls, &result);
+    const Clock::time_point finished = Clock::now();
     Verdict verdict = Judge(result);
     end.signal = ClassifyCall(result);
     end.error.clear();
     if (verdict != Verdict::kSuccess) end.error = FailureMessage(result, options);
+    // A call aborted by cancel or delete is no call of the webhook's.
+    if (result.code != CURLE_ABORTED_BY_CALLBACK) {
+      job->stats().RecordCall(finished, finished - started, verdict == Verdict::kSuccess,
+                              end.error);
+    }
     // With the circuit breaker on, attempts are spent on real answers
     // only: not on a call that never went out, nor on one the webhook
     // asked to be made later (429, 503).
@@ -234,6 +241,7 @@ bool Dispatcher::Work(const std::shared_ptr<Job>& job) {
       entry = ErrorEntry(input.key, 0, "cancelled", "", input.attempts);
     } else {
       LogJobEvent(job->id(), "failure", "key " + input.key + ": " + end.error);
+      job->stats().RecordFailure(input.key, result.status, end.error, input.attempts);
       entry = ErrorEntry(input.key, result.status, end.error,
                          result.body.substr(0, kErrorBodyBytes), input.attempts);
     }

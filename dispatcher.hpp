@@ -100,7 +100,7 @@ class Dispatcher {
   CondVar exit_cv_ GUARDED_BY(mutex_);  // a thread announced its exit
   ThreadList threads_ GUARDED_BY(mutex_);
   std::vector<ThreadList::iterator> finished_ GUARDED_BY(mutex_);  // exited, not yet joined
-  size_t running_ GUARDED_BY(mutex_) = 0;  // worker threads holding a slot
+  size_t running_ GUARDED_BY(mutex_) = 0;                          // worker threads holding a slot
   std::unordered_map<const Job*, Claim> claims_ GUARDED_BY(mutex_);  // jobs holding or wanting
   // The jobs whose requests wait, in turn; each appears once.
   std::deque<std::shared_ptr<Job>> line_ GUARDED_BY(mutex_);

@@ -55,6 +55,7 @@
 #include <vector>
 
 #include "circuit.hpp"
+#include "job_stats.hpp"
 #include "key_table.hpp"
 #include "mutex.hpp"
 #include "output.hpp"
@@ -261,6 +262,9 @@ class Job : public std::enable_shared_from_this<Job> {
   // Dispatcher's budget; it stays counted in workers_, since the Dispatcher
   // starts another for the job when its turn comes.
   void GiveBack(Input* input);
+  // The page's numbers of the job's calls (job_stats.hpp): the workers
+  // record each finished attempt. Internally synchronized.
+  JobStats& stats() { return stats_; }
   // True once calls in flight must be abandoned. Safe from any thread.
   const std::atomic<bool>& calls_abandoned() const { return calls_abandoned_; }
   // True once the completion callback must be abandoned too.
@@ -390,6 +394,7 @@ class Job : public std::enable_shared_from_this<Job> {
   // See the top of this file. callback_abandoned_ implies calls_abandoned_.
   std::atomic<bool> calls_abandoned_{false};
   std::atomic<bool> callback_abandoned_{false};
+  JobStats stats_;
 
   // Every CondVar waits on mutex_; every field below it guards.
   Mutex mutex_;

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -23,6 +24,7 @@
 #include "json.hpp"
 #include "log.hpp"
 #include "metrics.hpp"
+#include "page.hpp"
 #include "request.hpp"
 
 namespace {
@@ -59,6 +61,10 @@ constexpr size_t kHttpThreadStackBytes = 1 << 20;
 // The scheme of the Authorization header that carries the API token.
 constexpr char kBearer[] = "Bearer ";
 
+// How old a jobs snapshot of GET /events another stream may reuse: under
+// the streams' interval, so that each of them still sees every second.
+constexpr std::chrono::milliseconds kSnapshotReuse{500};
+
 // The file CheckWritable creates and removes in the data dir.
 constexpr char kWriteProbe[] = ".pmmap-write-test";
 
@@ -78,6 +84,15 @@ bool CheckWritable(const std::string& dir, std::string* error) {
     return false;
   }
   return true;
+}
+
+// The most event streams open at once: kMaxEventStreams, or half of the
+// connections (or threads) the API serves at once if that is fewer, so that
+// streams never hold all of them.
+size_t MaxEventStreams(const Flags& flags) {
+  size_t serving = flags.max_connections;
+  if (flags.http_threads != 0) serving = std::min(serving, flags.http_threads);
+  return std::min(kMaxEventStreams, std::max<size_t>(1, serving / 2));
 }
 
 // The one place a Status becomes an HTTP status.
@@ -212,6 +227,11 @@ const Server::Route Server::kRoutes[] = {
     {"GET", R"(/job/([^/]+)/output)", &Server::StreamOutput},
     {"GET", R"(/healthz)", &Server::Health},
     {"GET", R"(/metrics)", &Server::ShowMetrics},
+    {"GET", R"(/)", &Server::ServePage},
+    {"GET", R"(/page/([^/]+))", &Server::ServePage},
+    {"GET", R"(/events)", &Server::StreamJobsEvents},
+    {"GET", R"(/job/([^/]+)/events)", &Server::StreamJobEvents},
+    {"GET", R"(/job/([^/]+)/stats)", &Server::ShowJobStats},
 };
 
 void Server::InstallRoutes() {
@@ -282,9 +302,12 @@ void Server::InstallRoutes() {
 
 std::string Server::Unauthorized(const httplib::Request& req) const {
   if (flags_.api_token.empty()) return "";
-  // GET / is the web page's shell, which asks its user for the token.
-  if (req.method == "GET" && (req.path == "/healthz" || req.path == "/" ||
-                              (req.path == "/metrics" && flags_.metrics_open))) {
+  // GET / is the web page's shell, which asks its user for the token; its
+  // script and style (/page/...) are loaded by the browser, which cannot
+  // add the token to those requests. All three are the same for everyone.
+  if (req.method == "GET" &&
+      (req.path == "/healthz" || req.path == "/" || req.path.compare(0, 6, "/page/") == 0 ||
+       (req.path == "/metrics" && flags_.metrics_open))) {
     return "";
   }
   if (!req.has_header("Authorization")) {
@@ -470,10 +493,101 @@ void Server::ShowMetrics(const httplib::Request&, std::string, httplib::Response
   res.set_content(text, "text/plain; version=0.0.4");
 }
 
+void Server::ServePage(const httplib::Request& req, std::string, httplib::Response& res) {
+  const std::string name = req.matches.size() > 1 ? req.matches[1].str() : "index.html";
+  for (size_t i = 0; i < kPageFileCount; ++i) {
+    const PageFile& file = kPageFiles[i];
+    if (name != file.name) continue;
+    // The page loads nothing from elsewhere, and the browser is told so
+    // (its bars' widths are inline styles).
+    res.set_header(
+        "Content-Security-Policy",
+        "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+        "script-src 'self'; connect-src 'self'; frame-ancestors 'none'");
+    res.set_header("Cache-Control", "no-cache");
+    res.set_header("X-Content-Type-Options", "nosniff");
+    res.set_content(reinterpret_cast<const char*>(file.data), file.size, file.content_type);
+    return;
+  }
+  ReplyError(res, Status::NotFound("no page file \"" + name + "\""));
+}
+
+EventStreams::HungUp Server::CallerHungUp(const httplib::Request& req) {
+  auto caller = std::make_shared<std::unique_ptr<CallerSocket>>();
+  const std::string local_addr = req.local_addr;
+  const std::string remote_addr = req.remote_addr;
+  const int local_port = req.local_port;
+  const int remote_port = req.remote_port;
+  return [=] {
+    if (!*caller) caller->reset(new CallerSocket(local_addr, local_port, remote_addr, remote_port));
+    return (*caller)->HungUp();
+  };
+}
+
+std::string Server::JobsSnapshot(const EventsQuery& query) {
+  const auto now = std::chrono::steady_clock::now();
+  {
+    MutexLock lock(&snapshot_mutex_);
+    if (!snapshot_.empty() && snapshot_query_.offset == query.offset &&
+        snapshot_query_.limit == query.limit && now - snapshot_at_ < kSnapshotReuse) {
+      return snapshot_;
+    }
+  }
+  std::string snapshot = BuildJobsSnapshot(query);
+  MutexLock lock(&snapshot_mutex_);
+  snapshot_query_ = query;
+  snapshot_at_ = now;
+  snapshot_ = snapshot;
+  return snapshot;
+}
+
+std::string Server::BuildJobsSnapshot(const EventsQuery& query) {
+  const std::vector<std::shared_ptr<Job>> jobs = table_->List();  // oldest first
+  const Clock::time_point now = Clock::now();
+  std::string out = "{\"total\":" + std::to_string(jobs.size()) +
+                    ",\"offset\":" + std::to_string(query.offset) + ",\"jobs\":[";
+  for (uint64_t i = query.offset, shown = 0; i < jobs.size() && shown < query.limit; ++i, ++shown) {
+    const std::shared_ptr<Job>& job = jobs[jobs.size() - 1 - i];
+    std::string json = job->ToJson();
+    json.pop_back();  // its closing brace: the stats' summary joins the object
+    out.append(shown > 0 ? "," : "").append(json).append(",\"stats\":");
+    out.append(job->stats().SummaryJson(now)).push_back('}');
+  }
+  out.append("]}");
+  return out;
+}
+
+std::string Server::JobSnapshot(const std::string& id) {
+  std::shared_ptr<Job> job = table_->Find(id);
+  if (!job) return std::string();
+  return "{\"job\":" + job->ToJson() + ",\"stats\":" + job->stats().ToJson(Clock::now()) + "}";
+}
+
+void Server::StreamJobsEvents(const httplib::Request& req, std::string, httplib::Response& res) {
+  EventsQuery query;
+  Status s = ParseEventsQuery(req.params, &query);
+  if (!s.ok()) return ReplyError(res, s);
+  events_.Serve(
+      res, [this, query] { return JobsSnapshot(query); }, CallerHungUp(req));
+}
+
+void Server::StreamJobEvents(const httplib::Request& req, std::string, httplib::Response& res) {
+  std::shared_ptr<Job> job = FindJob(req, res);
+  if (!job) return;
+  const std::string id = job->id();
+  events_.Serve(
+      res, [this, id] { return JobSnapshot(id); }, CallerHungUp(req));
+}
+
+void Server::ShowJobStats(const httplib::Request& req, std::string, httplib::Response& res) {
+  if (auto job = FindJob(req, res)) Reply(res, 200, job->stats().ToJson(Clock::now()));
+}
+
 // Life
 
 Server::Server(Flags flags)
     : flags_(std::move(flags)),
+      events_(MaxEventStreams(flags_)),
       net_rules_(std::make_shared<const NetRules>(flags_.net_rules)),
       http_(flags_.max_connections, kHeaderTimeout,
             [this](const httplib::Request& req) { return !Unauthorized(req).empty(); }) {
@@ -627,6 +741,7 @@ void Server::ExpireJobsUntilStopping() {
 
 void Server::StopJobsAndListening() {
   table_->StopAll();  // answers every waiting caller; removes the files unless durable
+  events_.Stop();     // ends every event stream, which holds an API thread
   http_.stop();
 }
 

@@ -21,6 +21,7 @@
 
 #include "api_server.hpp"
 #include "dispatcher.hpp"
+#include "events.hpp"
 #include "flags.hpp"
 #include "job_table.hpp"
 #include "mutex.hpp"
@@ -71,6 +72,22 @@ class Server {
   void StreamOutput(const httplib::Request& req, std::string body, httplib::Response& res);
   void Health(const httplib::Request& req, std::string body, httplib::Response& res);
   void ShowMetrics(const httplib::Request& req, std::string body, httplib::Response& res);
+  // The page at / and its files (page.hpp), its live feeds and a job's stats.
+  void ServePage(const httplib::Request& req, std::string body, httplib::Response& res);
+  void StreamJobsEvents(const httplib::Request& req, std::string body, httplib::Response& res);
+  void StreamJobEvents(const httplib::Request& req, std::string body, httplib::Response& res);
+  void ShowJobStats(const httplib::Request& req, std::string body, httplib::Response& res);
+
+  // What GET /events shows: the page of jobs that query asks for, newest
+  // first, each with its stats' summary, and how many jobs there are.
+  // Streams that ask for the same page within kSnapshotReuse share one
+  // (BuildJobsSnapshot), so that many open pages cost one a second.
+  std::string JobsSnapshot(const EventsQuery& query);
+  std::string BuildJobsSnapshot(const EventsQuery& query);
+  // What GET /job/{id}/events shows: the job and its stats; "" once it is gone.
+  std::string JobSnapshot(const std::string& id);
+  // Whether the caller of req hung up; finds its socket on the first call.
+  static EventStreams::HungUp CallerHungUp(const httplib::Request& req);
 
   // Does act to the job named in the path and answers with the job, or
   // with act's refusal (complete, cancel, pause and resume).
@@ -98,6 +115,7 @@ class Server {
   void DrainConnections();
 
   Flags flags_;
+  EventStreams events_;        // bounded by flags_.http_threads: after it
   sigset_t stop_signals_;      // SIGINT and SIGTERM, blocked by Start
   bool own_data_dir_ = false;  // made by Start, removed by the destructor
   int bound_port_ = 0;
@@ -108,6 +126,12 @@ class Server {
   ApiServer http_;
   // Each path pattern of kRoutes, compiled, with the methods it allows ("GET, DELETE").
   std::vector<std::pair<std::regex, std::string>> allowed_methods_;
+
+  // The last jobs snapshot of GET /events, for JobsSnapshot to share.
+  Mutex snapshot_mutex_;
+  EventsQuery snapshot_query_ GUARDED_BY(snapshot_mutex_);
+  std::chrono::steady_clock::time_point snapshot_at_ GUARDED_BY(snapshot_mutex_);
+  std::string snapshot_ GUARDED_BY(snapshot_mutex_);
 
   Mutex stop_mutex_;
   CondVar stop_cv_{&stop_mutex_};

@@ -12,8 +12,11 @@ bench's temp dir (TMPDIR), on disk unless that is a tmpfs.
 Then the durable runs, beside those: BENCH_REPEAT rounds at concurrency 32 of the bare
 loop and of pmmap without --data-dir, with --data-dir --fsync everysec and with --fsync
 always; the PUT rate of each; and a resume run, where a job of BENCH_BIG_N inputs is
-killed at half its outcomes and resumed with maxsize 1000. BENCH_ONLY picks some of
-"main", "durable" and "resume" (all by default).
+killed at half its outcomes and resumed with maxsize 1000. Then the page: its first
+load (GET / and the files it loads, over one connection, gzip as a browser asks), and
+BENCH_REPEAT rounds at concurrency 32 of pmmap alone and of pmmap while a
+`curl -N /events` stream is open. BENCH_ONLY picks some of "main", "durable", "resume"
+and "page" (all by default).
 
 Everything it starts is stopped and its temp dir removed on exit; it exits 1 if any
 check failed.
@@ -46,7 +49,9 @@ DURABLE_CONCURRENCY = 32  # the durable runs'
 RESUME_MAXSIZE = 1000  # the resumed job's queue bound
 RESUME_RSS_LIMIT_MB = 64  # issue 13's bound on the resumed job's peak RSS (MiB, as peak_rss_mb)
 RESUME_START_SECONDS = 300  # the longest a restarted pmmap may take to load its jobs
-PARTS = ("main", "durable", "resume")  # what BENCH_ONLY may name
+PAGE_CONCURRENCY = 32  # the runs with and without an event stream open
+PAGE_FILES = ("/", "/page/app.js", "/page/style.css")  # what a browser's first load fetches
+PARTS = ("main", "durable", "resume", "page")  # what BENCH_ONLY may name
 CPUS = os.cpu_count()
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"  # /usr/sbin may not be on PATH
@@ -511,15 +516,26 @@ def timed_job(rig, port, c, batches):
         return time.perf_counter() - t0, job, fed, got
 
 
-def run_pmmap(rig, label, c, n, batches, stream=False, fsync=None):
+def run_pmmap(rig, label, c, n, batches, stream=False, fsync=None, watch=False):
     """A fresh pmmap, one job of n inputs at concurrency c, checked; where the CPU went.
     With `stream`, also times one more GET /output of the done job; with `fsync`, pmmap
-    is durable (see pmmap_command)."""
+    is durable (see pmmap_command); with `watch`, a `curl -N /events` reads the jobs'
+    event stream throughout, as the page does."""
     run_dir = os.path.join(rig.tmp, f"run-{label}")
     started = start_pmmap(rig, run_dir, fsync)
     if started is None:
         return Run()
     proc, port = started
+    watcher = None
+    if watch:
+        watcher = rig.procs.start("curl -N /events", ["curl", "-sN", "-o", os.path.join(run_dir, "events"),
+                                                    f"http://127.0.0.1:{port}/events"],
+                                  os.path.join(run_dir, "curl.log"))
+        # Timed once the stream is open and has shown its first snapshot.
+        events_path, deadline = os.path.join(run_dir, "events"), time.monotonic() + 5
+        while time.monotonic() < deadline and not (
+                os.path.exists(events_path) and b"data: " in open(events_path, "rb").read()):
+            time.sleep(0.01)
     nginx_cpu0, busy0 = cpu_seconds(rig.nginx_worker), machine_busy_seconds()
     timed = timed_job(rig, port, c, batches)
     if timed is None:
@@ -536,6 +552,11 @@ def run_pmmap(rig, label, c, n, batches, stream=False, fsync=None):
     run.rss, run.cpu, cpu_rest = last_readings(rig, proc, run_dir)
     nginx_cpu = (cpu_seconds(rig.nginx_worker) or 0) - (nginx_cpu0 or 0)
     busy = machine_busy_seconds() - busy0
+    if watcher is not None:
+        rig.procs.stop(watcher)
+        with open(os.path.join(run_dir, "events"), "rb") as f:
+            if b"data: " not in f.read():
+                rig.fail(f"pmmap ({label}): the event stream showed no snapshot")
     rig.procs.stop(proc)
     shutil.rmtree(run_dir)
     ok, verdict = check_output(output, n)
@@ -931,6 +952,18 @@ class Results:
     big: Run = None
     durable: list = dataclasses.field(default_factory=list)  # a DurableRow per mode
     resumed: Resumed = None
+    page: "PageResult" = None
+
+
+@dataclasses.dataclass
+class PageResult:
+    """The page's part: its first load, and the runs with and without an event stream."""
+    bytes: int = None  # received, gzip
+    raw_bytes: int = None  # uncompressed
+    ms: float = None  # from the first request to the last byte
+    alone: list = dataclasses.field(default_factory=list)  # inputs/s by round
+    watched: list = dataclasses.field(default_factory=list)
+    ratio: float = None
 
 
 def resume_cells(resumed):
@@ -996,6 +1029,81 @@ def print_put_and_memory(settings, results):
 # --- main ------------------------------------------------------------------------------
 
 
+def page_load(port):
+    """A browser's first load of the page, over one new connection, asking for gzip as
+    browsers do: (bytes received, ms from the first request to the last byte)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    t0 = time.perf_counter()
+    received = 0
+    for path in PAGE_FILES:
+        conn.request("GET", path, headers={"Accept-Encoding": "gzip, deflate"})
+        reply = conn.getresponse()
+        body = reply.read()
+        if reply.status != 200:
+            raise OSError(f"GET {path}: {reply.status}")
+        received += len(body)
+    ms = (time.perf_counter() - t0) * 1000
+    conn.close()
+    return received, ms
+
+
+def measure_page(rig):
+    """The page's first load (the median of 5, on a fresh pmmap), then BENCH_REPEAT rounds
+    of pmmap at PAGE_CONCURRENCY alone and with a `curl -N /events` open: PageResult."""
+    result = PageResult()
+    run_dir = os.path.join(rig.tmp, "run-page-load")
+    started = start_pmmap(rig, run_dir)
+    if started is not None:
+        proc, port = started
+        try:
+            loads = [page_load(port) for _ in range(5)]
+            result.bytes = loads[0][0]
+            result.ms = median(ms for _, ms in loads)
+            result.raw_bytes = page_bytes_uncompressed(port)
+        except (OSError, http.client.HTTPException) as e:
+            rig.fail(f"the page's first load: {e}")
+        rig.procs.stop(proc)
+        shutil.rmtree(run_dir)
+    c = PAGE_CONCURRENCY
+    for r in range(1, rig.settings.repeat + 1):
+        log(f"bench: page, round {r} of {rig.settings.repeat}: pmmap alone, pmmap with curl -N /events")
+        wait_quiet(rig, f"pmmap -c{c}")
+        alone = run_pmmap(rig, f"page-alone-{r}", c, rig.settings.n, rig.batches)
+        wait_quiet(rig, f"pmmap -c{c} watched")
+        watched = run_pmmap(rig, f"page-watched-{r}", c, rig.settings.n, rig.batches, watch=True)
+        result.alone.append(alone.ips)
+        result.watched.append(watched.ips)
+        print(f"page, round {r}: pmmap {fmt(alone.ips, '', 'FAIL')} inputs/s alone, "
+              f"{fmt(watched.ips, '', 'FAIL')} with curl -N /events open", flush=True)
+    result.ratio = median(ratio(w, a) for a, w in zip(result.alone, result.watched))
+    return result
+
+
+def page_bytes_uncompressed(port):
+    """The bytes of the page's files as they are, without compression."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    total = 0
+    for path in PAGE_FILES:
+        conn.request("GET", path)
+        total += len(conn.getresponse().read())
+    conn.close()
+    return total
+
+
+def print_page(result):
+    """The page's lines of the report, in markdown."""
+    if result is None:
+        return
+    print(f"\nThe page's first load ({', '.join(PAGE_FILES)} over one connection, gzip): "
+          f"{fmt(result.bytes)} bytes ({fmt(result.raw_bytes)} uncompressed) in "
+          f"{fmt(result.ms, '.1f')} ms to the last byte (median of 5).")
+    print(f"\n| pmmap at concurrency {PAGE_CONCURRENCY} | inputs/s by round | median |\n|---|---|---:|")
+    print(f"| alone | {' '.join(fmt(v) for v in result.alone)} | {fmt(median(result.alone))} |")
+    print(f"| with `curl -N /events` open | {' '.join(fmt(v) for v in result.watched)} | "
+          f"{fmt(median(result.watched))} |")
+    print(f"| with / alone, median of the rounds' ratios | | {fmt(result.ratio, '.2f')} |")
+
+
 def measure(rig):
     """The parts BENCH_ONLY names, in the report's order: Results."""
     settings, results = rig.settings, Results()
@@ -1010,6 +1118,8 @@ def measure(rig):
         results.big = memory_run(rig)
     if "resume" in settings.only and settings.big_n > 0:
         results.resumed = resume_run(rig)
+    if "page" in settings.only:
+        results.page = measure_page(rig)
     return results
 
 
@@ -1026,7 +1136,9 @@ def bench(rig):
     if settings.pin:  # the bench, and all it starts from now on, on CPU 1
         os.sched_setaffinity(rig.nginx_worker, {0})
         os.sched_setaffinity(0, {1})
-    print_tables(settings, cpu, measure(rig))
+    results = measure(rig)
+    print_tables(settings, cpu, results)
+    print_page(results.page)
     with open(os.path.join(rig.tmp, "nginx", "error.log")) as f:
         errors = [line for line in f if re.search(r"\[(error|crit|alert)\]", line)]
     if errors:

@@ -211,10 +211,11 @@ for flag in $("$PREFIX/bin/curl-config" --static-libs); do
   case $flag in -lcurl | -Wl,-Bstatic | -Wl,-Bdynamic) ;; *) CURL_LIBS+=" $flag" ;; esac
 done
 
-# 3. pmmap: its SERVER_SOURCES and LIB_SOURCES come from the Makefile, so the lists agree.
+# 3. pmmap: its SERVER_SOURCES and LIB_SOURCES come from the Makefile, so the lists agree,
+# and the page's generated source (PAGE_SOURCE, under build/), which the Makefile makes first.
 SOURCES=$(make -s --no-print-directory -C "$ROOT" -f Makefile -f - pmmap-static-print-sources <<'EOF'
-pmmap-static-print-sources:
-	@echo $(SERVER_SOURCES) $(LIB_SOURCES)
+pmmap-static-print-sources: $(PAGE_SOURCE)
+	@echo $(SERVER_SOURCES) $(LIB_SOURCES) $(PAGE_SOURCE)
 EOF
 ) || die "cannot read LIB_SOURCES from the Makefile"
 for src in $SOURCES; do

@@ -33,14 +33,15 @@ TEST_CASE("three jobs under --max-workers 8 never exceed 8 calls in flight, shar
   CHECK(Metric(pmmap, "pmmap_workers_max") == 8);
   // A takes the whole budget first; B and C come while it still has work.
   std::string a = CreateJob(pmmap, JobBody(webhook.url(), "\"concurrency\":8"));
-  REQUIRE(Http(pmmap.base_url(), "PUT", "/job/" + a + "/input", MakeInputs(600, "a")).status == 201);
+  REQUIRE(Http(pmmap.base_url(), "PUT", "/job/" + a + "/input", MakeInputs(600, "a")).status ==
+          201);
   REQUIRE(WaitUntil([&] { return webhook.in_flight() == 8; }));
   std::vector<std::string> others;
   for (const char* prefix : {"b", "c"}) {
     others.push_back(CreateJob(pmmap, JobBody(webhook.url(), "\"concurrency\":8")));
-    REQUIRE(Http(pmmap.base_url(), "PUT", "/job/" + others.back() + "/input",
-                 MakeInputs(40, prefix))
-                .status == 201);
+    REQUIRE(
+        Http(pmmap.base_url(), "PUT", "/job/" + others.back() + "/input", MakeInputs(40, prefix))
+            .status == 201);
   }
   CHECK(Metric(pmmap, "pmmap_workers_waiting") > 0);
   for (const std::string& id : {a, others[0], others[1]}) {

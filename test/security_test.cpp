@@ -238,7 +238,7 @@ TEST_CASE(
       {"DELETE", "/job/x"},      {"PUT", "/job/x/input"},   {"POST", "/job/x/complete"},
       {"POST", "/job/x/cancel"}, {"GET", "/job/x/output"},  {"GET", "/metrics"},
       {"GET", "/no/such/path"},  {"POST", "/no/such/path"}, {"PATCH", "/jobs"},
-      {"GET", "/healthz/"},
+      {"GET", "/healthz/"},      {"GET", "/job/x/events"},  {"GET", "/job/x/stats"},
   };
   for (const Route& route : routes) {
     INFO(route.method << " " << route.path);
@@ -254,9 +254,14 @@ TEST_CASE(
     CHECK(right.status != 401);
     CHECK(right.status != 0);
   }
-  // /healthz needs nothing; GET / (the web page's shell) passes to routing.
+  // /healthz needs nothing, nor the web page's shell and its files, which
+  // ask for the token; the page's event stream does (a stream, so only
+  // refused here).
   CHECK(Http(base, "GET", "/healthz").status == 200);
-  CHECK(Http(base, "GET", "/").status == 404);
+  CHECK(Http(base, "GET", "/").status == 200);
+  CHECK(Http(base, "GET", "/page/app.js").status == 200);
+  CHECK(Http(base, "GET", "/page/nothing.js").status == 404);
+  CHECK(Contains(RequireError(Http(base, "GET", "/events"), 401), "Authorization"));
   // Of all those POST /job, only the one with the token made a job.
   HttpResult jobs = Http(base, "GET", "/jobs", "", Bearer(kToken));
   REQUIRE(jobs.status == 200);
