@@ -348,13 +348,18 @@ def describe_statuses(statuses):
 # --- the webhook and the ceilings ------------------------------------------------------
 
 
-def start_nginx(rig):
-    """Starts nginx with bench/nginx.conf on a free port, once it answers; sets rig.hook."""
-    prefix = os.path.join(rig.tmp, "nginx")
-    os.makedirs(prefix)
-    with socket.socket() as s:  # a free port: nginx would not say which one 0 gave it
+def free_port():
+    """A port free now on 127.0.0.1 (nginx would not say which one port 0 gave it)."""
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def launch_nginx(rig, prefix, port):
+    """nginx with bench/nginx.conf in `prefix` on `port`, once it answers: its process,
+    or None if it exited (see prefix/error.log). Launched again on the same prefix and
+    port, it comes back as it was."""
+    os.makedirs(prefix, exist_ok=True)
     with open(os.path.join(ROOT, "bench", "nginx.conf")) as f:
         conf = f.read().replace("@PREFIX@", prefix).replace("@PORT@", str(port))
     with open(os.path.join(prefix, "nginx.conf"), "w") as f:
@@ -364,11 +369,21 @@ def start_nginx(rig):
     for _ in range(100):
         try:
             request(port, "POST", "/hook/probe", b"{}", timeout=2)
-            break
+            return proc
         except OSError:
             if proc.poll() is not None:
-                sys.exit(f"bench: nginx did not start; see {prefix}/error.log")
+                break
             time.sleep(0.05)
+    rig.procs.stop(proc)
+    return None
+
+
+def start_nginx(rig):
+    """Starts nginx with bench/nginx.conf on a free port, once it answers; sets rig.hook."""
+    prefix, port = os.path.join(rig.tmp, "nginx"), free_port()
+    proc = launch_nginx(rig, prefix, port)
+    if proc is None:
+        sys.exit(f"bench: nginx did not start; see {prefix}/error.log")
     with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
         rig.nginx_worker = int(f.read().split()[0])
     rig.hook = f"http://127.0.0.1:{port}/hook"
@@ -463,6 +478,21 @@ def pmmap_command(rig, run_dir, fsync):
     return args + ["--data-dir", os.path.join(run_dir, "data"), "--fsync", fsync], env
 
 
+def wait_for_port(proc, log_path, pattern, wait_seconds):
+    """Waits until a process we started logs `pattern` (a regex whose group 1 is a port):
+    (port, the log so far); port None if it exited or the wait ran out first."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        with open(log_path) as f:
+            text = f.read()
+        port = re.search(pattern, text)
+        if port:
+            return int(port.group(1)), text
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return None, text
+        time.sleep(0.05)
+
+
 def start_pmmap(rig, run_dir, fsync=None, log_name="pmmap.log", wait_seconds=10):
     """A pmmap on a free port with its data in run_dir (see pmmap_command), once it says
     where it listens, which a durable one does after loading the jobs it finds there:
@@ -471,24 +501,19 @@ def start_pmmap(rig, run_dir, fsync=None, log_name="pmmap.log", wait_seconds=10)
     log_path = os.path.join(run_dir, log_name)
     args, env = pmmap_command(rig, run_dir, fsync)
     proc = rig.procs.start("pmmap", args, log_path, env)
-    deadline = time.monotonic() + wait_seconds
-    while True:
-        with open(log_path) as f:
-            text = f.read()
-        port = re.search(r"listening on http://127\.0\.0\.1:(\d+)", text)
-        if port:
-            return proc, int(port.group(1))
-        if proc.poll() is not None or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    port, text = wait_for_port(proc, log_path, r"listening on http://127\.0\.0\.1:(\d+)",
+                               wait_seconds)
+    if port is not None:
+        return proc, port
     rig.fail(f"pmmap did not start: {text}")
     rig.procs.stop(proc)
     return None
 
 
 def post_job(rig, port, fields):
-    """POST /job to the webhook with these fields: the new job's id, or None."""
-    body = json.dumps(dict(url=rig.hook, **fields), separators=(",", ":")).encode()
+    """POST /job with these fields, to rig.hook unless they name a url: the new job's id,
+    or None."""
+    body = json.dumps({"url": rig.hook, **fields}, separators=(",", ":")).encode()
     try:
         status, reply = request(port, "POST", "/job", body)
         return json.loads(reply)["id"] if status == 201 else None
@@ -496,13 +521,14 @@ def post_job(rig, port, fields):
         return None
 
 
-def timed_job(rig, port, c, batches):
-    """The timed part, from POST /job to the last byte of GET /output, while one thread
-    PUTs the batches and says complete and another waits for the output:
-    (seconds, job, Feed, (status, output, CPU)), or None if POST /job failed."""
+def timed_job(rig, port, c, batches, **fields):
+    """The timed part, from POST /job (with these fields beside c and BENCH_MAXSIZE) to
+    the last byte of GET /output, while one thread PUTs the batches and says complete and
+    another waits for the output: (seconds, job, Feed, (status, output, CPU)), or None if
+    POST /job failed."""
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         t0 = time.perf_counter()
-        job = post_job(rig, port, {"concurrency": c, "maxsize": rig.settings.maxsize})
+        job = post_job(rig, port, {"concurrency": c, "maxsize": rig.settings.maxsize, **fields})
         if job is None:
             return None
         feeding = pool.submit(feed, port, job, batches, True)
