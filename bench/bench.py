@@ -15,8 +15,16 @@ always; the PUT rate of each; and a resume run, where a job of BENCH_BIG_N input
 killed at half its outcomes and resumed with maxsize 1000. Then the page: its first
 load (GET / and the files it loads, over one connection, gzip as a browser asks), and
 BENCH_REPEAT rounds at concurrency 32 of pmmap alone and of pmmap while a
-`curl -N /events` stream is open. BENCH_ONLY picks some of "main", "durable", "resume"
-and "page" (all by default).
+`curl -N /events` stream is open.
+
+Then the outage part (issue 14): a job of 20,000 inputs at concurrency 32, limited to
+2,000 calls/s so that it lasts 10 s, whose webhook (an nginx of its own) is stopped
+1.5 s in for 5 s and started again on the same port, once with the job's defaults (the
+circuit breaker on) and once with max_outage_ms 0: failures, total time, circuit
+openings. Then a latency-bound run: 4 jobs x 10,240 inputs at concurrency 1024 against
+bench/slow_webhook.py, which answers after 1 s: inputs/s against the ideal 4,096/s, and
+pmmap's peak RSS. BENCH_ONLY picks some of "main", "durable", "resume", "page" and
+"outage" (all by default).
 
 Everything it starts is stopped and its temp dir removed on exit; it exits 1 if any
 check failed.
@@ -29,7 +37,9 @@ import datetime
 import http.client
 import json
 import os
+import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -51,7 +61,7 @@ RESUME_RSS_LIMIT_MB = 64  # issue 13's bound on the resumed job's peak RSS (MiB,
 RESUME_START_SECONDS = 300  # the longest a restarted pmmap may take to load its jobs
 PAGE_CONCURRENCY = 32  # the runs with and without an event stream open
 PAGE_FILES = ("/", "/page/app.js", "/page/style.css")  # what a browser's first load fetches
-PARTS = ("main", "durable", "resume", "page")  # what BENCH_ONLY may name
+PARTS = ("main", "durable", "resume", "page", "outage")  # what BENCH_ONLY may name
 CPUS = os.cpu_count()
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"  # /usr/sbin may not be on PATH
@@ -73,7 +83,7 @@ class Settings:
     pin: bool  # nginx's worker on CPU 0, everything else on CPU 1
     quiet_wait: int  # most seconds to wait for an idle machine before a measurement
     pmmap: str
-    only: frozenset  # of PARTS: the main table, the durable runs, the resume run
+    only: frozenset  # of PARTS: the main table, the durable runs, the resume run, outages
 
 
 def read_settings(env):
@@ -353,13 +363,18 @@ def describe_statuses(statuses):
 # --- the webhook and the ceilings ------------------------------------------------------
 
 
-def start_nginx(rig):
-    """Starts nginx with bench/nginx.conf on a free port, once it answers; sets rig.hook."""
-    prefix = os.path.join(rig.tmp, "nginx")
-    os.makedirs(prefix)
-    with socket.socket() as s:  # a free port: nginx would not say which one 0 gave it
+def free_port():
+    """A port free now on 127.0.0.1 (nginx would not say which one port 0 gave it)."""
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def launch_nginx(rig, prefix, port):
+    """nginx with bench/nginx.conf in `prefix` on `port`, once it answers: its process,
+    or None if it exited (see prefix/error.log). Launched again on the same prefix and
+    port, it comes back as it was."""
+    os.makedirs(prefix, exist_ok=True)
     with open(os.path.join(ROOT, "bench", "nginx.conf")) as f:
         conf = f.read().replace("@PREFIX@", prefix).replace("@PORT@", str(port))
     with open(os.path.join(prefix, "nginx.conf"), "w") as f:
@@ -369,11 +384,21 @@ def start_nginx(rig):
     for _ in range(100):
         try:
             request(port, "POST", "/hook/probe", b"{}", timeout=2)
-            break
+            return proc
         except OSError:
             if proc.poll() is not None:
-                sys.exit(f"bench: nginx did not start; see {prefix}/error.log")
+                break
             time.sleep(0.05)
+    rig.procs.stop(proc)
+    return None
+
+
+def start_nginx(rig):
+    """Starts nginx with bench/nginx.conf on a free port, once it answers; sets rig.hook."""
+    prefix, port = os.path.join(rig.tmp, "nginx"), free_port()
+    proc = launch_nginx(rig, prefix, port)
+    if proc is None:
+        sys.exit(f"bench: nginx did not start; see {prefix}/error.log")
     with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
         rig.nginx_worker = int(f.read().split()[0])
     rig.hook = f"http://127.0.0.1:{port}/hook"
@@ -468,6 +493,21 @@ def pmmap_command(rig, run_dir, fsync):
     return args + ["--data-dir", os.path.join(run_dir, "data"), "--fsync", fsync], env
 
 
+def wait_for_port(proc, log_path, pattern, wait_seconds):
+    """Waits until a process we started logs `pattern` (a regex whose group 1 is a port):
+    (port, the log so far); port None if it exited or the wait ran out first."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        with open(log_path) as f:
+            text = f.read()
+        port = re.search(pattern, text)
+        if port:
+            return int(port.group(1)), text
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return None, text
+        time.sleep(0.05)
+
+
 def start_pmmap(rig, run_dir, fsync=None, log_name="pmmap.log", wait_seconds=10):
     """A pmmap on a free port with its data in run_dir (see pmmap_command), once it says
     where it listens, which a durable one does after loading the jobs it finds there:
@@ -476,24 +516,19 @@ def start_pmmap(rig, run_dir, fsync=None, log_name="pmmap.log", wait_seconds=10)
     log_path = os.path.join(run_dir, log_name)
     args, env = pmmap_command(rig, run_dir, fsync)
     proc = rig.procs.start("pmmap", args, log_path, env)
-    deadline = time.monotonic() + wait_seconds
-    while True:
-        with open(log_path) as f:
-            text = f.read()
-        port = re.search(r"listening on http://127\.0\.0\.1:(\d+)", text)
-        if port:
-            return proc, int(port.group(1))
-        if proc.poll() is not None or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    port, text = wait_for_port(proc, log_path, r"listening on http://127\.0\.0\.1:(\d+)",
+                               wait_seconds)
+    if port is not None:
+        return proc, port
     rig.fail(f"pmmap did not start: {text}")
     rig.procs.stop(proc)
     return None
 
 
 def post_job(rig, port, fields):
-    """POST /job to the webhook with these fields: the new job's id, or None."""
-    body = json.dumps(dict(url=rig.hook, **fields), separators=(",", ":")).encode()
+    """POST /job with these fields, to rig.hook unless they name a url: the new job's id,
+    or None."""
+    body = json.dumps({"url": rig.hook, **fields}, separators=(",", ":")).encode()
     try:
         status, reply = request(port, "POST", "/job", body)
         return json.loads(reply)["id"] if status == 201 else None
@@ -501,13 +536,14 @@ def post_job(rig, port, fields):
         return None
 
 
-def timed_job(rig, port, c, batches):
-    """The timed part, from POST /job to the last byte of GET /output, while one thread
-    PUTs the batches and says complete and another waits for the output:
-    (seconds, job, Feed, (status, output, CPU)), or None if POST /job failed."""
+def timed_job(rig, port, c, batches, **fields):
+    """The timed part, from POST /job (with these fields beside c and BENCH_MAXSIZE) to
+    the last byte of GET /output, while one thread PUTs the batches and says complete and
+    another waits for the output: (seconds, job, Feed, (status, output, CPU)), or None if
+    POST /job failed."""
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         t0 = time.perf_counter()
-        job = post_job(rig, port, {"concurrency": c, "maxsize": rig.settings.maxsize})
+        job = post_job(rig, port, {"concurrency": c, "maxsize": rig.settings.maxsize, **fields})
         if job is None:
             return None
         feeding = pool.submit(feed, port, job, batches, True)
@@ -873,6 +909,277 @@ def resume_run(rig):
     return resumed
 
 
+# --- the outage part: a webhook that stops for a while, and one that answers slowly -----
+
+OUTAGE_N, OUTAGE_CONCURRENCY = 20000, 32
+OUTAGE_RATE = 2000  # calls/s: unthrottled, nginx would see all 20,000 in half a second
+OUTAGE_AT, OUTAGE_SECONDS = 1.5, 5.0  # the webhook stops this long into the job, this long
+OUTAGE_JOBS = (("breaker on (defaults)", {}), ("max_outage_ms 0", {"max_outage_ms": 0}))
+SLOW_JOBS, SLOW_CONCURRENCY, SLOW_N, SLOW_DELAY = 4, 1024, 10240, 1.0
+SLOW_IDEAL = SLOW_JOBS * SLOW_CONCURRENCY / SLOW_DELAY  # calls/s
+
+
+@dataclasses.dataclass
+class OutageRow:
+    """One outage run's line of its table."""
+    label: str
+    failed: int = None
+    seconds: float = None  # POST /job to the output's last byte
+    openings: int = None  # pmmap_circuit_openings_total
+    refused: int = None  # pmmap_circuit_refused_total
+    retries: int = None
+
+
+@dataclasses.dataclass
+class LatencyRow:
+    """The latency-bound run's line of its table."""
+    label: str
+    rate: int = None  # inputs/s over all the jobs
+    ratio_ideal: float = None  # to SLOW_IDEAL
+    rss: float = None  # pmmap's peak, MB
+    failed: int = None
+    hook_max_in_flight: int = None  # the webhook's own count
+
+
+def port_below_ephemeral():
+    """A free port below the kernel's ephemeral range: while the webhook on it is down,
+    none of pmmap's connects can take it as its own end (or connect to itself on it)."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low = int(f.read().split()[0])
+    for port in random.sample(range(max(1024, low - 10000), low), 100):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    return free_port()
+
+
+def metrics(port):
+    """GET /metrics as {'name{labels}': value}."""
+    status, body = request(port, "GET", "/metrics")
+    lines = body.decode().splitlines() if status == 200 else []
+    return {name: float(value) for name, value in
+            (line.rsplit(" ", 1) for line in lines if line and not line.startswith("#"))}
+
+
+def tally_output(data, n):
+    """A GET /output body whose entries should be keys k0 .. k<n-1>, each once:
+    (successes, failures, a Counter of the failures' messages, problems or "")."""
+    try:
+        entries = json.loads(data)
+        keys = {entry["key"] for entry in entries}
+        errors = collections.Counter(e["error"]["message"] for e in entries if "error" in e)
+    except (ValueError, TypeError, KeyError) as e:
+        return None, None, collections.Counter(), f"the output is not a list of entries: {e!r}"
+    problem = "" if len(entries) == n and keys == {f"k{i}" for i in range(n)} else (
+        f"{len(entries)} entries of {len(keys)} keys, expected k0 .. k{n - 1} once each")
+    return len(entries) - sum(errors.values()), sum(errors.values()), errors, problem
+
+
+def watch_job(port, running):
+    """Polls GET /jobs every 0.1 s while `running` (a future) runs: the first job's
+    circuit changes, as "at s: circuit (effective concurrency, outputs)"."""
+    t0, last, changes = time.perf_counter(), None, []
+    while not running.done():
+        try:
+            job = json.loads(request(port, "GET", "/jobs", timeout=5)[1])[0]
+        except (OSError, http.client.HTTPException, ValueError, IndexError):
+            job = None
+        if job and job["circuit"] != last:
+            last = job["circuit"]
+            changes.append(f"{time.perf_counter() - t0:.1f}s {last} (effective "
+                           f"{job['effective_concurrency']}, {job['outputs']} outputs)")
+        time.sleep(0.1)
+    return changes
+
+
+def take_webhook_down(rig, nginx, prefix, port, t0):
+    """OUTAGE_AT s after t0, stops the outage run's nginx for OUTAGE_SECONDS and launches
+    it again on the same port: (the new nginx or None, when it went down and came back
+    up, in seconds after t0)."""
+    time.sleep(max(0.0, t0 + OUTAGE_AT - time.perf_counter()))
+    rig.procs.stop(nginx)
+    down = time.perf_counter() - t0
+    time.sleep(OUTAGE_SECONDS)
+    nginx = launch_nginx(rig, prefix, port)
+    if nginx is None:
+        rig.fail(f"the outage run's nginx did not come back on port {port}; see {prefix}")
+    return nginx, down, time.perf_counter() - t0
+
+
+def outage_run(rig, index, label, fields):
+    """A fresh pmmap and a nginx of its own; one job of OUTAGE_N inputs at concurrency 32
+    and OUTAGE_RATE calls/s with these fields, whose webhook stops OUTAGE_AT s in for
+    OUTAGE_SECONDS: OutageRow."""
+    log(f"bench: outage run, {label}: {OUTAGE_N} inputs at concurrency {OUTAGE_CONCURRENCY}"
+        f" and {OUTAGE_RATE} calls/s, the webhook down {OUTAGE_SECONDS:g} s from "
+        f"{OUTAGE_AT:g} s in")
+    run_dir = os.path.join(rig.tmp, f"run-outage-{index}")
+    hook_port, prefix = port_below_ephemeral(), os.path.join(run_dir, "nginx")
+    nginx = launch_nginx(rig, prefix, hook_port)
+    started = start_pmmap(rig, run_dir) if nginx else None
+    if started is None:
+        rig.fail(f"outage run, {label}: nginx or pmmap did not start")
+        return OutageRow(label)
+    proc, port = started
+    fields = dict(fields, url=f"http://127.0.0.1:{hook_port}/hook", rate_per_sec=OUTAGE_RATE)
+    batches = make_batches(OUTAGE_N, rig.settings.batch)
+    wait_quiet(rig, f"the outage run ({label})")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        t0 = time.perf_counter()
+        running = pool.submit(timed_job, rig, port, OUTAGE_CONCURRENCY, batches, **fields)
+        watching = pool.submit(watch_job, port, running)
+        nginx, down, up = take_webhook_down(rig, nginx, prefix, hook_port, t0)
+        if nginx is None:  # or the job would wait max_outage_ms for it
+            rig.procs.stop(proc)
+        timed, changes = running.result(), watching.result()
+    timeline = (f"the webhook went down at {down:.2f} s and answered again at {up:.2f} s; "
+                f"the circuit by GET /jobs: {', '.join(changes) or 'no reading'}")
+    row = report_outage_run(rig, label, fields, (proc, port), run_dir, timed, timeline)
+    if nginx:
+        rig.procs.stop(nginx)
+    shutil.rmtree(run_dir)
+    return row
+
+
+def report_outage_run(rig, label, fields, pmmap, run_dir, timed, timeline):
+    """Reads what the outage run's pmmap says (output, job, metrics, log), prints it with
+    the timeline and stops that pmmap: OutageRow. A failure with the breaker on is a
+    failed check."""
+    (proc, port), row = pmmap, OutageRow(label)
+    if timed is None or proc.poll() is not None:
+        rig.fail(f"outage run, {label}: POST /job failed or pmmap stopped")
+        rig.procs.stop(proc)
+        return row
+    row.seconds, job, fed, (status, output, _) = timed
+    counts, job_json = metrics(port), request(port, "GET", f"/job/{job}")[1].decode().strip()
+    rig.procs.stop(proc)
+    ok, row.failed, errors, problem = tally_output(output, OUTAGE_N)
+    if fed.statuses != {201: len(fed.put_seconds)} or fed.complete != "200" or status != 200:
+        problem += f"; PUTs {describe_statuses(fed.statuses)}, complete {fed.complete}, " \
+                   f"GET /output {status}"
+    if problem or (row.failed and "max_outage_ms" not in fields):
+        rig.fail(f"outage run, {label}: {row.failed} failed {problem}")
+    row.openings = int(counts.get("pmmap_circuit_openings_total", -1))
+    row.refused = int(counts.get("pmmap_circuit_refused_total", -1))
+    row.retries = json.loads(job_json)["retries"]
+    with open(os.path.join(run_dir, "pmmap.log")) as f:
+        circuit_log = [line.rstrip() for line in f if "circuit" in line]
+    ideal = OUTAGE_N / OUTAGE_RATE + OUTAGE_SECONDS
+    print(f"outage run, {label}: {OUTAGE_N} inputs, {ok} succeeded, {row.failed} failed, in "
+          f"{row.seconds:.2f} s ({row.seconds - ideal:+.2f} s beyond the {ideal:g} s of the "
+          f"rate limit plus the outage); circuit openings {row.openings}, calls refused by the"
+          f" circuit {row.refused}, retries {row.retries}\n  {timeline}")
+    print(f"  failures by message: {dict(errors.most_common(3))}" if errors else "  no failures")
+    print(f"  pmmap's log about the circuit ({len(circuit_log)} lines): "
+          + " | ".join(circuit_log[:4] + (["..."] + circuit_log[-2:] if len(circuit_log) > 6
+                                          else circuit_log[4:])))
+    print(f"  the job at its end: {job_json}", flush=True)
+    return row
+
+
+def raise_file_limit(needed):
+    """Raises RLIMIT_NOFILE's soft limit to `needed` where the hard limit allows, for
+    this process and the ones it starts from now on: the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return soft
+
+
+def start_slow_webhook(rig, run_dir):
+    """bench/slow_webhook.py, answering after SLOW_DELAY s, on a free port: (process,
+    port) or None."""
+    log_path = os.path.join(run_dir, "slow_webhook.log")
+    proc = rig.procs.start("slow webhook", [sys.executable, "-u",
+                                            os.path.join(ROOT, "bench", "slow_webhook.py"),
+                                            "0", str(SLOW_DELAY)], log_path)
+    port, text = wait_for_port(proc, log_path, r"listening on (\d+)", 10)
+    if port is None:
+        rig.fail(f"the slow webhook did not start: {text[-500:]}")
+        rig.procs.stop(proc)
+        return None
+    return proc, port
+
+
+def latency_jobs(rig, port, hook):
+    """SLOW_JOBS jobs at once, each of SLOW_N inputs at SLOW_CONCURRENCY: (seconds from
+    the first POST /job to the end of the last output, [timed_job's answer per job])."""
+    batches = make_batches(SLOW_N, rig.settings.batch)
+    with concurrent.futures.ThreadPoolExecutor(SLOW_JOBS) as pool:
+        t0 = time.perf_counter()
+        runs = [pool.submit(timed_job, rig, port, SLOW_CONCURRENCY, batches, url=hook)
+                for _ in range(SLOW_JOBS)]
+        timed = [run.result() for run in runs]
+    return time.perf_counter() - t0, timed
+
+
+def latency_run(rig):
+    """SLOW_JOBS jobs x SLOW_CONCURRENCY on one fresh pmmap against a webhook that
+    answers after SLOW_DELAY s: inputs/s against SLOW_IDEAL, peak RSS. LatencyRow."""
+    row = LatencyRow(f"{SLOW_JOBS} jobs x {SLOW_N} inputs, concurrency {SLOW_CONCURRENCY}")
+    log(f"bench: latency-bound run: {row.label}, the webhook answering after {SLOW_DELAY:g} s")
+    files = raise_file_limit(2 * SLOW_JOBS * SLOW_CONCURRENCY + 1024)
+    run_dir = os.path.join(rig.tmp, "run-latency")
+    os.makedirs(run_dir)
+    hook = start_slow_webhook(rig, run_dir)
+    started = start_pmmap(rig, run_dir) if hook else None
+    if started is None:
+        return row
+    (hook_proc, hook_port), (proc, port) = hook, started
+    wait_quiet(rig, "the latency-bound run")
+    hook_cpu0 = cpu_seconds(hook_proc.pid)
+    seconds, timed = latency_jobs(rig, port, f"http://127.0.0.1:{hook_port}/hook")
+    hook_cpu = cpu_seconds(hook_proc.pid) - hook_cpu0
+    stats = json.loads(request(hook_port, "GET", "/stats")[1])
+    row.rss, cpu, _ = last_readings(rig, proc, run_dir)
+    rig.procs.stop(proc)
+    rig.procs.stop(hook_proc)
+    row.failed, problems = check_latency_jobs(timed)
+    if problems:
+        rig.fail(f"latency-bound run: {problems}")
+    row.rate = None if problems else round(SLOW_JOBS * SLOW_N / seconds)
+    row.ratio_ideal, row.hook_max_in_flight = ratio(row.rate, SLOW_IDEAL), stats["max_in_flight"]
+    print(f"latency-bound run: {row.label}: {SLOW_JOBS * SLOW_N} inputs in {seconds:.2f} s = "
+          f"{fmt(row.rate, '', 'FAIL')} inputs/s, {fmt(row.ratio_ideal, '.2f')} of the ideal "
+          f"{SLOW_IDEAL:.0f}/s; {row.failed} failed; pmmap's peak RSS {fmt(row.rss, '.1f')} MB,"
+          f" CPU {fmt(cpu, '.2f')} s; jobs' own times "
+          f"{' '.join(f'{t[0]:.2f}' for t in timed if t)} s; RLIMIT_NOFILE {files}")
+    print(f"  the webhook by its own count: {stats['requests']} answers "
+          f"({stats['requests'] / seconds:.0f}/s), at most {stats['max_in_flight']} held at "
+          f"once on {stats['max_connections']} connections, answers late by "
+          f"{stats['late_total_s'] / max(1, stats['requests']) * 1000:.1f} ms on average and "
+          f"{stats['late_max_s'] * 1000:.0f} ms at most; its CPU {hook_cpu:.2f} s in "
+          f"{seconds:.2f} s", flush=True)
+    shutil.rmtree(run_dir)
+    return row
+
+
+def check_latency_jobs(timed):
+    """The latency-bound jobs' outputs, tallied: (failures, problems or "")."""
+    failed, problems = 0, []
+    for answer in timed:
+        if answer is None:
+            problems.append("POST /job failed")
+            continue
+        _, _, fed, (status, output, _) = answer
+        _, job_failed, errors, problem = tally_output(output, SLOW_N)
+        failed += job_failed or 0
+        if problem or errors or status != 200 or fed.complete != "200":
+            problems.append(f"GET /output {status}, complete {fed.complete}, {problem} "
+                            f"{dict(errors.most_common(2))}")
+    return failed, "; ".join(problems)
+
+
+def measure_outage(rig):
+    """The outage runs, then the latency-bound run: ([OutageRow], LatencyRow)."""
+    rows = [outage_run(rig, i, label, fields) for i, (label, fields) in enumerate(OUTAGE_JOBS)]
+    return rows, latency_run(rig)
+
+
 # --- the report ------------------------------------------------------------------------
 
 COLUMNS = [  # the terminal's heading and width (negative: to the left), the markdown's
@@ -942,6 +1249,21 @@ RESUME_COLUMNS = [
     (f"< {RESUME_RSS_LIMIT_MB} MiB", 9, f"under {RESUME_RSS_LIMIT_MB} MiB"),
     ("output", 7, "output"),
 ]
+OUTAGE_COLUMNS = [
+    ("outage run", -24, f"{OUTAGE_N} inputs, concurrency {OUTAGE_CONCURRENCY}, {OUTAGE_RATE}"
+     f" calls/s, the webhook down {OUTAGE_SECONDS:g} s from {OUTAGE_AT:g} s in"),
+    ("failed", 7, "failed"), ("total s", 8, "total time (s)"),
+    ("openings", 9, "circuit openings"), ("refused", 8, "calls refused by the circuit"),
+    ("retries", 8, "retries"),
+]
+OUTAGE_FORMATS = ["", "", ".2f", "", "", ""]
+LATENCY_COLUMNS = [
+    ("latency-bound run", -40, f"latency-bound run, the webhook answering after {SLOW_DELAY:g} s"),
+    ("calls/s", 8, "calls/s"), (f"/ {SLOW_IDEAL:.0f}", 7, f"/ ideal {SLOW_IDEAL:.0f}/s"),
+    ("peak RSS (MB)", 14, "pmmap peak RSS (MB)"), ("failed", 7, "failed"),
+    ("hook max", 9, "most calls the webhook held at once"),
+]
+LATENCY_FORMATS = ["", "", ".2f", ".1f", "", ""]
 
 
 @dataclasses.dataclass
@@ -953,6 +1275,8 @@ class Results:
     durable: list = dataclasses.field(default_factory=list)  # a DurableRow per mode
     resumed: Resumed = None
     page: "PageResult" = None
+    outages: list = dataclasses.field(default_factory=list)  # an OutageRow per OUTAGE_JOBS
+    latency: LatencyRow = None
 
 
 @dataclasses.dataclass
@@ -997,7 +1321,10 @@ def print_tables(settings, cpu, results):
 
     tables = [(COLUMNS, cells_of(results.rows, ROW_FORMATS)),
               (DURABLE_COLUMNS, cells_of(results.durable, DURABLE_FORMATS)),
-              (RESUME_COLUMNS, [resume_cells(results.resumed)] if results.resumed else [])]
+              (RESUME_COLUMNS, [resume_cells(results.resumed)] if results.resumed else []),
+              (OUTAGE_COLUMNS, cells_of(results.outages, OUTAGE_FORMATS)),
+              (LATENCY_COLUMNS, cells_of([results.latency] if results.latency else [],
+                                         LATENCY_FORMATS))]
     tables = [(columns, cells) for columns, cells in tables if cells]
     for columns, cells in tables:
         print()
@@ -1120,6 +1447,8 @@ def measure(rig):
         results.resumed = resume_run(rig)
     if "page" in settings.only:
         results.page = measure_page(rig)
+    if "outage" in settings.only:
+        results.outages, results.latency = measure_outage(rig)
     return results
 
 
@@ -1128,8 +1457,9 @@ def bench(rig):
     settings = rig.settings
     setup, cpu = describe_setup(settings, rig.tmp)
     print(setup + "\n", flush=True)
-    log("bench: building bare_loop")
-    build_tools(rig)
+    if settings.only & {"main", "durable"}:
+        log("bench: building bare_loop")
+        build_tools(rig)
     rig.batches = make_batches(settings.n, settings.batch)
     start_nginx(rig)
     log(f"bench: webhook {rig.hook} (nginx worker pid {rig.nginx_worker})")
