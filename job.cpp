@@ -450,9 +450,9 @@ JobState Job::state() {
 std::string Job::ToJson() {
   std::string out = "{\"id\":";
   AppendJsonString(id_, &out);
+  MutexLock lock(&mutex_);
   out.append(",\"url\":");
   AppendJsonString(options_.url, &out);
-  MutexLock lock(&mutex_);
   out.append(",\"state\":\"").append(JobStateName(state_)).push_back('"');
   AppendField("inputs", inputs_, &out);
   AppendField("outputs", outputs_, &out);
