@@ -156,6 +156,34 @@ Status Job::Add(std::vector<Input> batch) {
   return durable;
 }
 
+Status Job::WaitForRoom(size_t n, const std::function<bool()>& give_up) {
+  MutexLock lock(&mutex_);
+  const size_t maxsize = static_cast<size_t>(options_.maxsize);
+  n = std::min(n, std::max<size_t>(1, maxsize / 4));
+  // Counted as an adder: PopQueue wakes adders when room frees, and a
+  // closing job does not end while one waits.
+  ++adders_;
+  bool gave_up = false;
+  Clock::time_point ask_at = Clock::now() + kGiveUpInterval;
+  while (!stopped() && state_ == JobState::kOpen && queue_.size() + n > maxsize) {
+    if (!give_up) {
+      room_cv_.Wait();
+      continue;
+    }
+    if (room_cv_.WaitUntil(ask_at)) continue;
+    mutex_.Unlock();
+    gave_up = give_up();
+    mutex_.Lock();
+    if (gave_up) break;
+    ask_at = Clock::now() + kGiveUpInterval;
+  }
+  --adders_;
+  MaybeDone();
+  if (discarded()) return DiscardedStatus();
+  if (gave_up) return Status::Unavailable("the caller gave up waiting for room");
+  return Status::OK();
+}
+
 void Job::StartWorkers(int n) {
   if (n <= 0 || !start_worker_) return;
   // Starting threads is slow: workers and API calls need not wait for it.

@@ -155,6 +155,15 @@ class Job : public std::enable_shared_from_this<Job> {
   // came before with the same value is a repeat: accepted, but neither
   // queued nor counted again, so that a client may resend a PUT.
   Status Add(std::vector<Input> batch);
+  // Blocks until the queue has room for n inputs, so that an Add of n
+  // will not wait (unless another Add takes the room first). Returns at
+  // once if the job is not open; Add then says why. give_up, if given, is
+  // asked every kGiveUpInterval, without the job's lock, whether to stop
+  // waiting (the caller hung up): then returns Unavailable. For a streamed
+  // PUT, whose caller must be able to leave while it waits for room.
+  // n > max(1, maxsize / 4) is waited for as that: workers wake waiters
+  // once a quarter of the queue is free.
+  Status WaitForRoom(size_t n, const std::function<bool()>& give_up = nullptr);
   // No more inputs will come. Harmless to repeat.
   Status Complete();
   // Stops sending: every input without an outcome gets a "cancelled" error

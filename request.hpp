@@ -35,6 +35,10 @@ Status ParseJobOptions(const std::string& body, JobOptions* options);
 // Each value is kept as compact JSON, its numbers exactly as written.
 Status ParseInputs(const std::string& body, std::vector<Input>* inputs);
 
+// Parses one line of an NDJSON PUT /job/{id}/input, {"key": ..., "value": ...}
+// (no newline; not empty), with the checks ParseInputs makes of each input.
+Status ParseInputLine(const std::string& line, Input* input);
+
 // ParseInputs' two parsers, apart for tests. The fast one takes the usual
 // body, whose keys have no escapes, checking its syntax without decoding;
 // it refuses anything else, valid or not (returns false, changes nothing).
@@ -48,6 +52,8 @@ struct OutputQuery {
   uint64_t offset = 0;
   uint64_t limit = UINT64_MAX;
   OutputReader::Format format = OutputReader::kArray;
+  // ?result=succeeded or failed; offset and limit then count within those.
+  OutputReader::Result result = OutputReader::kAll;
 };
 
 // Parses the query parameters of GET /job/{id}/output; accept is the

@@ -17,6 +17,7 @@
 #include "caller.hpp"
 #include "http_pool.hpp"
 #include "json.hpp"
+#include "line_inputs.hpp"
 #include "log.hpp"
 #include "metrics.hpp"
 #include "request.hpp"
@@ -36,6 +37,18 @@ constexpr time_t kKeepAliveSeconds = 3;
 constexpr size_t kKeepAliveRequests = 10000;
 // A caller reading a large output may pause; give it time before dropping it.
 constexpr time_t kWriteTimeoutSeconds = 60;
+
+// A streamed PUT hands its lines to the job in batches of this many
+// inputs (fewer for a small maxsize: see StreamBatchInputs), or of this
+// many bytes of values: few enough to keep memory flat, enough that the
+// job's lock and a durable job's journal write are taken once a batch.
+constexpr size_t kStreamBatchMaxInputs = 64;
+constexpr size_t kStreamBatchBytes = 1 << 20;
+
+// A batch small enough that a quarter of the job's queue makes room for it.
+size_t StreamBatchInputs(int64_t maxsize) {
+  return std::min<size_t>(kStreamBatchMaxInputs, std::max<int64_t>(1, maxsize / 4));
+}
 
 // The file CheckWritable creates and removes in the data dir.
 constexpr char kWriteProbe[] = ".pmmap-write-test";
@@ -122,6 +135,28 @@ Status ReadBody(const httplib::Request& req, const httplib::ContentReader& reade
   return Status::OK();
 }
 
+// Reads and drops what is left of a body, at most max_bytes of it, so that
+// the caller, still sending, reads the answer instead of a reset connection.
+void SkipBody(const httplib::ContentReader& reader, size_t max_bytes) {
+  size_t skipped = 0;
+  reader([&](const char*, size_t n) {
+    skipped += n;
+    return skipped <= max_bytes;
+  });
+}
+
+// Whether a PUT /job/{id}/input streams NDJSON: ?format=ndjson, or its
+// Content-Type without ?format=json. *error says what is wrong with format.
+bool WantsNdjson(const httplib::Request& req, std::string* error) {
+  std::string format = req.get_param_value("format");
+  if (format == "ndjson") return true;
+  if (format == "json") return false;
+  if (!format.empty()) *error = "format: expected json or ndjson";
+  std::string type = req.get_header_value("Content-Type");
+  for (char& c : type) c = static_cast<char>(tolower(static_cast<unsigned char>(c)));
+  return type.compare(0, 20, "application/x-ndjson") == 0;
+}
+
 Dispatcher::Options DispatcherOptions(const Flags& flags) {
   Dispatcher::Options options;
   options.ca_file = flags.ca_file.empty() ? FindCaBundle() : flags.ca_file;
@@ -159,7 +194,7 @@ const Server::Route Server::kRoutes[] = {
     {"GET", R"(/jobs)", &Server::ListJobs},
     {"GET", R"(/job/([^/]+))", &Server::ShowJob},
     {"DELETE", R"(/job/([^/]+))", &Server::DeleteJob},
-    {"PUT", R"(/job/([^/]+)/input)", &Server::AddInputs},
+    {"PUT", R"(/job/([^/]+)/input)", &Server::AddInputs, &Server::StreamInputs},
     {"POST", R"(/job/([^/]+)/complete)", &Server::CompleteJob},
     {"POST", R"(/job/([^/]+)/cancel)", &Server::CancelJob},
     {"GET", R"(/job/([^/]+)/output)", &Server::StreamOutput},
@@ -184,8 +219,10 @@ void Server::InstallRoutes() {
     }
     // Every other method reads its body itself, whatever its Content-Type,
     // and answers 413 past --max-body.
-    auto with_body = [this, handler](const Request& req, Response& res,
-                                     const ContentReader& reader) {
+    StreamHandler streamed = route.streamed;
+    auto with_body = [this, handler, streamed](const Request& req, Response& res,
+                                               const ContentReader& reader) {
+      if (streamed != nullptr && (this->*streamed)(req, reader, res)) return;
       std::string body;
       Status s = ReadBody(req, reader, flags_.max_body, &body);
       if (!s.ok()) return ReplyError(res, s);
@@ -295,6 +332,58 @@ void Server::AddInputs(const httplib::Request& req, std::string body, httplib::R
   Reply(res, 201, job->ToJson());
 }
 
+bool Server::StreamInputs(const httplib::Request& req, const httplib::ContentReader& reader,
+                          httplib::Response& res) {
+  std::string error;
+  bool ndjson = WantsNdjson(req, &error);
+  if (!ndjson && error.empty()) return false;
+  // A caller who sends no body (neither header) sends no lines.
+  const bool has_body = req.has_header("Content-Length") || req.has_header("Transfer-Encoding");
+  std::shared_ptr<Job> job = error.empty() ? FindJob(req, res) : nullptr;
+  if (!job) {
+    if (has_body) SkipBody(reader, flags_.max_body);
+    if (!error.empty()) ReplyError(res, Status::Invalid(error));
+    return true;
+  }
+  // Waiting for room, the caller's socket is not read: ask it whether the
+  // caller hung up. Its socket is looked for only once a wait lasts.
+  std::unique_ptr<CallerSocket> caller;
+  auto hung_up = [&] {
+    if (!caller) {
+      caller.reset(
+          new CallerSocket(req.local_addr, req.local_port, req.remote_addr, req.remote_port));
+    }
+    return caller->HungUp();
+  };
+  LineInputs::Options options;
+  options.max_line_bytes = flags_.max_body;
+  options.batch_inputs = StreamBatchInputs(job->options().maxsize);
+  options.batch_bytes = kStreamBatchBytes;
+  LineInputs lines(options, [&](const std::vector<Input>& batch) {
+    Status s = job->WaitForRoom(batch.size(), hung_up);
+    if (s.ok()) s = job->Add(batch);
+    return s;
+  });
+  size_t skipped = 0;
+  bool whole = !has_body || reader([&](const char* data, size_t n) {
+    if (lines.Take(data, n)) return true;
+    // Stopped: the rest is read and dropped, up to --max-body of it, so
+    // that the caller, still sending, reads the answer, not a reset.
+    skipped += n;
+    return skipped <= flags_.max_body;
+  });
+  Status s = lines.Finish(whole);
+  // Not whole and not stopped: the caller vanished; no answer reaches it.
+  if (s.ok() && !whole) s = Status::Invalid("the body could not be read whole");
+  if (!s.ok()) {
+    ReplyError(res, s);
+    return true;
+  }
+  std::string json = job->ToJson();
+  Reply(res, 201, "{\"accepted\":" + std::to_string(lines.accepted()) + "," + json.substr(1));
+  return true;
+}
+
 void Server::CompleteJob(const httplib::Request& req, std::string, httplib::Response& res) {
   ActOnJob(req, &Job::Complete, res);
 }
@@ -333,7 +422,14 @@ void Server::StreamOutput(const httplib::Request& req, std::string, httplib::Res
   // over an output that misses some.
   const char* state = JobStateName(job->state());
   std::unique_ptr<OutputReader> opened;
-  if (s.ok()) s = job->OpenOutput(query.offset, query.limit, query.format, &opened);
+  if (s.ok() && query.result == OutputReader::kAll) {
+    s = job->OpenOutput(query.offset, query.limit, query.format, &opened);
+  } else if (s.ok()) {
+    // Which entries match is known only by reading them: the reader reads
+    // every entry stored so far and pages within the matching ones.
+    s = job->OpenOutput(0, UINT64_MAX, query.format, &opened);
+    if (s.ok()) opened->Filter(query.result, query.offset, query.limit);
+  }
   if (!s.ok()) return ReplyError(res, s);
   std::shared_ptr<OutputReader> reader(std::move(opened));
   auto chunk = std::make_shared<std::string>();

@@ -1,0 +1,309 @@
+// From the shell (issue 16): NDJSON inputs streamed into PUT /job/{id}/input
+// with backpressure, GET /output filtered by result, POST /job/{id}/redrive,
+// and `pmmap map`. The real binary against a real webhook on loopback;
+// shell commands (curl, script) run through /bin/sh, their files in a
+// TempDir. Every wait is bounded.
+
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <fstream>
+#include <map>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "harness.hpp"
+
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+// Inputs first..last-1 as NDJSON: keys k<i>, values {"i": i}.
+std::string NdjsonLines(int first, int last) {
+  std::string out;
+  for (int i = first; i < last; ++i) {
+    out += "{\"key\":\"k" + std::to_string(i) + "\",\"value\":{\"i\":" + std::to_string(i) + "}}\n";
+  }
+  return out;
+}
+
+void WriteFile(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+  REQUIRE(out.good());
+}
+
+// Runs command with /bin/sh, at most timeout; returns its exit code (-1 if
+// it had to be killed).
+[[maybe_unused]] int Shell(const std::string& command, milliseconds timeout = seconds(30)) {
+  int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+  REQUIRE(devnull >= 0);
+  pid_t pid = Spawn({"/bin/sh", "-c", command}, {}, devnull, devnull);
+  close(devnull);
+  return WaitExit(pid, timeout);
+}
+
+// The kB of a field of /proc/{pid}/status (VmRSS, VmHWM), or 0.
+uint64_t ProcStatusKb(pid_t pid, const std::string& field) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.compare(0, field.size() + 1, field + ":") == 0) {
+      return std::stoull(line.substr(field.size() + 1));
+    }
+  }
+  return 0;
+}
+
+// A webhook that fails (400) the keys in failing, and answers the rest as Echo does.
+Webhook::Handler FailKeys(std::set<std::string> failing) {
+  return [failing](const Webhook::Call& call, httplib::Response& res) {
+    if (failing.count(call.key) > 0) {
+      res.status = 400;
+      res.set_content("{\"no\":true}", "application/json");
+      return;
+    }
+    Echo(call, res);
+  };
+}
+
+std::string Output(const PmmapProcess& pmmap, const std::string& id, const std::string& query) {
+  HttpResult r = Http(pmmap.base_url(), "GET", "/job/" + id + "/output?" + query);
+  INFO(r.body);
+  REQUIRE(r.status == 200);
+  return r.body;
+}
+
+std::vector<std::string> KeysOf(const std::vector<rapidjson::Document>& lines) {
+  std::vector<std::string> keys;
+  for (const auto& line : lines) keys.push_back(Text(line, "key"));
+  return keys;
+}
+
+bool Ended(const rapidjson::Document& job) {
+  std::string state = Text(job, "state");
+  return state == "done" || state == "cancelled";
+}
+
+// Runs a job of n inputs (keys k0..), of which the webhook fails the keys
+// in failing, to its end; returns its id.
+std::string RunJobWithFailures(const PmmapProcess& pmmap, Webhook& hook, int n,
+                               const std::set<std::string>& failing,
+                               const std::string& fields = "\"concurrency\":4") {
+  hook.SetHandler(FailKeys(failing));
+  std::string id = CreateJob(pmmap, JobBody(hook.url(), fields));
+  REQUIRE(Http(pmmap.base_url(), "PUT", "/job/" + id + "/input", MakeInputs(n)).status == 201);
+  REQUIRE(Http(pmmap.base_url(), "POST", "/job/" + id + "/complete").status == 200);
+  WaitForJob(pmmap, id, Ended);
+  return id;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// GET /job/{id}/output?result=
+
+TEST_CASE("output filtered by result pages within the matching entries, as JSON and NDJSON",
+          "[shell]") {
+  Webhook hook;
+  PmmapProcess pmmap;
+  // Every third key fails: k0, k3, ..., k27 (10 of 30).
+  std::set<std::string> failing;
+  for (int i = 0; i < 30; i += 3) failing.insert("k" + std::to_string(i));
+  std::string id = RunJobWithFailures(pmmap, hook, 30, failing);
+
+  std::vector<rapidjson::Document> all = ParseLines(Output(pmmap, id, "format=ndjson"));
+  REQUIRE(all.size() == 30);
+  std::vector<std::string> failed_in_order;
+  std::vector<std::string> succeeded_in_order;
+  for (const auto& entry : all) {
+    (entry.HasMember("error") ? failed_in_order : succeeded_in_order).push_back(Text(entry, "key"));
+  }
+  REQUIRE(failed_in_order.size() == 10);
+
+  // NDJSON: only failures, in stored order; offset and limit count within them.
+  auto failed = ParseLines(Output(pmmap, id, "result=failed&format=ndjson"));
+  CHECK(KeysOf(failed) == failed_in_order);
+  for (const auto& entry : failed) CHECK(entry["error"]["status"].GetInt() == 400);
+  auto page = ParseLines(Output(pmmap, id, "result=failed&format=ndjson&offset=3&limit=4"));
+  CHECK(KeysOf(page) ==
+        std::vector<std::string>(failed_in_order.begin() + 3, failed_in_order.begin() + 7));
+  auto tail = ParseLines(Output(pmmap, id, "result=failed&format=ndjson&offset=8&limit=100"));
+  CHECK(KeysOf(tail) ==
+        std::vector<std::string>(failed_in_order.begin() + 8, failed_in_order.end()));
+
+  // The JSON array form, and the successes.
+  rapidjson::Document array = ParseJson(Output(pmmap, id, "result=succeeded&offset=5&limit=3"));
+  REQUIRE(array.IsArray());
+  REQUIRE(array.Size() == 3);
+  for (rapidjson::SizeType i = 0; i < 3; ++i) {
+    CHECK(Text(array[i], "key") == succeeded_in_order[5 + i]);
+    CHECK(array[i].HasMember("value"));
+  }
+  CHECK(ParseJson(Output(pmmap, id, "result=succeeded")).Size() == 20);
+  CHECK(Output(pmmap, id, "result=failed&offset=10") == "[]\n");
+  CHECK(Output(pmmap, id, "result=failed&limit=0&format=ndjson") == "");
+  // Combined with wait=false on a running job too; a bad value is refused.
+  CHECK(ParseJson(Output(pmmap, id, "result=failed&wait=false")).Size() == 10);
+  std::string error =
+      RequireError(Http(pmmap.base_url(), "GET", "/job/" + id + "/output?result=broken"), 400);
+  CHECK(error.find("result") != std::string::npos);
+}
+
+TEST_CASE("output filtered by result reads entries whose keys straddle the reader's blocks",
+          "[shell]") {
+  Webhook hook;
+  PmmapProcess pmmap;
+  // Long keys (1000 bytes, escaped to 6 bytes each in part) put entry heads
+  // across the reader's 64 KiB blocks.
+  std::set<std::string> failing;
+  std::string inputs = "[";
+  const int n = 400;
+  for (int i = 0; i < n; ++i) {
+    std::string key = std::string(990, i % 2 ? '"' : 'x') + std::to_string(1000000 + i);
+    if (i % 7 == 0) failing.insert(key);
+    inputs += (i ? "," : "") + std::string("{\"key\":") + Quote(key) +
+              ",\"value\":" + std::to_string(i) + "}";
+  }
+  inputs += "]";
+  hook.SetHandler(FailKeys(failing));
+  std::string id = CreateJob(pmmap, JobBody(hook.url(), "\"concurrency\":4"));
+  REQUIRE(Http(pmmap.base_url(), "PUT", "/job/" + id + "/input", inputs).status == 201);
+  REQUIRE(Http(pmmap.base_url(), "POST", "/job/" + id + "/complete").status == 200);
+  WaitForJob(pmmap, id, Ended);
+  auto failed = ParseLines(Output(pmmap, id, "result=failed&format=ndjson"));
+  std::set<std::string> keys;
+  for (const auto& entry : failed) keys.insert(Text(entry, "key"));
+  CHECK(keys == failing);
+  CHECK(ParseJson(Output(pmmap, id, "result=succeeded")).Size() == n - failing.size());
+}
+
+// ---------------------------------------------------------------------------
+// PUT /job/{id}/input with NDJSON
+
+TEST_CASE("a streamed NDJSON PUT of 200,000 lines into a queue of 100 delivers all, RSS flat",
+          "[shell]") {
+  Webhook hook;
+  PmmapProcess pmmap;
+  TempDir dir("pmmap-shell");
+  const int n = 200000;
+  WriteFile(dir.File("in.ndjson"), NdjsonLines(0, n));
+  std::string id = CreateJob(pmmap, JobBody(hook.url(), "\"concurrency\":16,\"maxsize\":100"));
+  const uint64_t rss_start_kb = ProcStatusKb(pmmap.pid(), "VmRSS");
+  REQUIRE(rss_start_kb > 0);
+  std::string command = "exec curl -sS -o " + dir.File("out.json") + " -w '%{http_code}' -T " +
+                        dir.File("in.ndjson") + " -H 'Content-Type: application/x-ndjson' " +
+                        pmmap.base_url() + "/job/" + id + "/input > " + dir.File("code");
+  int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+  pid_t curl = Spawn({"/bin/sh", "-c", command}, {}, devnull, devnull);
+  close(devnull);
+  // While the stream runs, the queue stays within maxsize and memory flat.
+  uint64_t rss_peak_kb = 0;
+  uint64_t queue_peak = 0;
+  bool streaming = WaitUntil(
+      [&] {
+        rss_peak_kb = std::max(rss_peak_kb, ProcStatusKb(pmmap.pid(), "VmRSS"));
+        rapidjson::Document job = GetJob(pmmap, id);
+        queue_peak = std::max<uint64_t>(queue_peak, U64(job, "pending"));
+        return U64(job, "inputs") >= n;
+      },
+      seconds(60), milliseconds(50));
+  REQUIRE(WaitExit(curl, seconds(30)) == 0);
+  REQUIRE(streaming);
+  CHECK(ReadFile(dir.File("code")) == "201");
+  rapidjson::Document answer = ParseJson(ReadFile(dir.File("out.json")));
+  CHECK(U64(answer, "accepted") == n);
+  CHECK(U64(answer, "inputs") == n);
+  CHECK(queue_peak <= 100);
+  REQUIRE(Http(pmmap.base_url(), "POST", "/job/" + id + "/complete").status == 200);
+  rapidjson::Document done = WaitForJob(
+      pmmap, id, [](const rapidjson::Document& j) { return Text(j, "state") == "done"; },
+      seconds(60));
+  CHECK(U64(done, "succeeded") == n);
+  const uint64_t hwm_kb = ProcStatusKb(pmmap.pid(), "VmHWM");
+  INFO("RSS at start " << rss_start_kb << " kB, peak seen " << rss_peak_kb << " kB, VmHWM "
+                       << hwm_kb << " kB");
+  CHECK(rss_peak_kb < rss_start_kb + 64 * 1024);
+  CHECK(hwm_kb < rss_start_kb + 64 * 1024);
+  std::set<std::string> keys;
+  for (const auto& entry : ParseLines(Output(pmmap, id, "format=ndjson"))) {
+    keys.insert(Text(entry, "key"));
+  }
+  CHECK(keys.size() == static_cast<size_t>(n));
+}
+
+TEST_CASE("a bad line stops a streamed PUT with its number; the lines before it stay accepted",
+          "[shell]") {
+  Webhook hook;
+  PmmapProcess pmmap;
+  std::string id = CreateJob(pmmap, JobBody(hook.url(), "\"concurrency\":4,\"maxsize\":10"));
+  // Line 1 is blank; lines 2..301 are inputs k0..k299; line 302 is bad.
+  std::string body =
+      "\n" + NdjsonLines(0, 300) + "{\"key\":\"\",\"value\":1}\n" + NdjsonLines(300, 400);
+  HttpResult r = Http(pmmap.base_url(), "PUT", "/job/" + id + "/input?format=ndjson", body);
+  std::string error = RequireError(r, 400);
+  CHECK(error.find("line 302:") == 0);
+  CHECK(error.find("must not be empty") != std::string::npos);
+  CHECK(error.find("the 300 inputs before it were accepted") != std::string::npos);
+  CHECK(U64(GetJob(pmmap, id), "inputs") == 300);
+
+  // A line that is not JSON, and a key used before with another value (a
+  // clash inside a batch: only the inputs before it are accepted).
+  error = RequireError(Http(pmmap.base_url(), "PUT", "/job/" + id + "/input?format=ndjson",
+                            NdjsonLines(300, 305) + "{\"key\":\n"),
+                       400);
+  CHECK(error.find("line 6: the line is not valid JSON") == 0);
+  CHECK(U64(GetJob(pmmap, id), "inputs") == 305);
+  error = RequireError(Http(pmmap.base_url(), "PUT", "/job/" + id + "/input?format=ndjson",
+                            NdjsonLines(305, 310) + "{\"key\":\"k1\",\"value\":2}\n"),
+                       409);
+  CHECK(error.find("line 6: input.key \"k1\" is already used") == 0);
+  CHECK(U64(GetJob(pmmap, id), "inputs") == 310);
+
+  // The fixed file sent again whole: repeats are accepted, a last line
+  // without a newline counts, and the Content-Type alone selects NDJSON.
+  std::string fixed = NdjsonLines(0, 400);
+  fixed.pop_back();
+  r = Http(pmmap.base_url(), "PUT", "/job/" + id + "/input", fixed,
+           {{"Content-Type", "application/x-ndjson"}});
+  INFO(r.body);
+  REQUIRE(r.status == 201);
+  CHECK(U64(ParseJson(r.body), "accepted") == 400);
+  CHECK(U64(GetJob(pmmap, id), "inputs") == 400);
+  RequireError(Http(pmmap.base_url(), "PUT", "/job/" + id + "/input?format=xml", "[]"), 400);
+}
+
+TEST_CASE("a streamed PUT blocked for room ends on cancel and on delete", "[shell]") {
+  Gate gate;
+  Webhook hook;
+  hook.SetHandler([&gate](const Webhook::Call& call, httplib::Response& res) {
+    gate.Wait();
+    Echo(call, res);
+  });
+  PmmapProcess pmmap;
+  OpenAtExit open_gate(gate);
+  for (std::string how : {"cancel", "delete"}) {
+    INFO(how);
+    std::string id = CreateJob(pmmap, JobBody(hook.url(), "\"maxsize\":4"));
+    std::string path = "/job/" + id + "/input?format=ndjson";
+    HttpResult r;
+    std::thread put([&] { r = Http(pmmap.base_url(), "PUT", path, NdjsonLines(0, 1000)); });
+    // The queue is full and one call is held: the PUT waits for room.
+    WaitForJob(pmmap, id, [](const rapidjson::Document& j) {
+      return U64(j, "pending") == 4 && U64(j, "in_flight") == 1;
+    });
+    if (how == "cancel") {
+      REQUIRE(Http(pmmap.base_url(), "POST", "/job/" + id + "/cancel").status == 200);
+    } else {
+      REQUIRE(Http(pmmap.base_url(), "DELETE", "/job/" + id).status == 200);
+    }
+    put.join();
+    CHECK(r.status == (how == "cancel" ? 409 : 404));
+  }
+}
