@@ -43,7 +43,7 @@ SANITIZER_WARNINGS := -Wno-maybe-uninitialized
 SERVER_SOURCES := pmmap.cpp server.cpp flags.cpp
 LIB_SOURCES := job.cpp job_files.cpp output.cpp job_table.cpp dispatcher.cpp webhook.cpp json.cpp \
                request.cpp http_pool.cpp caller.cpp log.cpp metrics.cpp journal.cpp crc32c.cpp \
-               job_store.cpp line_inputs.cpp
+               job_store.cpp line_inputs.cpp redrive.cpp
 TEST_SOURCES := test/main.cpp test/harness.cpp test/json_test.cpp test/request_test.cpp \
                 test/job_test.cpp test/webhook_test.cpp test/api_test.cpp test/delivery_test.cpp \
                 test/ops_test.cpp test/https_test.cpp test/journal_test.cpp test/job_store_test.cpp \

@@ -129,8 +129,9 @@ void Dispatcher::RunWorker(const std::shared_ptr<Job>& job) {
     }
     // Freed here, not under the job's lock in StoreOutcomeAndNext: the value was
     // allocated by the thread that parsed it, and freeing it may have to
-    // wait for that thread's malloc arena.
-    std::string().swap(input.value);
+    // wait for that thread's malloc arena. A failed input's value is kept:
+    // the job keeps it for a redrive (Job::KeepFailed).
+    if (success) std::string().swap(input.value);
     more = job->StoreOutcomeAndNext(&input, entry, success);
   }
 }

@@ -97,6 +97,7 @@ Job::~Job() {
   WriteOutcomes();
   close(fd_);
   if (!files_.durable) unlink(path_.c_str());
+  if (failures_) unlink(FailuresPath(files_.dir, id_).c_str());
 }
 
 Status Job::DiscardedStatus() const {
@@ -293,6 +294,13 @@ Status Job::Cancel() {
   for (Input* input : in_flight_) StoreCancelled(*input);
   for (const Input& input : delayed_) StoreCancelled(input);
   for (const Input& input : queue_) StoreCancelled(input);
+  if (!files_.durable) {
+    // Their values are kept for a redrive, in one write.
+    std::vector<Input> cancelled = std::move(delayed_);
+    for (Input* input : in_flight_) cancelled.push_back(*input);
+    for (Input& input : queue_) cancelled.push_back(std::move(input));
+    KeepFailed(cancelled, 0, cancelled.size());
+  }
   in_flight_.clear();
   delayed_.clear();
   queue_.clear();
@@ -399,6 +407,12 @@ std::string Job::ToJson() {
   }
   out.append(",\"callback\":");
   AppendCallback(options_.callback_url, callback_, &out);
+  out.append(",\"redrive_of\":");
+  if (options_.redrive_of.empty()) {
+    out.append("null");
+  } else {
+    AppendJsonString(options_.redrive_of, &out);
+  }
   out.append(",\"storage_error\":");
   if (storage_error_.empty()) {
     out.append("null");
@@ -534,6 +548,7 @@ void Job::StoreOutcomeLocked(Input* input, const std::string& entry, bool succes
     ++succeeded_;
   } else {
     ++failed_;
+    if (!files_.durable) KeepFailed(std::vector<Input>(1, *input), 0, 1);
   }
   Metrics::Global().OutputStored(success);
   MaybeDone();

@@ -74,6 +74,9 @@ struct JobOptions {
   int64_t max_backoff_ms = kDefaultMaxBackoffMs;
   double rate_per_sec = 0;   // 0: no rate limit
   std::string callback_url;  // empty: no completion callback
+  // Not a field of POST /job: the id of the job that POST /job/{id}/redrive
+  // made this one from, or empty.
+  std::string redrive_of;
 };
 
 // The completion callback's progress, shown in the job JSON.
@@ -202,6 +205,11 @@ class Job : public std::enable_shared_from_this<Job> {
   // stored so far.
   Status OpenOutput(uint64_t offset, uint64_t limit, OutputReader::Format format,
                     std::unique_ptr<OutputReader>* reader);
+  // Opens a reader over the inputs whose values the job kept, in the order
+  // accepted: a durable job's journal (every input), or else the journal
+  // of the inputs whose outcome is a failure (FailuresPath). Sets *reader
+  // to null if there is none (no failure yet).
+  Status OpenKeptInputs(std::unique_ptr<JournalReader>* reader);
   // The job as JSON, its counters read at one instant. Never shows the secret.
   std::string ToJson();
   JobState state();
@@ -264,6 +272,10 @@ class Job : public std::enable_shared_from_this<Job> {
   int Enqueue(Input* first, size_t n) REQUIRES(mutex_);
   // Gives *input a "cancelled" outcome.
   void StoreCancelled(const Input& input) REQUIRES(mutex_);
+  // Non-durable jobs: appends inputs[first, last), whose outcomes are
+  // failures, to failures_, opening it at the first. A durable job's
+  // journal holds them already.
+  void KeepFailed(const std::vector<Input>& inputs, size_t first, size_t last) REQUIRES(mutex_);
   // Moves inputs from the backlog to the queue until it holds maxsize.
   void RefillQueue() REQUIRES(mutex_);
   // Gives every input of the backlog a "cancelled" outcome.
@@ -356,6 +368,10 @@ class Job : public std::enable_shared_from_this<Job> {
   // queued: backlog_ reads them in order, skipping the keys that keys_
   // marks done (with an outcome, or queued already); backlog_left_ remain.
   std::unique_ptr<JournalReader> backlog_ GUARDED_BY(mutex_);
+  // Non-durable jobs: the inputs whose outcome is a failure, key and value,
+  // so that POST /job/{id}/redrive can send them again. A Journal, never
+  // flushed on purpose; null until the first failure.
+  std::unique_ptr<Journal> failures_ GUARDED_BY(mutex_);
   uint64_t backlog_left_ GUARDED_BY(mutex_) = 0;
   int adders_ GUARDED_BY(mutex_) = 0;   // Add calls still queuing a batch
   int workers_ GUARDED_BY(mutex_) = 0;  // worker threads started and not yet exited

@@ -118,6 +118,11 @@ std::string RecordJson(const JobRecord& record) {
   WriteString(Rfc3339(record.created_at), &w);
   w.Key("done_at");
   WriteTime(record.done_at, &w);
+  // Written only when set, so that records of other jobs read as before.
+  if (!record.options.redrive_of.empty()) {
+    w.Key("redrive_of");
+    WriteString(record.options.redrive_of, &w);
+  }
   w.EndObject();
   return std::string(buffer.GetString(), buffer.GetSize()) + "\n";
 }
@@ -237,12 +242,15 @@ Status ParseRecord(const std::string& text, const std::string& file_id, JobRecor
   if (doc.HasParseError() || !doc.IsObject()) return Status::Invalid("not a JSON object");
   static const std::set<std::string> kFields = {"version", "id",         "options",
                                                 "state",   "created_at", "done_at"};
+  static const char kRedriveOf[] = "redrive_of";  // optional
   std::set<std::string> seen;
   for (const auto& member : doc.GetObject()) {
     std::string name(member.name.GetString(), member.name.GetStringLength());
     std::string quoted;
     AppendJsonString(name, &quoted);
-    if (kFields.count(name) == 0) return Status::Invalid("unknown field " + quoted);
+    if (kFields.count(name) == 0 && name != kRedriveOf) {
+      return Status::Invalid("unknown field " + quoted);
+    }
     if (!seen.insert(name).second) return Status::Invalid(quoted + ": given twice");
   }
   for (const std::string& name : kFields) {
@@ -261,6 +269,11 @@ Status ParseRecord(const std::string& text, const std::string& file_id, JobRecor
   if (s.ok()) s = ParseStateField(doc["state"], &parsed.state);
   if (s.ok()) s = ParseTimeField("created_at", doc["created_at"], false, &parsed.created_at);
   if (s.ok()) s = ParseTimeField("done_at", doc["done_at"], true, &parsed.done_at);
+  if (s.ok() && doc.HasMember(kRedriveOf)) {
+    const rapidjson::Value& of = doc[kRedriveOf];
+    if (!of.IsString()) return Status::Invalid("redrive_of: expected a string");
+    parsed.options.redrive_of.assign(of.GetString(), of.GetStringLength());
+  }
   if (s.ok()) *record = std::move(parsed);
   return s;
 }
@@ -436,6 +449,17 @@ std::string JournalPath(const std::string& dir, const std::string& id) {
 
 std::string OutcomePath(const std::string& dir, const std::string& id) {
   return dir + "/" + id + ".ndjson";
+}
+
+std::string FailuresPath(const std::string& dir, const std::string& id) {
+  return dir + "/" + id + ".failed";
+}
+
+std::string JobOptionsJson(const JobOptions& options) {
+  rapidjson::StringBuffer buffer;
+  JsonWriter w(buffer);
+  WriteOptions(options, &w);
+  return std::string(buffer.GetString(), buffer.GetSize());
 }
 
 Status SaveJobRecord(const std::string& dir, const JobRecord& record) {

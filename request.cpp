@@ -4,6 +4,8 @@
 #include <rapidjson/document.h>
 #include <rapidjson/error/en.h>
 #include <rapidjson/memorystream.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
 
 #include <cctype>
 #include <cerrno>
@@ -11,6 +13,7 @@
 #include <cstring>
 #include <set>
 
+#include "job_store.hpp"
 #include "json.hpp"
 
 namespace {
@@ -377,6 +380,30 @@ Status ParseJobOptions(const std::string& body, JobOptions* options) {
   }
   *options = std::move(parsed);
   return Status::OK();
+}
+
+Status ParseJobOptionsOver(const std::string& body, const JobOptions& base, JobOptions* options) {
+  rapidjson::Document doc;
+  const char* end = body.data() + body.size();
+  if (SkipJsonSpace(body.data(), end) == end) {
+    doc.SetObject();
+  } else {
+    Status s = ParseJobObject(body, &doc);
+    if (!s.ok()) return s;
+  }
+  // Each field the body leaves out is base's; ParseJobOptions judges all.
+  rapidjson::Document old;
+  old.Parse(JobOptionsJson(base).c_str());
+  for (auto& member : old.GetObject()) {
+    if (!doc.HasMember(member.name)) {
+      doc.AddMember(rapidjson::Value(member.name, doc.GetAllocator()),
+                    rapidjson::Value(member.value, doc.GetAllocator()), doc.GetAllocator());
+    }
+  }
+  rapidjson::StringBuffer buffer;
+  rapidjson::Writer<rapidjson::StringBuffer> writer(buffer);
+  doc.Accept(writer);
+  return ParseJobOptions(std::string(buffer.GetString(), buffer.GetSize()), options);
 }
 
 bool ParseInputsFast(const std::string& body, std::vector<Input>* inputs) {

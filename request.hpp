@@ -30,6 +30,10 @@ constexpr size_t kMaxKeyBytes = 1024;
 
 // Parses the body of POST /job.
 Status ParseJobOptions(const std::string& body, JobOptions* options);
+// Parses the body of POST /job/{id}/redrive: the fields of POST /job, each
+// optional, over base (the old job's settings, the secret included); an
+// empty body keeps base. The result is checked as ParseJobOptions checks.
+Status ParseJobOptionsOver(const std::string& body, const JobOptions& base, JobOptions* options);
 
 // Parses the body of PUT /job/{id}/input: [{"key": "...", "value": ...}, ...].
 // Each value is kept as compact JSON, its numbers exactly as written.

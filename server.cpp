@@ -20,6 +20,7 @@
 #include "line_inputs.hpp"
 #include "log.hpp"
 #include "metrics.hpp"
+#include "redrive.hpp"
 #include "request.hpp"
 
 namespace {
@@ -197,6 +198,7 @@ const Server::Route Server::kRoutes[] = {
     {"PUT", R"(/job/([^/]+)/input)", &Server::AddInputs, &Server::StreamInputs},
     {"POST", R"(/job/([^/]+)/complete)", &Server::CompleteJob},
     {"POST", R"(/job/([^/]+)/cancel)", &Server::CancelJob},
+    {"POST", R"(/job/([^/]+)/redrive)", &Server::RedriveJob},
     {"GET", R"(/job/([^/]+)/output)", &Server::StreamOutput},
     {"GET", R"(/healthz)", &Server::Health},
     {"GET", R"(/metrics)", &Server::ShowMetrics},
@@ -390,6 +392,33 @@ void Server::CompleteJob(const httplib::Request& req, std::string, httplib::Resp
 
 void Server::CancelJob(const httplib::Request& req, std::string, httplib::Response& res) {
   ActOnJob(req, &Job::Cancel, res);
+}
+
+void Server::RedriveJob(const httplib::Request& req, std::string body, httplib::Response& res) {
+  std::shared_ptr<Job> old = FindJob(req, res);
+  if (!old) return;
+  JobState state = old->state();
+  if (state != JobState::kDone && state != JobState::kCancelled) {
+    return ReplyError(res, Status::Conflict("job " + old->id() + " is " + JobStateName(state) +
+                                            ": only a done or cancelled job can be redriven"));
+  }
+  JobOptions options;
+  std::shared_ptr<Job> job;
+  uint64_t copied = 0;
+  Status s = ParseJobOptionsOver(body, old->options(), &options);
+  options.redrive_of = old->id();
+  if (s.ok()) s = table_->Create(std::move(options), &job);
+  if (s.ok()) s = CopyFailedInputs(old.get(), job.get(), &copied);
+  if (s.ok()) s = job->Complete();
+  if (!s.ok()) {
+    // A new job that could not be filled whole is not left half made.
+    if (job && table_->Detach(job->id())) job->Discard(Job::DiscardReason::kDeleted);
+    return ReplyError(res, s);
+  }
+  LogJobEvent(job->id(), "created",
+              "redrive of " + old->id() + ", " + std::to_string(copied) + " inputs");
+  res.set_header("Location", "/job/" + job->id());
+  Reply(res, 201, job->ToJson());
 }
 
 void Server::ActOnJob(const httplib::Request& req, Status (Job::*act)(), httplib::Response& res) {

@@ -74,6 +74,7 @@ class Server {
                     httplib::Response& res);
   void CompleteJob(const httplib::Request& req, std::string body, httplib::Response& res);
   void CancelJob(const httplib::Request& req, std::string body, httplib::Response& res);
+  void RedriveJob(const httplib::Request& req, std::string body, httplib::Response& res);
   void StreamOutput(const httplib::Request& req, std::string body, httplib::Response& res);
   void Health(const httplib::Request& req, std::string body, httplib::Response& res);
   void ShowMetrics(const httplib::Request& req, std::string body, httplib::Response& res);

@@ -307,3 +307,110 @@ TEST_CASE("a streamed PUT blocked for room ends on cancel and on delete", "[shel
     CHECK(r.status == (how == "cancel" ? 409 : 404));
   }
 }
+
+// ---------------------------------------------------------------------------
+// POST /job/{id}/redrive
+
+TEST_CASE("a redrive sends exactly the failed inputs again, with their values, as a new job",
+          "[shell]") {
+  TempDir data("pmmap-shell-data");
+  for (bool durable : {false, true}) {
+    INFO("durable: " << durable);
+    Webhook hook;
+    std::vector<std::string> args;
+    if (durable) args = {"--data-dir", data.path()};
+    PmmapProcess pmmap(args);
+    std::set<std::string> failing = {"k3", "k7", "k8", "k20", "k39"};
+    std::string old_id = RunJobWithFailures(
+        pmmap, hook, 40, failing, "\"concurrency\":4,\"max_attempts\":2,\"secret\":\"s\"");
+    std::string old_json = Http(pmmap.base_url(), "GET", "/job/" + old_id).body;
+    std::string old_output = Output(pmmap, old_id, "format=ndjson");
+
+    // The webhook is fixed; the redrive overrides one field and keeps the rest.
+    hook.SetHandler(nullptr);
+    const size_t calls_before = hook.call_count();
+    HttpResult r =
+        Http(pmmap.base_url(), "POST", "/job/" + old_id + "/redrive", "{\"timeout_ms\":5000}");
+    INFO(r.body);
+    REQUIRE(r.status == 201);
+    rapidjson::Document fresh = ParseJson(r.body);
+    std::string id = Text(fresh, "id");
+    CHECK(id != old_id);
+    CHECK(Text(fresh, "redrive_of") == old_id);
+    CHECK(U64(fresh, "inputs") == failing.size());
+    CHECK(U64(fresh, "timeout_ms") == 5000);
+    CHECK(U64(fresh, "concurrency") == 4);
+    CHECK(U64(fresh, "max_attempts") == 2);
+    CHECK(HeaderOf(r.headers, "Location") == "/job/" + id);
+    rapidjson::Document done = WaitForJob(
+        pmmap, id, [](const rapidjson::Document& j) { return Text(j, "state") == "done"; });
+    CHECK(U64(done, "succeeded") == failing.size());
+    std::set<std::string> keys;
+    for (const auto& entry : ParseLines(Output(pmmap, id, "format=ndjson"))) {
+      std::string key = Text(entry, "key");
+      keys.insert(key);
+      // The original value, sent again (Echo returns it).
+      CHECK(entry["value"]["value"]["i"].GetInt() == std::stoi(key.substr(1)));
+    }
+    CHECK(keys == failing);
+    // Only those were called again, signed with the old job's secret.
+    std::vector<Webhook::Call> calls = hook.calls();
+    REQUIRE(calls.size() == calls_before + failing.size());
+    for (size_t i = calls_before; i < calls.size(); ++i) {
+      CHECK(failing.count(calls[i].key) == 1);
+      CHECK(HeaderOf(calls[i].headers, "PMMAP-auth") == "s");
+      CHECK(HeaderOf(calls[i].headers, "PMMAP-job") == id);
+    }
+    // The old job is unchanged; a redrive of a job without failures is empty.
+    CHECK(Http(pmmap.base_url(), "GET", "/job/" + old_id).body == old_json);
+    CHECK(Output(pmmap, old_id, "format=ndjson") == old_output);
+    r = Http(pmmap.base_url(), "POST", "/job/" + id + "/redrive");
+    REQUIRE(r.status == 201);
+    CHECK(U64(ParseJson(r.body), "inputs") == 0);
+    CHECK(Text(ParseJson(r.body), "redrive_of") == id);
+    if (durable) {
+      // The record keeps redrive_of across a restart.
+      REQUIRE(pmmap.Stop(SIGTERM) == 0);
+      PmmapProcess again(args);
+      CHECK(Text(GetJob(again, id), "redrive_of") == old_id);
+      CHECK(GetJob(again, old_id)["redrive_of"].IsNull());
+      REQUIRE(again.Stop(SIGTERM) == 0);
+      RemoveTree(data.path());
+    }
+  }
+}
+
+TEST_CASE("a redrive is refused before the job ends, and takes cancelled inputs after a cancel",
+          "[shell]") {
+  Gate gate;
+  Webhook hook;
+  hook.SetHandler([&gate](const Webhook::Call& call, httplib::Response& res) {
+    gate.Wait();
+    Echo(call, res);
+  });
+  PmmapProcess pmmap({"--max-jobs", "2"});
+  OpenAtExit open_gate(gate);
+  std::string id = CreateJob(pmmap, JobBody(hook.url()));
+  REQUIRE(Http(pmmap.base_url(), "PUT", "/job/" + id + "/input", MakeInputs(10)).status == 201);
+  std::string error = RequireError(Http(pmmap.base_url(), "POST", "/job/" + id + "/redrive"), 409);
+  CHECK(error.find("only a done or cancelled job") != std::string::npos);
+  RequireError(Http(pmmap.base_url(), "POST", "/job/nosuchjob/redrive"), 404);
+  WaitForJob(pmmap, id, [](const rapidjson::Document& j) { return U64(j, "in_flight") == 1; });
+  REQUIRE(Http(pmmap.base_url(), "POST", "/job/" + id + "/cancel").status == 200);
+  // A bad override is refused as POST /job refuses it.
+  error = RequireError(
+      Http(pmmap.base_url(), "POST", "/job/" + id + "/redrive", "{\"concurency\":2}"), 400);
+  CHECK(error.find("concurency") != std::string::npos);
+  gate.Open();
+  HttpResult r = Http(pmmap.base_url(), "POST", "/job/" + id + "/redrive", "{\"concurrency\":3}");
+  INFO(r.body);
+  REQUIRE(r.status == 201);
+  std::string fresh = Text(ParseJson(r.body), "id");
+  CHECK(U64(ParseJson(r.body), "inputs") == 10);
+  CHECK(U64(ParseJson(r.body), "concurrency") == 3);
+  rapidjson::Document done = WaitForJob(
+      pmmap, fresh, [](const rapidjson::Document& j) { return Text(j, "state") == "done"; });
+  CHECK(U64(done, "succeeded") == 10);
+  // The new job counts against --max-jobs.
+  RequireError(Http(pmmap.base_url(), "POST", "/job/" + id + "/redrive"), 429);
+}
