@@ -40,7 +40,7 @@ UBSAN_FLAGS := -fsanitize=undefined -fno-sanitize=pointer-overflow -fno-sanitize
 SANITIZER_WARNINGS := -Wno-maybe-uninitialized
 
 # main's own: the server and its flags; the rest is shared with the tests.
-SERVER_SOURCES := pmmap.cpp server.cpp flags.cpp
+SERVER_SOURCES := pmmap.cpp server.cpp flags.cpp map_command.cpp
 LIB_SOURCES := job.cpp job_files.cpp output.cpp job_table.cpp dispatcher.cpp webhook.cpp json.cpp \
                request.cpp http_pool.cpp caller.cpp log.cpp metrics.cpp journal.cpp crc32c.cpp \
                job_store.cpp line_inputs.cpp redrive.cpp

@@ -41,7 +41,7 @@ void WriteFile(const std::string& path, const std::string& text) {
 
 // Runs command with /bin/sh, at most timeout; returns its exit code (-1 if
 // it had to be killed).
-[[maybe_unused]] int Shell(const std::string& command, milliseconds timeout = seconds(30)) {
+int Shell(const std::string& command, milliseconds timeout = seconds(30)) {
   int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
   REQUIRE(devnull >= 0);
   pid_t pid = Spawn({"/bin/sh", "-c", command}, {}, devnull, devnull);
@@ -413,4 +413,159 @@ TEST_CASE("a redrive is refused before the job ends, and takes cancelled inputs 
   CHECK(U64(done, "succeeded") == 10);
   // The new job counts against --max-jobs.
   RequireError(Http(pmmap.base_url(), "POST", "/job/" + id + "/redrive"), 429);
+}
+
+// ---------------------------------------------------------------------------
+// pmmap map
+
+namespace {
+
+struct MapResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+// Runs `pmmap map args` with stdin from the file in, in dir; at most timeout.
+MapResult RunMap(const TempDir& dir, const std::string& args, const std::string& in,
+                 milliseconds timeout = seconds(30)) {
+  MapResult r;
+  r.exit_code = Shell("exec " + PmmapBinary() + " map " + args + " < " + in + " > " +
+                          dir.File("out") + " 2> " + dir.File("err"),
+                      timeout);
+  r.out = ReadFile(dir.File("out"));
+  r.err = ReadFile(dir.File("err"));
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("pmmap map runs stdin through the webhook and exits 0, 1 or 2", "[shell]") {
+  Webhook hook;
+  TempDir dir("pmmap-map");
+  const int n = 500;
+  WriteFile(dir.File("in"), NdjsonLines(0, n));
+  std::string flags = " --concurrency 8 --maxsize 20 --secret s --max-attempts 2 --backoff-ms 1";
+
+  // Every input succeeds: one outcome per input, and nothing on stderr off a terminal.
+  MapResult r = RunMap(dir, hook.url() + flags, dir.File("in"));
+  INFO(r.err);
+  CHECK(r.exit_code == 0);
+  CHECK(r.err.empty());
+  std::vector<rapidjson::Document> lines = ParseLines(r.out);
+  REQUIRE(lines.size() == static_cast<size_t>(n));
+  std::set<std::string> keys;
+  for (const auto& entry : lines) {
+    std::string key = Text(entry, "key");
+    keys.insert(key);
+    CHECK(entry["value"]["value"]["i"].GetInt() == std::stoi(key.substr(1)));
+  }
+  CHECK(keys.size() == static_cast<size_t>(n));
+  CHECK(HeaderOf(hook.calls().back().headers, "PMMAP-auth") == "s");
+
+  // Some fail: exit 1, and still one outcome per input.
+  hook.SetHandler(FailKeys({"k3", "k300"}));
+  r = RunMap(dir, hook.url() + flags, dir.File("in"));
+  CHECK(r.exit_code == 1);
+  lines = ParseLines(r.out);
+  CHECK(lines.size() == static_cast<size_t>(n));
+  size_t failures = 0;
+  for (const auto& entry : lines) failures += entry.HasMember("error") ? 1 : 0;
+  CHECK(failures == 2);
+  hook.SetHandler(nullptr);
+
+  // Bad usage and a bad input line: exit 2 with a message.
+  r = RunMap(dir, hook.url() + " --concurrency 0", dir.File("in"));
+  CHECK(r.exit_code == 2);
+  CHECK(r.err.find("--concurrency: expected an integer from 1 to 1024") != std::string::npos);
+  r = RunMap(dir, hook.url() + " --bogus 1", dir.File("in"));
+  CHECK(r.exit_code == 2);
+  CHECK(r.err.find("unknown flag --bogus") != std::string::npos);
+  r = RunMap(dir, "--concurrency 2", dir.File("in"));
+  CHECK(r.exit_code == 2);
+  WriteFile(dir.File("bad"), NdjsonLines(0, 10) + "{\"key\":\"x\"}\n" + NdjsonLines(10, 20));
+  r = RunMap(dir, hook.url(), dir.File("bad"));
+  CHECK(r.exit_code == 2);
+  CHECK(r.err.find("line 11: input: missing \"value\"") != std::string::npos);
+  // The lines before the bad one were sent, and have their outcomes.
+  CHECK(ParseLines(r.out).size() == 10);
+}
+
+TEST_CASE("pmmap map --lines keys each line by its number, and shows progress on a terminal",
+          "[shell]") {
+  Webhook hook;
+  TempDir dir("pmmap-map");
+  std::string text;
+  for (int i = 1; i <= 300; ++i) text += "line \"" + std::to_string(i) + "\"\n";
+  text += "last, without a newline";
+  WriteFile(dir.File("in"), text);
+  MapResult r = RunMap(dir, hook.url() + " --lines --concurrency 4", dir.File("in"));
+  CHECK(r.exit_code == 0);
+  std::map<std::string, std::string> values;
+  for (const auto& entry : ParseLines(r.out)) {
+    values[Text(entry, "key")] = Text(entry["value"], "value");
+  }
+  REQUIRE(values.size() == 301);
+  CHECK(values["1"] == "line \"1\"");
+  CHECK(values["300"] == "line \"300\"");
+  CHECK(values["301"] == "last, without a newline");
+
+  // Under a pseudo-terminal (script), stderr shows the progress line,
+  // redrawn with \r, ending with done/total.
+  int code = Shell("exec script -qec '" + PmmapBinary() + " map " + hook.url() +
+                   " --lines --concurrency 4 < " + dir.File("in") + " > " + dir.File("out") +
+                   "' /dev/null > " + dir.File("tty"));
+  CHECK(code == 0);
+  std::string tty = ReadFile(dir.File("tty"));
+  INFO(tty);
+  CHECK(tty.find("\r") != std::string::npos);
+  CHECK(tty.find("301/301 done") != std::string::npos);
+  CHECK(tty.find("calls/s, 0 failed, 0 retries, ETA") != std::string::npos);
+  CHECK(ParseLines(ReadFile(dir.File("out"))).size() == 301);
+  // Off a terminal, --progress prints it too.
+  r = RunMap(dir, hook.url() + " --lines --progress", dir.File("in"));
+  CHECK(r.exit_code == 0);
+  CHECK(r.err.find("301/301 done") != std::string::npos);
+}
+
+TEST_CASE("pmmap map on SIGINT cancels, writes an entry for every input read, and exits 1",
+          "[shell]") {
+  Gate gate;
+  Webhook hook;
+  hook.SetHandler([&gate](const Webhook::Call& call, httplib::Response& res) {
+    gate.Wait();
+    Echo(call, res);
+  });
+  OpenAtExit open_gate(gate);
+  TempDir dir("pmmap-map");
+  std::string text;
+  for (int i = 1; i <= 5000; ++i) text += std::to_string(i) + "\n";
+  WriteFile(dir.File("in"), text);
+  int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+  pid_t pid = Spawn(
+      {"/bin/sh", "-c",
+       "exec " + PmmapBinary() + " map " + hook.url() + " --lines --concurrency 2 --maxsize 8 < " +
+           dir.File("in") + " > " + dir.File("out") + " 2> " + dir.File("err")},
+      {}, devnull, devnull);
+  close(devnull);
+  // Two calls held, the queue full: the reader waits for room.
+  REQUIRE(WaitUntil([&] { return hook.in_flight() == 2; }));
+  REQUIRE(kill(pid, SIGINT) == 0);
+  CHECK(WaitExit(pid, seconds(20)) == 1);
+  std::vector<rapidjson::Document> lines = ParseLines(ReadFile(dir.File("out")));
+  // The inputs read are lines 1..N, in order; each has exactly one entry,
+  // each of them cancelled (the webhook held every call).
+  std::set<int> keys;
+  for (const auto& entry : lines) {
+    keys.insert(std::stoi(Text(entry, "key")));
+    REQUIRE(entry.HasMember("error"));
+    CHECK(Text(entry["error"], "message") == "cancelled");
+  }
+  REQUIRE(!keys.empty());
+  CHECK(keys.size() == lines.size());
+  CHECK(*keys.begin() == 1);
+  CHECK(*keys.rbegin() == static_cast<int>(keys.size()));
+  CHECK(keys.size() >= 10);
+  CHECK(keys.size() < 5000);
+  CHECK(ReadFile(dir.File("err")).find("interrupted") != std::string::npos);
 }
