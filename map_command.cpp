@@ -351,7 +351,10 @@ void MapRun::ReadInputs() {
     if (poll(&p, 1, static_cast<int>(kOutputPoll.count() * 5)) == 0) continue;
     ssize_t n = read(0, buffer.data(), buffer.size());
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) input_error_ = std::string("cannot read: ") + strerror(errno);
+    if (n < 0) {
+      input_error_ = std::string("cannot read: ") + strerror(errno);
+      whole = false;
+    }
     if (n <= 0) break;
     bytes_read_ += static_cast<uint64_t>(n);
     bool go = lines.Take(buffer.data(), static_cast<size_t>(n));
