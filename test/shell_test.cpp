@@ -4,8 +4,11 @@
 // shell commands (curl, script) run through /bin/sh, their files in a
 // TempDir. Every wait is bounded.
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -306,6 +309,43 @@ TEST_CASE("a streamed PUT blocked for room ends on cancel and on delete", "[shel
     put.join();
     CHECK(r.status == (how == "cancel" ? 409 : 404));
   }
+}
+
+TEST_CASE("a streamed PUT waiting for room gives up once its caller hangs up", "[shell]") {
+  Gate gate;
+  Webhook hook;
+  hook.SetHandler([&gate](const Webhook::Call& call, httplib::Response& res) {
+    gate.Wait();
+    Echo(call, res);
+  });
+  PmmapProcess pmmap;
+  OpenAtExit open_gate(gate);
+  std::string id = CreateJob(pmmap, JobBody(hook.url(), "\"maxsize\":4"));
+  // The whole request reaches pmmap's socket buffer; then the caller goes.
+  std::string lines = NdjsonLines(0, 1000);
+  std::string request = "PUT /job/" + id + "/input?format=ndjson HTTP/1.1\r\nHost: x\r\n" +
+                        "Content-Length: " + std::to_string(lines.size()) + "\r\n\r\n" + lines;
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in addr = {};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(pmmap.port()));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  REQUIRE(write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size()));
+  WaitForJob(pmmap, id, [](const rapidjson::Document& j) {
+    return U64(j, "pending") == 4 && U64(j, "in_flight") == 1;
+  });
+  close(fd);
+  // The PUT asks every second whether its caller is there. Were it still
+  // waiting when room comes, it would read the rest from the socket's
+  // buffer and queue all 1000.
+  std::this_thread::sleep_for(milliseconds(2500));
+  gate.Open();
+  rapidjson::Document idle = WaitForJob(pmmap, id, [](const rapidjson::Document& j) {
+    return U64(j, "pending") == 0 && U64(j, "in_flight") == 0;
+  });
+  CHECK(U64(idle, "inputs") < 100);
 }
 
 // ---------------------------------------------------------------------------
