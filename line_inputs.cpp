@@ -40,7 +40,9 @@ bool LineInputs::Take(const char* data, size_t n) {
     const char* newline = static_cast<const char*>(memchr(p, '\n', end - p));
     size_t len = newline != nullptr ? static_cast<size_t>(newline - p) : end - p;
     if (line_.size() + len > options_.max_line_bytes) {
-      return Stop(Status::TooLarge("longer than " + std::to_string(options_.max_line_bytes) +
+      // The inputs before the long line are accepted first, as promised.
+      return Flush() &&
+             Stop(Status::TooLarge("longer than " + std::to_string(options_.max_line_bytes) +
                                    " bytes, the limit of a line"),
                   lines_ + 1);
     }

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "harness.hpp"
+#include "line_inputs.hpp"
 
 namespace {
 
@@ -630,4 +631,67 @@ TEST_CASE("pmmap map on SIGINT cancels, writes an entry for every input read, an
   CHECK(keys.size() >= 10);
   CHECK(keys.size() < 5000);
   CHECK(ReadFile(dir.File("err")).find("interrupted") != std::string::npos);
+}
+
+// ---------------------------------------------------------------------------
+// LineInputs, alone
+
+TEST_CASE("LineInputs cuts lines anywhere, batches them in order and names the first bad one",
+          "[shell]") {
+  std::vector<std::vector<std::string>> batches;
+  LineInputs::Options options;
+  options.max_line_bytes = 40;
+  options.batch_inputs = 3;
+  options.batch_bytes = 1 << 20;
+  LineInputs lines(options, [&](const std::vector<Input>& batch) {
+    std::vector<std::string> keys;
+    for (const Input& input : batch) keys.push_back(input.key + "=" + input.value);
+    batches.push_back(keys);
+    return Status::OK();
+  });
+  // Fed a byte at a time, with a blank line, CRLF, and no final newline.
+  std::string text = "{\"key\":\"a\",\"value\":1}\n\n {\"key\":\"b\", \"value\": [1, 2]}\r\n" +
+                     std::string("{\"key\":\"c\",\"value\":\"x\"}\n{\"key\":\"d\",\"value\":null}");
+  for (char c : text) REQUIRE(lines.Take(&c, 1));
+  REQUIRE(lines.Finish(true).ok());
+  CHECK(lines.accepted() == 4);
+  CHECK(lines.lines() == 5);
+  REQUIRE(batches.size() == 2);
+  CHECK(batches[0] == std::vector<std::string>{"a=1", "b=[1,2]", "c=\"x\""});
+  CHECK(batches[1] == std::vector<std::string>{"d=null"});
+
+  // A line over the limit stops the stream (413), after handing on the rest.
+  batches.clear();
+  LineInputs limited(options, [&](const std::vector<Input>& batch) {
+    batches.emplace_back(batch.size(), "");
+    return Status::OK();
+  });
+  std::string two =
+      "{\"key\":\"a\",\"value\":1}\n{\"key\":\"b\",\"value\":\"" + std::string(40, 'x') + "\"}\n";
+  CHECK_FALSE(limited.Take(two.data(), two.size()));
+  CHECK(limited.status().code() == Status::kTooLarge);
+  CHECK(batches.size() == 1);
+  CHECK(limited.status().message() ==
+        "line 2: longer than 40 bytes, the limit of a line; the 1 inputs before it were accepted");
+  // A cut-off stream drops its last, partial line.
+  LineInputs cut(options, [&](const std::vector<Input>&) { return Status::OK(); });
+  std::string partial = "{\"key\":\"a\",\"value\":1}\n{\"key\":\"b\",\"va";
+  REQUIRE(cut.Take(partial.data(), partial.size()));
+  CHECK(cut.Finish(false).ok());
+  CHECK(cut.accepted() == 1);
+
+  // --lines: any line, its number the key, the line a JSON string.
+  options.format = LineInputs::Format::kPlain;
+  batches.clear();
+  LineInputs plain(options, [&](const std::vector<Input>& batch) {
+    std::vector<std::string> keys;
+    for (const Input& input : batch) keys.push_back(input.key + "=" + input.value);
+    batches.push_back(keys);
+    return Status::OK();
+  });
+  std::string words = "one\r\n\n\"two\"\tthree";
+  REQUIRE(plain.Take(words.data(), words.size()));
+  REQUIRE(plain.Finish(true).ok());
+  REQUIRE(batches.size() == 1);
+  CHECK(batches[0] == std::vector<std::string>{"1=\"one\"", "2=\"\"", "3=\"\\\"two\\\"\\tthree\""});
 }
