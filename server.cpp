@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <thread>
 
@@ -117,17 +118,16 @@ Status ReadBody(const httplib::Request& req, const httplib::ContentReader& reade
   }
   bool too_large = false;
   bool ok = reader([&](const char* data, size_t n) {
-    if (body->size() + n > max_body) {
+    // Past the limit the rest is read and dropped, so that the connection
+    // can serve the caller's next request (as cpp-httplib's own limit did).
+    if (too_large || body->size() + n > max_body) {
       too_large = true;
-      return false;
+      body->clear();
+      return true;
     }
     body->append(data, n);
     return true;
   });
-  // cpp-httplib refuses (and skips) a declared length over the limit itself.
-  if (!ok && strtoull(req.get_header_value("Content-Length").c_str(), nullptr, 10) > max_body) {
-    too_large = true;
-  }
   if (too_large) {
     return Status::TooLarge("the body is larger than " + std::to_string(max_body) +
                             " bytes (--max-body)");
@@ -251,6 +251,13 @@ void Server::InstallRoutes() {
   http_.Put(".*", unrouted);
   http_.Patch(".*", unrouted);
   http_.Delete(".*", unrouted);
+  // The one method cpp-httplib reads a body for that no route reads (PRI)
+  // would have its body read into memory whole, now without a limit.
+  http_.set_pre_routing_handler([](const Request& req, Response& res) {
+    if (req.method != "PRI") return httplib::Server::HandlerResponse::Unhandled;
+    Reply(res, 405, ErrorJson("PRI is not allowed"));
+    return httplib::Server::HandlerResponse::Handled;
+  });
   http_.set_error_handler(httplib::Server::HandlerWithResponse(
       [this](const Request& req, Response& res) -> httplib::Server::HandlerResponse {
         if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
@@ -521,7 +528,10 @@ bool Server::Start(std::string* error) {
   http_.set_keep_alive_timeout(kKeepAliveSeconds);
   http_.set_keep_alive_max_count(kKeepAliveRequests);
   http_.set_write_timeout(kWriteTimeoutSeconds, 0);
-  http_.set_payload_max_length(flags_.max_body);
+  // Whoever reads a body limits it: ReadBody to --max-body, a streamed PUT
+  // to --max-body a line. cpp-httplib's limit, one for every request, would
+  // refuse a streamed PUT with a Content-Length (curl -T) over it.
+  http_.set_payload_max_length(std::numeric_limits<size_t>::max());
   InstallRoutes();
   if (files.durable) {
     size_t resumed = 0;

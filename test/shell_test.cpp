@@ -695,3 +695,26 @@ TEST_CASE("LineInputs cuts lines anywhere, batches them in order and names the f
   REQUIRE(batches.size() == 1);
   CHECK(batches[0] == std::vector<std::string>{"1=\"one\"", "2=\"\"", "3=\"\\\"two\\\"\\tthree\""});
 }
+
+TEST_CASE("a streamed PUT takes a body far over --max-body, each line within it", "[shell]") {
+  Webhook hook;
+  PmmapProcess pmmap({"--max-body", "1000"});
+  TempDir dir("pmmap-shell");
+  const int n = 20000;
+  WriteFile(dir.File("in.ndjson"), NdjsonLines(0, n));
+  std::string id = CreateJob(pmmap, JobBody(hook.url(), "\"concurrency\":8,\"maxsize\":50"));
+  // curl -T sends a file with its Content-Length, here about 700 times the limit.
+  REQUIRE(Shell("exec curl -sS -o " + dir.File("out.json") + " -T " + dir.File("in.ndjson") + " '" +
+                pmmap.base_url() + "/job/" + id + "/input?format=ndjson'") == 0);
+  CHECK(U64(ParseJson(ReadFile(dir.File("out.json"))), "accepted") == n);
+  // A line over the limit is refused (413), naming it; a whole body over it still is.
+  std::string long_line = "{\"key\":\"long\",\"value\":\"" + std::string(1000, 'x') + "\"}\n";
+  std::string error =
+      RequireError(Http(pmmap.base_url(), "PUT", "/job/" + id + "/input?format=ndjson",
+                        NdjsonLines(n, n + 3) + long_line),
+                   413);
+  CHECK(error.find("line 4: longer than 1000 bytes") == 0);
+  CHECK(error.find("the 3 inputs before it were accepted") != std::string::npos);
+  RequireError(Http(pmmap.base_url(), "PUT", "/job/" + id + "/input", MakeInputs(100, "x")), 413);
+  CHECK(U64(GetJob(pmmap, id), "inputs") == n + 3);
+}
