@@ -96,6 +96,7 @@ void Dispatcher::RunWorker(const std::shared_ptr<Job>& job) {
   WebhookUrls urls(options.url);
   std::string value;
   std::string entry;
+  std::string spent;  // the last input's value, freed outside the job's lock
   bool more = job->NextInput(&input);
   while (more) {
     client.Call(urls.For(input.key), input.value, input.attempts, &result);
@@ -127,12 +128,12 @@ void Dispatcher::RunWorker(const std::shared_ptr<Job>& job) {
       entry = ErrorEntry(input.key, result.status, message, result.body.substr(0, kErrorBodyBytes),
                          input.attempts);
     }
-    // Freed here, not under the job's lock in StoreOutcomeAndNext: the value was
-    // allocated by the thread that parsed it, and freeing it may have to
-    // wait for that thread's malloc arena. A failed input's value is kept:
-    // the job keeps it for a redrive (Job::KeepFailed).
-    if (success) std::string().swap(input.value);
-    more = job->StoreOutcomeAndNext(&input, entry, success);
+    // The value is handed back in spent and freed here, not under the job's
+    // lock: it was allocated by the thread that parsed it, and freeing it
+    // may have to wait for that thread's malloc arena. It is not freed
+    // before: a cancel may copy it meanwhile, for a redrive.
+    more = job->StoreOutcomeAndNext(&input, entry, success, &spent);
+    std::string().swap(spent);
   }
 }
 

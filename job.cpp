@@ -454,9 +454,11 @@ void Job::RetryLater(Input* input, Clock::duration delay, bool pause_job) {
   RetryLaterLocked(input, delay, pause_job);
 }
 
-bool Job::StoreOutcomeAndNext(Input* input, const std::string& entry, bool success) {
+bool Job::StoreOutcomeAndNext(Input* input, const std::string& entry, bool success,
+                              std::string* spent) {
   MutexLock lock(&mutex_);
   StoreOutcomeLocked(input, entry, success);
+  if (spent != nullptr) spent->swap(input->value);
   return NextInputLocked(input);
 }
 

@@ -228,7 +228,11 @@ class Job : public std::enable_shared_from_this<Job> {
   // StoreOutcome or RetryLater, then NextInput, under one lock: a worker's
   // step from one input to the next takes the job's mutex once, not twice,
   // which halves the contention between many workers.
-  bool StoreOutcomeAndNext(Input* input, const std::string& entry, bool success);
+  // If spent is given, the stored input's value is moved there, so that the
+  // caller frees it without the lock. Until then a worker leaves the value
+  // of an input in flight as it is: Cancel reads it.
+  bool StoreOutcomeAndNext(Input* input, const std::string& entry, bool success,
+                           std::string* spent = nullptr);
   bool RetryLaterAndNext(Input* input, Clock::duration delay, bool pause_job);
   // True once calls in flight must be abandoned. Safe from any thread.
   const std::atomic<bool>& calls_abandoned() const { return calls_abandoned_; }

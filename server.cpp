@@ -121,8 +121,8 @@ Status ReadBody(const httplib::Request& req, const httplib::ContentReader& reade
     // Past the limit the rest is read and dropped, so that the connection
     // can serve the caller's next request (as cpp-httplib's own limit did).
     if (too_large || body->size() + n > max_body) {
+      if (!too_large) std::string().swap(*body);
       too_large = true;
-      body->clear();
       return true;
     }
     body->append(data, n);
