@@ -41,15 +41,16 @@ SANITIZER_WARNINGS := -Wno-maybe-uninitialized
 
 # main's own: the server and its flags; the rest is shared with the tests.
 SERVER_SOURCES := pmmap.cpp server.cpp flags.cpp map_command.cpp
-LIB_SOURCES := job.cpp job_files.cpp output.cpp job_table.cpp dispatcher.cpp webhook.cpp json.cpp \
+LIB_SOURCES := job.cpp circuit.cpp job_files.cpp output.cpp job_table.cpp dispatcher.cpp webhook.cpp json.cpp \
                request.cpp http_pool.cpp caller.cpp log.cpp metrics.cpp journal.cpp crc32c.cpp \
-               job_store.cpp line_inputs.cpp redrive.cpp
+               job_store.cpp net_rules.cpp api_server.cpp line_inputs.cpp redrive.cpp
 TEST_SOURCES := test/main.cpp test/harness.cpp test/json_test.cpp test/request_test.cpp \
                 test/job_test.cpp test/webhook_test.cpp test/api_test.cpp test/delivery_test.cpp \
                 test/ops_test.cpp test/https_test.cpp test/journal_test.cpp test/job_store_test.cpp \
-                test/durable_test.cpp test/shell_test.cpp
-FUZZ_SOURCES := test/fuzz_main.cpp json.cpp request.cpp job.cpp job_files.cpp output.cpp log.cpp metrics.cpp \
-                journal.cpp crc32c.cpp job_store.cpp
+                test/durable_test.cpp test/circuit_test.cpp test/outage_test.cpp test/security_test.cpp \
+                test/budget_test.cpp test/shell_test.cpp
+FUZZ_SOURCES := test/fuzz_main.cpp json.cpp request.cpp job.cpp circuit.cpp job_files.cpp output.cpp log.cpp metrics.cpp \
+                journal.cpp crc32c.cpp job_store.cpp net_rules.cpp
 
 LIB_OBJECTS := $(LIB_SOURCES:%.cpp=$(BUILD)/%.o)
 TEST_OBJECTS := $(TEST_SOURCES:%.cpp=$(BUILD)/%.o)

@@ -13,14 +13,21 @@
 
 #include "journal.hpp"
 #include "log.hpp"
+#include "net_rules.hpp"
 
 extern const char kVersion[];
 
 // Defaults of the flags, and the limits of their values.
 extern const char kDefaultListen[];
-constexpr size_t kDefaultHttpThreads = 1024;
+// --max-connections by default: half the open-file limit (the other half
+// is for job files and webhook connections), within these bounds.
+constexpr size_t kMinDefaultMaxConnections = 64;
+constexpr size_t kMaxDefaultMaxConnections = 4096;
+size_t DefaultMaxConnections();
 constexpr size_t kDefaultMaxBody = 32 * 1024 * 1024;
 constexpr size_t kDefaultMaxJobs = 10000;
+constexpr size_t kDefaultMaxWorkers = 4096;
+constexpr size_t kMaxMaxWorkers = 100000;
 constexpr size_t kDefaultJobTtlSeconds = 24 * 60 * 60;
 constexpr size_t kMaxJobTtlSeconds = 100ull * 365 * 24 * 60 * 60;  // "never", without overflow
 
@@ -30,12 +37,17 @@ struct Flags {
   int port = 0;          // of listen; 0 picks a free port
   std::string data_dir;  // empty: a fresh temporary folder, removed on exit; else durable
   FsyncPolicy fsync = FsyncPolicy::kEverySecond;
-  size_t http_threads = kDefaultHttpThreads;
+  size_t max_connections = DefaultMaxConnections();
+  size_t http_threads = 0;  // 0: as many as max_connections, so none waits for a thread
   size_t max_body = kDefaultMaxBody;
   size_t max_jobs = kDefaultMaxJobs;
+  size_t max_workers = kDefaultMaxWorkers;
   size_t job_ttl_seconds = kDefaultJobTtlSeconds;
   std::string ca_file;  // empty: libcurl's bundle, or the first usual one found
   LogFormat log_format = LogFormat::kText;
+  std::string api_token;      // empty: no token is asked for
+  bool metrics_open = false;  // GET /metrics needs no token
+  NetRules net_rules;         // the defaults, plus --deny-net and --allow-net
 };
 
 // What main should do once the flags are read.

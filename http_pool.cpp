@@ -1,10 +1,9 @@
 #include "http_pool.hpp"
 
-#include <system_error>
-#include <thread>
+#include <pthread.h>
 
-HttpPool::HttpPool(size_t max_threads)
-    : max_threads_(max_threads), task_cv_(&mutex_), exit_cv_(&mutex_) {}
+HttpPool::HttpPool(size_t max_threads, size_t stack_bytes)
+    : max_threads_(max_threads), stack_bytes_(stack_bytes), task_cv_(&mutex_), exit_cv_(&mutex_) {}
 
 HttpPool::~HttpPool() { shutdown(); }
 
@@ -15,15 +14,30 @@ void HttpPool::enqueue(std::function<void()> task) {
     task_cv_.Signal();
     return;
   }
-  try {
-    // Threads are detached: shutdown() waits for threads_ to reach zero,
-    // and nothing a thread touches after decrementing it can be destroyed.
-    std::thread(&HttpPool::Work, this).detach();
+  if (StartThread()) {
     ++threads_;
-  } catch (const std::system_error&) {
+  } else {
     // Out of threads: an existing one will run the task when it is free.
     task_cv_.Signal();
   }
+}
+
+bool HttpPool::StartThread() {
+  // Threads are detached: shutdown() waits for threads_ to reach zero, and
+  // nothing a thread touches after decrementing it can be destroyed.
+  // std::thread cannot be given a stack size, hence pthreads.
+  pthread_attr_t attr;
+  if (pthread_attr_init(&attr) != 0) return false;
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  if (stack_bytes_ != 0) pthread_attr_setstacksize(&attr, stack_bytes_);
+  pthread_t thread;
+  auto run = [](void* self) -> void* {
+    static_cast<HttpPool*>(self)->Work();
+    return nullptr;
+  };
+  bool started = pthread_create(&thread, &attr, run, this) == 0;
+  pthread_attr_destroy(&attr);
+  return started;
 }
 
 void HttpPool::shutdown() {

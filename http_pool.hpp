@@ -4,7 +4,8 @@
 // waiting for the end), so a fixed pool of a few threads would let blocked
 // callers starve everyone else. HttpPool starts a thread whenever no idle
 // one is waiting, up to max_threads, and lets a thread that stays idle for
-// a while exit, so it costs little when quiet.
+// a while exit, so it costs little when quiet. Its threads may be given a
+// small stack, since pmmap may run thousands of them.
 //
 // Thread-safe (provides internal synchronization).
 
@@ -22,7 +23,8 @@
 
 class HttpPool : public httplib::TaskQueue {
  public:
-  explicit HttpPool(size_t max_threads);
+  // stack_bytes: each thread's stack; 0 takes the system's default.
+  explicit HttpPool(size_t max_threads, size_t stack_bytes = 0);
   ~HttpPool() override;
   HttpPool(const HttpPool&) = delete;
   HttpPool& operator=(const HttpPool&) = delete;
@@ -36,8 +38,11 @@ class HttpPool : public httplib::TaskQueue {
   static constexpr std::chrono::seconds kIdleExit{30};
 
   void Work();
+  // Starts a detached thread running Work; false if none could be started.
+  bool StartThread();
 
   const size_t max_threads_;
+  const size_t stack_bytes_;
 
   Mutex mutex_;
   // State below is protected by mutex_.

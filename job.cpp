@@ -16,6 +16,8 @@
 
 namespace {
 
+const char kCancelled[] = "cancelled";
+
 bool LaterFirst(const Input& a, const Input& b) { return a.not_before > b.not_before; }
 
 void AppendTime(std::chrono::system_clock::time_point t, std::string* out) {
@@ -42,6 +44,32 @@ void AppendOptions(const JobOptions& options, std::string* out) {
   } else {
     out->append("null");
   }
+  AppendField("max_outage_ms", static_cast<uint64_t>(options.max_outage_ms), out);
+  out->append(",\"adaptive\":").append(options.adaptive ? "true" : "false");
+}
+
+// The webhook's health as the job sees it, and whether it was paused by hand.
+void AppendCircuit(const Circuit& circuit, bool paused, std::string* out) {
+  out->append(",\"paused\":").append(paused ? "true" : "false");
+  out->append(",\"circuit\":\"").append(CircuitStateName(circuit.state())).push_back('"');
+  // While open, one probe at a time goes out.
+  AppendField("effective_concurrency", circuit.closed() ? circuit.limit() : 1, out);
+  out->append(",\"outage_since\":");
+  if (circuit.closed()) {
+    out->append("null");
+  } else {
+    AppendTime(circuit.outage_since(), out);
+  }
+  out->append(",\"last_error\":");
+  if (circuit.last_error().empty()) {
+    out->append("null");
+    return;
+  }
+  out->append("{\"message\":");
+  AppendJsonString(circuit.last_error(), out);
+  out->append(",\"at\":");
+  AppendTime(circuit.last_error_at(), out);
+  out->push_back('}');
 }
 
 // The completion callback's object, or null if the job has none.
@@ -81,10 +109,11 @@ const char* JobStateName(JobState state) {
 
 Job::Job(std::string id, JobOptions options, JobFiles files, WorkerStarter start_worker)
     : id_(std::move(id)),
-      options_(std::move(options)),
       files_(std::move(files)),
       path_(OutcomePath(files_.dir, id_)),
       start_worker_(std::move(start_worker)),
+      options_(std::move(options)),
+      circuit_(options_),
       tokens_(options_.concurrency),
       tokens_at_(Clock::now()) {
   created_at_ = std::chrono::system_clock::now();
@@ -140,7 +169,7 @@ Status Job::Add(std::vector<Input> batch) {
   // the rest their "cancelled" outcomes, so that a restart has none to send.
   if (journal_ && next < batch.size() && !discarded()) {
     inputs_ += batch.size() - next;
-    for (size_t i = next; i < batch.size(); ++i) StoreCancelled(batch[i]);
+    for (size_t i = next; i < batch.size(); ++i) StoreFailure(batch[i], kCancelled);
   }
   MaybeDone();
   if (next < batch.size()) {
@@ -289,31 +318,102 @@ Status Job::Cancel() {
   if (ended()) return Status::OK();
   state_ = JobState::kCancelled;
   calls_abandoned_ = true;
-  // In-flight inputs get their entry now; their workers' results are
-  // dropped when they arrive (StoreOutcome and RetryLater find them gone).
-  for (Input* input : in_flight_) StoreCancelled(*input);
-  for (const Input& input : delayed_) StoreCancelled(input);
-  for (const Input& input : queue_) StoreCancelled(input);
-  if (!files_.durable) {
-    // Their values are kept for a redrive, in one write.
-    std::vector<Input> cancelled = std::move(delayed_);
-    for (Input* input : in_flight_) cancelled.push_back(*input);
-    for (Input& input : queue_) cancelled.push_back(std::move(input));
-    KeepFailed(cancelled, 0, cancelled.size());
-  }
-  in_flight_.clear();
-  delayed_.clear();
-  queue_.clear();
-  CancelBacklog();
+  FailEveryInputLeft(kCancelled);
+  circuit_.Reset();
   OnEnd();
   return Status::OK();
 }
 
-void Job::StoreCancelled(const Input& input) {
-  WriteEntry(ErrorEntry(input.key, 0, "cancelled", "", input.attempts));
+void Job::FailEveryInputLeft(const std::string& message) {
+  // In-flight inputs get their entry now; their workers' results are
+  // dropped when they arrive (StoreOutcome and RetryLater find them gone).
+  for (Input* input : in_flight_) StoreFailure(*input, message);
+  for (const Input& input : delayed_) StoreFailure(input, message);
+  for (const Input& input : queue_) StoreFailure(input, message);
+  if (!files_.durable) {
+    // Their values are kept for a redrive, in one write.
+    std::vector<Input> failed = std::move(delayed_);
+    for (Input* input : in_flight_) failed.push_back(*input);
+    for (Input& input : queue_) failed.push_back(std::move(input));
+    KeepFailed(failed, 0, failed.size());
+  }
+  in_flight_.clear();
+  delayed_.clear();
+  queue_.clear();
+  FailBacklog(message);
+  room_cv_.SignalAll();
+}
+
+void Job::StoreFailure(const Input& input, const std::string& message) {
+  WriteEntry(ErrorEntry(input.key, 0, message, "", input.attempts));
   ++failed_;
   ++outputs_;
   Metrics::Global().OutputStored(false);
+}
+
+Status Job::Pause() {
+  MutexLock lock(&mutex_);
+  if (discarded()) return DiscardedStatus();
+  if (ended()) return Status::Conflict("job " + id_ + " has ended: there is nothing to pause");
+  if (!paused_) {
+    paused_ = true;
+    paused_at_ = Clock::now();
+    LogJobEvent(id_, "paused");
+    SaveRecord();
+  }
+  return Status::OK();
+}
+
+Status Job::Unpause() {
+  MutexLock lock(&mutex_);
+  if (discarded()) return DiscardedStatus();
+  if (ended()) return Status::Conflict("job " + id_ + " has ended: there is nothing to resume");
+  if (paused_) {
+    paused_ = false;
+    // The outage budget counts time the job tried, not time it was told to wait.
+    circuit_.Postpone(Clock::now() - paused_at_);
+    LogJobEvent(id_, "resumed");
+    SaveRecord();
+    work_cv_.SignalAll();
+  }
+  return Status::OK();
+}
+
+Status Job::Change(const std::function<Status(JobOptions*)>& edit) {
+  MutexLock lock(&mutex_);
+  if (discarded()) return DiscardedStatus();
+  if (ended()) return Status::Conflict("job " + id_ + " has ended: its settings no longer matter");
+  JobOptions changed = options_;
+  Status s = edit(&changed);
+  if (!s.ok()) return s;
+  options_.concurrency = changed.concurrency;
+  options_.rate_per_sec = changed.rate_per_sec;
+  options_.timeout_ms = changed.timeout_ms;
+  options_.max_attempts = changed.max_attempts;
+  options_.backoff_ms = changed.backoff_ms;
+  options_.max_backoff_ms = changed.max_backoff_ms;
+  options_.max_outage_ms = changed.max_outage_ms;
+  options_.adaptive = changed.adaptive;
+  options_version_.fetch_add(1, std::memory_order_release);
+  circuit_.Retune(options_);
+  SaveRecord();
+  work_cv_.SignalAll();  // a higher limit lets waiting workers go; a lower one lets some exit
+  StartWorkers(CountMoreWorkers());
+  return Status::OK();
+}
+
+JobOptions Job::options() {
+  MutexLock lock(&mutex_);
+  return options_;
+}
+
+bool Job::RefreshOptions(uint32_t* version, JobOptions* options) {
+  uint32_t now = options_version_.load(std::memory_order_acquire);
+  if (now == *version) return false;
+  MutexLock lock(&mutex_);
+  *options = options_;
+  *version = options_version_.load(std::memory_order_relaxed);
+  return true;
 }
 
 int Job::CountMoreWorkers() {
@@ -328,6 +428,7 @@ void Job::Discard(DiscardReason reason) {
   if (discarded()) return;
   discarded_ = reason;
   if (reason != DiscardReason::kShutdown) AbandonCalls();
+  circuit_.Reset();
   CloseFiles();
   queue_.clear();
   delayed_.clear();
@@ -385,9 +486,9 @@ JobState Job::state() {
 std::string Job::ToJson() {
   std::string out = "{\"id\":";
   AppendJsonString(id_, &out);
+  MutexLock lock(&mutex_);  // options_ too: PATCH may change them
   out.append(",\"url\":");
   AppendJsonString(options_.url, &out);
-  MutexLock lock(&mutex_);
   out.append(",\"state\":\"").append(JobStateName(state_)).push_back('"');
   AppendField("inputs", inputs_, &out);
   AppendField("outputs", outputs_, &out);
@@ -397,6 +498,7 @@ std::string Job::ToJson() {
   AppendField("failed", failed_, &out);
   AppendField("retries", retries_, &out);
   AppendOptions(options_, &out);
+  AppendCircuit(circuit_, paused_, &out);
   out.append(",\"created_at\":");
   AppendTime(created_at_, &out);
   out.append(",\"done_at\":");
@@ -444,27 +546,28 @@ bool Job::NextInput(Input* input) {
   return NextInputLocked(input);
 }
 
-void Job::StoreOutcome(Input* input, const std::string& entry, bool success) {
+void Job::StoreOutcome(Input* input, const std::string& entry, bool success, const CallEnd& end) {
   MutexLock lock(&mutex_);
-  StoreOutcomeLocked(input, entry, success);
+  StoreOutcomeLocked(input, entry, success, end);
 }
 
-void Job::RetryLater(Input* input, Clock::duration delay, bool pause_job) {
+void Job::RetryLater(Input* input, Clock::duration delay, bool pause_job, const CallEnd& end) {
   MutexLock lock(&mutex_);
-  RetryLaterLocked(input, delay, pause_job);
+  RetryLaterLocked(input, delay, pause_job, end);
 }
 
 bool Job::StoreOutcomeAndNext(Input* input, const std::string& entry, bool success,
-                              std::string* spent) {
+                              const CallEnd& end, std::string* spent) {
   MutexLock lock(&mutex_);
-  StoreOutcomeLocked(input, entry, success);
+  StoreOutcomeLocked(input, entry, success, end);
   if (spent != nullptr) spent->swap(input->value);
   return NextInputLocked(input);
 }
 
-bool Job::RetryLaterAndNext(Input* input, Clock::duration delay, bool pause_job) {
+bool Job::RetryLaterAndNext(Input* input, Clock::duration delay, bool pause_job,
+                            const CallEnd& end) {
   MutexLock lock(&mutex_);
-  RetryLaterLocked(input, delay, pause_job);
+  RetryLaterLocked(input, delay, pause_job, end);
   return NextInputLocked(input);
 }
 
@@ -480,21 +583,25 @@ bool Job::NextInputLocked(Input* input) {
       continue;
     }
     if (pending() == 0 && state_ != JobState::kOpen && adders_ == 0) break;
+    // More workers than a lowered concurrency: this one goes.
+    if (workers_ > options_.concurrency) break;
     // The common case needs no clock: no retry waits, no pause, no rate
-    // limit, so the lock is held for less time.
+    // limit, a closed circuit, so the lock is held for less time.
     if (delayed_.empty() && !queue_.empty() && paused_until_ == Clock::time_point() &&
-        options_.rate_per_sec <= 0) {
+        options_.rate_per_sec <= 0 && !paused_ && circuit_.Admits(in_flight_.size())) {
       PopQueue(input);
       return true;
     }
     Clock::time_point now = Clock::now();
-    if (paused_until_ <= now) paused_until_ = Clock::time_point();  // over: back to the fast path
+    if (!circuit_.closed() && !paused_ && circuit_.OutageOver(now, options_)) {
+      GiveUpOutage();
+      continue;
+    }
     Clock::time_point wake = Clock::time_point::max();
     bool retry_due = !delayed_.empty() && delayed_.front().not_before <= now;
     if (!delayed_.empty() && !retry_due) wake = delayed_.front().not_before;
-    if ((retry_due || !queue_.empty()) && paused_until_ > now) {
-      wake = paused_until_;
-    } else if ((retry_due || !queue_.empty()) && SpendToken(now, &wake)) {
+    bool probe = false;
+    if ((retry_due || !queue_.empty()) && MayCall(now, &wake, &probe)) {
       if (retry_due) {
         std::pop_heap(delayed_.begin(), delayed_.end(), LaterFirst);
         *input = std::move(delayed_.back());
@@ -503,6 +610,7 @@ bool Job::NextInputLocked(Input* input) {
       } else {
         PopQueue(input);
       }
+      if (probe) circuit_.StartProbe(&input->ticket);
       return true;
     }
     if (wake == Clock::time_point::max()) {
@@ -513,6 +621,27 @@ bool Job::NextInputLocked(Input* input) {
   }
   --workers_;
   return false;
+}
+
+bool Job::MayCall(Clock::time_point now, Clock::time_point* wake, bool* probe) {
+  if (paused_) return false;                                      // Unpause wakes the workers
+  if (paused_until_ <= now) paused_until_ = Clock::time_point();  // over: back to the fast path
+  if (paused_until_ > now) {
+    *wake = std::min(*wake, paused_until_);
+    return false;
+  }
+  if (!circuit_.closed()) {
+    *wake = std::min(*wake, circuit_.OutageDeadline(options_));
+    Clock::time_point probe_at = Clock::time_point::max();
+    if (!circuit_.ProbeDue(now, &probe_at)) {
+      *wake = std::min(*wake, probe_at);
+      return false;
+    }
+    *probe = true;
+  } else if (!circuit_.Admits(in_flight_.size())) {
+    return false;  // a call's end wakes a worker
+  }
+  return SpendToken(now, wake);
 }
 
 void Job::PopQueue(Input* input) {
@@ -529,6 +658,8 @@ void Job::PopQueue(Input* input) {
 
 void Job::StartFlight(Input* input) {
   ++input->attempts;
+  ++input->calls;
+  input->ticket = circuit_.Issue();
   input->in_flight_slot = in_flight_.size();
   in_flight_.push_back(input);
 }
@@ -542,8 +673,10 @@ bool Job::EndFlight(Input* input) {
   return true;
 }
 
-void Job::StoreOutcomeLocked(Input* input, const std::string& entry, bool success) {
+void Job::StoreOutcomeLocked(Input* input, const std::string& entry, bool success,
+                             const CallEnd& end) {
   if (!EndFlight(input) || discarded()) return;
+  if (RecordCall(input, end)) return PutBack(input);
   WriteEntry(entry);
   ++outputs_;
   if (success) {
@@ -556,16 +689,62 @@ void Job::StoreOutcomeLocked(Input* input, const std::string& entry, bool succes
   MaybeDone();
 }
 
-void Job::RetryLaterLocked(Input* input, Clock::duration delay, bool pause_job) {
+void Job::RetryLaterLocked(Input* input, Clock::duration delay, bool pause_job,
+                           const CallEnd& end) {
   if (!EndFlight(input) || discarded()) return;
+  if (RecordCall(input, end)) return PutBack(input);
   Clock::time_point at = Clock::now() + delay;
   if (pause_job) paused_until_ = std::max(paused_until_, at);
   ++retries_;
   Metrics::Global().Retried();
+  if (!end.spent) --input->attempts;
   input->not_before = at;
   delayed_.push_back(std::move(*input));
   std::push_heap(delayed_.begin(), delayed_.end(), LaterFirst);
   work_cv_.Signal();
+}
+
+bool Job::RecordCall(Input* input, const CallEnd& end) {
+  const bool was_closed = circuit_.closed();
+  const int limit = circuit_.limit();
+  // A real answer needs no clock: the fast path stays without one.
+  Clock::time_point now = end.signal == Signal::kAnswer ? Clock::time_point() : Clock::now();
+  bool put_back = circuit_.Record(end.signal, input->ticket, end.error, now, options_);
+  if (was_closed && !circuit_.closed()) {
+    LogJobEvent(id_, "circuit", "opened: " + end.error);
+  } else if (!was_closed && circuit_.closed()) {
+    LogJobEvent(id_, "circuit", "closed: the webhook answered again");
+    work_cv_.SignalAll();
+  } else if (circuit_.limit() > limit) {
+    work_cv_.Signal();  // room for one more call
+  }
+  if (put_back) Metrics::Global().RefusedByCircuit();
+  return put_back;
+}
+
+void Job::GiveBack(Input* input) {
+  MutexLock lock(&mutex_);
+  if (!EndFlight(input) || discarded()) return;
+  --input->calls;
+  PutBack(input);
+}
+
+void Job::PutBack(Input* input) {
+  --input->attempts;
+  input->not_before = Clock::time_point();
+  delayed_.push_back(std::move(*input));
+  std::push_heap(delayed_.begin(), delayed_.end(), LaterFirst);
+  work_cv_.Signal();
+}
+
+void Job::GiveUpOutage() {
+  std::string message = "gave up after the webhook gave no real answer for " +
+                        std::to_string(options_.max_outage_ms) + " ms (max_outage_ms)";
+  if (!circuit_.last_error().empty()) message += "; last error: " + circuit_.last_error();
+  LogJobEvent(id_, "circuit", "closed: " + message);
+  FailEveryInputLeft(message);
+  circuit_.Reset();
+  MaybeDone();
 }
 
 void Job::MaybeDone() {

@@ -18,6 +18,13 @@
 // (a durable job's stay on shutdown). A durable job (JobFiles) also
 // journals its accepted inputs and saves its state on every change, so
 // that a restarted server can Resume it where it stopped.
+// Within a state, the job's Circuit (circuit.hpp) judges the webhook's
+// health from each call's end: when it opens, no call starts but a probe,
+// inputs come back unspent, and once it has been open for max_outage_ms
+// every input left fails. It also sets how many calls may be in flight
+// (effective concurrency, under the ceiling concurrency). Pause stops
+// calls by hand; Change alters the live settings, which workers copy
+// between calls (RefreshOptions).
 // Two flags, read without the lock by calls in flight, say what must be
 // abandoned: calls_abandoned (set by Cancel, by Discard, and by
 // AbandonCalls) and callback_abandoned (set by Discard and AbandonCalls).
@@ -47,13 +54,12 @@
 #include <string>
 #include <vector>
 
+#include "circuit.hpp"
 #include "key_table.hpp"
 #include "mutex.hpp"
 #include "output.hpp"
 #include "status.hpp"
 #include "thread_annotations.hpp"
-
-using Clock = std::chrono::steady_clock;
 
 // Defaults of the fields of POST /job (request.hpp holds their limits).
 constexpr int kDefaultConcurrency = 1;
@@ -62,6 +68,7 @@ constexpr int64_t kDefaultTimeoutMs = 30000;
 constexpr int kDefaultMaxAttempts = 5;
 constexpr int64_t kDefaultBackoffMs = 100;
 constexpr int64_t kDefaultMaxBackoffMs = 30000;
+constexpr int64_t kDefaultMaxOutageMs = 10 * 60 * 1000;
 
 struct JobOptions {
   std::string url;
@@ -74,6 +81,10 @@ struct JobOptions {
   int64_t max_backoff_ms = kDefaultMaxBackoffMs;
   double rate_per_sec = 0;   // 0: no rate limit
   std::string callback_url;  // empty: no completion callback
+  // How long the circuit may stay open before every input left fails; 0
+  // turns the circuit breaker off (circuit.hpp).
+  int64_t max_outage_ms = kDefaultMaxOutageMs;
+  bool adaptive = true;  // whether concurrency is a ceiling the limit adapts under
   // Not a field of POST /job: the id of the job that POST /job/{id}/redrive
   // made this one from, or empty.
   std::string redrive_of;
@@ -91,9 +102,18 @@ struct CallbackStatus {
 struct Input {
   std::string key;
   std::string value;             // compact JSON, sent as the body
-  int attempts = 0;              // attempts made so far
+  int attempts = 0;              // attempts spent so far (max_attempts bounds them)
+  int calls = 0;                 // calls made so far, spent or not (PMMAP-attempt)
   Clock::time_point not_before;  // earliest start of the next attempt
   size_t in_flight_slot = 0;     // the Job's bookkeeping while it is sent
+  Circuit::Ticket ticket;        // the circuit's, while it is sent
+};
+
+// How a call ended, for the job's circuit (circuit.hpp).
+struct CallEnd {
+  Signal signal = Signal::kAnswer;
+  std::string error;  // what went wrong, unless signal is kAnswer
+  bool spent = true;  // RetryLater only: false if the attempt does not count
 };
 
 enum class JobState { kOpen, kClosing, kDone, kCancelled };
@@ -147,7 +167,12 @@ class Job : public std::enable_shared_from_this<Job> {
   void SetEndHook(EndHook on_end) { on_end_ = std::move(on_end); }
 
   const std::string& id() const { return id_; }
-  const JobOptions& options() const { return options_; }
+  // The job's settings as they are now (Change alters some of them).
+  JobOptions options();
+  // Copies the settings into *options if they changed since *version, as
+  // a worker does between calls, and updates *version. Returns whether
+  // they changed.
+  bool RefreshOptions(uint32_t* version, JobOptions* options);
 
   // API side.
 
@@ -172,6 +197,17 @@ class Job : public std::enable_shared_from_this<Job> {
   // Stops sending: every input without an outcome gets a "cancelled" error
   // entry at once, and calls in flight are abandoned.
   Status Cancel();
+  // Stops starting calls until Unpause; calls in flight finish, and Add
+  // keeps queuing while there is room. A paused job's outage clock stops.
+  // Conflict if the job has ended.
+  Status Pause();
+  Status Unpause();
+  // Changes the live settings (concurrency, rate_per_sec, timeout_ms,
+  // max_attempts, backoff_ms, max_backoff_ms, max_outage_ms, adaptive) as
+  // edit does to a copy of the settings, under the job's lock, so that
+  // changes never cross; a refusal from edit changes nothing, and so do
+  // its changes to any other field. Conflict if the job has ended.
+  Status Change(const std::function<Status(JobOptions*)>& edit);
   // Takes the job out of service for reason (never kNone), the job table
   // having removed it: stores nothing more, wakes every waiter (they answer
   // 404 for kDeleted and kExpired, 503 for kShutdown) and removes the
@@ -219,21 +255,32 @@ class Job : public std::enable_shared_from_this<Job> {
   // Blocks until an input may be sent, then moves it into *input and counts
   // it in flight. Returns false when the worker should exit.
   bool NextInput(Input* input);
-  // Stores entry as the outcome of *input, given by NextInput. Does nothing
-  // if *input is no longer in flight (cancelled, discarded, stored before).
-  void StoreOutcome(Input* input, const std::string& entry, bool success);
+  // Stores entry as the outcome of *input, given by NextInput, whose call
+  // ended as end says. Does nothing if *input is no longer in flight
+  // (cancelled, discarded, stored before). If the circuit is open and the
+  // call got no real answer, puts *input back instead, the attempt unspent.
+  void StoreOutcome(Input* input, const std::string& entry, bool success,
+                    const CallEnd& end = CallEnd());
   // Puts *input back to be sent again after delay. If pause_job, nothing of
-  // this job is sent before then (the webhook asked it to slow down).
-  void RetryLater(Input* input, Clock::duration delay, bool pause_job);
+  // this job is sent before then (the webhook asked it to slow down). The
+  // attempt counts unless end.spent is false or the circuit is open.
+  void RetryLater(Input* input, Clock::duration delay, bool pause_job,
+                  const CallEnd& end = CallEnd());
   // StoreOutcome or RetryLater, then NextInput, under one lock: a worker's
   // step from one input to the next takes the job's mutex once, not twice,
   // which halves the contention between many workers.
   // If spent is given, the stored input's value is moved there, so that the
   // caller frees it without the lock. Until then a worker leaves the value
-  // of an input in flight as it is: Cancel reads it.
+  // of an input in flight as it is: a cancel reads it.
   bool StoreOutcomeAndNext(Input* input, const std::string& entry, bool success,
-                           std::string* spent = nullptr);
-  bool RetryLaterAndNext(Input* input, Clock::duration delay, bool pause_job);
+                           const CallEnd& end = CallEnd(), std::string* spent = nullptr);
+  bool RetryLaterAndNext(Input* input, Clock::duration delay, bool pause_job,
+                         const CallEnd& end = CallEnd());
+  // Hands back *input, given by NextInput and not sent, to be sent first:
+  // nothing is spent. The worker leaves, yielding its slot of the
+  // Dispatcher's budget; it stays counted in workers_, since the Dispatcher
+  // starts another for the job when its turn comes.
+  void GiveBack(Input* input);
   // True once calls in flight must be abandoned. Safe from any thread.
   const std::atomic<bool>& calls_abandoned() const { return calls_abandoned_; }
   // True once the completion callback must be abandoned too.
@@ -248,8 +295,22 @@ class Job : public std::enable_shared_from_this<Job> {
 
   // NextInput, StoreOutcome and RetryLater, for a caller holding mutex_.
   bool NextInputLocked(Input* input) REQUIRES(mutex_);
-  void StoreOutcomeLocked(Input* input, const std::string& entry, bool success) REQUIRES(mutex_);
-  void RetryLaterLocked(Input* input, Clock::duration delay, bool pause_job) REQUIRES(mutex_);
+  void StoreOutcomeLocked(Input* input, const std::string& entry, bool success, const CallEnd& end)
+      REQUIRES(mutex_);
+  void RetryLaterLocked(Input* input, Clock::duration delay, bool pause_job, const CallEnd& end)
+      REQUIRES(mutex_);
+  // Tells the circuit how *input's call ended; returns true if *input must
+  // go back to the queue, its attempt unspent (the circuit is open).
+  bool RecordCall(Input* input, const CallEnd& end) REQUIRES(mutex_);
+  // Queues *input again at once, its attempt unspent.
+  void PutBack(Input* input) REQUIRES(mutex_);
+  // Whether a call may start at now: no Retry-After pause, the circuit
+  // allows it (*probe: as its probe), and the rate limiter has a token.
+  // If not, may set *wake to when to ask again.
+  bool MayCall(Clock::time_point now, Clock::time_point* wake, bool* probe) REQUIRES(mutex_);
+  // The circuit stayed open for max_outage_ms: every input without an
+  // outcome fails, and the circuit closes.
+  void GiveUpOutage() REQUIRES(mutex_);
   // An input's hashes (key_table.hpp), and whether its key came before with
   // the same value: then it is accepted but neither queued nor counted again.
   struct InputHashes {
@@ -274,16 +335,19 @@ class Job : public std::enable_shared_from_this<Job> {
   // Queues the n inputs from first on and wakes workers for them. Returns
   // how many more workers to start, already counted in workers_.
   int Enqueue(Input* first, size_t n) REQUIRES(mutex_);
-  // Gives *input a "cancelled" outcome.
-  void StoreCancelled(const Input& input) REQUIRES(mutex_);
+  // Gives input an error outcome saying message.
+  void StoreFailure(const Input& input, const std::string& message) REQUIRES(mutex_);
+  // Gives every input without an outcome (in flight, waiting, queued, in
+  // the backlog) an error outcome saying message.
+  void FailEveryInputLeft(const std::string& message) REQUIRES(mutex_);
   // Non-durable jobs: appends inputs[first, last), whose outcomes are
   // failures, to failures_, opening it at the first. A durable job's
   // journal holds them already.
   void KeepFailed(const std::vector<Input>& inputs, size_t first, size_t last) REQUIRES(mutex_);
   // Moves inputs from the backlog to the queue until it holds maxsize.
   void RefillQueue() REQUIRES(mutex_);
-  // Gives every input of the backlog a "cancelled" outcome.
-  void CancelBacklog() REQUIRES(mutex_);
+  // Gives every input of the backlog an error outcome saying message.
+  void FailBacklog(const std::string& message) REQUIRES(mutex_);
   // Forgets the backlog; what is left of it (a read failed: error) is lost.
   void DropBacklog(const std::string& error) REQUIRES(mutex_);
   // Resume's parts: the journal's records (records of them) into keys_;
@@ -340,7 +404,6 @@ class Job : public std::enable_shared_from_this<Job> {
   bool stopped() const REQUIRES(mutex_) { return discarded() || state_ == JobState::kCancelled; }
 
   const std::string id_;
-  const JobOptions options_;
   const JobFiles files_;
   const std::string path_;  // of the outcome file
   const WorkerStarter start_worker_;
@@ -358,6 +421,13 @@ class Job : public std::enable_shared_from_this<Job> {
   CondVar work_cv_{&mutex_};  // an input may be ready for a worker
   CondVar done_cv_{&mutex_};  // the job ended or was discarded
   JobState state_ GUARDED_BY(mutex_) = JobState::kOpen;
+  JobOptions options_ GUARDED_BY(mutex_);
+  // Bumped by every Change; workers read it without the lock to learn
+  // that their copy of the settings is stale.
+  std::atomic<uint32_t> options_version_{0};
+  Circuit circuit_ GUARDED_BY(mutex_);
+  bool paused_ GUARDED_BY(mutex_) = false;  // by hand: Pause
+  Clock::time_point paused_at_ GUARDED_BY(mutex_);
   std::chrono::system_clock::time_point created_at_ GUARDED_BY(mutex_);
   // Why the job table let go of the job; kNone until then.
   DiscardReason discarded_ GUARDED_BY(mutex_) = DiscardReason::kNone;

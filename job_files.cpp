@@ -47,6 +47,7 @@ JobRecord Job::Record() const {
   record.state = state_;
   record.created_at = created_at_;
   record.done_at = done_at_;
+  record.paused = paused_;
   return record;
 }
 
@@ -119,13 +120,13 @@ void Job::Tick() {
   work_cv_.SignalAll();  // paused workers go on
 }
 
-void Job::CancelBacklog() {
+void Job::FailBacklog(const std::string& message) {
   Input input;
   std::string error;
   while (backlog_left_ > 0 && backlog_->Next(&input, &error)) {
     // Skips the inputs with an outcome, and any later copy of one it took.
     if (!keys_.MarkDone(KeyTable::KeyHash(input.key))) continue;
-    StoreCancelled(input);
+    StoreFailure(input, message);
     --backlog_left_;
   }
   DropBacklog(error);
@@ -139,6 +140,7 @@ void Job::RefillQueue() {
     // Skips the inputs with an outcome, and any later copy of one it took.
     if (!keys_.MarkDone(KeyTable::KeyHash(input.key))) continue;
     input.attempts = 0;
+    input.calls = 0;
     queue_.push_back(std::move(input));
     --backlog_left_;
   }
@@ -163,6 +165,8 @@ Status Job::Resume(const JobRecord& record) {
   state_ = record.state;
   created_at_ = record.created_at;
   done_at_ = record.done_at;
+  paused_ = record.paused && !ended();
+  paused_at_ = Clock::now();
   uint64_t records = 0;
   Status s = Journal::Open(JournalPath(files_.dir, id_), files_.fsync, &journal_, &records);
   uint64_t marked = 0;
@@ -225,7 +229,7 @@ void Job::ResumeWork() {
   // Outcomes written but lost before they reached the disk, although the
   // record said the job had ended: a done job sends those inputs again, a
   // cancelled one stores their "cancelled" entries.
-  if (state_ == JobState::kCancelled) CancelBacklog();
+  if (state_ == JobState::kCancelled) FailBacklog("cancelled");
   if (state_ == JobState::kDone && backlog_left_ > 0) state_ = JobState::kClosing;
   if (ended()) return;
   RefillQueue();

@@ -99,6 +99,10 @@ void WriteOptions(const JobOptions& o, JsonWriter* w) {
   } else {
     WriteString(o.callback_url, w);
   }
+  w->Key("max_outage_ms");
+  w->Int64(o.max_outage_ms);
+  w->Key("adaptive");
+  w->Bool(o.adaptive);
   w->EndObject();
 }
 
@@ -118,6 +122,8 @@ std::string RecordJson(const JobRecord& record) {
   WriteString(Rfc3339(record.created_at), &w);
   w.Key("done_at");
   WriteTime(record.done_at, &w);
+  w.Key("paused");
+  w.Bool(record.paused);
   // Written only when set, so that records of other jobs read as before.
   if (!record.options.redrive_of.empty()) {
     w.Key("redrive_of");
@@ -240,8 +246,9 @@ Status ParseRecord(const std::string& text, const std::string& file_id, JobRecor
   rapidjson::Document doc;
   doc.Parse<rapidjson::kParseValidateEncodingFlag>(text.data(), text.size());
   if (doc.HasParseError() || !doc.IsObject()) return Status::Invalid("not a JSON object");
-  static const std::set<std::string> kFields = {"version", "id",         "options",
-                                                "state",   "created_at", "done_at"};
+  // "paused" came later: a record without it is not paused.
+  static const std::set<std::string> kFields = {"version",    "id",      "options", "state",
+                                                "created_at", "done_at", "paused"};
   static const char kRedriveOf[] = "redrive_of";  // optional
   std::set<std::string> seen;
   for (const auto& member : doc.GetObject()) {
@@ -254,7 +261,8 @@ Status ParseRecord(const std::string& text, const std::string& file_id, JobRecor
     if (!seen.insert(name).second) return Status::Invalid(quoted + ": given twice");
   }
   for (const std::string& name : kFields) {
-    if (!doc.HasMember(name.c_str())) return Status::Invalid(name + ": missing");
+    if (!doc.HasMember(name.c_str()) && name != "paused")
+      return Status::Invalid(name + ": missing");
   }
   if (!doc["version"].IsInt() || doc["version"].GetInt() != kJobRecordVersion) {
     return Status::Invalid("version: expected " + std::to_string(kJobRecordVersion));
@@ -269,6 +277,13 @@ Status ParseRecord(const std::string& text, const std::string& file_id, JobRecor
   if (s.ok()) s = ParseStateField(doc["state"], &parsed.state);
   if (s.ok()) s = ParseTimeField("created_at", doc["created_at"], false, &parsed.created_at);
   if (s.ok()) s = ParseTimeField("done_at", doc["done_at"], true, &parsed.done_at);
+  if (s.ok() && doc.HasMember("paused")) {
+    if (doc["paused"].IsBool()) {
+      parsed.paused = doc["paused"].GetBool();
+    } else {
+      s = Status::Invalid("paused: expected true or false");
+    }
+  }
   if (s.ok() && doc.HasMember(kRedriveOf)) {
     const rapidjson::Value& of = doc[kRedriveOf];
     if (!of.IsString()) return Status::Invalid("redrive_of: expected a string");

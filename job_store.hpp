@@ -36,6 +36,7 @@ struct JobRecord {
   JobState state = JobState::kOpen;
   std::chrono::system_clock::time_point created_at;
   std::chrono::system_clock::time_point done_at;  // meaningful once done or cancelled
+  bool paused = false;                            // by hand (POST /job/{id}/pause)
 };
 
 // The paths of a job's three files in dir.

@@ -33,7 +33,8 @@ using std::chrono::milliseconds;
 constexpr char kUsage[] =
     "usage: pmmap map URL [--concurrency N] [--maxsize N] [--secret S] [--timeout-ms N]\n"
     "                 [--max-attempts N] [--backoff-ms N] [--max-backoff-ms N]\n"
-    "                 [--rate-per-sec X] [--lines] [--progress] < inputs.ndjson > outputs.ndjson\n"
+    "                 [--rate-per-sec X] [--max-outage-ms N] [--adaptive true|false]\n"
+    "                 [--lines] [--progress] < inputs.ndjson > outputs.ndjson\n"
     "Runs one job through the webhook URL: an input a line of stdin, {\"key\": ..., \"value\": "
     "...}\n"
     "(with --lines, any line: its number is the key, the line a string value); an outcome a\n"
@@ -70,6 +71,8 @@ constexpr JobFlag kJobFlags[] = {
     {"--backoff-ms", "backoff_ms", false},
     {"--max-backoff-ms", "max_backoff_ms", false},
     {"--rate-per-sec", "rate_per_sec", false},
+    {"--max-outage-ms", "max_outage_ms", false},
+    {"--adaptive", "adaptive", false},
 };
 
 struct MapArgs {
@@ -102,8 +105,8 @@ bool AddField(const JobFlag& f, const std::string& value, std::string* json, std
   }
   rapidjson::Document number;
   number.Parse(value.c_str());
-  if (number.HasParseError() || !number.IsNumber()) {
-    *error = std::string(f.flag) + ": expected a number, not \"" + value + "\"";
+  if (number.HasParseError() || !(number.IsNumber() || number.IsBool())) {
+    *error = std::string(f.flag) + ": expected a number (or true or false), not \"" + value + "\"";
     return false;
   }
   json->append(value);
@@ -263,7 +266,8 @@ int MapRun::Run() {
   options.ca_file = FindCaBundle();
   options.max_reply_bytes = kDefaultMaxBody;
   options.proxy_from_env = ProxyInEnvironment();
-  dispatcher_.reset(new Dispatcher(options));
+  // The job's workers are all the budget it needs.
+  dispatcher_.reset(new Dispatcher(options, static_cast<size_t>(args_.options.concurrency)));
   Dispatcher* dispatcher = dispatcher_.get();
   JobFiles files;
   files.dir = dir_;

@@ -63,6 +63,30 @@ std::string Metrics::Render(const std::map<std::string, uint64_t>& jobs_by_state
       "# TYPE pmmap_webhook_calls_in_flight gauge\n");
   add("pmmap_webhook_calls_in_flight %lld\n", static_cast<long long>(in_flight_.load()));
   out.append(
+      "# HELP pmmap_open_circuits Jobs whose circuit is open or half open.\n"
+      "# TYPE pmmap_open_circuits gauge\n");
+  add("pmmap_open_circuits %lld\n", static_cast<long long>(open_circuits_.load()));
+  out.append(
+      "# HELP pmmap_circuit_openings_total Times a job's circuit opened.\n"
+      "# TYPE pmmap_circuit_openings_total counter\n");
+  add("pmmap_circuit_openings_total %llu\n", load(circuit_openings_));
+  out.append(
+      "# HELP pmmap_circuit_refused_total Calls put back, their attempt unspent, by an open "
+      "circuit.\n# TYPE pmmap_circuit_refused_total counter\n");
+  add("pmmap_circuit_refused_total %llu\n", load(refused_by_circuit_));
+  out.append(
+      "# HELP pmmap_workers_max The worker budget: most webhook calls in flight across all jobs "
+      "(--max-workers).\n# TYPE pmmap_workers_max gauge\n");
+  add("pmmap_workers_max %llu\n", load(workers_max_));
+  out.append(
+      "# HELP pmmap_workers_running Worker threads holding a slot of the budget.\n"
+      "# TYPE pmmap_workers_running gauge\n");
+  add("pmmap_workers_running %llu\n", load(workers_running_));
+  out.append(
+      "# HELP pmmap_workers_waiting Requests of jobs for a worker, waiting for a slot.\n"
+      "# TYPE pmmap_workers_waiting gauge\n");
+  add("pmmap_workers_waiting %llu\n", load(workers_waiting_));
+  out.append(
       "# HELP pmmap_webhook_call_duration_seconds Duration of webhook calls.\n"
       "# TYPE pmmap_webhook_call_duration_seconds histogram\n");
   unsigned long long cumulative = 0;

@@ -28,6 +28,21 @@ class Metrics {
   void CallEnded(Outcome outcome, double seconds);
   // A call abandoned by cancel, delete or shutdown: not counted as a call.
   void CallAbandoned() { in_flight_.fetch_sub(1, std::memory_order_relaxed); }
+  // A job's circuit opened, or closed (circuit.hpp).
+  void CircuitOpened() {
+    circuit_openings_.fetch_add(1, std::memory_order_relaxed);
+    open_circuits_.fetch_add(1, std::memory_order_relaxed);
+  }
+  void CircuitClosed() { open_circuits_.fetch_sub(1, std::memory_order_relaxed); }
+  // The worker budget (dispatcher.hpp): its size, the workers running, and
+  // the requests for one waiting.
+  void SetWorkers(size_t max, size_t running, size_t waiting) {
+    workers_max_.store(max, std::memory_order_relaxed);
+    workers_running_.store(running, std::memory_order_relaxed);
+    workers_waiting_.store(waiting, std::memory_order_relaxed);
+  }
+  // An input put back to the queue by an open circuit, its attempt unspent.
+  void RefusedByCircuit() { refused_by_circuit_.fetch_add(1, std::memory_order_relaxed); }
 
   // The exposition text; jobs_by_state gives pmmap_jobs{state}.
   std::string Render(const std::map<std::string, uint64_t>& jobs_by_state) const;
@@ -41,6 +56,12 @@ class Metrics {
   std::atomic<uint64_t> failed_{0};
   std::atomic<uint64_t> retries_{0};
   std::atomic<int64_t> in_flight_{0};
+  std::atomic<uint64_t> circuit_openings_{0};
+  std::atomic<int64_t> open_circuits_{0};
+  std::atomic<uint64_t> refused_by_circuit_{0};
+  std::atomic<uint64_t> workers_max_{0};
+  std::atomic<uint64_t> workers_running_{0};
+  std::atomic<uint64_t> workers_waiting_{0};
   std::atomic<uint64_t> calls_[kOutcomes] = {};
   std::atomic<uint64_t> duration_buckets_[kBuckets] = {};  // not cumulative
   std::atomic<uint64_t> duration_count_{0};

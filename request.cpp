@@ -7,6 +7,7 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cstdlib>
@@ -356,7 +357,31 @@ Status ParseJobField(const std::string& name, const rapidjson::Value& v, JobOpti
     parsed->rate_per_sec = v.GetDouble();
     return Status::OK();
   }
+  if (name == "max_outage_ms") {
+    return ParseIntField("max_outage_ms", v, 0, kMaxMaxOutageMs, &parsed->max_outage_ms);
+  }
+  if (name == "adaptive") {
+    if (!v.IsBool()) return Status::Invalid("adaptive: expected true or false");
+    parsed->adaptive = v.GetBool();
+    return Status::OK();
+  }
   return Status::Invalid("unknown field " + Quoted(name));
+}
+
+// The fields PATCH /job/{id} may change.
+const char* const kLiveFields[] = {"concurrency", "rate_per_sec",   "timeout_ms",    "max_attempts",
+                                   "backoff_ms",  "max_backoff_ms", "max_outage_ms", "adaptive"};
+
+// Sets the live field name of *to to its value in from.
+void CopyLiveField(const std::string& name, const JobOptions& from, JobOptions* to) {
+  if (name == "concurrency") to->concurrency = from.concurrency;
+  if (name == "rate_per_sec") to->rate_per_sec = from.rate_per_sec;
+  if (name == "timeout_ms") to->timeout_ms = from.timeout_ms;
+  if (name == "max_attempts") to->max_attempts = from.max_attempts;
+  if (name == "backoff_ms") to->backoff_ms = from.backoff_ms;
+  if (name == "max_backoff_ms") to->max_backoff_ms = from.max_backoff_ms;
+  if (name == "max_outage_ms") to->max_outage_ms = from.max_outage_ms;
+  if (name == "adaptive") to->adaptive = from.adaptive;
 }
 
 }  // namespace
@@ -404,6 +429,32 @@ Status ParseJobOptionsOver(const std::string& body, const JobOptions& base, JobO
   rapidjson::Writer<rapidjson::StringBuffer> writer(buffer);
   doc.Accept(writer);
   return ParseJobOptions(std::string(buffer.GetString(), buffer.GetSize()), options);
+}
+
+Status ParseJobPatch(const std::string& body, JobOptions* options) {
+  rapidjson::Document doc;
+  Status s = ParseJobObject(body, &doc);
+  if (!s.ok()) return s;
+  JobOptions patched = *options;
+  std::set<std::string> seen;
+  for (const auto& member : doc.GetObject()) {
+    std::string name(member.name.GetString(), member.name.GetStringLength());
+    if (std::find(std::begin(kLiveFields), std::end(kLiveFields), name) == std::end(kLiveFields)) {
+      return Status::Invalid(Quoted(name) +
+                             " cannot be changed on a live job; these can: concurrency, "
+                             "rate_per_sec, timeout_ms, max_attempts, backoff_ms, "
+                             "max_backoff_ms, max_outage_ms, adaptive");
+    }
+    if (!seen.insert(name).second) return Status::Invalid(name + ": given twice");
+    if (member.value.IsNull()) {
+      CopyLiveField(name, JobOptions(), &patched);
+      continue;
+    }
+    s = ParseJobField(name, member.value, &patched);
+    if (!s.ok()) return s;
+  }
+  *options = std::move(patched);
+  return Status::OK();
 }
 
 bool ParseInputsFast(const std::string& body, std::vector<Input>* inputs) {

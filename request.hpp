@@ -25,6 +25,7 @@ constexpr int64_t kMaxBackoffMsLimit = 3600000;  // of backoff_ms and max_backof
 // One call in about 17 minutes: slower rates are surely a mistake.
 constexpr double kMinRatePerSec = 0.001;
 constexpr double kMaxRatePerSec = 1e6;
+constexpr int64_t kMaxMaxOutageMs = 7 * 24 * 3600 * 1000ll;  // a week
 // The longest key accepted, in bytes, before percent-encoding.
 constexpr size_t kMaxKeyBytes = 1024;
 
@@ -34,6 +35,11 @@ Status ParseJobOptions(const std::string& body, JobOptions* options);
 // optional, over base (the old job's settings, the secret included); an
 // empty body keeps base. The result is checked as ParseJobOptions checks.
 Status ParseJobOptionsOver(const std::string& body, const JobOptions& base, JobOptions* options);
+// Parses the body of PATCH /job/{id}, an object of some of the settings a
+// live job may change (Job::Change), each checked as ParseJobOptions
+// checks it (null: the default), into *options; any other field is
+// refused, naming it, and *options left unchanged.
+Status ParseJobPatch(const std::string& body, JobOptions* options);
 
 // Parses the body of PUT /job/{id}/input: [{"key": "...", "value": ...}, ...].
 // Each value is kept as compact JSON, its numbers exactly as written.

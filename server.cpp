@@ -1,9 +1,13 @@
 #include "server.hpp"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
 #include <signal.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -39,6 +43,24 @@ constexpr time_t kKeepAliveSeconds = 3;
 constexpr size_t kKeepAliveRequests = 10000;
 // A caller reading a large output may pause; give it time before dropping it.
 constexpr time_t kWriteTimeoutSeconds = 60;
+// From a connection's accept (or a kept-alive one's next byte) to the end of
+// its request's headers: a client that sends them slower is dropped.
+constexpr std::chrono::seconds kHeaderTimeout{5};
+// With the default --http-threads, threads beyond --max-connections, for
+// the connections being answered 503 over the cap (which takes no wait).
+constexpr size_t kRefusalThreads = 16;
+// An API thread's stack, against glibc's 8 MiB. The deepest a request goes
+// is libstdc++'s std::regex, about 512 bytes of stack a character (measured)
+// over a request line or Range header of at most kMaxMatchedLineBytes, so
+// about 512 KiB; RapidJSON's recursive parse of a POST /job body stops at
+// kMaxJsonDepth levels. The sanitizers' frames are several times larger.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr size_t kHttpThreadStackBytes = 8 << 20;
+#else
+constexpr size_t kHttpThreadStackBytes = 1 << 20;
+#endif
+// The scheme of the Authorization header that carries the API token.
+constexpr char kBearer[] = "Bearer ";
 
 // A streamed PUT hands its lines to the job in batches of this many
 // inputs (fewer for a small maxsize: see StreamBatchInputs), or of this
@@ -158,8 +180,10 @@ bool WantsNdjson(const httplib::Request& req, std::string* error) {
   return type.compare(0, 20, "application/x-ndjson") == 0;
 }
 
-Dispatcher::Options DispatcherOptions(const Flags& flags) {
+Dispatcher::Options DispatcherOptions(const Flags& flags,
+                                      std::shared_ptr<const NetRules> net_rules) {
   Dispatcher::Options options;
+  options.net_rules = std::move(net_rules);
   options.ca_file = flags.ca_file.empty() ? FindCaBundle() : flags.ca_file;
   if (options.ca_file.empty()) {
     LogMessage("warning: no CA bundle found; https webhooks will fail (see --ca-file)");
@@ -167,6 +191,26 @@ Dispatcher::Options DispatcherOptions(const Flags& flags) {
   options.max_reply_bytes = flags.max_body;
   options.proxy_from_env = ProxyInEnvironment();
   return options;
+}
+
+// Refuses a job whose url or callback_url names an address the rules deny.
+// A host name is judged later, on each address it resolves to.
+Status CheckUrlAddresses(const NetRules& rules, const JobOptions& options) {
+  std::string error = CheckUrlAddress(rules, "url", options.url);
+  if (error.empty() && !options.callback_url.empty()) {
+    error = CheckUrlAddress(rules, "callback_url", options.callback_url);
+  }
+  if (error.empty()) return Status::OK();
+  return Status::Invalid(error + " (see --deny-net and --allow-net)");
+}
+
+// Whether host, where the server listens, is reachable from this machine only.
+bool IsLoopback(const std::string& host) {
+  in_addr v4;
+  in6_addr v6;
+  if (inet_pton(AF_INET, host.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+  if (inet_pton(AF_INET6, host.c_str(), &v6) == 1) return IN6_IS_ADDR_LOOPBACK(&v6);
+  return host == "localhost";
 }
 
 // SIGINT and SIGTERM are taken by one thread with sigwait, so they are
@@ -195,9 +239,12 @@ const Server::Route Server::kRoutes[] = {
     {"GET", R"(/jobs)", &Server::ListJobs},
     {"GET", R"(/job/([^/]+))", &Server::ShowJob},
     {"DELETE", R"(/job/([^/]+))", &Server::DeleteJob},
+    {"PATCH", R"(/job/([^/]+))", &Server::ChangeJob},
     {"PUT", R"(/job/([^/]+)/input)", &Server::AddInputs, &Server::StreamInputs},
     {"POST", R"(/job/([^/]+)/complete)", &Server::CompleteJob},
     {"POST", R"(/job/([^/]+)/cancel)", &Server::CancelJob},
+    {"POST", R"(/job/([^/]+)/pause)", &Server::PauseJob},
+    {"POST", R"(/job/([^/]+)/resume)", &Server::ResumeJob},
     {"POST", R"(/job/([^/]+)/redrive)", &Server::RedriveJob},
     {"GET", R"(/job/([^/]+)/output)", &Server::StreamOutput},
     {"GET", R"(/healthz)", &Server::Health},
@@ -234,6 +281,7 @@ void Server::InstallRoutes() {
     if (method == "POST") http_.Post(route.pattern, with_body);
     if (method == "PUT") http_.Put(route.pattern, with_body);
     if (method == "DELETE") http_.Delete(route.pattern, with_body);
+    if (method == "PATCH") http_.Patch(route.pattern, with_body);
   }
   for (const auto& entry : methods_by_pattern) {
     allowed_methods_.emplace_back(std::regex(entry.first), entry.second);
@@ -251,9 +299,17 @@ void Server::InstallRoutes() {
   http_.Put(".*", unrouted);
   http_.Patch(".*", unrouted);
   http_.Delete(".*", unrouted);
-  // The one method cpp-httplib reads a body for that no route reads (PRI)
-  // would have its body read into memory whole, now without a limit.
-  http_.set_pre_routing_handler([](const Request& req, Response& res) {
+  // Before any body is read or any handler runs, unrouted paths included,
+  // so that a refused request changes nothing and learns nothing.
+  http_.set_pre_routing_handler([this](const Request& req, Response& res) {
+    std::string refusal = Unauthorized(req);
+    if (!refusal.empty()) {
+      res.set_header("WWW-Authenticate", "Bearer");
+      Reply(res, 401, ErrorJson(refusal));
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    // The one method cpp-httplib reads a body for that no route reads (PRI)
+    // would have its body read into memory whole, now without a limit.
     if (req.method != "PRI") return httplib::Server::HandlerResponse::Unhandled;
     Reply(res, 405, ErrorJson("PRI is not allowed"));
     return httplib::Server::HandlerResponse::Handled;
@@ -267,6 +323,30 @@ void Server::InstallRoutes() {
   http_.set_exception_handler([](const Request&, Response& res, std::exception_ptr) {
     Reply(res, 500, ErrorJson("internal error"));
   });
+}
+
+std::string Server::Unauthorized(const httplib::Request& req) const {
+  if (flags_.api_token.empty()) return "";
+  // GET / is the web page's shell, which asks its user for the token.
+  if (req.method == "GET" && (req.path == "/healthz" || req.path == "/" ||
+                              (req.path == "/metrics" && flags_.metrics_open))) {
+    return "";
+  }
+  if (!req.has_header("Authorization")) {
+    return "missing \"Authorization: Bearer <token>\": this server needs its API token";
+  }
+  const std::string& given = req.get_header_value("Authorization");
+  if (given.size() < sizeof(kBearer) - 1 ||
+      strncasecmp(given.c_str(), kBearer, sizeof(kBearer) - 1) != 0) {
+    return "the Authorization header must be \"Bearer <token>\"";
+  }
+  // Digests of equal length, compared in constant time, so that neither
+  // the token's length nor its first wrong byte shows in the time taken.
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  const std::string token = given.substr(sizeof(kBearer) - 1);
+  SHA256(reinterpret_cast<const unsigned char*>(token.data()), token.size(), digest);
+  if (CRYPTO_memcmp(digest, token_digest_, sizeof(digest)) != 0) return "wrong API token";
+  return "";
 }
 
 void Server::AnswerUnrouted(const httplib::Request& req, httplib::Response& res) {
@@ -298,6 +378,7 @@ void Server::CreateJob(const httplib::Request&, std::string body, httplib::Respo
   JobOptions options;
   std::shared_ptr<Job> job;
   Status s = ParseJobOptions(body, &options);
+  if (s.ok()) s = CheckUrlAddresses(*net_rules_, options);
   if (s.ok()) s = table_->Create(std::move(options), &job);
   if (!s.ok()) return ReplyError(res, s);
   LogJobEvent(job->id(), "created", job->options().url);
@@ -428,6 +509,22 @@ void Server::RedriveJob(const httplib::Request& req, std::string body, httplib::
   Reply(res, 201, job->ToJson());
 }
 
+void Server::PauseJob(const httplib::Request& req, std::string, httplib::Response& res) {
+  ActOnJob(req, &Job::Pause, res);
+}
+
+void Server::ResumeJob(const httplib::Request& req, std::string, httplib::Response& res) {
+  ActOnJob(req, &Job::Unpause, res);
+}
+
+void Server::ChangeJob(const httplib::Request& req, std::string body, httplib::Response& res) {
+  std::shared_ptr<Job> job = FindJob(req, res);
+  if (!job) return;
+  Status s = job->Change([&body](JobOptions* options) { return ParseJobPatch(body, options); });
+  if (!s.ok()) return ReplyError(res, s);
+  Reply(res, 200, job->ToJson());
+}
+
 void Server::ActOnJob(const httplib::Request& req, Status (Job::*act)(), httplib::Response& res) {
   std::shared_ptr<Job> job = FindJob(req, res);
   if (!job) return;
@@ -492,12 +589,28 @@ void Server::ShowMetrics(const httplib::Request&, std::string, httplib::Response
   std::map<std::string, uint64_t> jobs_by_state = {
       {"open", 0}, {"closing", 0}, {"done", 0}, {"cancelled", 0}};
   for (const auto& job : table_->List()) ++jobs_by_state[JobStateName(job->state())];
-  res.set_content(Metrics::Global().Render(jobs_by_state), "text/plain; version=0.0.4");
+  std::string text = Metrics::Global().Render(jobs_by_state);
+  text +=
+      "# HELP pmmap_api_connections API connections open now.\n"
+      "# TYPE pmmap_api_connections gauge\npmmap_api_connections " +
+      std::to_string(http_.open_connections()) +
+      "\n# HELP pmmap_api_connections_refused_total API connections refused past "
+      "--max-connections.\n# TYPE pmmap_api_connections_refused_total counter\n"
+      "pmmap_api_connections_refused_total " +
+      std::to_string(http_.refused_connections()) + "\n";
+  res.set_content(text, "text/plain; version=0.0.4");
 }
 
 // Life
 
-Server::Server(Flags flags) : flags_(std::move(flags)) {}
+Server::Server(Flags flags)
+    : flags_(std::move(flags)),
+      net_rules_(std::make_shared<const NetRules>(flags_.net_rules)),
+      http_(flags_.max_connections, kHeaderTimeout,
+            [this](const httplib::Request& req) { return !Unauthorized(req).empty(); }) {
+  SHA256(reinterpret_cast<const unsigned char*>(flags_.api_token.data()), flags_.api_token.size(),
+         token_digest_);
+}
 
 Server::~Server() {
   // Jobs, and with them their files, are gone once the table is and every
@@ -511,7 +624,7 @@ Server::~Server() {
 bool Server::Start(std::string* error) {
   stop_signals_ = BlockSignals();
   if (!PrepareDataDir(error)) return false;
-  dispatcher_.reset(new Dispatcher(DispatcherOptions(flags_)));
+  dispatcher_.reset(new Dispatcher(DispatcherOptions(flags_, net_rules_), flags_.max_workers));
   Dispatcher* dispatcher = dispatcher_.get();
   JobFiles files;
   files.dir = flags_.data_dir;
@@ -523,8 +636,11 @@ bool Server::Start(std::string* error) {
       [dispatcher](std::shared_ptr<Job> job) {
         return dispatcher->StartCallback(std::move(job));
       }));
-  const size_t http_threads = flags_.http_threads;
-  http_.new_task_queue = [http_threads] { return new HttpPool(http_threads); };
+  const size_t http_threads =
+      flags_.http_threads != 0 ? flags_.http_threads : flags_.max_connections + kRefusalThreads;
+  http_.new_task_queue = [http_threads] {
+    return new HttpPool(http_threads, kHttpThreadStackBytes);
+  };
   http_.set_keep_alive_timeout(kKeepAliveSeconds);
   http_.set_keep_alive_max_count(kKeepAliveRequests);
   http_.set_write_timeout(kWriteTimeoutSeconds, 0);
@@ -598,6 +714,11 @@ int Server::Run() {
   std::string shown_host = host.find(':') != std::string::npos ? "[" + host + "]" : host;
   LogMessage("listening on http://" + shown_host + ":" + std::to_string(bound_port_) +
              " with data in " + flags_.data_dir);
+  if (flags_.api_token.empty() && !IsLoopback(host)) {
+    LogMessage("warning: listening on " + shown_host +
+               " without --api-token: anyone who can reach it can create, read and delete "
+               "jobs, and make pmmap call any allowed address");
+  }
   http_.listen_after_bind();
   {
     MutexLock lock(&stop_mutex_);

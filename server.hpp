@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "api_server.hpp"
 #include "dispatcher.hpp"
 #include "flags.hpp"
 #include "job_table.hpp"
@@ -75,17 +76,23 @@ class Server {
   void CompleteJob(const httplib::Request& req, std::string body, httplib::Response& res);
   void CancelJob(const httplib::Request& req, std::string body, httplib::Response& res);
   void RedriveJob(const httplib::Request& req, std::string body, httplib::Response& res);
+  void PauseJob(const httplib::Request& req, std::string body, httplib::Response& res);
+  void ResumeJob(const httplib::Request& req, std::string body, httplib::Response& res);
+  void ChangeJob(const httplib::Request& req, std::string body, httplib::Response& res);
   void StreamOutput(const httplib::Request& req, std::string body, httplib::Response& res);
   void Health(const httplib::Request& req, std::string body, httplib::Response& res);
   void ShowMetrics(const httplib::Request& req, std::string body, httplib::Response& res);
 
   // Does act to the job named in the path and answers with the job, or
-  // with act's refusal (complete and cancel).
+  // with act's refusal (complete, cancel, pause and resume).
   void ActOnJob(const httplib::Request& req, Status (Job::*act)(), httplib::Response& res);
   // The job named by the path's first group, or null after answering 404.
   std::shared_ptr<Job> FindJob(const httplib::Request& req, httplib::Response& res);
   // Registers every route of kRoutes, and the answers to what none takes.
   void InstallRoutes();
+  // Why req may not pass for want of the API token (--api-token), or "" if
+  // it may: no token is set, the route is open, or the token is right.
+  std::string Unauthorized(const httplib::Request& req) const;
   // Answers a request no route took: 405 with Allow if a route has its
   // path, else 404, as JSON.
   void AnswerUnrouted(const httplib::Request& req, httplib::Response& res);
@@ -106,8 +113,10 @@ class Server {
   bool own_data_dir_ = false;  // made by Start, removed by the destructor
   int bound_port_ = 0;
   std::unique_ptr<Dispatcher> dispatcher_;
-  std::unique_ptr<JobTable> table_;  // after dispatcher_: destroyed first
-  httplib::Server http_;
+  std::unique_ptr<JobTable> table_;            // after dispatcher_: destroyed first
+  std::shared_ptr<const NetRules> net_rules_;  // shared with every WebhookClient
+  unsigned char token_digest_[32];             // SHA-256 of flags_.api_token
+  ApiServer http_;
   // Each path pattern of kRoutes, compiled, with the methods it allows ("GET, DELETE").
   std::vector<std::pair<std::regex, std::string>> allowed_methods_;
 

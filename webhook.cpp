@@ -2,6 +2,7 @@
 
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -95,9 +96,11 @@ std::string WebhookUrl(const std::string& url, const std::string& key) {
   return urls.Url();
 }
 
-WebhookClient::WebhookClient(const Options& options, const Job& job, const std::atomic<bool>* abort)
+WebhookClient::WebhookClient(const Options& options, const std::string& job_id,
+                             const JobOptions& job_options, const std::atomic<bool>* abort)
     : max_reply_bytes_(options.max_reply_bytes),
-      secret_(job.options().secret),
+      net_rules_(options.net_rules),
+      secret_(job_options.secret),
       curl_(curl_easy_init()),
       multi_(curl_multi_init()),
       abort_(abort) {
@@ -105,7 +108,7 @@ WebhookClient::WebhookClient(const Options& options, const Job& job, const std::
   // webhook parses it, so a call sends only the headers it needs.
   curl_slist* h = curl_slist_append(nullptr, "Content-Type: application/json");
   job_headers_ = h;
-  h = h ? curl_slist_append(h, ("PMMAP-job: " + job.id()).c_str()) : nullptr;
+  h = h ? curl_slist_append(h, ("PMMAP-job: " + job_id).c_str()) : nullptr;
   if (h != nullptr && !secret_.empty())
     h = curl_slist_append(h, ("PMMAP-auth: " + secret_).c_str());
   if (h == nullptr || curl_ == nullptr || multi_ == nullptr) {
@@ -131,9 +134,16 @@ WebhookClient::WebhookClient(const Options& options, const Job& job, const std::
     curl_easy_setopt(curl_, CURLOPT_PROXY, "");
     curl_easy_setopt(curl_, CURLOPT_NOPROXY, "");
   }
-  curl_easy_setopt(curl_, CURLOPT_TIMEOUT_MS, static_cast<long>(job.options().timeout_ms));
+  SetTimeout(job_options.timeout_ms);
   curl_easy_setopt(curl_, CURLOPT_WRITEFUNCTION, &WebhookClient::OnBody);
   curl_easy_setopt(curl_, CURLOPT_WRITEDATA, this);
+  // A redirect could lead anywhere, past the rules' check of the URL: a 3xx
+  // is a final failure (libcurl's default, stated so that it stays).
+  curl_easy_setopt(curl_, CURLOPT_FOLLOWLOCATION, 0L);
+  if (net_rules_ != nullptr) {
+    curl_easy_setopt(curl_, CURLOPT_OPENSOCKETFUNCTION, &WebhookClient::OnOpenSocket);
+    curl_easy_setopt(curl_, CURLOPT_OPENSOCKETDATA, this);
+  }
   if (!options.ca_file.empty()) curl_easy_setopt(curl_, CURLOPT_CAINFO, options.ca_file.c_str());
 }
 
@@ -178,6 +188,11 @@ void WebhookClient::Call(CURLU* url, const std::string& body, int attempt, CallR
     // Only a reply that slows the job is read for Retry-After: asked of
     // libcurl afterwards, not given to a header callback line by line.
     if (SlowsJob(result->status)) result->retry_after = LastHeader("Retry-After");
+    if (result->code != CURLE_OK) {
+      long request_bytes = 0;
+      curl_easy_getinfo(curl_, CURLINFO_REQUEST_SIZE, &request_bytes);
+      result->sent = request_bytes > 0;
+    }
     curl_off_t micros = 0;
     curl_easy_getinfo(curl_, CURLINFO_TOTAL_TIME_T, &micros);
     Metrics::Global().CallEnded(OutcomeOf(*result), static_cast<double>(micros) / 1e6);
@@ -185,7 +200,13 @@ void WebhookClient::Call(CURLU* url, const std::string& body, int attempt, CallR
     Metrics::Global().CallAbandoned();
   }
   curl_easy_setopt(curl_, CURLOPT_ERRORBUFFER, nullptr);
+  // An address refused while another was dialled and answered is no failure.
+  if (result->code == CURLE_OK) result->denied.clear();
   result_ = nullptr;
+}
+
+void WebhookClient::SetTimeout(int64_t timeout_ms) {
+  curl_easy_setopt(curl_, CURLOPT_TIMEOUT_MS, static_cast<long>(timeout_ms));
 }
 
 // What curl_easy_perform does, in fewer system calls: that polls before
@@ -247,6 +268,24 @@ size_t WebhookClient::OnBody(char* data, size_t size, size_t n, void* self_ptr) 
   return size * n;
 }
 
+// Judges the address libcurl has resolved and is about to connect to, so
+// that a name (or DNS rebinding) cannot lead past the rules: a denied one
+// gets no socket, and the call fails without any connection.
+curl_socket_t WebhookClient::OnOpenSocket(void* self_ptr, curlsocktype, curl_sockaddr* address) {
+  WebhookClient* self = static_cast<WebhookClient*>(self_ptr);
+  NetJudgement judgement = self->net_rules_->Judge(&address->addr);
+  if (!judgement.allowed) {
+    if (self->result_ != nullptr) self->result_->denied = judgement.Reason();
+    return CURL_SOCKET_BAD;
+  }
+  return socket(address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
+}
+
+Verdict Judge(const CallResult& result) {
+  if (!result.denied.empty() || result.too_large) return Verdict::kFail;
+  return Judge(result.code, result.status);
+}
+
 Verdict Judge(CURLcode code, long status) {
   switch (code) {
     case CURLE_OK:
@@ -268,6 +307,19 @@ Verdict Judge(CURLcode code, long status) {
   return Verdict::kFail;
 }
 
+Signal ClassifyCall(const CallResult& r) {
+  // A reply too long was an answer; a denied address says nothing of the webhook.
+  if (r.too_large || !r.denied.empty()) return Signal::kAnswer;
+  if (r.code == CURLE_OK) {
+    if (r.status == 429 || r.status == 503) return Signal::kOverload;
+    return r.status >= 500 ? Signal::kFault : Signal::kAnswer;
+  }
+  // Errors of the request itself, which no webhook's health explains.
+  if (Judge(r.code, r.status) == Verdict::kFail) return Signal::kAnswer;
+  if (!r.sent) return Signal::kUnreachable;
+  return Signal::kOverload;  // timed out or reset with the request out
+}
+
 Clock::duration BackoffDelay(int attempts, int64_t base_ms, int64_t cap_ms, std::mt19937_64* rng) {
   int64_t ceiling = std::min(base_ms, cap_ms);
   for (int i = 1; i < attempts && ceiling < cap_ms; ++i) ceiling = std::min(ceiling * 2, cap_ms);
@@ -285,6 +337,7 @@ Clock::duration RetryDelay(const CallResult& result, int attempts, const JobOpti
 }
 
 std::string FailureMessage(const CallResult& r, const JobOptions& options) {
+  if (!r.denied.empty()) return "not called: " + r.denied + " (--deny-net)";
   if (r.too_large) return "the reply is larger than the limit";
   if (r.code == CURLE_OK) return "the webhook answered HTTP " + std::to_string(r.status);
   if (r.code == CURLE_OPERATION_TIMEDOUT) {

@@ -20,10 +20,12 @@
 #include <cstddef>
 #include <cstdint>
 #include <ctime>
+#include <memory>
 #include <random>
 #include <string>
 
 #include "job.hpp"
+#include "net_rules.hpp"
 
 // Appends key percent-encoded as one URL path segment: every byte outside
 // A-Z a-z 0-9 - . _ ~ becomes %xx, in lowercase hex.
@@ -77,7 +79,13 @@ struct CallResult {
   std::string body;
   std::string retry_after;            // the Retry-After header, read only when SlowsJob(status)
   bool too_large = false;             // the reply passed max_reply_bytes and was abandoned
+  bool sent = false;                  // some of the request went out
   char error[CURL_ERROR_SIZE] = {0};  // libcurl's detail of code, if any
+  // Why the call was refused before any connection, when every address it
+  // resolved to is denied by the net rules ("address 127.0.0.1 is in denied
+  // net 127.0.0.0/8"); "" otherwise. A final failure, never retried, and no
+  // sign that the webhook is down.
+  std::string denied;
 
   // Readies the result for the next call, keeping its buffers' capacity.
   void Clear() {
@@ -86,7 +94,9 @@ struct CallResult {
     body.clear();
     retry_after.clear();
     too_large = false;
+    sent = false;
     error[0] = '\0';
+    denied.clear();
   }
 };
 
@@ -104,11 +114,15 @@ class WebhookClient {
     // Whether the environment may name a proxy (http_proxy and the like).
     // When false, calls skip libcurl's search of the environment.
     bool proxy_from_env = true;
+    // Which addresses may be dialled; null allows every one. Each address
+    // libcurl is about to connect to is judged (a proxy's, when one is used).
+    std::shared_ptr<const NetRules> net_rules;
   };
 
-  // Calls job's webhooks with its headers, each limited to the job's
-  // timeout_ms and abandoned once *abort is true.
-  WebhookClient(const Options& options, const Job& job, const std::atomic<bool>* abort);
+  // Calls the webhooks of job job_id, set up as job_options say, with its
+  // headers, each call limited to timeout_ms and abandoned once *abort is true.
+  WebhookClient(const Options& options, const std::string& job_id, const JobOptions& job_options,
+                const std::atomic<bool>* abort);
   ~WebhookClient();
   WebhookClient(const WebhookClient&) = delete;
   WebhookClient& operator=(const WebhookClient&) = delete;
@@ -117,13 +131,17 @@ class WebhookClient {
   // attempt, blocking until the reply, an error, the timeout or the abort,
   // and stores what came of it in *result.
   void Call(CURLU* url, const std::string& body, int attempt, CallResult* result);
+  // Limits every call from now on to timeout_ms (the job's was changed).
+  void SetTimeout(int64_t timeout_ms);
 
  private:
   CURLcode Perform();
   std::string LastHeader(const char* name);
   static size_t OnBody(char* data, size_t size, size_t n, void* self_ptr);
+  static curl_socket_t OnOpenSocket(void* self_ptr, curlsocktype purpose, curl_sockaddr* address);
 
   const size_t max_reply_bytes_;
+  const std::shared_ptr<const NetRules> net_rules_;
   const std::string secret_;
   CURL* const curl_;
   CURLM* const multi_;  // drives curl_ and keeps its connection between calls
@@ -152,9 +170,16 @@ enum class Verdict { kSuccess, kRetry, kFail };
 // What to do with one attempt's result: code is libcurl's, status the HTTP
 // status (0 when no reply came).
 Verdict Judge(CURLcode code, long status);
+// The same for a whole result: a denied address or a reply over the limit
+// is a final failure, whatever the code.
+Verdict Judge(const CallResult& result);
 
 // True if the reply asks the whole job to slow down (429 or 503).
 inline bool SlowsJob(long status) { return status == 429 || status == 503; }
+
+// What a call's result says about the webhook's health, for the job's
+// circuit: a real answer, a fault, an overload, or nothing sent at all.
+Signal ClassifyCall(const CallResult& result);
 
 // The wait before the attempt after `attempts` attempts: a uniform random
 // duration in [0, min(cap, base * 2^(attempts-1))] ("full jitter").

@@ -521,9 +521,11 @@ TEST_CASE("each kind of webhook reply ends as the right entry", "[api]") {
 TEST_CASE("an unreachable webhook ends as an error with status 0 after max_attempts", "[api]") {
   RefusingPort refusing;
   PmmapProcess pmmap;
-  std::string id = CreateJob(
-      pmmap,
-      JobBody(refusing.url(), "\"max_attempts\":3,\"timeout_ms\":2000," + std::string(kFastRetry)));
+  // Without the circuit breaker, which would hold the job for max_outage_ms.
+  std::string id = CreateJob(pmmap, JobBody(refusing.url(),
+                                            "\"max_attempts\":3,\"timeout_ms\":2000,"
+                                            "\"max_outage_ms\":0," +
+                                                std::string(kFastRetry)));
   REQUIRE(Http(pmmap.base_url(), "PUT", JobPath(id, "/input"), MakeInputs(2)).status == 201);
   REQUIRE(Http(pmmap.base_url(), "POST", JobPath(id, "/complete")).status == 200);
   rapidjson::Document out = Output(pmmap, id);
@@ -1169,6 +1171,9 @@ TEST_CASE("every route answers 404 for an unknown id, 405 for a wrong method", "
   RequireError(Http(base, "PUT", JobPath(unknown, "/input"), MakeInputs(1)), 404);
   RequireError(Http(base, "POST", JobPath(unknown, "/complete")), 404);
   RequireError(Http(base, "POST", JobPath(unknown, "/cancel")), 404);
+  RequireError(Http(base, "POST", JobPath(unknown, "/pause")), 404);
+  RequireError(Http(base, "POST", JobPath(unknown, "/resume")), 404);
+  RequireError(Http(base, "PATCH", JobPath(unknown), "{}"), 404);
   RequireError(Http(base, "GET", JobPath(unknown, "/output"), "", {}, seconds(5)), 404);
   RequireError(Http(base, "GET", "/no/such/route"), 404);
 
@@ -1178,7 +1183,8 @@ TEST_CASE("every route answers 404 for an unknown id, 405 for a wrong method", "
       {"DELETE", "/job"},
       {"PUT", JobPath(id)},
       {"POST", JobPath(id)},
-      {"PATCH", JobPath(id)},
+      {"PATCH", JobPath(id, "/input")},
+      {"GET", JobPath(id, "/pause")},
       {"GET", JobPath(id, "/input")},
       {"POST", JobPath(id, "/input")},
       {"GET", JobPath(id, "/complete")},

@@ -2,20 +2,24 @@
 // picks the parser, the rest is its input. Besides crashes and sanitizer
 // reports, it checks properties that must hold for any input: compact JSON
 // is valid, means what the text it came from means, and compacts to itself;
-// a reply kept as a string is valid JSON; and the fast parsers accept only
-// what RapidJSON accepts, with the same result.
+// a reply kept as a string is valid JSON; the fast parsers accept only
+// what RapidJSON accepts, with the same result; and a net that parses
+// contains its own address.
 
+#include <netinet/in.h>
 #include <rapidjson/document.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "json.hpp"
+#include "net_rules.hpp"
 #include "request.hpp"
 
 namespace {
@@ -78,7 +82,7 @@ std::multimap<std::string, std::string> SplitQuery(const std::string& query) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
   std::string input(reinterpret_cast<const char*>(data) + 1, size - 1);
-  switch (data[0] % 4) {
+  switch (data[0] % 5) {
     case 0: {  // the body of POST /job
       JobOptions options;
       if (ParseJobOptions(input, &options).ok() && options.url.empty()) abort();
@@ -128,6 +132,27 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         AppendJsonString(input, &value);
         if (!ValidJson(value)) abort();
       }
+      break;
+    }
+    case 4: {  // a --deny-net or --allow-net value
+      Cidr net;
+      std::string error;
+      if (!ParseCidr(input, &net, &error)) {
+        if (error.empty()) abort();
+        break;
+      }
+      const int max = net.family == AF_INET ? 32 : 128;
+      if (net.prefix < 0 || net.prefix > max || !net.Contains(net.family, net.bytes)) abort();
+      NetRules rules;
+      rules.Deny(net);
+      sockaddr_in6 addr{};
+      addr.sin6_family = static_cast<sa_family_t>(net.family);
+      if (net.family == AF_INET) {
+        memcpy(&reinterpret_cast<sockaddr_in*>(&addr)->sin_addr, net.bytes, 4);
+      } else {
+        memcpy(&addr.sin6_addr, net.bytes, 16);
+      }
+      if (rules.Judge(reinterpret_cast<const sockaddr*>(&addr)).allowed) abort();
       break;
     }
   }

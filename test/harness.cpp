@@ -394,7 +394,7 @@ std::string LoopbackAddress(int port) {
   return address;
 }
 
-Webhook::Webhook() {
+Webhook::Webhook(int port) {
   server_.new_task_queue = [] { return new HttpPool(2048); };
   // Headers and body are written separately: without this, Nagle's
   // algorithm and delayed ACKs add about 40 ms to every reply with a body.
@@ -426,7 +426,11 @@ Webhook::Webhook() {
     --in_flight_;
   };
   server_.Post(".*", handle);
-  port_ = server_.bind_to_any_port("127.0.0.1");
+  if (port == 0) {
+    port_ = server_.bind_to_any_port("127.0.0.1");
+  } else if (server_.bind_to_port("127.0.0.1", port)) {
+    port_ = port;
+  }
   REQUIRE(port_ > 0);
   thread_ = std::thread([this] { server_.listen_after_bind(); });
   for (int i = 0; i < 500 && !server_.is_running(); ++i) {

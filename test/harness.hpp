@@ -263,7 +263,9 @@ class Webhook {
   };
   using Handler = std::function<void(const Call& call, httplib::Response& res)>;
 
-  Webhook();
+  // Listens on port, or on a free one if 0: a test that stops a webhook
+  // and starts another on its port plays an outage.
+  explicit Webhook(int port = 0);
   ~Webhook();
   Webhook(const Webhook&) = delete;
   Webhook& operator=(const Webhook&) = delete;

@@ -891,9 +891,10 @@ TEST_CASE("metrics count inputs, outputs, calls by outcome, retries and in-fligh
       Http(base, "PUT", "/job/" + jobs.b + "/input", "[{\"key\":\"slow0\",\"value\":1}]").status ==
       201);
   REQUIRE(Http(base, "POST", "/job/" + jobs.b + "/complete").status == 200);
-  // Job C: one input whose webhook refuses connections, twice.
+  // Job C: one input whose webhook refuses connections, twice (no circuit
+  // breaker, which would hold the input for max_outage_ms).
   jobs.c = CreateJob(pmmap, "{\"url\":\"http://127.0.0.1:" + std::to_string(refusing.port()) +
-                                "/hook\",\"max_attempts\":2,\"backoff_ms\":5}");
+                                "/hook\",\"max_attempts\":2,\"backoff_ms\":5,\"max_outage_ms\":0}");
   REQUIRE(Http(base, "PUT", "/job/" + jobs.c + "/input", "[{\"key\":\"c0\",\"value\":1}]").status ==
           201);
   REQUIRE(Http(base, "POST", "/job/" + jobs.c + "/complete").status == 200);
