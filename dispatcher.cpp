@@ -194,6 +194,7 @@ bool Dispatcher::Work(const std::shared_ptr<Job>& job) {
   WebhookUrls urls(options.url);
   std::string value;
   std::string entry;
+  std::string spent;  // the last input's value, freed outside the job's lock
   bool more = job->NextInput(&input);
   while (more) {
     if (ShouldYield(job.get())) {
@@ -245,12 +246,13 @@ bool Dispatcher::Work(const std::shared_ptr<Job>& job) {
       entry = ErrorEntry(input.key, result.status, end.error,
                          result.body.substr(0, kErrorBodyBytes), input.attempts);
     }
-    // Freed here, not under the job's lock in StoreOutcomeAndNext: the value was
-    // allocated by the thread that parsed it, and freeing it may have to
-    // wait for that thread's malloc arena. Only after a real answer, which
-    // an open circuit cannot send back to the queue.
-    if (end.signal == Signal::kAnswer) std::string().swap(input.value);
-    more = job->StoreOutcomeAndNext(&input, entry, success, end);
+    // The value is handed back in spent and freed here, not under the job's
+    // lock: it was allocated by the thread that parsed it, and freeing it
+    // may have to wait for that thread's malloc arena. It is not freed
+    // before: a cancel may copy it meanwhile, for a redrive, and an open
+    // circuit may send the input back to the queue.
+    more = job->StoreOutcomeAndNext(&input, entry, success, end, &spent);
+    std::string().swap(spent);
   }
   return false;
 }

@@ -198,7 +198,9 @@ const std::vector<FlagSpec>& Specs() {
 
 void PrintHelp() {
   printf(
-      "usage: pmmap [flags]\n\n"
+      "usage: pmmap [flags]\n"
+      "       pmmap map URL [job flags] < inputs.ndjson > outputs.ndjson  (see pmmap map "
+      "--help)\n\n"
       "Runs finite batches of inputs through webhooks; see README.md for the API.\n"
       "Each flag may also be set by the environment variable shown.\n\n");
   for (const FlagSpec& spec : Specs()) {

@@ -126,6 +126,7 @@ Job::~Job() {
   WriteOutcomes();
   close(fd_);
   if (!files_.durable) unlink(path_.c_str());
+  if (failures_) unlink(FailuresPath(files_.dir, id_).c_str());
 }
 
 Status Job::DiscardedStatus() const {
@@ -183,6 +184,34 @@ Status Job::Add(std::vector<Input> batch) {
   Status durable = journal_->WaitDurable(journal_end);
   mutex_.Lock();
   return durable;
+}
+
+Status Job::WaitForRoom(size_t n, const std::function<bool()>& give_up) {
+  MutexLock lock(&mutex_);
+  const size_t maxsize = static_cast<size_t>(options_.maxsize);
+  n = std::min(n, std::max<size_t>(1, maxsize / 4));
+  // Counted as an adder: PopQueue wakes adders when room frees, and a
+  // closing job does not end while one waits.
+  ++adders_;
+  bool gave_up = false;
+  Clock::time_point ask_at = Clock::now() + kGiveUpInterval;
+  while (!stopped() && state_ == JobState::kOpen && queue_.size() + n > maxsize) {
+    if (!give_up) {
+      room_cv_.Wait();
+      continue;
+    }
+    if (room_cv_.WaitUntil(ask_at)) continue;
+    mutex_.Unlock();
+    gave_up = give_up();
+    mutex_.Lock();
+    if (gave_up) break;
+    ask_at = Clock::now() + kGiveUpInterval;
+  }
+  --adders_;
+  MaybeDone();
+  if (discarded()) return DiscardedStatus();
+  if (gave_up) return Status::Unavailable("the caller gave up waiting for room");
+  return Status::OK();
 }
 
 void Job::StartWorkers(int n) {
@@ -301,6 +330,13 @@ void Job::FailEveryInputLeft(const std::string& message) {
   for (Input* input : in_flight_) StoreFailure(*input, message);
   for (const Input& input : delayed_) StoreFailure(input, message);
   for (const Input& input : queue_) StoreFailure(input, message);
+  if (!files_.durable) {
+    // Their values are kept for a redrive, in one write.
+    std::vector<Input> failed = std::move(delayed_);
+    for (Input* input : in_flight_) failed.push_back(*input);
+    for (Input& input : queue_) failed.push_back(std::move(input));
+    KeepFailed(failed, 0, failed.size());
+  }
   in_flight_.clear();
   delayed_.clear();
   queue_.clear();
@@ -450,7 +486,7 @@ JobState Job::state() {
 std::string Job::ToJson() {
   std::string out = "{\"id\":";
   AppendJsonString(id_, &out);
-  MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);  // options_ too: PATCH may change them
   out.append(",\"url\":");
   AppendJsonString(options_.url, &out);
   out.append(",\"state\":\"").append(JobStateName(state_)).push_back('"');
@@ -473,6 +509,12 @@ std::string Job::ToJson() {
   }
   out.append(",\"callback\":");
   AppendCallback(options_.callback_url, callback_, &out);
+  out.append(",\"redrive_of\":");
+  if (options_.redrive_of.empty()) {
+    out.append("null");
+  } else {
+    AppendJsonString(options_.redrive_of, &out);
+  }
   out.append(",\"storage_error\":");
   if (storage_error_.empty()) {
     out.append("null");
@@ -515,9 +557,10 @@ void Job::RetryLater(Input* input, Clock::duration delay, bool pause_job, const 
 }
 
 bool Job::StoreOutcomeAndNext(Input* input, const std::string& entry, bool success,
-                              const CallEnd& end) {
+                              const CallEnd& end, std::string* spent) {
   MutexLock lock(&mutex_);
   StoreOutcomeLocked(input, entry, success, end);
+  if (spent != nullptr) spent->swap(input->value);
   return NextInputLocked(input);
 }
 
@@ -640,6 +683,7 @@ void Job::StoreOutcomeLocked(Input* input, const std::string& entry, bool succes
     ++succeeded_;
   } else {
     ++failed_;
+    if (!files_.durable) KeepFailed(std::vector<Input>(1, *input), 0, 1);
   }
   Metrics::Global().OutputStored(success);
   MaybeDone();

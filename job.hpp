@@ -86,6 +86,9 @@ struct JobOptions {
   // turns the circuit breaker off (circuit.hpp).
   int64_t max_outage_ms = kDefaultMaxOutageMs;
   bool adaptive = true;  // whether concurrency is a ceiling the limit adapts under
+  // Not a field of POST /job: the id of the job that POST /job/{id}/redrive
+  // made this one from, or empty.
+  std::string redrive_of;
 };
 
 // The completion callback's progress, shown in the job JSON.
@@ -181,6 +184,15 @@ class Job : public std::enable_shared_from_this<Job> {
   // came before with the same value is a repeat: accepted, but neither
   // queued nor counted again, so that a client may resend a PUT.
   Status Add(std::vector<Input> batch);
+  // Blocks until the queue has room for n inputs, so that an Add of n
+  // will not wait (unless another Add takes the room first). Returns at
+  // once if the job is not open; Add then says why. give_up, if given, is
+  // asked every kGiveUpInterval, without the job's lock, whether to stop
+  // waiting (the caller hung up): then returns Unavailable. For a streamed
+  // PUT, whose caller must be able to leave while it waits for room.
+  // n > max(1, maxsize / 4) is waited for as that: workers wake waiters
+  // once a quarter of the queue is free.
+  Status WaitForRoom(size_t n, const std::function<bool()>& give_up = nullptr);
   // No more inputs will come. Harmless to repeat.
   Status Complete();
   // Stops sending: every input without an outcome gets a "cancelled" error
@@ -230,6 +242,11 @@ class Job : public std::enable_shared_from_this<Job> {
   // stored so far.
   Status OpenOutput(uint64_t offset, uint64_t limit, OutputReader::Format format,
                     std::unique_ptr<OutputReader>* reader);
+  // Opens a reader over the inputs whose values the job kept, in the order
+  // accepted: a durable job's journal (every input), or else the journal
+  // of the inputs whose outcome is a failure (FailuresPath). Sets *reader
+  // to null if there is none (no failure yet).
+  Status OpenKeptInputs(std::unique_ptr<JournalReader>* reader);
   // The job as JSON, its counters read at one instant. Never shows the secret.
   std::string ToJson();
   JobState state();
@@ -253,8 +270,11 @@ class Job : public std::enable_shared_from_this<Job> {
   // StoreOutcome or RetryLater, then NextInput, under one lock: a worker's
   // step from one input to the next takes the job's mutex once, not twice,
   // which halves the contention between many workers.
+  // If spent is given, the stored input's value is moved there, so that the
+  // caller frees it without the lock. Until then a worker leaves the value
+  // of an input in flight as it is: a cancel reads it.
   bool StoreOutcomeAndNext(Input* input, const std::string& entry, bool success,
-                           const CallEnd& end = CallEnd());
+                           const CallEnd& end = CallEnd(), std::string* spent = nullptr);
   bool RetryLaterAndNext(Input* input, Clock::duration delay, bool pause_job,
                          const CallEnd& end = CallEnd());
   // Hands back *input, given by NextInput and not sent, to be sent first:
@@ -324,6 +344,10 @@ class Job : public std::enable_shared_from_this<Job> {
   // Gives every input without an outcome (in flight, waiting, queued, in
   // the backlog) an error outcome saying message.
   void FailEveryInputLeft(const std::string& message) REQUIRES(mutex_);
+  // Non-durable jobs: appends inputs[first, last), whose outcomes are
+  // failures, to failures_, opening it at the first. A durable job's
+  // journal holds them already.
+  void KeepFailed(const std::vector<Input>& inputs, size_t first, size_t last) REQUIRES(mutex_);
   // Moves inputs from the backlog to the queue until it holds maxsize.
   void RefillQueue() REQUIRES(mutex_);
   // Gives every input of the backlog an error outcome saying message.
@@ -423,6 +447,10 @@ class Job : public std::enable_shared_from_this<Job> {
   // queued: backlog_ reads them in order, skipping the keys that keys_
   // marks done (with an outcome, or queued already); backlog_left_ remain.
   std::unique_ptr<JournalReader> backlog_ GUARDED_BY(mutex_);
+  // Non-durable jobs: the inputs whose outcome is a failure, key and value,
+  // so that POST /job/{id}/redrive can send them again. A Journal, never
+  // flushed on purpose; null until the first failure.
+  std::unique_ptr<Journal> failures_ GUARDED_BY(mutex_);
   uint64_t backlog_left_ GUARDED_BY(mutex_) = 0;
   int adders_ GUARDED_BY(mutex_) = 0;   // Add calls still queuing a batch
   int workers_ GUARDED_BY(mutex_) = 0;  // worker threads started and not yet exited

@@ -70,10 +70,36 @@ void Job::CloseFiles() {
     return;
   }
   unlink(path_.c_str());
+  if (failures_) {
+    failures_.reset();
+    unlink(FailuresPath(files_.dir, id_).c_str());
+  }
   if (files_.durable) {
     unlink(JournalPath(files_.dir, id_).c_str());
     unlink(JobRecordPath(files_.dir, id_).c_str());
   }
+}
+
+void Job::KeepFailed(const std::vector<Input>& inputs, size_t first, size_t last) {
+  if (first == last) return;
+  Status s;
+  if (!failures_) {
+    uint64_t records = 0;
+    s = Journal::Open(FailuresPath(files_.dir, id_), FsyncPolicy::kEverySecond, &failures_,
+                      &records);
+  }
+  uint64_t end = 0;
+  if (s.ok()) s = failures_->Append(inputs, first, last, &end);
+  // Only a redrive needs them, and it says which it could not find.
+  if (!s.ok()) LogJobEvent(id_, "failure", "cannot keep failed inputs: " + s.message());
+}
+
+Status Job::OpenKeptInputs(std::unique_ptr<JournalReader>* reader) {
+  MutexLock lock(&mutex_);
+  if (discarded()) return DiscardedStatus();
+  Journal* kept = journal_ ? journal_.get() : failures_.get();
+  reader->reset(kept != nullptr ? new JournalReader(kept->path(), 0, kept->size()) : nullptr);
+  return Status::OK();
 }
 
 void Job::Tick() {

@@ -124,6 +124,11 @@ std::string RecordJson(const JobRecord& record) {
   WriteTime(record.done_at, &w);
   w.Key("paused");
   w.Bool(record.paused);
+  // Written only when set, so that records of other jobs read as before.
+  if (!record.options.redrive_of.empty()) {
+    w.Key("redrive_of");
+    WriteString(record.options.redrive_of, &w);
+  }
   w.EndObject();
   return std::string(buffer.GetString(), buffer.GetSize()) + "\n";
 }
@@ -244,12 +249,15 @@ Status ParseRecord(const std::string& text, const std::string& file_id, JobRecor
   // "paused" came later: a record without it is not paused.
   static const std::set<std::string> kFields = {"version",    "id",      "options", "state",
                                                 "created_at", "done_at", "paused"};
+  static const char kRedriveOf[] = "redrive_of";  // optional
   std::set<std::string> seen;
   for (const auto& member : doc.GetObject()) {
     std::string name(member.name.GetString(), member.name.GetStringLength());
     std::string quoted;
     AppendJsonString(name, &quoted);
-    if (kFields.count(name) == 0) return Status::Invalid("unknown field " + quoted);
+    if (kFields.count(name) == 0 && name != kRedriveOf) {
+      return Status::Invalid("unknown field " + quoted);
+    }
     if (!seen.insert(name).second) return Status::Invalid(quoted + ": given twice");
   }
   for (const std::string& name : kFields) {
@@ -275,6 +283,11 @@ Status ParseRecord(const std::string& text, const std::string& file_id, JobRecor
     } else {
       s = Status::Invalid("paused: expected true or false");
     }
+  }
+  if (s.ok() && doc.HasMember(kRedriveOf)) {
+    const rapidjson::Value& of = doc[kRedriveOf];
+    if (!of.IsString()) return Status::Invalid("redrive_of: expected a string");
+    parsed.options.redrive_of.assign(of.GetString(), of.GetStringLength());
   }
   if (s.ok()) *record = std::move(parsed);
   return s;
@@ -451,6 +464,17 @@ std::string JournalPath(const std::string& dir, const std::string& id) {
 
 std::string OutcomePath(const std::string& dir, const std::string& id) {
   return dir + "/" + id + ".ndjson";
+}
+
+std::string FailuresPath(const std::string& dir, const std::string& id) {
+  return dir + "/" + id + ".failed";
+}
+
+std::string JobOptionsJson(const JobOptions& options) {
+  rapidjson::StringBuffer buffer;
+  JsonWriter w(buffer);
+  WriteOptions(options, &w);
+  return std::string(buffer.GetString(), buffer.GetSize());
 }
 
 Status SaveJobRecord(const std::string& dir, const JobRecord& record) {

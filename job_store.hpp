@@ -43,6 +43,13 @@ struct JobRecord {
 std::string JobRecordPath(const std::string& dir, const std::string& id);  // dir/id.job
 std::string JournalPath(const std::string& dir, const std::string& id);    // dir/id.journal
 std::string OutcomePath(const std::string& dir, const std::string& id);    // dir/id.ndjson
+// A job without a journal keeps the inputs whose outcome failed here, for a
+// redrive (job.hpp); it is not part of a durable job.
+std::string FailuresPath(const std::string& dir, const std::string& id);  // dir/id.failed
+
+// The fields of POST /job as one JSON object, the secret included, as
+// ParseJobOptions reads them back.
+std::string JobOptionsJson(const JobOptions& options);
 
 // Writes dir/{id}.job so that a crash leaves the old or the new version,
 // never a mix: a temporary file (dir/{id}.job.tmp, mode 0600), fdatasync,

@@ -4,6 +4,8 @@
 #include <rapidjson/document.h>
 #include <rapidjson/error/en.h>
 #include <rapidjson/memorystream.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
 
 #include <algorithm>
 #include <cctype>
@@ -12,6 +14,7 @@
 #include <cstring>
 #include <set>
 
+#include "job_store.hpp"
 #include "json.hpp"
 
 namespace {
@@ -42,9 +45,15 @@ Status RangeError(const char* field, int64_t low, int64_t high) {
 class InputsHandler {
  public:
   // stream reads body; the handler asks it where each value ends.
+  // With one_input, the text is a single input object (a line of NDJSON),
+  // not an array of them, and messages name it "input".
   InputsHandler(const std::string& body, const rapidjson::StringStream& stream,
-                std::vector<Input>* inputs)
-      : body_(body), stream_(stream), inputs_(inputs) {}
+                std::vector<Input>* inputs, bool one_input = false)
+      : body_(body),
+        stream_(stream),
+        inputs_(inputs),
+        one_input_(one_input),
+        where_(one_input ? kList : kStart) {}
 
   bool Null() { return Scalar(); }
   bool Bool(bool) { return Scalar(); }
@@ -127,7 +136,10 @@ class InputsHandler {
  private:
   enum Where { kStart, kList, kItem, kKey, kValue, kEnd };
 
-  std::string Item() const { return "input[" + std::to_string(inputs_->size() - 1) + "]"; }
+  std::string Item() const {
+    if (one_input_) return "input";
+    return "input[" + std::to_string(inputs_->size() - 1) + "]";
+  }
 
   bool Fail(std::string message) {
     error_ = std::move(message);
@@ -137,6 +149,9 @@ class InputsHandler {
   // A JSON value that is not where an input's value is.
   bool Misplaced() {
     if (where_ == kKey) return Fail(Item() + ".key: expected a string");
+    if (where_ == kList && one_input_) {
+      return Fail("expected an object {\"key\": ..., \"value\": ...}");
+    }
     if (where_ == kList) {
       return Fail("input[" + std::to_string(inputs_->size()) +
                   "]: expected an object {\"key\": ..., \"value\": ...}");
@@ -192,7 +207,8 @@ class InputsHandler {
   const std::string& body_;
   const rapidjson::StringStream& stream_;
   std::vector<Input>* inputs_;
-  Where where_ = kStart;
+  const bool one_input_;
+  Where where_;
   int depth_ = 0;  // nesting inside the current value
   size_t value_start_ = 0;
   bool have_key_ = false;
@@ -391,6 +407,30 @@ Status ParseJobOptions(const std::string& body, JobOptions* options) {
   return Status::OK();
 }
 
+Status ParseJobOptionsOver(const std::string& body, const JobOptions& base, JobOptions* options) {
+  rapidjson::Document doc;
+  const char* end = body.data() + body.size();
+  if (SkipJsonSpace(body.data(), end) == end) {
+    doc.SetObject();
+  } else {
+    Status s = ParseJobObject(body, &doc);
+    if (!s.ok()) return s;
+  }
+  // Each field the body leaves out is base's; ParseJobOptions judges all.
+  rapidjson::Document old;
+  old.Parse(JobOptionsJson(base).c_str());
+  for (auto& member : old.GetObject()) {
+    if (!doc.HasMember(member.name)) {
+      doc.AddMember(rapidjson::Value(member.name, doc.GetAllocator()),
+                    rapidjson::Value(member.value, doc.GetAllocator()), doc.GetAllocator());
+    }
+  }
+  rapidjson::StringBuffer buffer;
+  rapidjson::Writer<rapidjson::StringBuffer> writer(buffer);
+  doc.Accept(writer);
+  return ParseJobOptions(std::string(buffer.GetString(), buffer.GetSize()), options);
+}
+
 Status ParseJobPatch(const std::string& body, JobOptions* options) {
   rapidjson::Document doc;
   Status s = ParseJobObject(body, &doc);
@@ -475,31 +515,61 @@ Status ParseInputs(const std::string& body, std::vector<Input>* inputs) {
   return ParseInputsFully(body, inputs);
 }
 
-Status ParseInputsFully(const std::string& body, std::vector<Input>* inputs) {
-  if (body.empty())
-    return Status::Invalid("the body is empty: expected [{\"key\": ..., \"value\": ...}, ...]");
-  size_t valid = Utf8PrefixLength(body.data(), body.size());
-  if (valid < body.size()) {
-    return Status::Invalid("body is not valid JSON: invalid UTF-8 at offset " +
+namespace {
+
+// ParseInputsFully and ParseInputLine: RapidJSON's judgement of text, an
+// array of inputs or, if one_input, one input; what names text in messages.
+Status ParseInputsWithHandler(const std::string& text, bool one_input, const char* what,
+                              std::vector<Input>* inputs) {
+  size_t valid = Utf8PrefixLength(text.data(), text.size());
+  if (valid < text.size()) {
+    return Status::Invalid(std::string(what) + " is not valid JSON: invalid UTF-8 at offset " +
                            std::to_string(valid));
   }
   std::vector<Input> parsed;
   rapidjson::Reader reader;
-  rapidjson::StringStream stream(body.c_str());
-  InputsHandler handler(body, stream, &parsed);
+  rapidjson::StringStream stream(text.c_str());
+  InputsHandler handler(text, stream, &parsed, one_input);
   rapidjson::ParseResult result = reader.Parse<kUtf8ParseFlags>(stream, handler);
   if (!handler.error().empty()) return Status::Invalid(handler.error());
   if (!result) {
-    return Status::Invalid(std::string("body is not valid JSON: ") +
-                           rapidjson::GetParseError_En(result.Code()) + " at offset " +
-                           std::to_string(result.Offset()));
+    return Status::Invalid(std::string(what) +
+                           " is not valid JSON: " + rapidjson::GetParseError_En(result.Code()) +
+                           " at offset " + std::to_string(result.Offset()));
   }
-  if (stream.Tell() != body.size()) {
+  if (stream.Tell() != text.size()) {
     // The stream reads a NUL byte as the end of the text; JSON has none.
-    return Status::Invalid("body is not valid JSON: unexpected NUL byte at offset " +
+    return Status::Invalid(std::string(what) +
+                           " is not valid JSON: unexpected NUL byte at offset " +
                            std::to_string(stream.Tell()));
   }
   *inputs = std::move(parsed);
+  return Status::OK();
+}
+
+}  // namespace
+
+Status ParseInputsFully(const std::string& body, std::vector<Input>* inputs) {
+  if (body.empty())
+    return Status::Invalid("the body is empty: expected [{\"key\": ..., \"value\": ...}, ...]");
+  return ParseInputsWithHandler(body, /*one_input=*/false, "body", inputs);
+}
+
+Status ParseInputLine(const std::string& line, Input* input) {
+  // The usual line takes the fast parser, as the one input of an array.
+  std::string wrapped;
+  wrapped.reserve(line.size() + 2);
+  wrapped.append("[").append(line).append("]");
+  std::vector<Input> parsed;
+  if (IsValidUtf8(wrapped.data(), wrapped.size()) && ParseInputsFast(wrapped, &parsed) &&
+      parsed.size() == 1) {
+    *input = std::move(parsed[0]);
+    return Status::OK();
+  }
+  // Anything else is judged alone, so that messages say where in the line.
+  Status s = ParseInputsWithHandler(line, /*one_input=*/true, "the line", &parsed);
+  if (!s.ok()) return s;
+  *input = std::move(parsed[0]);
   return Status::OK();
 }
 
@@ -528,9 +598,17 @@ Status ParseOutputQuery(const std::multimap<std::string, std::string>& params,
         return Status::Invalid("format: expected json or ndjson");
       }
       format_given = true;
+    } else if (name == "result") {
+      if (value == "succeeded") {
+        parsed.result = OutputReader::kSucceeded;
+      } else if (value == "failed") {
+        parsed.result = OutputReader::kFailed;
+      } else {
+        return Status::Invalid("result: expected succeeded or failed");
+      }
     } else {
       return Status::Invalid("unknown query parameter " + Quoted(name) +
-                             " (known: wait, offset, limit, format)");
+                             " (known: wait, offset, limit, format, result)");
     }
   }
   if (!format_given && accept.find("application/x-ndjson") != std::string::npos) {

@@ -31,6 +31,10 @@ constexpr size_t kMaxKeyBytes = 1024;
 
 // Parses the body of POST /job.
 Status ParseJobOptions(const std::string& body, JobOptions* options);
+// Parses the body of POST /job/{id}/redrive: the fields of POST /job, each
+// optional, over base (the old job's settings, the secret included); an
+// empty body keeps base. The result is checked as ParseJobOptions checks.
+Status ParseJobOptionsOver(const std::string& body, const JobOptions& base, JobOptions* options);
 // Parses the body of PATCH /job/{id}, an object of some of the settings a
 // live job may change (Job::Change), each checked as ParseJobOptions
 // checks it (null: the default), into *options; any other field is
@@ -40,6 +44,10 @@ Status ParseJobPatch(const std::string& body, JobOptions* options);
 // Parses the body of PUT /job/{id}/input: [{"key": "...", "value": ...}, ...].
 // Each value is kept as compact JSON, its numbers exactly as written.
 Status ParseInputs(const std::string& body, std::vector<Input>* inputs);
+
+// Parses one line of an NDJSON PUT /job/{id}/input, {"key": ..., "value": ...}
+// (no newline; not empty), with the checks ParseInputs makes of each input.
+Status ParseInputLine(const std::string& line, Input* input);
 
 // ParseInputs' two parsers, apart for tests. The fast one takes the usual
 // body, whose keys have no escapes, checking its syntax without decoding;
@@ -54,6 +62,8 @@ struct OutputQuery {
   uint64_t offset = 0;
   uint64_t limit = UINT64_MAX;
   OutputReader::Format format = OutputReader::kArray;
+  // ?result=succeeded or failed; offset and limit then count within those.
+  OutputReader::Result result = OutputReader::kAll;
 };
 
 // Parses the query parameters of GET /job/{id}/output; accept is the

@@ -16,15 +16,18 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <thread>
 
 #include "caller.hpp"
 #include "http_pool.hpp"
 #include "json.hpp"
+#include "line_inputs.hpp"
 #include "log.hpp"
 #include "metrics.hpp"
 #include "page.hpp"
+#include "redrive.hpp"
 #include "request.hpp"
 
 namespace {
@@ -64,6 +67,18 @@ constexpr char kBearer[] = "Bearer ";
 // How old a jobs snapshot of GET /events another stream may reuse: under
 // the streams' interval, so that each of them still sees every second.
 constexpr std::chrono::milliseconds kSnapshotReuse{500};
+
+// A streamed PUT hands its lines to the job in batches of this many
+// inputs (fewer for a small maxsize: see StreamBatchInputs), or of this
+// many bytes of values: few enough to keep memory flat, enough that the
+// job's lock and a durable job's journal write are taken once a batch.
+constexpr size_t kStreamBatchMaxInputs = 64;
+constexpr size_t kStreamBatchBytes = 1 << 20;
+
+// A batch small enough that a quarter of the job's queue makes room for it.
+size_t StreamBatchInputs(int64_t maxsize) {
+  return std::min<size_t>(kStreamBatchMaxInputs, std::max<int64_t>(1, maxsize / 4));
+}
 
 // The file CheckWritable creates and removes in the data dir.
 constexpr char kWriteProbe[] = ".pmmap-write-test";
@@ -140,23 +155,44 @@ Status ReadBody(const httplib::Request& req, const httplib::ContentReader& reade
   }
   bool too_large = false;
   bool ok = reader([&](const char* data, size_t n) {
-    if (body->size() + n > max_body) {
+    // Past the limit the rest is read and dropped, so that the connection
+    // can serve the caller's next request (as cpp-httplib's own limit did).
+    if (too_large || body->size() + n > max_body) {
+      if (!too_large) std::string().swap(*body);
       too_large = true;
-      return false;
+      return true;
     }
     body->append(data, n);
     return true;
   });
-  // cpp-httplib refuses (and skips) a declared length over the limit itself.
-  if (!ok && strtoull(req.get_header_value("Content-Length").c_str(), nullptr, 10) > max_body) {
-    too_large = true;
-  }
   if (too_large) {
     return Status::TooLarge("the body is larger than " + std::to_string(max_body) +
                             " bytes (--max-body)");
   }
   if (!ok) return Status::Invalid("the body could not be read whole");
   return Status::OK();
+}
+
+// Reads and drops what is left of a body, at most max_bytes of it, so that
+// the caller, still sending, reads the answer instead of a reset connection.
+void SkipBody(const httplib::ContentReader& reader, size_t max_bytes) {
+  size_t skipped = 0;
+  reader([&](const char*, size_t n) {
+    skipped += n;
+    return skipped <= max_bytes;
+  });
+}
+
+// Whether a PUT /job/{id}/input streams NDJSON: ?format=ndjson, or its
+// Content-Type without ?format=json. *error says what is wrong with format.
+bool WantsNdjson(const httplib::Request& req, std::string* error) {
+  std::string format = req.get_param_value("format");
+  if (format == "ndjson") return true;
+  if (format == "json") return false;
+  if (!format.empty()) *error = "format: expected json or ndjson";
+  std::string type = req.get_header_value("Content-Type");
+  for (char& c : type) c = static_cast<char>(tolower(static_cast<unsigned char>(c)));
+  return type.compare(0, 20, "application/x-ndjson") == 0;
 }
 
 Dispatcher::Options DispatcherOptions(const Flags& flags,
@@ -219,11 +255,12 @@ const Server::Route Server::kRoutes[] = {
     {"GET", R"(/job/([^/]+))", &Server::ShowJob},
     {"DELETE", R"(/job/([^/]+))", &Server::DeleteJob},
     {"PATCH", R"(/job/([^/]+))", &Server::ChangeJob},
-    {"PUT", R"(/job/([^/]+)/input)", &Server::AddInputs},
+    {"PUT", R"(/job/([^/]+)/input)", &Server::AddInputs, &Server::StreamInputs},
     {"POST", R"(/job/([^/]+)/complete)", &Server::CompleteJob},
     {"POST", R"(/job/([^/]+)/cancel)", &Server::CancelJob},
     {"POST", R"(/job/([^/]+)/pause)", &Server::PauseJob},
     {"POST", R"(/job/([^/]+)/resume)", &Server::ResumeJob},
+    {"POST", R"(/job/([^/]+)/redrive)", &Server::RedriveJob},
     {"GET", R"(/job/([^/]+)/output)", &Server::StreamOutput},
     {"GET", R"(/healthz)", &Server::Health},
     {"GET", R"(/metrics)", &Server::ShowMetrics},
@@ -251,8 +288,10 @@ void Server::InstallRoutes() {
     }
     // Every other method reads its body itself, whatever its Content-Type,
     // and answers 413 past --max-body.
-    auto with_body = [this, handler](const Request& req, Response& res,
-                                     const ContentReader& reader) {
+    StreamHandler streamed = route.streamed;
+    auto with_body = [this, handler, streamed](const Request& req, Response& res,
+                                               const ContentReader& reader) {
+      if (streamed != nullptr && (this->*streamed)(req, reader, res)) return;
       std::string body;
       Status s = ReadBody(req, reader, flags_.max_body, &body);
       if (!s.ok()) return ReplyError(res, s);
@@ -284,9 +323,15 @@ void Server::InstallRoutes() {
   // so that a refused request changes nothing and learns nothing.
   http_.set_pre_routing_handler([this](const Request& req, Response& res) {
     std::string refusal = Unauthorized(req);
-    if (refusal.empty()) return httplib::Server::HandlerResponse::Unhandled;
-    res.set_header("WWW-Authenticate", "Bearer");
-    Reply(res, 401, ErrorJson(refusal));
+    if (!refusal.empty()) {
+      res.set_header("WWW-Authenticate", "Bearer");
+      Reply(res, 401, ErrorJson(refusal));
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    // The one method cpp-httplib reads a body for that no route reads (PRI)
+    // would have its body read into memory whole, now without a limit.
+    if (req.method != "PRI") return httplib::Server::HandlerResponse::Unhandled;
+    Reply(res, 405, ErrorJson("PRI is not allowed"));
     return httplib::Server::HandlerResponse::Handled;
   });
   http_.set_error_handler(httplib::Server::HandlerWithResponse(
@@ -400,12 +445,91 @@ void Server::AddInputs(const httplib::Request& req, std::string body, httplib::R
   Reply(res, 201, job->ToJson());
 }
 
+bool Server::StreamInputs(const httplib::Request& req, const httplib::ContentReader& reader,
+                          httplib::Response& res) {
+  std::string error;
+  bool ndjson = WantsNdjson(req, &error);
+  if (!ndjson && error.empty()) return false;
+  // A caller who sends no body (neither header) sends no lines.
+  const bool has_body = req.has_header("Content-Length") || req.has_header("Transfer-Encoding");
+  std::shared_ptr<Job> job = error.empty() ? FindJob(req, res) : nullptr;
+  if (!job) {
+    if (has_body) SkipBody(reader, flags_.max_body);
+    if (!error.empty()) ReplyError(res, Status::Invalid(error));
+    return true;
+  }
+  // Waiting for room, the caller's socket is not read: ask it whether the
+  // caller hung up. Its socket is looked for only once a wait lasts.
+  std::unique_ptr<CallerSocket> caller;
+  auto hung_up = [&] {
+    if (!caller) {
+      caller.reset(
+          new CallerSocket(req.local_addr, req.local_port, req.remote_addr, req.remote_port));
+    }
+    return caller->HungUp();
+  };
+  LineInputs::Options options;
+  options.max_line_bytes = flags_.max_body;
+  options.batch_inputs = StreamBatchInputs(job->options().maxsize);
+  options.batch_bytes = kStreamBatchBytes;
+  LineInputs lines(options, [&](const std::vector<Input>& batch) {
+    Status s = job->WaitForRoom(batch.size(), hung_up);
+    if (s.ok()) s = job->Add(batch);
+    return s;
+  });
+  size_t skipped = 0;
+  bool whole = !has_body || reader([&](const char* data, size_t n) {
+    if (lines.Take(data, n)) return true;
+    // Stopped: the rest is read and dropped, up to --max-body of it, so
+    // that the caller, still sending, reads the answer, not a reset.
+    skipped += n;
+    return skipped <= flags_.max_body;
+  });
+  Status s = lines.Finish(whole);
+  // Not whole and not stopped: the caller vanished; no answer reaches it.
+  if (s.ok() && !whole) s = Status::Invalid("the body could not be read whole");
+  if (!s.ok()) {
+    ReplyError(res, s);
+    return true;
+  }
+  std::string json = job->ToJson();
+  Reply(res, 201, "{\"accepted\":" + std::to_string(lines.accepted()) + "," + json.substr(1));
+  return true;
+}
+
 void Server::CompleteJob(const httplib::Request& req, std::string, httplib::Response& res) {
   ActOnJob(req, &Job::Complete, res);
 }
 
 void Server::CancelJob(const httplib::Request& req, std::string, httplib::Response& res) {
   ActOnJob(req, &Job::Cancel, res);
+}
+
+void Server::RedriveJob(const httplib::Request& req, std::string body, httplib::Response& res) {
+  std::shared_ptr<Job> old = FindJob(req, res);
+  if (!old) return;
+  JobState state = old->state();
+  if (state != JobState::kDone && state != JobState::kCancelled) {
+    return ReplyError(res, Status::Conflict("job " + old->id() + " is " + JobStateName(state) +
+                                            ": only a done or cancelled job can be redriven"));
+  }
+  JobOptions options;
+  std::shared_ptr<Job> job;
+  uint64_t copied = 0;
+  Status s = ParseJobOptionsOver(body, old->options(), &options);
+  options.redrive_of = old->id();
+  if (s.ok()) s = table_->Create(std::move(options), &job);
+  if (s.ok()) s = CopyFailedInputs(old.get(), job.get(), &copied);
+  if (s.ok()) s = job->Complete();
+  if (!s.ok()) {
+    // A new job that could not be filled whole is not left half made.
+    if (job && table_->Detach(job->id())) job->Discard(Job::DiscardReason::kDeleted);
+    return ReplyError(res, s);
+  }
+  LogJobEvent(job->id(), "created",
+              "redrive of " + old->id() + ", " + std::to_string(copied) + " inputs");
+  res.set_header("Location", "/job/" + job->id());
+  Reply(res, 201, job->ToJson());
 }
 
 void Server::PauseJob(const httplib::Request& req, std::string, httplib::Response& res) {
@@ -454,7 +578,14 @@ void Server::StreamOutput(const httplib::Request& req, std::string, httplib::Res
   // over an output that misses some.
   const char* state = JobStateName(job->state());
   std::unique_ptr<OutputReader> opened;
-  if (s.ok()) s = job->OpenOutput(query.offset, query.limit, query.format, &opened);
+  if (s.ok() && query.result == OutputReader::kAll) {
+    s = job->OpenOutput(query.offset, query.limit, query.format, &opened);
+  } else if (s.ok()) {
+    // Which entries match is known only by reading them: the reader reads
+    // every entry stored so far and pages within the matching ones.
+    s = job->OpenOutput(0, UINT64_MAX, query.format, &opened);
+    if (s.ok()) opened->Filter(query.result, query.offset, query.limit);
+  }
   if (!s.ok()) return ReplyError(res, s);
   std::shared_ptr<OutputReader> reader(std::move(opened));
   auto chunk = std::make_shared<std::string>();
@@ -627,7 +758,10 @@ bool Server::Start(std::string* error) {
   http_.set_keep_alive_timeout(kKeepAliveSeconds);
   http_.set_keep_alive_max_count(kKeepAliveRequests);
   http_.set_write_timeout(kWriteTimeoutSeconds, 0);
-  http_.set_payload_max_length(flags_.max_body);
+  // Whoever reads a body limits it: ReadBody to --max-body, a streamed PUT
+  // to --max-body a line. cpp-httplib's limit, one for every request, would
+  // refuse a streamed PUT with a Content-Length (curl -T) over it.
+  http_.set_payload_max_length(std::numeric_limits<size_t>::max());
   InstallRoutes();
   if (files.durable) {
     size_t resumed = 0;

@@ -48,10 +48,18 @@ class Server {
   // handler runs whatever its Content-Type, and empty for a GET.
   using Handler = void (Server::*)(const httplib::Request& req, std::string body,
                                    httplib::Response& res);
+  // A route's handler of a body read as it arrives, for the routes that
+  // take bodies of any size. It answers and returns true if the request is
+  // one it streams; else it returns false, having read nothing, and the
+  // route's Handler gets the body whole, within --max-body, as usual.
+  using StreamHandler = bool (Server::*)(const httplib::Request& req,
+                                         const httplib::ContentReader& reader,
+                                         httplib::Response& res);
   struct Route {
     const char* method;
     const char* pattern;  // a regex over the path; its groups are the handler's
     Handler handler;
+    StreamHandler streamed = nullptr;
   };
 
  private:
@@ -64,8 +72,11 @@ class Server {
   void ShowJob(const httplib::Request& req, std::string body, httplib::Response& res);
   void DeleteJob(const httplib::Request& req, std::string body, httplib::Response& res);
   void AddInputs(const httplib::Request& req, std::string body, httplib::Response& res);
+  bool StreamInputs(const httplib::Request& req, const httplib::ContentReader& reader,
+                    httplib::Response& res);
   void CompleteJob(const httplib::Request& req, std::string body, httplib::Response& res);
   void CancelJob(const httplib::Request& req, std::string body, httplib::Response& res);
+  void RedriveJob(const httplib::Request& req, std::string body, httplib::Response& res);
   void PauseJob(const httplib::Request& req, std::string body, httplib::Response& res);
   void ResumeJob(const httplib::Request& req, std::string body, httplib::Response& res);
   void ChangeJob(const httplib::Request& req, std::string body, httplib::Response& res);

@@ -24,7 +24,9 @@ circuit breaker on) and once with max_outage_ms 0: failures, total time, circuit
 openings. Then a latency-bound run: 4 jobs x 10,240 inputs at concurrency 1024 against
 bench/slow_webhook.py, which answers after 1 s: inputs/s against the ideal 4,096/s, and
 pmmap's peak RSS. BENCH_ONLY picks some of "main", "durable", "resume", "page" and
-"outage" (all by default).
+"outage" (all by default), and "shell" (only when named): the streamed NDJSON PUT's
+ingest rate, a BENCH_SHELL_STREAM_N-line `curl -T` stream through a job of maxsize 1000
+with pmmap's peak RSS, and `pmmap map` against the server on the same BENCH_N inputs.
 
 Everything it starts is stopped and its temp dir removed on exit; it exits 1 if any
 check failed.
@@ -61,7 +63,11 @@ RESUME_RSS_LIMIT_MB = 64  # issue 13's bound on the resumed job's peak RSS (MiB,
 RESUME_START_SECONDS = 300  # the longest a restarted pmmap may take to load its jobs
 PAGE_CONCURRENCY = 32  # the runs with and without an event stream open
 PAGE_FILES = ("/", "/page/app.js", "/page/style.css")  # what a browser's first load fetches
-PARTS = ("main", "durable", "resume", "page", "outage")  # what BENCH_ONLY may name
+DEFAULT_PARTS = ("main", "durable", "resume", "page", "outage")  # what runs without BENCH_ONLY
+PARTS = DEFAULT_PARTS + ("shell",)  # what BENCH_ONLY may name
+SHELL_STREAM_MAXSIZE = 1000  # the streamed job's queue bound
+SHELL_CONCURRENCY = 32  # the streamed job's, and pmmap map's against the server
+SHELL_RSS_LIMIT_MB = 64  # issue 16's bound on the streamed job's peak RSS (MiB)
 CPUS = os.cpu_count()
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"  # /usr/sbin may not be on PATH
@@ -83,7 +89,8 @@ class Settings:
     pin: bool  # nginx's worker on CPU 0, everything else on CPU 1
     quiet_wait: int  # most seconds to wait for an idle machine before a measurement
     pmmap: str
-    only: frozenset  # of PARTS: the main table, the durable runs, the resume run, outages
+    only: frozenset  # of PARTS: the main table, the durable runs, the resume run, the page, outages, the shell
+    shell_stream_n: int  # lines of the shell part's long stream
 
 
 def read_settings(env):
@@ -107,7 +114,8 @@ def read_settings(env):
         batch=whole("BENCH_BATCH", 1000, 1), maxsize=whole("BENCH_MAXSIZE", 1000, 1),
         pin=env.get("BENCH_PIN") == "1", quiet_wait=whole("BENCH_QUIET_WAIT", 60),
         pmmap=env.get("PMMAP_BIN", os.path.join(ROOT, "pmmap")),
-        only=frozenset(env.get("BENCH_ONLY", " ".join(PARTS)).split()))
+        only=frozenset(env.get("BENCH_ONLY", " ".join(DEFAULT_PARTS)).split()),
+        shell_stream_n=whole("BENCH_SHELL_STREAM_N", 200000 if quick else 5000000, 1))
     if not settings.only or not settings.only <= set(PARTS):
         sys.exit(f"bench: BENCH_ONLY must name some of {' '.join(PARTS)}")
     if settings.pin and CPUS < 2:
@@ -1353,6 +1361,179 @@ def print_put_and_memory(settings, results):
               f"{fmt(big.cpu_per_k, '.3f')} | {big.stream} |")
 
 
+# --- the shell runs (issue 16) ---------------------------------------------------------
+
+
+def write_ndjson(path, n):
+    """n inputs as NDJSON, the same keys and values as make_batches'."""
+    with open(path, "w") as f:
+        for first in range(0, n, 10000):
+            f.write("".join('{"key":"k%d","value":%s}\n' % (i, value_of(i))
+                            for i in range(first, min(n, first + 10000))))
+
+
+def curl_put_ndjson(port, job, path):
+    """curl -T path as a streamed NDJSON PUT: (status, reply, seconds)."""
+    t0 = time.perf_counter()
+    done = subprocess.run(["curl", "-sS", "--max-time", "3600", "-T", path, "-H",
+                           "Content-Type: application/x-ndjson", "-w", "\n%{http_code}",
+                           f"http://127.0.0.1:{port}/job/{job}/input"],
+                          capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    reply, _, status = done.stdout.rpartition("\n")
+    return status, reply + done.stderr, seconds
+
+
+def accepted_of(reply):
+    try:
+        return json.loads(reply).get("accepted")
+    except ValueError:
+        return None
+
+
+def shell_ingest(rig, path, n):
+    """The streamed PUT alone, into a job whose queue never fills (PUT_RATE_JOB)."""
+    wait_quiet(rig, "the streamed PUT's ingest rate")
+    run_dir = os.path.join(rig.tmp, "run-shell-ingest")
+    proc, port = start_pmmap(rig, run_dir) or (None, None)
+    job = post_job(rig, port, PUT_RATE_JOB) if proc else None
+    if job is None:
+        rig.fail("shell ingest: pmmap did not start or refused POST /job")
+        return
+    status, reply, seconds = curl_put_ndjson(port, job, path)
+    rig.procs.stop(proc)
+    shutil.rmtree(run_dir)
+    if status != "201" or accepted_of(reply) != n:
+        rig.fail(f"shell ingest: {status} {reply[:300]}")
+        return
+    mb = os.path.getsize(path) / 1048576
+    print(f"streamed NDJSON PUT, queue never full: {n} inputs ({mb:.1f} MB) in {seconds:.3f} s"
+          f" = {n / seconds:.0f} inputs/s, {mb / seconds:.1f} MB/s", flush=True)
+
+
+def wait_job_done(port, job, timeout):
+    """GET /job until it is done or timeout passes: the job's JSON, or None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, body = request(port, "GET", f"/job/{job}")
+        shown = json.loads(body) if status == 200 else {}
+        if shown.get("state") == "done":
+            return shown
+        time.sleep(0.2)
+    return None
+
+
+def shell_stream(rig):
+    """BENCH_SHELL_STREAM_N lines through one `curl -T` into a job of maxsize 1000 at
+    concurrency 32, the job running meanwhile: the time and pmmap's peak RSS."""
+    n = rig.settings.shell_stream_n
+    log(f"bench: shell stream: writing {n} lines")
+    path = os.path.join(rig.tmp, "stream.ndjson")
+    write_ndjson(path, n)
+    wait_quiet(rig, "the long streamed PUT")
+    run_dir = os.path.join(rig.tmp, "run-shell-stream")
+    proc, port = start_pmmap(rig, run_dir) or (None, None)
+    fields = {"concurrency": SHELL_CONCURRENCY, "maxsize": SHELL_STREAM_MAXSIZE}
+    job = post_job(rig, port, fields) if proc else None
+    if job is None:
+        rig.fail("shell stream: pmmap did not start or refused POST /job")
+        return
+    status, reply, seconds = curl_put_ndjson(port, job, path)
+    request(port, "POST", f"/job/{job}/complete")
+    done = wait_job_done(port, job, 600)
+    rss = peak_rss_mb(proc.pid)
+    rig.procs.stop(proc)
+    shutil.rmtree(run_dir)
+    mb = os.path.getsize(path) / 1048576
+    os.remove(path)
+    if status != "201" or accepted_of(reply) != n or not done or done.get("succeeded") != n:
+        rig.fail(f"shell stream: PUT {status} {reply[:200]}; job {done}")
+        return
+    under = "yes" if rss < SHELL_RSS_LIMIT_MB else "NO"
+    # The job keeps every key's hashes (key_table.hpp), 16 bytes a slot, and
+    # holds the old and the new table while it grows: what a stream of n
+    # distinct keys costs beside the stream itself.
+    slots = 64
+    while n * 10 > slots * 7:
+        slots *= 2
+    keys_mb = slots * 16 * 1.5 / 1048576
+    print(f"streamed NDJSON PUT through maxsize {SHELL_STREAM_MAXSIZE} at concurrency "
+          f"{SHELL_CONCURRENCY}: {n} lines ({mb:.0f} MB) in {seconds:.1f} s = "
+          f"{n / seconds:.0f} inputs/s, all succeeded; peak RSS {rss:.1f} MB "
+          f"(under {SHELL_RSS_LIMIT_MB}: {under}; the key table's peak alone: "
+          f"{keys_mb:.0f} MB)", flush=True)
+    if rss >= SHELL_RSS_LIMIT_MB:
+        rig.fail(f"shell stream: peak RSS {rss:.1f} MB")
+
+
+def check_map_output(path, n):
+    """pmmap map's stdout: n NDJSON entries, each key once, every value ok."""
+    seen = set()
+    with open(path) as f:
+        for line in f:
+            entry = json.loads(line)
+            value = entry.get("value")
+            if not (isinstance(value, dict) and value.get("ok") is True):
+                return f"entry not ok: {line[:200]}"
+            seen.add(entry["key"])
+    return "ok" if len(seen) == n else f"{len(seen)} keys, expected {n}"
+
+
+def map_run(rig, path, n):
+    """pmmap map on the NDJSON file at concurrency 32: (inputs/s, peak RSS MB) or Nones."""
+    out = os.path.join(rig.tmp, "map.out")
+    args = [rig.settings.pmmap, "map", rig.hook, "--concurrency", str(SHELL_CONCURRENCY),
+            "--maxsize", str(rig.settings.maxsize)]
+    peak = 0.0
+    with open(path) as stdin, open(out, "w") as stdout:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(args, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
+        # VmHWM, read while it runs: wait4's ru_maxrss would count the pages the
+        # child shared with this Python process before its exec.
+        while proc.poll() is None:
+            try:
+                peak = max(peak, peak_rss_mb(proc.pid))
+            except (OSError, AttributeError):
+                pass
+            time.sleep(0.02)
+        seconds = time.perf_counter() - t0
+    verdict = check_map_output(out, n)
+    os.remove(out)
+    if proc.returncode != 0 or verdict != "ok":
+        rig.fail(f"pmmap map: exit {proc.returncode}, {verdict}, {proc.stderr.read()[:300]}")
+        return None, None
+    return n / seconds, peak
+
+
+def shell_map(rig, path, n):
+    """BENCH_REPEAT rounds of the server (one job, as the main table's) and of pmmap map
+    on the same inputs at concurrency 32; medians, and the median of the rounds' ratios."""
+    server, mapped, ratios, rss = [], [], [], []
+    for r in range(rig.settings.repeat):
+        wait_quiet(rig, f"pmmap map, round {r + 1}")
+        run = run_pmmap(rig, f"shell-server-{r}", SHELL_CONCURRENCY, n, rig.batches)
+        ips, peak = map_run(rig, path, n)
+        server.append(run.ips)
+        mapped.append(ips)
+        rss.append(peak)
+        ratios.append(ratio(ips, run.ips))
+        log(f"bench: round {r + 1}: server {run.ips} inputs/s, pmmap map {fmt(ips, '.0f')}")
+    print(f"pmmap map vs the server, {n} inputs at concurrency {SHELL_CONCURRENCY}: map "
+          f"{fmt(median(mapped), '.0f')} inputs/s (peak RSS {fmt(median(rss), '.1f')} MB), "
+          f"server {fmt(median(server))} inputs/s, map/server {fmt(median(ratios))}", flush=True)
+
+
+def shell_runs(rig):
+    """The shell part: the ingest rate, the long stream, pmmap map against the server."""
+    n = rig.settings.n
+    path = os.path.join(rig.tmp, "inputs.ndjson")
+    write_ndjson(path, n)
+    shell_ingest(rig, path, n)
+    shell_stream(rig)
+    shell_map(rig, path, n)
+    os.remove(path)
+
+
 # --- main ------------------------------------------------------------------------------
 
 
@@ -1449,6 +1630,8 @@ def measure(rig):
         results.page = measure_page(rig)
     if "outage" in settings.only:
         results.outages, results.latency = measure_outage(rig)
+    if "shell" in settings.only:
+        shell_runs(rig)
     return results
 
 
