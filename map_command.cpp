@@ -180,6 +180,7 @@ struct Counts {
   uint64_t failed = 0;
   uint64_t retries = 0;
   std::string state;
+  std::string circuit;  // "closed", "open" or "half_open"
 };
 
 Counts CountsOf(Job* job) {
@@ -191,6 +192,7 @@ Counts CountsOf(Job* job) {
   c.failed = doc["failed"].GetUint64();
   c.retries = doc["retries"].GetUint64();
   c.state = doc["state"].GetString();
+  c.circuit = doc["circuit"].GetString();
   return c;
 }
 
@@ -436,12 +438,14 @@ void MapRun::DrawProgress(bool last) {
   if (done_per_sec > 0 && total >= c.outputs) {
     snprintf(eta, sizeof(eta), "%.0fs", (total - c.outputs) / done_per_sec);
   }
-  char line[256];
-  snprintf(line, sizeof(line), "%llu/%llu%s done, %.0f calls/s, %llu failed, %llu retries, ETA %s",
+  // The circuit shows only when it is not closed: the webhook is down.
+  const std::string circuit = c.circuit == "closed" ? "" : ", circuit " + c.circuit;
+  char line[320];
+  snprintf(line, sizeof(line), "%llu/%llu%s done, %.0f calls/s, %llu failed, %llu retries, ETA %s%s",
            static_cast<unsigned long long>(c.outputs), static_cast<unsigned long long>(total),
            input_ended_ || input_bytes_ > 0 ? "" : "+", calls_per_sec_,
            static_cast<unsigned long long>(c.failed), static_cast<unsigned long long>(c.retries),
-           eta);
+           eta, circuit.c_str());
   // On a terminal the line is redrawn in place; elsewhere each is a line.
   std::string out = progress_on_tty_ ? "\r" + std::string(line) + "\x1b[K" : line;
   if (last || !progress_on_tty_) out.push_back('\n');

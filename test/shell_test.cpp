@@ -591,6 +591,23 @@ TEST_CASE("pmmap map --lines keys each line by its number, and shows progress on
   CHECK(r.err.find("301/301 done") != std::string::npos);
 }
 
+TEST_CASE("pmmap map's progress line shows the circuit while the webhook is down", "[shell]") {
+  RefusingPort refusing;
+  TempDir dir("pmmap-map");
+  WriteFile(dir.File("in"), "a\nb\n");
+  MapResult r = RunMap(dir,
+                       refusing.url() +
+                           " --lines --progress --max-outage-ms 2500 --backoff-ms 20"
+                           " --max-backoff-ms 100",
+                       dir.File("in"));
+  INFO(r.err);
+  CHECK(r.exit_code == 1);
+  CHECK(r.err.find("circuit open") != std::string::npos);
+  std::vector<rapidjson::Document> entries = ParseLines(r.out);
+  REQUIRE(entries.size() == 2);
+  CHECK_THAT(Text(entries[0]["error"], "message"), Catch::Contains("max_outage_ms"));
+}
+
 TEST_CASE("pmmap map on SIGINT cancels, writes an entry for every input read, and exits 1",
           "[shell]") {
   Gate gate;
