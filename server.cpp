@@ -155,12 +155,13 @@ Status ReadBody(const httplib::Request& req, const httplib::ContentReader& reade
   }
   bool too_large = false;
   bool ok = reader([&](const char* data, size_t n) {
-    // Past the limit the rest is read and dropped, so that the connection
-    // can serve the caller's next request (as cpp-httplib's own limit did).
-    if (too_large || body->size() + n > max_body) {
-      if (!too_large) std::string().swap(*body);
+    // Past the limit reading stops: ApiServer skips a short rest before the
+    // answer, so that the connection serves the caller's next request, and
+    // closes the connection after it when the rest is long.
+    if (body->size() + n > max_body) {
+      std::string().swap(*body);
       too_large = true;
-      return true;
+      return false;
     }
     body->append(data, n);
     return true;

@@ -302,10 +302,10 @@ std::string ChunkedBody(size_t size, size_t chunk) {
 
 }  // namespace
 
-TEST_CASE(
-    "the rest of a body refused with 413 is skipped to keep the connection, or, when large, the "
-    "reply says Connection: close and the connection closes",
-    "[security]") {
+// The rest of a refused body is skipped to keep the connection; when it is
+// large, the reply says Connection: close and the connection closes.
+TEST_CASE("a body refused with 413 keeps its connection, or closes it when its rest is large",
+          "[security]") {
   PmmapProcess pmmap({"--max-body", "1000"});
   const std::string head = "POST /job HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
   SECTION("the rest comes later, in pieces") {
