@@ -17,7 +17,7 @@ const char* CircuitStateName(CircuitState state) {
   return "unknown";
 }
 
-Circuit::Circuit(const JobOptions& options) : slow_start_(0) {
+Circuit::Circuit(const JobOptions& options) : slow_start_(0), ceiling_(options.concurrency) {
   // A job starts at its ceiling, as it did before the limit adapted: a
   // healthy webhook pays nothing for the limit.
   SetLimit(options.concurrency, options);
@@ -88,8 +88,11 @@ void Circuit::Reset() {
 
 void Circuit::Retune(const JobOptions& options) {
   if (options.max_outage_ms == 0) Reset();
-  SetLimit(options.adaptive ? std::min<double>(limit_, options.concurrency) : options.concurrency,
-           options);
+  // A limit at its old ceiling was never cut: it follows the new one. A
+  // cut limit keeps what the webhook showed it can take.
+  const bool at_ceiling = limit_ >= ceiling_;
+  ceiling_ = options.concurrency;
+  SetLimit(!options.adaptive || at_ceiling ? ceiling_ : std::min<double>(limit_, ceiling_), options);
 }
 
 void Circuit::Open(Clock::time_point now, const JobOptions& options) {

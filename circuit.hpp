@@ -115,6 +115,7 @@ class Circuit {
   double limit_;             // calls in flight allowed, fractional as it creeps up
   size_t cap_;               // limit_ as a whole number, at least 1
   double slow_start_;        // below this, each real answer raises the limit by one
+  int ceiling_;              // concurrency, as Retune last saw it
   uint32_t generation_ = 0;  // bumped whenever the limit is cut or the circuit changes
   Clock::time_point opened_at_;
   Clock::time_point probe_at_;

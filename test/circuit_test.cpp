@@ -192,6 +192,18 @@ TEST_CASE("Circuit::Retune follows a changed ceiling and a breaker turned off", 
   options.concurrency = 4;
   circuit.Retune(options);
   CHECK(circuit.limit() == 4);
+  // A limit at its ceiling follows it up; one cut by overload does not.
+  options.concurrency = 32;
+  circuit.Retune(options);
+  CHECK(circuit.limit() == 32);
+  circuit.Record(Signal::kOverload, circuit.Issue(), "429", Clock::now(), options);
+  REQUIRE(circuit.limit() == 16);
+  options.concurrency = 64;
+  circuit.Retune(options);
+  CHECK(circuit.limit() == 16);
+  options.concurrency = 4;
+  circuit.Retune(options);
+  CHECK(circuit.limit() == 4);
   Clock::time_point now = Clock::now();
   for (int i = 0; i < Circuit::kOpenAfter; ++i) RecordNow(&circuit, Signal::kFault, now, options);
   REQUIRE_FALSE(circuit.closed());
