@@ -40,10 +40,10 @@ UBSAN_FLAGS := -fsanitize=undefined -fno-sanitize=pointer-overflow -fno-sanitize
 SANITIZER_WARNINGS := -Wno-maybe-uninitialized
 
 # main's own: the server and its flags; the rest is shared with the tests.
-SERVER_SOURCES := pmmap.cpp server.cpp flags.cpp events.cpp map_command.cpp
-LIB_SOURCES := job.cpp circuit.cpp job_files.cpp output.cpp job_table.cpp dispatcher.cpp webhook.cpp json.cpp \
-               request.cpp http_pool.cpp caller.cpp log.cpp metrics.cpp journal.cpp crc32c.cpp \
-               job_store.cpp net_rules.cpp api_server.cpp job_stats.cpp line_inputs.cpp redrive.cpp
+SERVER_SOURCES := pmmap.cpp server.cpp server_routes.cpp flags.cpp events.cpp map_command.cpp
+LIB_SOURCES := job.cpp job_worker.cpp circuit.cpp job_files.cpp output.cpp job_table.cpp dispatcher.cpp \
+               webhook.cpp json.cpp request.cpp http_pool.cpp caller.cpp log.cpp metrics.cpp journal.cpp \
+               crc32c.cpp job_store.cpp net_rules.cpp api_server.cpp job_stats.cpp line_inputs.cpp redrive.cpp
 # The page at / (page.hpp): its files, embedded into the binary by a
 # generated source, a build output that the server links (not linted).
 PAGE_FILES := page/index.html page/app.js page/style.css
@@ -53,8 +53,8 @@ TEST_SOURCES := test/main.cpp test/harness.cpp test/json_test.cpp test/request_t
                 test/ops_test.cpp test/https_test.cpp test/journal_test.cpp test/job_store_test.cpp \
                 test/durable_test.cpp test/circuit_test.cpp test/outage_test.cpp test/security_test.cpp \
                 test/budget_test.cpp test/job_stats_test.cpp test/page_test.cpp test/shell_test.cpp
-FUZZ_SOURCES := test/fuzz_main.cpp json.cpp request.cpp job.cpp circuit.cpp job_files.cpp output.cpp log.cpp metrics.cpp \
-                journal.cpp crc32c.cpp job_store.cpp net_rules.cpp job_stats.cpp
+FUZZ_SOURCES := test/fuzz_main.cpp json.cpp request.cpp job.cpp job_worker.cpp circuit.cpp job_files.cpp \
+                output.cpp log.cpp metrics.cpp journal.cpp crc32c.cpp job_store.cpp net_rules.cpp job_stats.cpp
 
 LIB_OBJECTS := $(LIB_SOURCES:%.cpp=$(BUILD)/%.o)
 TEST_OBJECTS := $(TEST_SOURCES:%.cpp=$(BUILD)/%.o)

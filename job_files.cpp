@@ -1,7 +1,8 @@
 // Job's files: creating and reading back the outcome file, the journal and
 // the record (job_store.hpp), writing outcomes out and pausing when that
 // fails, and resuming a durable job that a previous process left. The rest
-// of Job, its queue and lifecycle, is in job.cpp.
+// of Job, its queue and lifecycle, is in job.cpp; its worker side is in
+// job_worker.cpp.
 
 #include <fcntl.h>
 #include <unistd.h>

@@ -441,7 +441,8 @@ void MapRun::DrawProgress(bool last) {
   // The circuit shows only when it is not closed: the webhook is down.
   const std::string circuit = c.circuit == "closed" ? "" : ", circuit " + c.circuit;
   char line[320];
-  snprintf(line, sizeof(line), "%llu/%llu%s done, %.0f calls/s, %llu failed, %llu retries, ETA %s%s",
+  snprintf(line, sizeof(line),
+           "%llu/%llu%s done, %.0f calls/s, %llu failed, %llu retries, ETA %s%s",
            static_cast<unsigned long long>(c.outputs), static_cast<unsigned long long>(total),
            input_ended_ || input_bytes_ > 0 ? "" : "+", calls_per_sec_,
            static_cast<unsigned long long>(c.failed), static_cast<unsigned long long>(c.retries),

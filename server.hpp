@@ -1,8 +1,9 @@
 // Server is pmmap's HTTP API and its life: it owns the Dispatcher (the
 // webhook threads), the JobTable and the cpp-httplib server, serves the
 // routes of one table (kRoutes in server.cpp, which drives both their
-// registration and the 404/405 answers), expires old jobs, and runs the
-// shutdown when SIGINT or SIGTERM comes.
+// registration and the 404/405 answers; the handlers are in
+// server_routes.cpp), expires old jobs, and runs the shutdown when SIGINT or
+// SIGTERM comes.
 //
 // main calls Start, then Run, from one thread; everything else runs on the
 // server's own threads: the HTTP pool's (handlers), a signal thread and a
@@ -26,6 +27,13 @@
 #include "job_table.hpp"
 #include "mutex.hpp"
 #include "status.hpp"
+
+// Answers with status and json, ended by a newline so that curl's output
+// ends its line. Shared by the routes' registration and their handlers.
+void Reply(httplib::Response& res, int status, std::string json);
+// Answers with s's HTTP status (the one mapping, in server.cpp) and its
+// message as JSON.
+void ReplyError(httplib::Response& res, const Status& s);
 
 class Server {
  public:
