@@ -327,8 +327,10 @@ TEST_CASE("Pause stops calls, resume restarts them, and pause on an ended job is
   // A paused job still takes inputs while its queue has room...
   REQUIRE(Http(pmmap.base_url(), "PUT", job + "/input", MakeInputs(10)).status == 201);
   // ...and a PUT beyond it stays blocked until the job moves.
+  // Asserted on the test's thread, after the join: Catch's are not thread-safe.
+  std::atomic<int> blocked_status{0};
   std::thread blocked([&] {
-    CHECK(Http(pmmap.base_url(), "PUT", job + "/input", MakeInputs(5, "more")).status == 201);
+    blocked_status = Http(pmmap.base_url(), "PUT", job + "/input", MakeInputs(5, "more")).status;
   });
   std::this_thread::sleep_for(milliseconds(300));  // a window in which nothing may be sent
   CHECK(webhook.call_count() == 0);
@@ -339,6 +341,7 @@ TEST_CASE("Pause stops calls, resume restarts them, and pause on an ended job is
   REQUIRE(resumed.status == 200);
   CHECK(ParseJson(resumed.body)["paused"].IsFalse());
   blocked.join();
+  CHECK(blocked_status == 201);
   REQUIRE(Http(pmmap.base_url(), "POST", job + "/complete").status == 200);
   rapidjson::Document done = WaitForJob(pmmap, id, Ended);
   CHECK(U64(done, "succeeded") == 15);
