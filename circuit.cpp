@@ -92,7 +92,8 @@ void Circuit::Retune(const JobOptions& options) {
   // cut limit keeps what the webhook showed it can take.
   const bool at_ceiling = limit_ >= ceiling_;
   ceiling_ = options.concurrency;
-  SetLimit(!options.adaptive || at_ceiling ? ceiling_ : std::min<double>(limit_, ceiling_), options);
+  SetLimit(!options.adaptive || at_ceiling ? ceiling_ : std::min<double>(limit_, ceiling_),
+           options);
 }
 
 void Circuit::Open(Clock::time_point now, const JobOptions& options) {
