@@ -1,7 +1,7 @@
 // Status is the outcome of an operation that can be refused: a code that
-// pmmap.cpp maps to an HTTP status, and a message for the caller that says
-// what was wrong and where. Functions return it instead of throwing, so no
-// exception ever crosses a thread.
+// server.cpp maps to an HTTP status (HttpStatus), and a message for the
+// caller that says what was wrong and where. Functions return it instead
+// of throwing, so no exception ever crosses a thread.
 
 #ifndef PMMAP_STATUS_HPP_
 #define PMMAP_STATUS_HPP_
