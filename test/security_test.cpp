@@ -530,7 +530,7 @@ TEST_CASE("1,500 idle and 300 half-sent connections leave /healthz answering wit
         }
         return accepted >= kIdle + kHalf;
       },
-      seconds(10), milliseconds(50)));
+      seconds(30), milliseconds(50)));
   for (int probe = 0; probe < 3; ++probe) {
     auto start = SteadyClock::now();
     HttpResult r = Http(pmmap.base_url(), "GET", "/healthz", "", {}, seconds(10));
